@@ -1,0 +1,30 @@
+# The two commands of the README:
+#   make serve   set everything up (first run only) and start the service on the shipped weights
+#   make test    set everything up (first run only) and run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: serve test setup system-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/captioner serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
+
+# Headless Chromium and its driver for the browser test (Debian packages; needs root or sudo).
+system-deps:
+	@bash scripts/system-deps.sh
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

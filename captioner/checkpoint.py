@@ -1,0 +1,213 @@
+"""The checkpoint format: one folder, nothing pickled.
+
+    CKPT/
+      model.safetensors     decoder weights (fp32 or fp16)
+      encoder.safetensors   only when the CNN was fine-tuned
+      config.json           {"format": ..., "encoder": {"name", "preprocess"}, "decoder": {...}}
+      vocab.json            the vocabulary (tokens in id order)
+      metadata.json         training data, metrics, versions, free-form
+
+Saving writes a temporary sibling folder and renames it into place, so an interrupted
+save leaves either the old checkpoint or the new one, never a mixture. Loading reads
+only safetensors and JSON and checks that the pieces agree with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .decoder import DecoderConfig
+from .errors import CheckpointError
+from .vocab import Vocabulary
+
+FORMAT = "captioner-checkpoint/1"
+WEIGHTS = "model.safetensors"
+ENCODER_WEIGHTS = "encoder.safetensors"
+CONFIG = "config.json"
+VOCAB = "vocab.json"
+METADATA = "metadata.json"
+
+
+@dataclass
+class Checkpoint:
+    decoder_state: dict[str, torch.Tensor]
+    decoder_config: DecoderConfig
+    encoder_name: str
+    preprocess: dict
+    vocab: Vocabulary
+    metadata: dict = field(default_factory=dict)
+    encoder_state: dict[str, torch.Tensor] | None = None
+    path: Path | None = None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    decoder: torch.nn.Module | dict[str, torch.Tensor],
+    decoder_config: DecoderConfig,
+    encoder_name: str,
+    preprocess: dict,
+    vocab: Vocabulary,
+    metadata: dict | None = None,
+    encoder_state: dict[str, torch.Tensor] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write a checkpoint folder atomically; returns its path.
+
+    ``dtype=torch.float16`` stores floating-point weights in half precision (they are
+    converted back to float32 on load).
+    """
+    target = Path(directory)
+    if decoder_config.vocab_size != len(vocab):
+        raise CheckpointError(
+            f"decoder vocab_size {decoder_config.vocab_size} does not match the vocabulary ({len(vocab)} tokens)"
+        )
+    state = decoder.state_dict() if isinstance(decoder, torch.nn.Module) else decoder
+
+    def prep(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, v in sd.items():
+            v = v.detach().cpu()
+            if dtype is not None and v.is_floating_point():
+                v = v.to(dtype)
+            out[k] = v.contiguous()
+        return out
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        save_file(prep(state), str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        if encoder_state is not None:
+            save_file(prep(encoder_state), str(tmp / ENCODER_WEIGHTS), metadata={"format": FORMAT})
+        _write_json(
+            tmp / CONFIG,
+            {
+                "format": FORMAT,
+                "encoder": {"name": encoder_name, "preprocess": preprocess, "fine_tuned": encoder_state is not None},
+                "decoder": decoder_config.to_dict(),
+            },
+        )
+        _write_json(tmp / VOCAB, vocab.to_dict())
+        _write_json(tmp / METADATA, metadata or {})
+        for p in tmp.iterdir():  # make sure every byte is on disk before the rename
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.parent}: missing {path.name} ({what}); is this a checkpoint folder?") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device="cpu")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.parent}: missing {path.name}; is this a checkpoint folder?") from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{path}: not a valid safetensors file ({e}). Checkpoints never load pickles; "
+            "re-export the weights with safetensors."
+        ) from None
+
+
+def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
+    """Read and validate a checkpoint folder (no unpickling anywhere)."""
+    path = Path(directory)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint folder not found")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: a checkpoint is a folder (with {WEIGHTS}, {CONFIG}, {VOCAB}, {METADATA})")
+    config = _read_json(path / CONFIG, "model configuration")
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{path / CONFIG}: unsupported checkpoint format {config.get('format') if isinstance(config, dict) else None!r}; expected {FORMAT!r}")
+    try:
+        decoder_config = DecoderConfig.from_dict(config["decoder"])
+        encoder_name = str(config["encoder"]["name"])
+        preprocess = dict(config["encoder"].get("preprocess") or {})
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / CONFIG}: invalid configuration ({e})") from None
+    try:
+        vocab = Vocabulary.from_dict(_read_json(path / VOCAB, "vocabulary"))
+    except ValueError as e:
+        raise CheckpointError(f"{path / VOCAB}: {e}") from None
+    if len(vocab) != decoder_config.vocab_size:
+        raise CheckpointError(
+            f"{path}: the vocabulary has {len(vocab)} tokens but the decoder was built for "
+            f"{decoder_config.vocab_size}; vocab.json does not belong to these weights"
+        )
+    metadata = _read_json(path / METADATA, "metadata") if (path / METADATA).exists() else {}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in _read_tensors(path / WEIGHTS).items()}
+    emb = state.get("embed.weight")
+    out = state.get("out.weight")
+    for name, t in (("embed.weight", emb), ("out.weight", out)):
+        if t is None:
+            raise CheckpointError(f"{path / WEIGHTS}: missing tensor {name!r}; not a caption decoder")
+        if t.shape[0] != len(vocab):
+            raise CheckpointError(
+                f"{path}: {name} has {t.shape[0]} rows but the vocabulary has {len(vocab)} tokens; "
+                "vocab.json does not belong to these weights"
+            )
+    encoder_state = None
+    if (path / ENCODER_WEIGHTS).exists():
+        encoder_state = {k: v.float() if v.is_floating_point() else v for k, v in _read_tensors(path / ENCODER_WEIGHTS).items()}
+    return Checkpoint(
+        decoder_state=state,
+        decoder_config=decoder_config,
+        encoder_name=encoder_name,
+        preprocess=preprocess,
+        vocab=vocab,
+        metadata=metadata if isinstance(metadata, dict) else {},
+        encoder_state=encoder_state,
+        path=path,
+    )

@@ -1,0 +1,148 @@
+"""The ``captioner`` command line.
+
+Verbs that belong to the model itself (``caption``, ``info``, ``encoders``) live here.
+Verbs from the other packages (``train``, ``data``, ``serve``, ``evaluate``, ...) are
+discovered through the ``captioner.commands`` entry-point group, so this package never
+imports ``training`` or ``service``: each entry point names a ``register(subparsers)``
+function that adds its verb and sets ``func`` to a handler returning the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib.metadata import entry_points
+
+from .errors import CaptionerError
+
+EPILOG = """examples:
+  captioner caption photo.jpg                 caption one image with the shipped model
+  captioner caption a.jpg b.png --beam-size 3 --json
+  captioner serve --port 8000                 HTTP service (POST /v1/captions, page at /)
+  captioner data scenes --out data/scenes     render the built-in captioned dataset
+  captioner train --data data/scenes --out runs/scenes
+  captioner evaluate --checkpoint runs/scenes/best --data data/scenes --split test
+
+Run `captioner VERB --help` for the options of each verb."""
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """--checkpoint / --device, shared by every verb that loads a model."""
+    p.add_argument("--checkpoint", "-c", metavar="DIR", default=None,
+                   help="checkpoint folder to load (default: the shipped weights, or $CAPTIONER_WEIGHTS)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+
+
+def add_generation_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam-size", "-k", type=int, default=1, metavar="K",
+                   help="beam width; 1 means greedy decoding (default: 1)")
+    p.add_argument("--max-length", type=int, default=None, metavar="N",
+                   help="maximum number of words per caption (default: the model's setting)")
+    p.add_argument("--length-penalty", type=float, default=0.0, metavar="ALPHA",
+                   help="beam search length penalty alpha, ((5+len)/6)^alpha; 0 disables (default: 0)")
+
+
+def _caption_files(args: argparse.Namespace) -> int:
+    from .model import Captioner
+    from .errors import ImageLoadError
+    import torch
+
+    model = Captioner.load(args.checkpoint, device=args.device)
+    failures = 0
+    for name in args.images:
+        try:
+            tensor = model.preprocess(name)
+        except ImageLoadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        result = model.generate(model.encode(tensor.unsqueeze(0)), beam_size=args.beam_size,
+                                max_length=args.max_length, length_penalty=args.length_penalty)[0]
+        if args.json:
+            print(json.dumps({"file": name, "caption": result.caption, "score": round(result.score, 4)}, ensure_ascii=False))
+        else:
+            print(f"{name}\t{result.caption}" if len(args.images) > 1 else result.caption)
+        sys.stdout.flush()
+    del torch
+    return 1 if failures else 0
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    return _caption_files(args)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .model import Captioner
+
+    model = Captioner.load(args.checkpoint, device=args.device)
+    print(json.dumps(model.describe(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_encoders(args: argparse.Namespace) -> int:
+    from .encoders import list_encoders, get_spec
+
+    for name in list_encoders():
+        spec = get_spec(name)
+        print(f"{name:22s} {spec.feature_dim:5d}-d  {getattr(spec, 'description', '')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captioner",
+        description="Caption images with a CNN encoder and a recurrent decoder: caption files, "
+        "serve over HTTP, train on your data, evaluate with BLEU/CIDEr.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"captioner {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = sub.add_parser("caption", help="caption image files", description="Print a caption for each image. "
+                       "An unreadable file is reported on stderr by name and the others are still captioned "
+                       "(exit status 1 if any failed).")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    add_model_options(p)
+    add_generation_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object per image (file, caption, score)")
+    p.set_defaults(func=cmd_caption)
+
+    p = sub.add_parser("info", help="describe a checkpoint (encoder, decoder, vocabulary, metrics)")
+    add_model_options(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("encoders", help="list the available CNN encoders")
+    p.set_defaults(func=cmd_encoders)
+
+    for ep in sorted(entry_points(group="captioner.commands"), key=lambda e: e.name):
+        try:
+            register = ep.load()
+        except Exception as e:  # a broken plugin must not break every other verb
+            print(f"warning: command {ep.name!r} unavailable ({type(e).__name__}: {e})", file=sys.stderr)
+            continue
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CaptionerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""The recurrent caption decoder and its generation algorithms.
+
+How the image enters
+--------------------
+The pooled CNN feature ``f`` (B, F) is normalised (LayerNorm) and projected by a learned
+matrix ``W_ih`` (``img_proj``: F -> P). At *every* time step the projected feature is
+**concatenated** with the embedding of the previous word, and that (E + P)-vector is the
+recurrent cell's input::
+
+    x_t = [ embed(w_{t-1}) ; W_ih f ]          # (B, E + P)
+    h_t = cell(x_t, h_{t-1})                   # LSTM (default), GRU or tanh RNN, L layers
+    p(w_t | w_<t, f) = softmax(W_out h_t)
+
+Optionally (``init_state=True``, the default) the initial hidden (and, for the LSTM,
+cell) state of every layer is also computed from the feature: ``h_0 = tanh(W_h f)``.
+
+Training is teacher forcing: the input at step t is the ground-truth word t-1. Padding
+(id 0) never contributes to the loss.
+
+Generation works on a batch of features at once: greedy, beam search (batched across
+images, length penalty, every hypothesis stops at ``<end>``), and temperature sampling.
+``max_length`` bounds the number of words; a caption that reaches it is closed with a
+forced ``<end>``, so scores are always comparable log-probabilities of complete sequences.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CELLS = ("lstm", "gru", "rnn")
+
+State = Tensor | tuple[Tensor, Tensor]
+
+
+@dataclass
+class DecoderConfig:
+    """Every hyper-parameter of the decoder. Stored in the checkpoint's config.json."""
+
+    vocab_size: int
+    feature_dim: int
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    img_proj_dim: int = 256  # P: size of W_ih f, concatenated to the word embedding
+    cell: str = "lstm"  # lstm | gru | rnn (tanh)
+    num_layers: int = 1
+    dropout: float = 0.1  # on embeddings, between layers and before the output layer
+    init_state: bool = True  # initial hidden/cell state computed from the feature
+    max_length: int = 30  # default maximum number of generated words
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
+        for name in ("vocab_size", "feature_dim", "embed_dim", "hidden_dim", "img_proj_dim", "num_layers", "max_length"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DecoderConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown decoder settings: {sorted(unknown)}")
+        return cls(**data)
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty ((5 + L) / 6) ** alpha; 1 when alpha == 0."""
+    return 1.0 if alpha == 0 else ((5.0 + length) / 6.0) ** alpha
+
+
+class CaptionDecoder(nn.Module):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=0)
+        self.feat_norm = nn.LayerNorm(c.feature_dim)
+        self.img_proj = nn.Linear(c.feature_dim, c.img_proj_dim)  # W_ih for the image
+        rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[c.cell]
+        kwargs = {"nonlinearity": "tanh"} if c.cell == "rnn" else {}
+        self.rnn = rnn_cls(
+            c.embed_dim + c.img_proj_dim,
+            c.hidden_dim,
+            num_layers=c.num_layers,
+            batch_first=True,
+            dropout=c.dropout if c.num_layers > 1 else 0.0,
+            **kwargs,
+        )
+        if c.init_state:
+            self.init_h = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)
+            if c.cell == "lstm":
+                self.init_c = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)
+        self.drop = nn.Dropout(c.dropout)
+        self.out = nn.Linear(c.hidden_dim, c.vocab_size)
+
+    # ------------------------------------------------------------------ building blocks
+    def _prepare(self, features: Tensor) -> tuple[Tensor, State | None]:
+        """Projected image input and initial state from features (B, F)."""
+        c = self.config
+        if features.dim() != 2 or features.size(1) != c.feature_dim:
+            raise ValueError(f"features must have shape (B, {c.feature_dim}), got {tuple(features.shape)}")
+        f = self.feat_norm(features.float())  # (B, F)
+        img = self.drop(self.img_proj(f))  # (B, P)
+        if not c.init_state:
+            return img, None
+        B = f.size(0)
+        h = torch.tanh(self.init_h(f)).view(B, c.num_layers, c.hidden_dim).transpose(0, 1).contiguous()  # (L, B, H)
+        if c.cell == "lstm":
+            cs = torch.tanh(self.init_c(f)).view(B, c.num_layers, c.hidden_dim).transpose(0, 1).contiguous()
+            return img, (h, cs)
+        return img, h
+
+    def forward(self, features: Tensor, tokens: Tensor) -> Tensor:
+        """Teacher-forced logits.
+
+        features (B, F); tokens (B, T) = ``<start> w1 .. wn <end> <pad>..``.
+        Returns logits (B, T-1, V) predicting tokens[:, 1:].
+        """
+        img, state = self._prepare(features)  # (B, P)
+        inp = tokens[:, :-1]  # (B, T-1)
+        emb = self.drop(self.embed(inp))  # (B, T-1, E)
+        x = torch.cat([emb, img.unsqueeze(1).expand(-1, inp.size(1), -1)], dim=2)  # (B, T-1, E+P)
+        out, _ = self.rnn(x, state)  # (B, T-1, H)
+        return self.out(self.drop(out))  # (B, T-1, V)
+
+    def loss(self, features: Tensor, tokens: Tensor, pad_id: int = 0, label_smoothing: float = 0.0) -> Tensor:
+        """Mean cross-entropy over the non-padding target tokens."""
+        logits = self(features, tokens)  # (B, T-1, V)
+        target = tokens[:, 1:]  # (B, T-1)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=pad_id, label_smoothing=label_smoothing
+        )
+
+    def step(self, words: Tensor, img: Tensor, state: State | None) -> tuple[Tensor, State]:
+        """One generation step: previous words (N,) -> log-probs (N, V), new state."""
+        x = torch.cat([self.embed(words), img], dim=1).unsqueeze(1)  # (N, 1, E+P)
+        out, state = self.rnn(x, state)  # (N, 1, H)
+        return F.log_softmax(self.out(out.squeeze(1)).float(), dim=-1), state  # (N, V)
+
+    @staticmethod
+    def _select_state(state: State, index: Tensor) -> State:
+        if isinstance(state, tuple):
+            return tuple(s.index_select(1, index) for s in state)  # type: ignore[return-value]
+        return state.index_select(1, index)
+
+    # ------------------------------------------------------------------ generation
+    def _max_len(self, max_length: int | None) -> int:
+        n = self.config.max_length if max_length is None else int(max_length)
+        if n < 1:
+            raise ValueError("max_length must be >= 1")
+        return n
+
+    @torch.no_grad()
+    def greedy(
+        self, features: Tensor, start_id: int, end_id: int, max_length: int | None = None
+    ) -> tuple[list[list[int]], Tensor]:
+        """Most likely word at each step. Returns (word ids without specials, scores (B,))."""
+        return self._sequential(features, start_id, end_id, max_length, temperature=None, generator=None)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        features: Tensor,
+        start_id: int,
+        end_id: int,
+        max_length: int | None = None,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[list[list[int]], Tensor]:
+        """Sample each word from softmax(logits / temperature). Scores are the model's log-probs."""
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0 (use greedy for temperature 0)")
+        return self._sequential(features, start_id, end_id, max_length, temperature=temperature, generator=generator)
+
+    def _sequential(self, features, start_id, end_id, max_length, temperature, generator):
+        max_len = self._max_len(max_length)
+        B = features.size(0)
+        img, state = self._prepare(features)
+        words = torch.full((B,), start_id, dtype=torch.long, device=features.device)
+        scores = torch.zeros(B, device=features.device)
+        alive = torch.ones(B, dtype=torch.bool, device=features.device)
+        out = torch.zeros(B, max_len, dtype=torch.long, device=features.device)
+        lengths = torch.full((B,), max_len, dtype=torch.long, device=features.device)
+        for t in range(max_len + 1):
+            logp, state = self.step(words, img, state)  # (B, V)
+            if t == max_len:  # force <end>
+                nxt = torch.full_like(words, end_id)
+            elif temperature is None:
+                nxt = logp.argmax(dim=1)
+            else:
+                probs = torch.softmax(logp / temperature, dim=1)
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            scores = scores + torch.where(alive, logp.gather(1, nxt[:, None]).squeeze(1), torch.zeros_like(scores))
+            ended = alive & (nxt == end_id)
+            lengths = torch.where(ended, torch.full_like(lengths, t), lengths)
+            if t < max_len:
+                out[:, t] = torch.where(alive, nxt, torch.zeros_like(nxt))
+            alive = alive & ~ended
+            if not bool(alive.any()):
+                break
+            words = nxt
+        ids = [row[:n].tolist() for row, n in zip(out.cpu(), lengths.cpu().tolist())]
+        return ids, scores
+
+    @torch.no_grad()
+    def beam_search(
+        self,
+        features: Tensor,
+        start_id: int,
+        end_id: int,
+        beam_size: int = 3,
+        max_length: int | None = None,
+        length_penalty_alpha: float = 0.0,
+    ) -> tuple[list[list[int]], Tensor]:
+        """Beam search over a batch of images at once.
+
+        Keeps the ``beam_size`` best partial captions per image (by summed log-prob). A
+        candidate that emits ``<end>`` among the top ``beam_size`` is finished; the search
+        for an image stops when no live hypothesis can still beat its best finished one.
+        Finished hypotheses are ranked by score / ((5 + L) / 6) ** alpha (L counts the
+        words and ``<end>``). Returns the best per image: (word ids, raw log-prob scores).
+        """
+        k = int(beam_size)
+        if k < 1:
+            raise ValueError("beam_size must be >= 1")
+        max_len = self._max_len(max_length)
+        alpha = float(length_penalty_alpha)
+        B, dev = features.size(0), features.device
+        img, state = self._prepare(features)  # (B, P)
+        expand = torch.arange(B, device=dev).repeat_interleave(k)  # (B*k,)
+        img = img.index_select(0, expand)  # (B*k, P)
+        if state is not None:
+            state = self._select_state(state, expand)
+        words = torch.full((B * k,), start_id, dtype=torch.long, device=dev)
+        beam_scores = torch.full((B, k), -math.inf, device=dev)
+        beam_scores[:, 0] = 0.0  # only the first beam is live at t=0
+        history = torch.zeros(B, k, 0, dtype=torch.long, device=dev)  # (B, k, t)
+        finished: list[list[tuple[float, float, list[int]]]] = [[] for _ in range(B)]
+        done = [False] * B
+        bound_lp = length_penalty(max_len + 1, alpha)
+
+        for t in range(max_len + 1):
+            logp, state = self.step(words, img, state)  # (B*k, V)
+            V = logp.size(1)
+            logp = logp.view(B, k, V)
+            if t == max_len:  # only <end> is allowed now
+                forced = torch.full_like(logp, -math.inf)
+                forced[..., end_id] = logp[..., end_id]
+                logp = forced
+            cand = (beam_scores.unsqueeze(2) + logp).view(B, k * V)  # (B, k*V)
+            top_scores, top_idx = cand.topk(min(2 * k, k * V), dim=1)  # (B, 2k)
+            src_beam = (top_idx // V).tolist()
+            top_words = (top_idx % V).tolist()
+            top_scores_l = top_scores.tolist()
+
+            new_scores = torch.full((B, k), -math.inf, device=dev)
+            new_words = torch.zeros(B, k, dtype=torch.long)
+            new_src = torch.zeros(B, k, dtype=torch.long)
+            hist_cpu = history.cpu()
+            for b in range(B):
+                if done[b]:
+                    continue
+                n = 0
+                for j in range(len(top_scores_l[b])):
+                    s = top_scores_l[b][j]
+                    if s == -math.inf:
+                        break
+                    w, src = top_words[b][j], src_beam[b][j]
+                    if w == end_id:
+                        if j < k:
+                            words_so_far = hist_cpu[b, src].tolist()
+                            finished[b].append((s / length_penalty(t + 1, alpha), s, words_so_far))
+                    else:
+                        new_scores[b, n] = s
+                        new_words[b, n] = w
+                        new_src[b, n] = src
+                        n += 1
+                        if n == k:
+                            break
+                best_alive = new_scores[b, 0].item() if n else -math.inf
+                if finished[b]:
+                    best_finished = max(h[0] for h in finished[b])
+                    if n == 0 or best_finished >= best_alive / bound_lp:
+                        done[b] = True
+                elif n == 0:
+                    done[b] = True
+            if all(done) or t == max_len:
+                break
+            for b in range(B):
+                if done[b]:
+                    new_scores[b] = -math.inf
+            flat_src = (torch.arange(B).unsqueeze(1) * k + new_src).view(-1).to(dev)  # (B*k,)
+            state = self._select_state(state, flat_src)
+            history = torch.cat([history.view(B * k, -1).index_select(0, flat_src).view(B, k, -1),
+                                 new_words.to(dev).unsqueeze(2)], dim=2)  # (B, k, t+1)
+            words = new_words.view(-1).to(dev)
+            beam_scores = new_scores
+
+        ids, scores = [], []
+        for b in range(B):
+            if not finished[b]:  # cannot happen (t == max_len forces <end>), kept for safety
+                ids.append(history[b, 0].tolist())
+                scores.append(beam_scores[b, 0].item())
+                continue
+            best = max(finished[b], key=lambda h: h[0])
+            ids.append(best[2])
+            scores.append(best[1])
+        return ids, torch.tensor(scores, device=dev)

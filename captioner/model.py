@@ -1,0 +1,225 @@
+"""``Captioner``: a trained model ready to caption images.
+
+    >>> from captioner import Captioner
+    >>> model = Captioner.load()                 # the shipped default weights
+    >>> model.caption(["cat.jpg", open("dog.png", "rb").read()])
+    ['a cat on a blue background', 'two dogs on a green background']
+
+Every front end (HTTP service, folder captioning, evaluation) goes through the same three
+calls: :meth:`Captioner.preprocess` (bytes -> normalised tensor), :meth:`Captioner.encode`
+(tensors -> features) and :meth:`Captioner.generate` (features -> captions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from . import checkpoint as ckpt_mod
+from .decoder import CaptionDecoder, DecoderConfig
+from .errors import CaptionerError, CheckpointError
+from .images import ImageSource, load_image
+from .vocab import Vocabulary
+
+
+def default_weights_path() -> Path:
+    """Folder of the checkpoint that ships with the package (``weights/default``)."""
+    env = os.environ.get("CAPTIONER_WEIGHTS")
+    if env:
+        return Path(env)
+    import weights  # the package-data folder installed next to captioner
+
+    return Path(weights.__file__).resolve().parent / "default"
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """``None`` means CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise CaptionerError(f"unknown device {device!r} ({e}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CaptionerError("CUDA was requested but no CUDA device is available; use --device cpu")
+    return dev
+
+
+@dataclass
+class CaptionResult:
+    caption: str
+    score: float  # log-probability of the caption (words and <end>) under the model
+    tokens: list[int] = field(default_factory=list)
+
+
+class Captioner:
+    """Encoder + decoder + vocabulary, in eval mode on one device."""
+
+    def __init__(
+        self,
+        encoder: torch.nn.Module,
+        decoder: CaptionDecoder,
+        vocab: Vocabulary,
+        *,
+        preprocess=None,
+        metadata: dict | None = None,
+        device: str | torch.device | None = None,
+        model_id: str | None = None,
+        path: Path | None = None,
+    ) -> None:
+        if decoder.config.vocab_size != len(vocab):
+            raise CheckpointError(
+                f"decoder expects {decoder.config.vocab_size} tokens but the vocabulary has {len(vocab)}"
+            )
+        feat = getattr(encoder, "feature_dim", None)
+        if feat is not None and feat != decoder.config.feature_dim:
+            raise CheckpointError(
+                f"encoder gives {feat}-d features but the decoder expects {decoder.config.feature_dim}-d"
+            )
+        self.device = pick_device(device)
+        self.encoder = encoder.to(self.device).eval()
+        self.decoder = decoder.to(self.device).eval()
+        self.vocab = vocab
+        self.preprocessor = preprocess if preprocess is not None else encoder.spec.preprocess
+        self.metadata = metadata or {}
+        self.path = path
+        self.model_id = model_id or self.metadata.get("model_id") or "untrained"
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None) -> "Captioner":
+        """Load a checkpoint folder; no path loads the shipped default weights."""
+        from .encoders import Preprocess, build_encoder, get_spec
+
+        folder = Path(path) if path is not None else default_weights_path()
+        if path is None and not (folder / ckpt_mod.CONFIG).exists():
+            raise CheckpointError(
+                f"the default weights are missing at {folder}; reinstall the package or pass a checkpoint folder"
+            )
+        ck = ckpt_mod.load_checkpoint(folder)
+        try:
+            spec = get_spec(ck.encoder_name)
+        except CaptionerError as e:
+            raise CheckpointError(f"{folder}: the checkpoint names an unknown encoder: {e}") from None
+        if spec.feature_dim != ck.decoder_config.feature_dim:
+            raise CheckpointError(
+                f"{folder}: encoder {spec.name} gives {spec.feature_dim}-d features but the decoder "
+                f"was trained on {ck.decoder_config.feature_dim}-d features"
+            )
+        if ck.encoder_state is not None:
+            encoder = build_encoder(ck.encoder_name, weights="random")
+            try:
+                encoder.load_state_dict(ck.encoder_state, strict=True)
+            except RuntimeError as e:
+                raise CheckpointError(f"{folder}: fine-tuned encoder weights do not fit {ck.encoder_name}: {e}") from None
+        else:
+            encoder = build_encoder(ck.encoder_name, weights="pretrained")
+        decoder = CaptionDecoder(ck.decoder_config)
+        try:
+            decoder.load_state_dict(ck.decoder_state, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{folder}: weights do not match the decoder configuration: {e}") from None
+        preprocess = Preprocess.from_dict(ck.preprocess) if ck.preprocess else spec.preprocess
+        digest = hashlib.sha256((folder / ckpt_mod.WEIGHTS).read_bytes()).hexdigest()[:12]
+        model_id = ck.metadata.get("model_id") or f"{folder.name}-{digest}"
+        return cls(encoder, decoder, ck.vocab, preprocess=preprocess, metadata=ck.metadata,
+                   device=device, model_id=model_id, path=folder)
+
+    def save(self, directory: str | os.PathLike, metadata: dict | None = None, fp16: bool = False) -> Path:
+        """Write this model as a checkpoint folder (decoder weights only: the encoder is frozen
+        unless it was fine-tuned, in which case pass through training's own save)."""
+        preprocess = self.preprocessor.to_dict() if hasattr(self.preprocessor, "to_dict") else {}
+        return ckpt_mod.save_checkpoint(
+            directory,
+            decoder=self.decoder,
+            decoder_config=self.decoder.config,
+            encoder_name=self.encoder.spec.name,
+            preprocess=preprocess,
+            vocab=self.vocab,
+            metadata={**self.metadata, **(metadata or {})},
+            dtype=torch.float16 if fp16 else None,
+        )
+
+    # ------------------------------------------------------------------ the three steps
+    @property
+    def input_size(self) -> int:
+        return int(getattr(self.preprocessor, "crop_size", 224))
+
+    def load_image(self, image: ImageSource, name: str | None = None):
+        """Safe decode to RGB, with JPEG draft decoding at about the model's input size."""
+        size = int(getattr(self.preprocessor, "resize_size", self.input_size))
+        return load_image(image, name=name, draft_size=(size, size))
+
+    def preprocess(self, image: ImageSource, name: str | None = None) -> Tensor:
+        """Path, bytes or PIL image -> normalised tensor (3, H, W). Raises ImageLoadError."""
+        return self.preprocessor(self.load_image(image, name=name))
+
+    @torch.inference_mode()
+    def encode(self, batch: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, F) features."""
+        return self.encoder(batch.to(self.device, non_blocking=True)).float()
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        features: Tensor,
+        beam_size: int = 1,
+        max_length: int | None = None,
+        length_penalty: float = 0.0,
+        temperature: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[CaptionResult]:
+        """Captions for features (B, F): greedy (beam_size 1), beam search, or sampling
+        when a temperature is given."""
+        features = features.to(self.device)
+        v = self.vocab
+        if temperature is not None:
+            ids, scores = self.decoder.sample(features, v.start_id, v.end_id, max_length, temperature, generator)
+        elif beam_size <= 1:
+            ids, scores = self.decoder.greedy(features, v.start_id, v.end_id, max_length)
+        else:
+            ids, scores = self.decoder.beam_search(features, v.start_id, v.end_id, beam_size, max_length, length_penalty)
+        return [CaptionResult(v.decode(t), float(s), t) for t, s in zip(ids, scores.tolist())]
+
+    # ------------------------------------------------------------------ convenience
+    def caption_detailed(
+        self,
+        images: Sequence[ImageSource] | ImageSource,
+        beam_size: int = 1,
+        max_length: int | None = None,
+        batch_size: int = 32,
+        length_penalty: float = 0.0,
+    ) -> list[CaptionResult]:
+        """Caption images given as paths, bytes or PIL images; raises ImageLoadError on the
+        first unreadable one (use preprocess/encode/generate to handle errors per image)."""
+        if isinstance(images, (str, os.PathLike, bytes, bytearray)) or hasattr(images, "getpixel"):
+            images = [images]  # type: ignore[list-item]
+        images = list(images)  # type: ignore[arg-type]
+        results: list[CaptionResult] = []
+        for i in range(0, len(images), max(1, batch_size)):
+            chunk = images[i : i + batch_size]
+            batch = torch.stack([self.preprocess(im) for im in chunk])  # (B, 3, H, W)
+            results.extend(self.generate(self.encode(batch), beam_size, max_length, length_penalty))
+        return results
+
+    def caption(self, images, beam_size: int = 1, max_length: int | None = None, batch_size: int = 32) -> list[str]:
+        """Captions for one image or a list of images (paths, bytes or PIL images)."""
+        return [r.caption for r in self.caption_detailed(images, beam_size, max_length, batch_size)]
+
+    def describe(self) -> dict:
+        """Facts about the model for /v1/model and `captioner info`."""
+        return {
+            "model_id": self.model_id,
+            "encoder": {"name": self.encoder.spec.name, "feature_dim": self.decoder.config.feature_dim,
+                        "preprocess": self.preprocessor.to_dict() if hasattr(self.preprocessor, "to_dict") else {}},
+            "decoder": self.decoder.config.to_dict(),
+            "vocab_size": len(self.vocab),
+            "device": str(self.device),
+            "metadata": self.metadata,
+        }

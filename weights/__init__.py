@@ -1,0 +1,1 @@
+"""Package-data folder holding the default trained checkpoint (``weights/default``)."""
