@@ -82,11 +82,35 @@ def _open(source: ImageSource, label: str, max_bytes: int) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        fmt = sniff_format(data)
+        if fmt:
+            raise ImageLoadError(label, f"corrupt {fmt} data (the header cannot be parsed)") from None
         raise ImageLoadError(label, "not a recognised image format", "unsupported") from None
     except Image.DecompressionBombError as e:  # pragma: no cover - Pillow check disabled above
         raise ImageLoadError(label, str(e), "too_large") from None
     except Exception as e:  # Pillow raises many types on corrupt headers
         raise ImageLoadError(label, f"corrupt image header ({type(e).__name__}: {e})") from None
+
+
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format the first bytes claim, or None (used to tell corrupt from unsupported)."""
+    for magic, fmt in _SIGNATURES:
+        if data.startswith(magic):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return None
 
 
 def probe_image_size(source: ImageSource, name: str | None = None) -> tuple[int, int]:

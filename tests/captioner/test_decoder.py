@@ -1,0 +1,139 @@
+"""Decoder: teacher forcing, memorisation, greedy / beam / sampling behaviour."""
+
+import math
+
+import pytest
+import torch
+
+from captioner.decoder import CaptionDecoder, DecoderConfig
+from captioner.vocab import Vocabulary
+
+CAPTIONS = [
+    "a red dog on the grass",
+    "two blue cars near a house",
+    "a cat sleeping on a sofa",
+    "three birds in the sky",
+]
+
+
+def _pad(seqs, pad=0):
+    T = max(len(s) for s in seqs)
+    return torch.tensor([s + [pad] * (T - len(s)) for s in seqs])
+
+
+def train_tiny(cell="lstm", steps=300, num_layers=1, seed=0):
+    torch.manual_seed(seed)
+    vocab = Vocabulary.build(CAPTIONS)
+    feats = torch.randn(len(CAPTIONS), 16)  # one distinct "image" per caption
+    tokens = _pad([vocab.encode(c) for c in CAPTIONS])
+    cfg = DecoderConfig(vocab_size=len(vocab), feature_dim=16, embed_dim=32, hidden_dim=64, img_proj_dim=16,
+                        cell=cell, num_layers=num_layers, dropout=0.0, max_length=12)
+    dec = CaptionDecoder(cfg)
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = dec.loss(feats, tokens, vocab.pad_id)
+        loss.backward()
+        opt.step()
+    dec.eval()
+    return dec, vocab, feats, tokens, loss.item()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return train_tiny()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_all_cells_train_and_memorise(cell):
+    dec, vocab, feats, tokens, loss = train_tiny(cell=cell, num_layers=2 if cell == "lstm" else 1)
+    assert loss < 0.05, f"{cell} did not fit: loss {loss}"
+    ids, scores = dec.greedy(feats, vocab.start_id, vocab.end_id)
+    assert [vocab.decode(i) for i in ids] == CAPTIONS
+    assert torch.all(scores <= 0)
+
+
+def test_padding_never_contributes_to_loss(trained):
+    dec, vocab, feats, tokens, _ = trained
+    base = dec.loss(feats, tokens, vocab.pad_id)
+    longer = torch.cat([tokens, torch.zeros(tokens.size(0), 5, dtype=torch.long)], dim=1)
+    assert torch.allclose(dec.loss(feats, longer, vocab.pad_id), base, atol=1e-6)
+    # the loss is the mean over real tokens only: recompute by hand
+    logits = dec(feats, tokens)
+    target = tokens[:, 1:]
+    logp = torch.log_softmax(logits, -1).gather(2, target.unsqueeze(2)).squeeze(2)
+    mask = target != vocab.pad_id
+    assert torch.allclose(-(logp * mask).sum() / mask.sum(), base, atol=1e-5)
+
+
+def test_beam_one_equals_greedy(trained):
+    dec, vocab, feats, _, _ = trained
+    g_ids, g_scores = dec.greedy(feats, vocab.start_id, vocab.end_id)
+    b_ids, b_scores = dec.beam_search(feats, vocab.start_id, vocab.end_id, beam_size=1)
+    assert g_ids == b_ids
+    assert torch.allclose(g_scores, b_scores, atol=1e-5)
+
+
+def test_beam_finds_at_least_greedy_logprob_on_untrained_model():
+    torch.manual_seed(3)
+    vocab = Vocabulary.build(["w%d" % i for i in range(30)])
+    dec = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=8, embed_dim=16, hidden_dim=32,
+                                       img_proj_dim=8, dropout=0.0)).eval()
+    feats = torch.randn(12, 8) * 3
+    _, g = dec.greedy(feats, vocab.start_id, vocab.end_id, max_length=6)
+    for k in (2, 3, 5):
+        _, b = dec.beam_search(feats, vocab.start_id, vocab.end_id, beam_size=k, max_length=6)
+        assert torch.all(b >= g - 1e-5), (k, b, g)
+
+
+def test_batched_beam_equals_one_at_a_time():
+    torch.manual_seed(4)
+    vocab = Vocabulary.build(["w%d" % i for i in range(20)])
+    dec = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=8, embed_dim=16, hidden_dim=32,
+                                       img_proj_dim=8, dropout=0.0, num_layers=2)).eval()
+    feats = torch.randn(6, 8) * 3
+    ids, scores = dec.beam_search(feats, vocab.start_id, vocab.end_id, beam_size=4, max_length=7, length_penalty_alpha=0.6)
+    for i in range(6):
+        one_ids, one_score = dec.beam_search(feats[i : i + 1], vocab.start_id, vocab.end_id, beam_size=4,
+                                             max_length=7, length_penalty_alpha=0.6)
+        assert one_ids[0] == ids[i]
+        assert math.isclose(one_score.item(), scores[i].item(), abs_tol=1e-4)
+
+
+def test_generation_stops_at_end_and_respects_max_length(trained):
+    dec, vocab, feats, _, _ = trained
+    ids, _ = dec.greedy(feats, vocab.start_id, vocab.end_id, max_length=3)
+    assert all(len(i) <= 3 for i in ids)
+    assert all(vocab.end_id not in i and vocab.start_id not in i for i in ids)
+    ids, _ = dec.beam_search(feats, vocab.start_id, vocab.end_id, beam_size=3, max_length=2)
+    assert all(len(i) <= 2 for i in ids)
+    # memorised captions end on their own before the limit
+    ids, _ = dec.beam_search(feats, vocab.start_id, vocab.end_id, beam_size=3, max_length=30)
+    assert [vocab.decode(i) for i in ids] == CAPTIONS
+
+
+def test_sampling_is_seeded_and_low_temperature_matches_greedy(trained):
+    dec, vocab, feats, _, _ = trained
+    g1 = torch.Generator().manual_seed(7)
+    g2 = torch.Generator().manual_seed(7)
+    a, _ = dec.sample(feats, vocab.start_id, vocab.end_id, temperature=1.5, generator=g1)
+    b, _ = dec.sample(feats, vocab.start_id, vocab.end_id, temperature=1.5, generator=g2)
+    assert a == b
+    cold, _ = dec.sample(feats, vocab.start_id, vocab.end_id, temperature=1e-3, generator=g1)
+    greedy, _ = dec.greedy(feats, vocab.start_id, vocab.end_id)
+    assert cold == greedy
+    with pytest.raises(ValueError):
+        dec.sample(feats, vocab.start_id, vocab.end_id, temperature=0)
+
+
+def test_init_state_off_and_bad_shapes():
+    cfg = DecoderConfig(vocab_size=10, feature_dim=4, init_state=False, dropout=0.0)
+    dec = CaptionDecoder(cfg).eval()
+    ids, scores = dec.beam_search(torch.randn(2, 4), 1, 2, beam_size=2, max_length=4)
+    assert len(ids) == 2 and scores.shape == (2,)
+    with pytest.raises(ValueError, match="shape"):
+        dec.greedy(torch.randn(2, 5), 1, 2)
+    with pytest.raises(ValueError, match="cell"):
+        DecoderConfig(vocab_size=10, feature_dim=4, cell="transformer")
+    with pytest.raises(ValueError, match="unknown decoder settings"):
+        DecoderConfig.from_dict({"vocab_size": 10, "feature_dim": 4, "heads": 8})
