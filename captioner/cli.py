@@ -68,7 +68,38 @@ def _caption_files(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _caption_folder(args: argparse.Namespace) -> int:
+    """Folder mode: every image under the PATHs into --out, resumable (captioner.folder)."""
+    from .folder import DistEnv, run_sharded
+    from .model import Captioner
+
+    env = DistEnv.from_environ()
+    device = args.device
+    if device is None and env.distributed:
+        import torch
+
+        device = f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu"
+    model = Captioner.load(args.checkpoint, device=device)
+    summary = run_sharded(
+        model, args.images, args.out, env,
+        fmt=args.format, recursive=args.recursive, batch_size=args.batch_size, workers=args.workers,
+        beam_size=args.beam_size, max_length=args.max_length, length_penalty=args.length_penalty,
+        errors=args.errors, progress=None if not args.quiet else False,
+    )
+    if env.rank == 0:
+        print(summary.line(), file=sys.stderr)
+    return 0
+
+
 def cmd_caption(args: argparse.Namespace) -> int:
+    import os
+
+    if args.out is not None:
+        return _caption_folder(args)
+    folders = [p for p in args.images if os.path.isdir(p)]
+    if folders:
+        raise CaptionerError(f"{folders[0]} is a folder; add --out captions.jsonl to caption folders "
+                             "(results are written as they go, and a rerun resumes)")
     return _caption_files(args)
 
 
@@ -102,13 +133,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"captioner {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
 
-    p = sub.add_parser("caption", help="caption image files", description="Print a caption for each image. "
-                       "An unreadable file is reported on stderr by name and the others are still captioned "
-                       "(exit status 1 if any failed).")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p = sub.add_parser(
+        "caption", help="caption image files or whole folders",
+        description="Without --out: print a caption for each image file; an unreadable file is reported on "
+        "stderr by name and the others are still captioned (exit status 1 if any failed).\n\n"
+        "With --out: caption every image in the given files and folders into a JSONL or CSV file "
+        "(one line per image: file path relative to the folder, caption, score), written as it goes. "
+        "Rerunning with the same --out skips the images already there, so an interrupted run resumes. "
+        "Unreadable, corrupt or non-image files are listed in the errors file with the reason and the run "
+        "goes on (exit status 0 once the run completes). Under torchrun each process captions its share "
+        "of the files and rank 0 merges the parts into --out.",
+        epilog="examples:\n"
+        "  captioner caption photo.jpg\n"
+        "  captioner caption photos/ --out captions.jsonl --recursive\n"
+        "  captioner caption photos/ --out captions.csv --batch-size 32 --workers 4\n"
+        "  torchrun --nproc_per_node=4 -m captioner caption photos/ --out captions.jsonl --recursive",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", metavar="PATH", help="image files and/or folders (folders need --out)")
     add_model_options(p)
     add_generation_options(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object per image (file, caption, score)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image (file, caption, score); "
+                   "without --out only")
+    g = p.add_argument_group("folder captioning (with --out)")
+    g.add_argument("--out", "-o", metavar="FILE", default=None,
+                   help="write results to FILE (JSONL or CSV), resuming if it already holds some")
+    g.add_argument("--format", choices=("jsonl", "csv"), default=None,
+                   help="output format (default: csv when FILE ends in .csv, else jsonl)")
+    g.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
+    g.add_argument("--batch-size", "-b", type=int, default=16, metavar="B",
+                   help="images per model call (default: 16)")
+    g.add_argument("--workers", "-w", type=int, default=2, metavar="W",
+                   help="threads decoding images ahead of the model; 0 decodes in the main thread (default: 2)")
+    g.add_argument("--errors", metavar="FILE", default=None,
+                   help="where to list the files that failed, as JSONL with path and reason "
+                   "(default: next to --out, e.g. captions.errors.jsonl)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("info", help="describe a checkpoint (encoder, decoder, vocabulary, metrics)")

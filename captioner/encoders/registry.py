@@ -124,8 +124,8 @@ def register(spec: EncoderSpec) -> EncoderSpec:
 
 
 def list_encoders() -> list[str]:
-    """Registered encoder names, the default first, then alphabetical."""
-    return sorted(_REGISTRY, key=lambda n: (n != DEFAULT_ENCODER, n))
+    """Registered encoder names, the default first, then in registration order."""
+    return sorted(_REGISTRY, key=lambda n: n != DEFAULT_ENCODER)  # sorted() is stable
 
 
 def get_spec(name: str) -> EncoderSpec:

@@ -47,8 +47,7 @@ def ngram_counts(tokens: Sequence[str], n: int) -> Counter:
     """Counts of every k-gram (as a tuple) of ``tokens`` for k = 1..n."""
     counts: Counter = Counter()
     for k in range(1, n + 1):
-        for i in range(len(tokens) - k + 1):
-            counts[tuple(tokens[i : i + k])] += 1
+        counts.update(zip(*(tokens[i:] for i in range(k))))  # the k-grams (t_i, ..., t_{i+k-1})
     return counts
 
 

@@ -38,16 +38,20 @@ class CiderResult:
     per_image: list[float]
 
 
-def _tfidf(counts: Counter, idf_of, n: int) -> tuple[list[dict[tuple, float]], list[float]]:
-    """Per-order TF-IDF vectors and their L2 norms for one caption's n-gram counts."""
+def _tfidf(counts: Counter, idf: dict[tuple, float], default_idf: float, n: int) -> tuple[list[dict[tuple, float]], list[float]]:
+    """Per-order TF-IDF vectors and their L2 norms for one caption's n-gram counts.
+
+    ``idf`` holds every n-gram seen in the references; any other n-gram has df 0, so its
+    IDF is ``default_idf`` = log(N) - log(max(1, 0)) = log(N).
+    """
     vecs: list[dict[tuple, float]] = [{} for _ in range(n)]
     sq = [0.0] * n
     for ngram, tf in counts.items():
         k = len(ngram) - 1
-        w = float(tf) * idf_of(ngram)
+        w = float(tf) * idf.get(ngram, default_idf)
         vecs[k][ngram] = w
         sq[k] += w * w
-    return vecs, [math.sqrt(s) for s in sq]
+    return vecs, [math.sqrt(v) for v in sq]
 
 
 def cider_d(
@@ -71,17 +75,15 @@ def cider_d(
     for refs in ref_counts:
         df.update(set().union(*refs))
     log_n = math.log(float(len(ref_counts)))
-
-    def idf(ngram: tuple) -> float:
-        return log_n - math.log(max(1.0, df.get(ngram, 0.0)))
+    idf = {ngram: log_n - math.log(max(1.0, float(d))) for ngram, d in df.items()}
 
     two_sigma_sq = 2.0 * sigma * sigma
     per_image = []
     for hyp, refs_c, refs in zip(hypotheses, ref_counts, references):
-        h_vec, h_norm = _tfidf(ngram_counts(hyp, n), idf, n)
+        h_vec, h_norm = _tfidf(ngram_counts(hyp, n), idf, log_n, n)
         total = [0.0] * n
         for r_c, r_tokens in zip(refs_c, refs):
-            r_vec, r_norm = _tfidf(r_c, idf, n)
+            r_vec, r_norm = _tfidf(r_c, idf, log_n, n)
             penalty = math.exp(-((len(hyp) - len(r_tokens)) ** 2) / two_sigma_sq)
             for k in range(n):
                 rk = r_vec[k]

@@ -162,14 +162,14 @@ class LineProcess:
             raise MetricUnavailable(f"{self.name} exited unexpectedly (code {self.proc.poll()}){self._why()}")
         return line
 
-    def close(self) -> None:
-        """Close stdin, give the child a moment to exit, then kill it."""
+    def close(self, grace: float = 5.0) -> None:
+        """Close stdin, give the child ``grace`` seconds to exit, then kill it."""
         try:
             self.proc.stdin.close()  # type: ignore[union-attr]
         except OSError:
             pass
         try:
-            self.proc.wait(timeout=5)
+            self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
@@ -177,8 +177,9 @@ class LineProcess:
     def __enter__(self) -> "LineProcess":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # after a failure the child may be stuck: do not wait for it
+        self.close(grace=5.0 if exc_type is None else 0.0)
 
 
 # ----------------------------------------------------------------------------- METEOR

@@ -162,8 +162,10 @@ def generate_scenes(
         bar.update(len(records))
     bar.close()
 
+    # the words of every known kind and colour, not only those drawn, so that the metric
+    # also recognises a kind the model names but this dataset never shows
     catalogue = {
-        "categories": [c.to_dict() for c in categories],
+        "categories": [c.to_dict() for c in CATEGORIES],
         "backgrounds": [b.name for b in BACKGROUNDS],
     }
     next_image_id, next_caption_id = 1, 1
@@ -192,7 +194,7 @@ def generate_scenes(
     seconds = time.perf_counter() - t0
     _write_json(out_dir / "dataset.json", {
         "generator": GENERATOR, "version": GENERATOR_VERSION, "seed": seed, "splits": dict(splits),
-        "image_format": image_format, "captions_per_image": captions_per_image,
+        "image_format": image_format, "captions_per_image": captions_per_image, "kinds_drawn": kinds,
         "config": asdict(config), **catalogue,
     })
     return ScenesSummary(out_dir=out_dir, splits=dict(splits), seconds=seconds)
@@ -216,7 +218,7 @@ def _write_json(path: Path, data: dict) -> None:
 def render_preview(seed: int = 0, rows: int = 3, cols: int = 4, split: str = "train") -> Image.Image:
     """A grid of the first ``rows * cols`` images of ``split`` with one caption under each (for docs)."""
     config = SceneConfig()
-    size, text_h, pad = config.image_size, 30, 6
+    size, text_h, pad = config.image_size, 46, 6
     font = ImageFont.load_default(size=13)
     sheet = Image.new("RGB", (cols * (size + pad) + pad, rows * (size + text_h + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
@@ -225,15 +227,12 @@ def render_preview(seed: int = 0, rows: int = 3, cols: int = 4, split: str = "tr
         x = pad + (i % cols) * (size + pad)
         y = pad + (i // cols) * (size + text_h + pad)
         sheet.paste(image, (x, y))
-        caption = captions[0]
-        while draw.textlength(caption, font=font) > size and " " in caption:  # wrap onto two lines
-            break
-        words, lines = caption.split(), [""]
-        for w in words:
+        lines = [""]  # wrap the first caption onto at most three lines
+        for w in captions[0].split():
             trial = (lines[-1] + " " + w).strip()
             if draw.textlength(trial, font=font) <= size or not lines[-1]:
                 lines[-1] = trial
             else:
                 lines.append(w)
-        draw.multiline_text((x, y + size + 1), "\n".join(lines[:2]), fill=(20, 20, 20), font=font, spacing=1)
+        draw.multiline_text((x, y + size + 1), "\n".join(lines[:3]), fill=(20, 20, 20), font=font, spacing=1)
     return sheet

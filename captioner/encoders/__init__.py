@@ -1,0 +1,48 @@
+"""CNN encoders: backbones with their classifier removed, their preprocessing and weights.
+
+    from captioner.encoders import build_encoder, get_spec, list_encoders
+
+    encoder = build_encoder("efficientnet_lite0")          # frozen, eval mode, ImageNet weights
+    x = encoder.spec.preprocess.batch(pil_images)          # (B, 3, 224, 224)
+    features = encoder(x)                                  # (B, 1280)
+
+``list_encoders()`` names every registered backbone; ``get_spec(name)`` tells its feature
+size, preprocessing, weights source/licence and ImageNet accuracy without building it.
+"""
+
+from .preprocess import INTERPOLATIONS, Preprocess
+from .registry import (
+    DEFAULT_ENCODER,
+    Encoder,
+    EncoderSpec,
+    EncoderWeightsError,
+    UnknownEncoderError,
+    build_classifier,
+    build_encoder,
+    get_spec,
+    list_encoders,
+    load_weights,
+    read_state_dict,
+    register,
+)
+
+# Importing the backbone modules registers their specs.
+from . import efficientnet_lite as _efficientnet_lite  # noqa: E402,F401
+from . import torchvision_backbones as _torchvision_backbones  # noqa: E402,F401
+
+__all__ = [
+    "DEFAULT_ENCODER",
+    "INTERPOLATIONS",
+    "Encoder",
+    "EncoderSpec",
+    "EncoderWeightsError",
+    "Preprocess",
+    "UnknownEncoderError",
+    "build_classifier",
+    "build_encoder",
+    "get_spec",
+    "list_encoders",
+    "load_weights",
+    "read_state_dict",
+    "register",
+]

@@ -1,0 +1,223 @@
+"""The captioning engine behind ``POST /v1/captions``: uploads in, one result per image out.
+
+For every image of a request::
+
+    bytes --(decode pool thread)--> header probe (pixel limit) -> decode -> preprocess (3, H, W)
+          --(batcher queue)--> worker thread: model.encode + model.generate on a batch
+          --> CaptionResult back to this request
+
+Decoding runs in a small thread pool and the model in the batcher's thread, so the event
+loop only moves bytes. A bad image becomes an error entry for that image alone.
+Admission control: a request is accepted only if all its images fit in ``queue_size``
+(images accepted and not yet finished); otherwise 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from captioner import Captioner
+from captioner.errors import ImageLoadError
+from captioner.images import load_image
+
+from .batcher import Batcher, BatcherStopped
+from .errors import APIError, image_error
+from .metrics import Metrics
+from .settings import Settings
+from .uploads import Upload
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """What a batch must share: images with equal options run together."""
+
+    beam_size: int
+    max_length: int
+
+
+@dataclass
+class ItemResult:
+    """The outcome for one image: a caption, or an error with its HTTP status."""
+
+    index: int
+    filename: str | None
+    caption: str | None = None
+    score: float | None = None
+    time_ms: float = 0.0
+    batch_size: int | None = None
+    error: str | None = None
+    detail: str | None = None
+    status: int = 200
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index, "filename": self.filename}
+        if self.error is None:
+            out.update(caption=self.caption, score=round(float(self.score or 0.0), 4),
+                       time_ms=round(self.time_ms, 1), batch_size=self.batch_size)
+        else:
+            out.update(error=self.error, detail=self.detail, time_ms=round(self.time_ms, 1))
+        return out
+
+
+class CaptionService:
+    """Owns the model, the decode pool and the batcher of one app."""
+
+    def __init__(self, model: Captioner, settings: Settings, metrics: Metrics) -> None:
+        self.model = model
+        self.settings = settings
+        self.metrics = metrics
+        self.default_max_length = int(model.decoder.config.max_length)
+        pre = model.preprocessor
+        self._draft = getattr(pre, "draft_size", None) or (model.input_size, model.input_size)
+        self._pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="captioner-decode")
+        self.batcher = Batcher(self._run_batch, max_batch_size=settings.max_batch_size,
+                               max_wait_s=settings.max_wait_s, on_batch=metrics.observe_batch)
+        metrics.track_queue(lambda: self.batcher.depth)
+        self._admitted = 0  # images accepted and not yet finished
+        self._lock = threading.Lock()
+        self.draining = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.batcher.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Refuse new work, finish what is queued, release the threads."""
+        self.draining = True
+        self.batcher.stop(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and self.batcher.running
+
+    # ------------------------------------------------------------------ options
+    def options(self, beam_size: int | None, max_length: int | None) -> GenerationOptions:
+        """Validate request options against the configured limits (422 when out of range)."""
+        s = self.settings
+        beam = s.default_beam_size if beam_size is None else beam_size
+        if not 1 <= beam <= s.max_beam_size:
+            raise APIError(422, "invalid_option", f"beam_size must be between 1 and {s.max_beam_size}, got {beam}")
+        length = min(self.default_max_length, s.max_length_limit) if max_length is None else max_length
+        if not 1 <= length <= s.max_length_limit:
+            raise APIError(422, "invalid_option",
+                           f"max_length must be between 1 and {s.max_length_limit}, got {length}")
+        return GenerationOptions(beam, length)
+
+    # ------------------------------------------------------------------ admission
+    def _admit(self, n: int) -> None:
+        with self._lock:
+            if self.draining or not self.batcher.running:
+                raise APIError(503, "not_ready", "the service is shutting down; retry on another instance",
+                               {"Retry-After": "1"})
+            if self._admitted + n > self.settings.queue_size:
+                self.metrics.rejections.inc()
+                wait = max(1, min(60, math.ceil(self.batcher.estimated_wait_s(n))))
+                raise APIError(503, "queue_full", f"the server is busy ({self._admitted} images queued, "
+                               f"room for {self.settings.queue_size}); retry in {wait} s",
+                               {"Retry-After": str(wait)})
+            self._admitted += n
+
+    def _release(self, n: int = 1) -> None:
+        with self._lock:
+            self._admitted -= n
+
+    # ------------------------------------------------------------------ the pipeline
+    def _decode(self, upload: Upload, label: str, deadline: float) -> Tensor:
+        """Runs in the decode pool: bytes -> (3, H, W), or ImageLoadError."""
+        if time.monotonic() > deadline:  # the request gave up while this waited for a thread
+            raise TimeoutError
+        s = self.settings
+        image = load_image(upload.data, name=label, max_pixels=s.max_pixels, max_bytes=s.max_body_bytes,
+                           draft_size=tuple(self._draft))
+        return self.model.preprocessor(image)  # (3, H, W)
+
+    def _run_batch(self, x: Tensor, opts: GenerationOptions) -> list:
+        """Runs in the batcher thread: (B, 3, H, W) -> B CaptionResults."""
+        features = self.model.encode(x)  # (B, F)
+        return self.model.generate(features, beam_size=opts.beam_size, max_length=opts.max_length)
+
+    async def _decode_one(self, index: int, upload: Upload, deadline: float) -> tuple[ItemResult, Tensor | None]:
+        """Decode one upload off the event loop; a bad image becomes an error result."""
+        loop = asyncio.get_running_loop()
+        label = upload.filename or f"image {index + 1}"
+        item = ItemResult(index=index, filename=upload.filename)
+        try:
+            x = await loop.run_in_executor(self._pool, self._decode, upload, label, deadline)  # (3, H, W)
+            return item, x
+        except ImageLoadError as e:
+            item.status, item.error = image_error(e)
+            item.detail = str(e)
+            return item, None
+
+    async def _run(self, uploads: list[Upload], opts: GenerationOptions, deadline: float) -> list[ItemResult]:
+        start = time.monotonic()
+        decoded = await asyncio.gather(*(self._decode_one(i, u, deadline) for i, u in enumerate(uploads)))
+        good = [(item, x) for item, x in decoded if x is not None]
+        # One request's images enter the queue together, so they can share a batch.
+        futures = self.batcher.submit_many([x for _, x in good], opts) if good else []
+        for (item, _), f in zip(good, futures):  # stamp each image's own finishing time
+            f.add_done_callback(lambda _f, item=item: setattr(item, "time_ms", (time.monotonic() - start) * 1000.0))
+        try:
+            outcomes = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
+        except asyncio.CancelledError:
+            for f in futures:  # cancelled futures are skipped when their batch is formed
+                f.cancel()
+            raise
+        for (item, _), outcome in zip(good, outcomes):
+            if isinstance(outcome, BaseException):  # the model failed on this batch: a server fault
+                item.status, item.error = 500, "inference_failed"
+                item.detail = f"{item.filename or f'image {item.index + 1}'}: the model failed on its batch " \
+                              f"({type(outcome).__name__}); this has been logged"
+                continue
+            result, info = outcome
+            item.caption, item.score, item.batch_size = result.caption, result.score, info.size
+        now = time.monotonic()
+        items = [item for item, _ in decoded]
+        for item in items:
+            if not item.time_ms:
+                item.time_ms = (now - start) * 1000.0
+            if item.error:
+                self.metrics.image_errors.labels(item.error).inc()
+            else:
+                self.metrics.images.inc()
+        return items
+
+    async def caption(self, uploads: list[Upload], opts: GenerationOptions, timeout_s: float) -> list[ItemResult]:
+        """Caption every upload; per-image errors are results, a timeout is APIError 504."""
+        self._admit(len(uploads))
+        deadline = time.monotonic() + timeout_s
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._run(uploads, opts, deadline)
+        except TimeoutError:
+            raise APIError(504, "timeout", f"captioning took longer than {timeout_s:g} s; retry later, send fewer "
+                           "images per request, or ask the operator to raise the request timeout") from None
+        except BatcherStopped:
+            raise APIError(503, "not_ready", "the service is shutting down; retry on another instance",
+                           {"Retry-After": "1"}) from None
+        finally:
+            self._release(len(uploads))  # also when timed out or the client went away
+
+    def describe(self) -> dict[str, Any]:
+        """/v1/model: the model's facts and this service's limits."""
+        s = self.settings
+        info = self.model.describe()
+        info["service"] = {
+            "max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms, "queue_size": s.queue_size,
+            "max_files": s.max_files, "max_body_bytes": s.max_body_bytes, "max_pixels": s.max_pixels,
+            "request_timeout_s": s.request_timeout_s, "max_beam_size": s.max_beam_size,
+            "max_length_limit": s.max_length_limit, "default_beam_size": s.default_beam_size,
+            "default_max_length": min(self.default_max_length, s.max_length_limit),
+            "torch_threads": torch.get_num_threads(), "auth_required": s.api_key is not None,
+        }
+        return info

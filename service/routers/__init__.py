@@ -1,0 +1,1 @@
+"""Thin HTTP layers over :class:`service.captioning.CaptionService`."""

@@ -1,0 +1,84 @@
+"""Running the app under uvicorn with a graceful, load-balancer-friendly shutdown.
+
+On the first SIGTERM or SIGINT the service starts *draining*: ``/readyz`` answers 503
+at once, so a load balancer or orchestrator stops sending new requests, while the server
+keeps serving for ``drain_seconds``. Then uvicorn closes the listening socket, waits for
+in-flight requests to finish (up to the request timeout plus a margin) and the app runs
+what is still queued before the process exits with status 0. A second signal skips the
+wait; a third (Ctrl+C) forces the exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import time
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from captioner.errors import CaptionerError
+
+from .settings import Settings
+
+log = logging.getLogger("service")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server whose first exit signal marks the app as draining and delays the
+    actual shutdown by ``drain_seconds``."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.fastapi_app = app
+        self.drain_seconds = drain_seconds
+        self._exit_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._exit_at is None:  # first signal: drain
+            service = getattr(self.fastapi_app.state, "service", None)
+            if service is not None:
+                service.draining = True
+            self._exit_at = time.monotonic() + self.drain_seconds
+            log.info("received %s: draining (readyz reports 503) for %.1f s, then finishing in-flight requests",
+                     signal.Signals(sig).name, self.drain_seconds)
+            if self.drain_seconds <= 0:
+                self.should_exit = True
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self._exit_at is not None and time.monotonic() >= self._exit_at:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0 picks a free port); a clear error when taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise CaptionerError(f"cannot listen on {host}:{port} ({e.strerror or e}); "
+                             "pick another --port or stop the program using it") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
+    """Serve ``app`` on an already bound socket until a signal ends it (see module docstring)."""
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        server_header=False,
+        proxy_headers=False,
+        lifespan="on",
+    )
+    DrainingServer(config, app, settings.drain_seconds).run(sockets=[sock])

@@ -1,0 +1,98 @@
+"""Service settings: every knob of the HTTP service, read from the environment.
+
+Each field reads the environment variable ``CAPTIONER_<FIELD NAME IN CAPITALS>``
+(``CAPTIONER_MAX_BATCH_SIZE=32``, ``CAPTIONER_API_KEY=...``); flags of ``captioner serve``
+override the environment. Lists (``CAPTIONER_CORS_ORIGINS``) are comma-separated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from captioner.images import DEFAULT_MAX_PIXELS
+
+
+class Settings(BaseSettings):
+    """Configuration of one service process (see docs/service.md for the whole table)."""
+
+    model_config = SettingsConfigDict(env_prefix="CAPTIONER_", extra="ignore", validate_default=True)
+
+    # where to listen
+    host: str = Field("127.0.0.1", description="interface to bind; 0.0.0.0 to accept connections from other machines")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port; 0 picks a free one")
+
+    # the model
+    checkpoint: Path | None = Field(None, description="checkpoint folder; empty means the shipped default weights")
+    device: str | None = Field(None, description="cpu, cuda or cuda:N; empty means cuda when available")
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads for the model (torch.set_num_threads)")
+
+    # dynamic batching
+    max_batch_size: int = Field(16, ge=1, le=1024, description="most images run through the model at once")
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch that is not full may wait for more "
+                               "images while the model is busy (an idle model starts at once)")
+    queue_size: int = Field(128, ge=1, description="most images accepted and not yet captioned; beyond it 503")
+    decode_workers: int = Field(2, ge=1, le=64, description="threads decoding and preprocessing uploads")
+
+    # limits
+    max_files: int = Field(16, ge=1, description="most images in one request")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body, enforced while reading")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height), checked before decoding")
+    request_timeout_s: float = Field(30.0, gt=0, description="time limit for one request, queueing included; then 504")
+    max_beam_size: int = Field(5, ge=1, le=50, description="largest beam size a request may ask for")
+    max_length_limit: int = Field(50, ge=1, le=500, description="largest max_length a request may ask for")
+    default_beam_size: int = Field(1, ge=1, description="beam size when the request gives none (1 = greedy)")
+
+    # security
+    api_key: SecretStr | None = Field(None, description="when set, /v1/* requires 'Authorization: Bearer <key>'")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed to call the API from a browser; empty = CORS off"
+    )
+
+    # lifecycle
+    drain_seconds: float = Field(0.0, ge=0, description="after SIGTERM: keep serving this long while /readyz says "
+                                 "503 (so a load balancer stops sending), then finish in-flight requests and exit")
+    log_level: str = Field("info", description="uvicorn log level: critical, error, warning, info, debug")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("checkpoint", "device", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in {"critical", "error", "warning", "info", "debug", "trace"}:
+            raise ValueError("log_level must be one of critical, error, warning, info, debug, trace")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if self.queue_size < self.max_files:
+            raise ValueError(f"queue_size ({self.queue_size}) must be at least max_files ({self.max_files}), "
+                             "or a full-size request could never be accepted")
+        if self.default_beam_size > self.max_beam_size:
+            raise ValueError(f"default_beam_size ({self.default_beam_size}) exceeds max_beam_size ({self.max_beam_size})")
+        return self
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000.0
