@@ -266,6 +266,8 @@ def test_worst_examples_and_json_report():
     assert set(report["metrics"]) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider_d", "rouge_l"}
     assert [row["image_id"] for row in report["per_image"]] == ["good", "bad", "mid"]
     assert dict(scores) == scores.metrics
+    quick = score_captions(preds, refs, metrics="bleu", nltk_cross_check=False)
+    assert quick.cross_checks == {} and quick["bleu_4"] == scores["bleu_4"]
 
 
 # ----------------------------------------------------------------------------- METEOR / SPICE (Java)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import API_KEY, COLOURS, colour_image
+from servicekit import API_KEY, COLOURS, colour_image
 
 COLOUR_NAMES = list(COLOURS)
 

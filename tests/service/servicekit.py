@@ -1,0 +1,160 @@
+"""Helpers of the service tests: checkable test images, a small trained checkpoint, and
+running ``captioner serve`` in a subprocess (fixtures using them live in conftest.py).
+
+The checkpoint: the real pretrained EfficientNet-Lite0 encoder and a small LSTM decoder
+trained for a few seconds to name the colour of a plain, noisy picture ("a red picture",
+"a blue picture", ...). Its captions are therefore *checkable*: a test knows which caption
+each image must get, so a result delivered to the wrong request cannot go unnoticed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "green": (40, 170, 60),
+    "blue": (35, 60, 215),
+    "yellow": (235, 215, 40),
+}
+API_KEY = "test-key-0123456789"
+STARTUP_TIMEOUT_S = 120.0
+
+
+def colour_image(colour: str, seed: int, size: tuple[int, int] = (64, 48), fmt: str = "PNG") -> bytes:
+    """A plain picture of ``colour`` with mild noise, encoded as ``fmt``."""
+    rng = np.random.default_rng(seed)
+    base = np.array(COLOURS[colour], dtype=np.float32)
+    pixels = base + rng.normal(0, 12, size=(size[1], size[0], 3))
+    im = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def adam(module: torch.nn.Module, loss_fn, steps: int, lr: float, betas=(0.9, 0.999), eps=1e-8) -> float:
+    """A few lines of Adam, because importing torch.optim pulls in torch._dynamo (seconds)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    b1, b2 = betas
+    loss = torch.tensor(float("nan"))
+    for step in range(1, steps + 1):
+        loss = loss_fn()
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g, m_, v_ in zip(params, grads, m, v):
+                m_.mul_(b1).add_(g, alpha=1 - b1)
+                v_.mul_(b2).addcmul_(g, g, value=1 - b2)
+                p.sub_(lr * (m_ / (1 - b1**step)) / ((v_ / (1 - b2**step)).sqrt() + eps))
+    return float(loss.detach())
+
+
+def build_checkpoint(out: Path) -> Path:
+    """Train the colour-naming decoder on top of the pretrained encoder and save it."""
+    from captioner import CaptionDecoder, Captioner, DecoderConfig, Vocabulary
+    from captioner.encoders import build_encoder
+
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        encoder = build_encoder("efficientnet_lite0").eval()
+        pre = encoder.spec.preprocess
+        names = list(COLOURS)
+        images, captions = [], []
+        for i, name in enumerate(names):
+            for j in range(3):
+                data = colour_image(name, seed=100 * i + j, size=(40 + 16 * j, 40 + 8 * j), fmt="PNG" if j % 2 else "JPEG")
+                images.append(pre(Image.open(io.BytesIO(data)).convert("RGB")))
+                captions.append(f"a {name} picture")
+        with torch.no_grad():
+            feats = encoder(torch.stack(images)).float()  # (N, 1280)
+        vocab = Vocabulary.build(captions)
+        seqs = [vocab.encode(c) for c in captions]
+        T = max(len(s) for s in seqs)
+        tokens = torch.tensor([s + [vocab.pad_id] * (T - len(s)) for s in seqs])  # (N, T)
+        cfg = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim, embed_dim=32, hidden_dim=64,
+                            img_proj_dim=32, dropout=0.0, max_length=8)
+        decoder = CaptionDecoder(cfg)
+        adam(decoder, lambda: decoder.loss(feats, tokens, vocab.pad_id), steps=150, lr=1e-2)
+        decoder.eval()
+        model = Captioner(encoder, decoder, vocab, device="cpu",
+                          metadata={"model_id": "test-colours", "training_data": "plain noisy colour pictures"})
+        got = [r.caption for r in model.generate(feats)]
+        assert got == captions, f"the test decoder did not learn the colours: {got}"
+        model.save(out)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@dataclass
+class Server:
+    """A running ``captioner serve`` subprocess."""
+
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 60.0), **kw)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+def launch(checkpoint: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``captioner serve --port 0`` with its output in ``log`` (a pipe could fill up)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if not k.startswith("CAPTIONER_") or k in (env or {})}
+    cmd = [sys.executable, "-m", "captioner", "serve", "--checkpoint", str(checkpoint), "--host", "127.0.0.1",
+           "--port", "0", "--torch-threads", "1", "--log-level", "warning", *args]
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env,
+                            start_new_session=True)
+
+
+def wait_ready(proc: subprocess.Popen, log: Path) -> Server:
+    """Wait for the URL line in the log, then for /readyz to answer 200."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    url = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"captioner serve exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        if url is None:
+            m = re.search(r"listening on (http://[\d.]+:\d+)", log.read_text(errors="replace"))
+            url = m.group(1) if m else None
+        if url is not None:
+            try:
+                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                    return Server(proc, url, log)
+            except httpx.TransportError:
+                pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"captioner serve was not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text(errors='replace')}")
+
+
