@@ -116,7 +116,9 @@ class CaptionService:
     # ------------------------------------------------------------------ admission
     def _admit(self, n: int) -> None:
         with self._lock:
-            if self.draining or not self.batcher.running:
+            # While draining, requests are still accepted (a load balancer may not have seen
+            # /readyz turn 503 yet); only a stopped batcher refuses.
+            if not self.batcher.running:
                 raise APIError(503, "not_ready", "the service is shutting down; retry on another instance",
                                {"Retry-After": "1"})
             if self._admitted + n > self.settings.queue_size:

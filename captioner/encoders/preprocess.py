@@ -167,4 +167,7 @@ class Preprocess:
                 f"invalid preprocessing settings: missing keys {missing}, unknown keys {unknown}; "
                 f"expected {sorted(known)}"
             )
-        return cls(**dict(d))
+        try:
+            return cls(**dict(d))
+        except (TypeError, ValueError) as e:  # e.g. a mean that is not a list of numbers
+            raise CaptionerError(f"invalid preprocessing settings {dict(d)}: {e}") from None

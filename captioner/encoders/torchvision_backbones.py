@@ -40,7 +40,7 @@ class TorchvisionBackbone:
     interpolation: str
     imagenet_top1: float
     num_params: int
-    description: str
+    description: str  # the architecture, in words
 
     @property
     def filename(self) -> str:
@@ -82,7 +82,10 @@ class TorchvisionBackbone:
             name=self.name,
             feature_dim=self.feature_dim,
             preprocess=Preprocess(self.resize_size, 224, IMAGENET_MEAN, IMAGENET_STD, self.interpolation),
-            description=self.description,
+            description=(
+                f"{self.description} from torchvision, {self.num_params / 1e6:.1f}M params, "
+                f"ImageNet top-1 {self.imagenet_top1:.1f}%"
+            ),
             weights_source=f"torchvision {enum_name}.{entry} ({self.url}), from the local torch hub cache only",
             weights_license=(
                 "published by torchvision (BSD-3-Clause code); the weights were trained on ImageNet-1k, "
@@ -100,21 +103,21 @@ class TorchvisionBackbone:
 _TV = "https://download.pytorch.org/models/"
 TORCHVISION_BACKBONES: tuple[TorchvisionBackbone, ...] = (
     TorchvisionBackbone("resnet18", "ResNet18_Weights.IMAGENET1K_V1", _TV + "resnet18-f37072fd.pth",
-                        "fc", 512, 256, "bilinear", 69.758, 11_689_512, "ResNet-18, 512-d features"),
+                        "fc", 512, 256, "bilinear", 69.758, 11_689_512, "ResNet-18"),
     TorchvisionBackbone("resnet34", "ResNet34_Weights.IMAGENET1K_V1", _TV + "resnet34-b627a593.pth",
-                        "fc", 512, 256, "bilinear", 73.314, 21_797_672, "ResNet-34, 512-d features"),
+                        "fc", 512, 256, "bilinear", 73.314, 21_797_672, "ResNet-34"),
     TorchvisionBackbone("resnet50", "ResNet50_Weights.IMAGENET1K_V2", _TV + "resnet50-11ad3fa6.pth",
-                        "fc", 2048, 232, "bilinear", 80.858, 25_557_032, "ResNet-50, 2048-d features"),
+                        "fc", 2048, 232, "bilinear", 80.858, 25_557_032, "ResNet-50"),
     TorchvisionBackbone("resnet101", "ResNet101_Weights.IMAGENET1K_V2", _TV + "resnet101-cd907fc2.pth",
-                        "fc", 2048, 232, "bilinear", 81.886, 44_549_160, "ResNet-101, 2048-d features"),
+                        "fc", 2048, 232, "bilinear", 81.886, 44_549_160, "ResNet-101"),
     TorchvisionBackbone("resnet152", "ResNet152_Weights.IMAGENET1K_V2", _TV + "resnet152-f82ba261.pth",
-                        "fc", 2048, 232, "bilinear", 82.284, 60_192_808, "ResNet-152, 2048-d features"),
+                        "fc", 2048, 232, "bilinear", 82.284, 60_192_808, "ResNet-152"),
     TorchvisionBackbone("mobilenet_v3_large", "MobileNet_V3_Large_Weights.IMAGENET1K_V2",
                         _TV + "mobilenet_v3_large-5c1a4163.pth", "classifier", 960, 232, "bilinear", 75.274,
-                        5_483_032, "MobileNetV3-Large, 960-d features (before the 1280-d classifier layer)"),
+                        5_483_032, "MobileNetV3-Large (pooled 960-d, before the classifier's 1280-d layer)"),
     TorchvisionBackbone("efficientnet_b0", "EfficientNet_B0_Weights.IMAGENET1K_V1",
                         _TV + "efficientnet_b0_rwightman-7f5810bc.pth", "classifier", 1280, 256, "bicubic",
-                        77.692, 5_288_548, "EfficientNet-B0 (SE, swish), 1280-d features"),
+                        77.692, 5_288_548, "EfficientNet-B0 (with SE and swish)"),
 )
 
 for _backbone in TORCHVISION_BACKBONES:

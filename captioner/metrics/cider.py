@@ -38,7 +38,9 @@ class CiderResult:
     per_image: list[float]
 
 
-def _tfidf(counts: Counter, idf: dict[tuple, float], default_idf: float, n: int) -> tuple[list[dict[tuple, float]], list[float]]:
+def _tfidf(
+    counts: Counter, idf: dict[tuple, float], default_idf: float, n: int
+) -> tuple[list[dict[tuple, float]], list[float]]:
     """Per-order TF-IDF vectors and their L2 norms for one caption's n-gram counts.
 
     ``idf`` holds every n-gram seen in the references; any other n-gram has df 0, so its

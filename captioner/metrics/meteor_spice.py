@@ -76,7 +76,9 @@ def pycocoevalcap_dir() -> Path:
     """Folder of the installed pycocoevalcap package (found without importing it)."""
     spec = importlib.util.find_spec("pycocoevalcap")
     if spec is None or not spec.submodule_search_locations:
-        raise MetricUnavailable("pycocoevalcap is not installed (`pip install pycocoevalcap` ships the METEOR/SPICE jars)")
+        raise MetricUnavailable(
+            "pycocoevalcap is not installed (`pip install pycocoevalcap` ships the METEOR/SPICE jars)"
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 

@@ -87,7 +87,9 @@ class CaptionScores(Mapping):
 
     def to_dict(self) -> dict:
         """JSON-ready summary: metrics, skipped, cross_checks and per-image rows (NaN -> None)."""
-        clean = lambda d: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}  # noqa: E731
+        def clean(d: dict) -> dict:
+            return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
         return {
             "metrics": clean(self.metrics),
             "skipped": dict(self.skipped),

@@ -80,7 +80,9 @@ def tokenize_corpus(
         if not isinstance(pred, str):
             raise CaptionerError(f"prediction for image {image_id!r} is {type(pred).__name__}, expected a string")
         if isinstance(ref_list, str) or not isinstance(ref_list, Sequence):
-            raise CaptionerError(f"references for image {image_id!r} must be a list of strings, got {type(ref_list).__name__}")
+            raise CaptionerError(
+                f"references for image {image_id!r} must be a list of strings, got {type(ref_list).__name__}"
+            )
         if len(ref_list) == 0:
             raise CaptionerError(f"image {image_id!r} has an empty reference list; every image needs at least one")
         for r in ref_list:

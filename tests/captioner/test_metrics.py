@@ -93,7 +93,9 @@ def random_corpus(seed: int) -> TokenizedCorpus:
     vocab = WORDS[: rng.randint(6, len(WORDS))]  # small vocabularies -> many n-gram matches
     n = rng.randint(1, 30)
     hyps = [[rng.choice(vocab) for _ in range(rng.choice([0, 1, 2, 3, 5, 8, 12, 25]))] for _ in range(n)]
-    refs = [[[rng.choice(vocab) for _ in range(rng.randint(0, 14))] for _ in range(rng.randint(1, 5))] for _ in range(n)]
+    refs = [
+        [[rng.choice(vocab) for _ in range(rng.randint(0, 14))] for _ in range(rng.randint(1, 5))] for _ in range(n)
+    ]
     return TokenizedCorpus([f"img{i}" for i in range(n)], hyps, refs)
 
 
@@ -364,7 +366,8 @@ TOKENIZER_CASES = [
     ("A man doesn't like it.", "a man does n't like it", "a man doesn't like it"),
     ("It’s a dog’s life", "it 's a dog 's life", "it's a dog's life"),
     ("A black-and-white photo of a cat.", "a black-and-white photo of a cat", "a black and white photo of a cat"),
-    ("Two people (a man and a woman) sit.", "two people -lrb- a man and a woman -rrb- sit", "two people a man and a woman sit"),
+    ("Two people (a man and a woman) sit.", "two people -lrb- a man and a woman -rrb- sit",
+     "two people a man and a woman sit"),
     ("The price is $3.50 at 5:30pm.", "the price is $ 3.50 at 5:30 pm", "the price is 3 50 at 5 30pm"),
     ("100,000 people", "100,000 people", "100 000 people"),
     ("rock 'n' roll", "rock 'n' roll", "rock n roll"),
