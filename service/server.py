@@ -42,7 +42,7 @@ class DrainingServer(uvicorn.Server):
             if service is not None:
                 service.draining = True
             self._exit_at = time.monotonic() + self.drain_seconds
-            log.info("received %s: draining (readyz reports 503) for %.1f s, then finishing in-flight requests",
+            log.warning("received %s: draining (readyz reports 503) for %.1f s, then finishing in-flight requests",
                      signal.Signals(sig).name, self.drain_seconds)
             if self.drain_seconds <= 0:
                 self.should_exit = True

@@ -360,20 +360,20 @@ def evaluate_captions(
 
 def format_table(report: dict) -> str:
     """The report's metrics as an aligned text table, then the notes worth reading."""
-    lines = [f"{'metric':<16}{'value':>10}", "-" * 26]
+    lines = [f"{'metric':<16}{'value':>8}", "-" * 24]
     metrics = report.get("metrics", {})
     for name, value in metrics.items():
         label = METRIC_LABELS.get(name, name.replace("_", " "))
         if value is None:
-            text = "n/a"
+            text = f"{'n/a':>8}"
         elif name == "scene_accuracy":
             scene = report.get("scene", {})
-            text = f"{100 * value:.1f}%  ({scene.get('correct')}/{scene.get('total')})"
+            text = f"{100 * value:7.1f}%  ({scene.get('correct')} of {scene.get('total')} exactly right)"
         else:
-            text = f"{value:.4f}"
-        lines.append(f"{label:<16}{text:>10}")
+            text = f"{value:8.4f}"
+        lines.append(f"{label:<16}{text}")
     for name, reason in report.get("skipped", {}).items():
-        lines.append(f"{METRIC_LABELS.get(name, name):<16}{'skipped':>10}  ({reason})")
+        lines.append(f"{METRIC_LABELS.get(name, name):<16}{'skipped':>8}  ({reason})")
     lines.append("")
     lines.append(f"images scored: {report.get('images')}")
     for note in report.get("notes", []):
