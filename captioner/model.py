@@ -13,7 +13,9 @@ calls: :meth:`Captioner.preprocess` (bytes -> normalised tensor), :meth:`Caption
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -22,11 +24,13 @@ import torch
 from torch import Tensor
 
 from . import checkpoint as ckpt_mod
+from . import fast as fast_mod
 from .decoder import CaptionDecoder, DecoderConfig
 from .errors import CaptionerError, CheckpointError
 from .images import ImageSource, load_image
 from .vocab import Vocabulary
 
+log = logging.getLogger("captioner.model")
 
 def default_weights_path() -> Path:
     """Folder of the checkpoint that ships with the package (``weights/default``)."""
@@ -72,6 +76,7 @@ class Captioner:
         device: str | torch.device | None = None,
         model_id: str | None = None,
         path: Path | None = None,
+        fast: bool | None = None,
     ) -> None:
         if decoder.config.vocab_size != len(vocab):
             raise CheckpointError(
@@ -90,11 +95,23 @@ class Captioner:
         self.metadata = metadata or {}
         self.path = path
         self.model_id = model_id or self.metadata.get("model_id") or "untrained"
+        # The fast encoder (captioner.fast): built on first use, or at once by load().
+        # None -> CAPTIONER_FAST decides (default on).
+        self.fast = fast_mod.fast_requested(fast)
+        self._fast_encoder: fast_mod.OnnxEncoder | None = None
+        self._fast_reason: str | None = None  # why the fast path is not in use; None: not tried yet
+        self._fast_reason_key: tuple | None = None  # the weights that reason is about
+        self._fast_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None) -> "Captioner":
-        """Load a checkpoint folder; no path loads the shipped default weights."""
+    def load(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
+             fast: bool | None = None) -> "Captioner":
+        """Load a checkpoint folder; no path loads the shipped default weights.
+
+        ``fast`` (default: env ``CAPTIONER_FAST``, on unless ``0``) runs the encoder with
+        ONNX Runtime on CPUs (see :mod:`captioner.fast`); it is prepared here, so the first
+        image pays no export. ``fast=False`` keeps the plain PyTorch encoder."""
         from .encoders import Preprocess, build_encoder, get_spec
 
         folder = Path(path) if path is not None else default_weights_path()
@@ -128,8 +145,10 @@ class Captioner:
         preprocess = Preprocess.from_dict(ck.preprocess) if ck.preprocess else spec.preprocess
         digest = hashlib.sha256((folder / ckpt_mod.WEIGHTS).read_bytes()).hexdigest()[:12]
         model_id = ck.metadata.get("model_id") or f"{folder.name}-{digest}"
-        return cls(encoder, decoder, ck.vocab, preprocess=preprocess, metadata=ck.metadata,
-                   device=device, model_id=model_id, path=folder)
+        model = cls(encoder, decoder, ck.vocab, preprocess=preprocess, metadata=ck.metadata,
+                    device=device, model_id=model_id, path=folder, fast=fast)
+        model.prepare_fast()
+        return model
 
     def save(self, directory: str | os.PathLike, metadata: dict | None = None, fp16: bool = False) -> Path:
         """Write this model as a checkpoint folder (decoder weights only: the encoder is frozen
@@ -160,10 +179,47 @@ class Captioner:
         """Path, bytes or PIL image -> normalised tensor (3, H, W). Raises ImageLoadError."""
         return self.preprocessor(self.load_image(image, name=name))
 
+    @property
+    def encoder_backend(self) -> str:
+        """What runs the encoder now: "onnxruntime" (the fast path) or "pytorch"."""
+        return self._fast_encoder.backend if self._fast_encoder is not None else "pytorch"
+
+    def prepare_fast(self) -> bool:
+        """Build (or rebuild, if the encoder's weights changed) the fast encoder now when it
+        is wanted; returns whether it is in use. Falling back is logged with the reason."""
+        if not self.fast:
+            self._fast_encoder, self._fast_reason = None, "switched off (fast=False or CAPTIONER_FAST=0)"
+            return False
+        with self._fast_lock:
+            current = self._fast_encoder
+            if current is not None and current.matches(self.encoder):
+                return True
+            if current is None and self._fast_reason is not None and self._fast_reason_key == self._fast_key():
+                return False  # already failed for these weights; do not retry on every batch
+            with torch.inference_mode(False):  # encode() may call this under inference mode
+                self._fast_encoder, reason = fast_mod.build_fast_encoder(
+                    self.encoder, self.input_size, device=self.device)
+            self._fast_reason = reason or ""
+            self._fast_reason_key = self._fast_key()
+            if self._fast_encoder is None:
+                log.warning("encoder runs on plain PyTorch: %s", reason)
+            else:
+                log.info("encoder runs on ONNX Runtime (%d threads)", self._fast_encoder.threads)
+            return self._fast_encoder is not None
+
+    def _fast_key(self) -> tuple:
+        return (id(self.encoder), fast_mod._param_versions(self.encoder))
+
     @torch.inference_mode()
     def encode(self, batch: Tensor) -> Tensor:
-        """(B, 3, H, W) -> (B, F) features."""
-        return self.encoder(batch.to(self.device, non_blocking=True)).float()
+        """(B, 3, H, W) -> (B, F) features; ONNX Runtime when the fast path is on and
+        available, else the PyTorch encoder (the reference; both agree within
+        ``captioner.fast.FEATURE_TOLERANCE``)."""
+        if self.fast and not self.encoder.training and self.prepare_fast():
+            fast = self._fast_encoder
+            if fast is not None and fast.accepts(batch):
+                return fast(batch)  # (B, F)
+        return self.encoder(batch.to(self.device, non_blocking=True)).float()  # (B, F)
 
     @torch.inference_mode()
     def generate(
@@ -218,6 +274,7 @@ class Captioner:
             "model_id": self.model_id,
             "encoder": {"name": self.encoder.spec.name, "feature_dim": self.decoder.config.feature_dim,
                         "preprocess": self.preprocessor.to_dict() if hasattr(self.preprocessor, "to_dict") else {}},
+            "encoder_backend": self.encoder_backend,
             "decoder": self.decoder.config.to_dict(),
             "vocab_size": len(self.vocab),
             "device": str(self.device),

@@ -42,6 +42,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -168,7 +169,8 @@ def fast_forward(encoder: nn.Module, example: Tensor, check: bool = True) -> Cal
     with torch.inference_mode():
         eager = encoder(example).float()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # jit deprecation notices and shape-constant tracer notes
             traced = torch.jit.freeze(torch.jit.trace(encoder, example, check_trace=False))
             for _ in range(2):  # the first calls optimise the graph
                 out = traced(example).float()

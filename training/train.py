@@ -176,7 +176,7 @@ class TrainConfig:
 
 
 #: Settings that may differ when resuming (they do not change what is learned).
-RESUME_OVERRIDABLE = ("epochs", "patience", "device", "num_workers", "progress", "plot", "evaluate_test",
+RESUME_OVERRIDABLE = ("out", "epochs", "patience", "device", "num_workers", "progress", "plot", "evaluate_test",
                       "cache_dir", "max_val_images")
 
 
@@ -564,11 +564,30 @@ def read_last(out: Path) -> tuple[dict, dict[str, Tensor]]:
 
 
 def check_resume_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
-    """The saved run's config with the settings that may change on resume taken from ``cfg``."""
-    merged = dict(saved)
-    for k in RESUME_OVERRIDABLE:
-        merged[k] = getattr(cfg, k)
-    return TrainConfig.from_dict(merged)
+    """``cfg`` if it only differs from the saved run's settings in :data:`RESUME_OVERRIDABLE`.
+
+    Anything else (data, model, optimisation) must match: a resumed run that learned
+    differently would not be the run it claims to continue.
+    """
+    mine = cfg.to_dict()
+    diff = [f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in mine
+            if k not in RESUME_OVERRIDABLE and saved.get(k) != mine[k]]
+    if diff:
+        raise CaptionerError("cannot resume with different settings (" + "; ".join(diff[:6]) + "); "
+                             "only " + ", ".join(RESUME_OVERRIDABLE) + " may change")
+    return cfg
+
+
+def resume_config(out: str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """The settings of the run in ``out`` with some of :data:`RESUME_OVERRIDABLE` changed."""
+    meta, _ = read_last(Path(out))
+    values = dict(meta["config"], out=str(out))
+    bad = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
+    if bad:
+        raise CaptionerError(f"cannot change {', '.join(bad)} when resuming; only "
+                             + ", ".join(RESUME_OVERRIDABLE) + " may change")
+    values.update(overrides)
+    return TrainConfig.from_dict(values)
 
 
 # ============================================================================ logging and metadata

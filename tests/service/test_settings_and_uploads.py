@@ -102,3 +102,21 @@ def test_parse_multipart_rejects_garbage():
         parse_multipart(b"--XyZ\r\nno headers end", "multipart/form-data; boundary=XyZ", max_files=2)
         raise AssertionError("garbage was accepted")
     assert err.value.status == 400
+
+
+def test_serve_reports_a_missing_checkpoint_as_a_user_error(tmp_path):
+    from service.cli import cmd_serve
+
+    with pytest.raises(CaptionerError, match="not found"):
+        cmd_serve(parse_serve(["--checkpoint", str(tmp_path / "missing"), "--port", "0"]))
+
+
+def test_port_in_use_is_a_user_error():
+    from service.server import bind_socket
+
+    taken = bind_socket("127.0.0.1", 0)
+    try:
+        with pytest.raises(CaptionerError, match="cannot listen"):
+            bind_socket("127.0.0.1", taken.getsockname()[1])
+    finally:
+        taken.close()

@@ -101,12 +101,6 @@ class LoadReport:
     def ok(self) -> bool:
         return not self.counts
 
-    def merge(self, other: "LoadReport") -> None:
-        self.counts.update(other.counts)
-        for kind, items in other.examples.items():
-            kept = self.examples.setdefault(kind, [])
-            kept.extend(items[: max(0, EXAMPLES_KEPT - len(kept))])
-
     def summary(self, shown: int = EXAMPLES_SHOWN) -> str:
         """Human-readable lines: one per kind of problem with its first examples."""
         if self.ok:

@@ -103,7 +103,7 @@ def sample_scene(
     counts = [rng.randint(1, config.max_count) for _ in kinds]
     background = rng.choice(list(backgrounds))
     j = config.background_jitter
-    rgb = tuple(min(255, max(0, c + rng.randint(-j, j))) for c in background.rgb)
+    r, g, b = (min(255, max(0, c + rng.randint(-j, j))) for c in background.rgb)
 
     n = config.image_size
     edges = [round(i * n / config.grid) for i in range(config.grid + 1)]  # cell borders, px
@@ -123,7 +123,7 @@ def sample_scene(
             obj.boxes.append((x, y, x + size, y + size))
             obj.flips.append(rng.random() < 0.5)
         objects.append(obj)
-    return Scene(background=background.name, background_rgb=rgb, objects=objects)  # type: ignore[arg-type]
+    return Scene(background=background.name, background_rgb=(r, g, b), objects=objects)
 
 
 @functools.cache

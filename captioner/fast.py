@@ -1,0 +1,264 @@
+"""The fast CPU path for the encoder: the same network, run by ONNX Runtime.
+
+The CNN encoder is almost all of the work of captioning an image on a CPU, and eager
+PyTorch runs EfficientNet-Lite0's many small depthwise convolutions poorly (on a 2-core
+machine about 64 images/s at batch 1 but only about 25 images/s at batch 32). ONNX
+Runtime runs the *same weights* with batch-norm folded into the convolutions, fused
+activations and kernels made for depthwise work: about 178 images/s at batch 32 on that
+machine (docs/performance.md has the full table).
+
+How it is built (once per set of weights)::
+
+    Encoder (eval, frozen) --torch.onnx.export--> ONNX graph (dynamic batch, fixed H x W)
+        --> cache file <cache>/onnx/<encoder>-<size>-<digest>.onnx   (digest = weights + versions)
+        --> onnxruntime.InferenceSession (CPU, all graph optimisations, intra-op threads =
+            torch.get_num_threads(), no busy-waiting so the image-decoding threads keep the CPU)
+        --> self-check: its features for a fixed input must match the eager encoder's
+            within FEATURE_TOLERANCE, or the fast path is not used.
+
+The eager PyTorch encoder stays the reference: :class:`~captioner.model.Captioner` falls
+back to it, with a logged reason, whenever this path is unavailable (``onnxruntime`` not
+installed, the export fails, the self-check fails, a CUDA device, an input of another
+size) or switched off (``Captioner.load(..., fast=False)`` or ``CAPTIONER_FAST=0``).
+
+Environment:
+
+* ``CAPTIONER_FAST``: ``0``/``false``/``off`` turns the fast path off (default on).
+* ``CAPTIONER_CACHE_DIR``: where exported graphs are kept (default
+  ``$XDG_CACHE_HOME/captioner`` or ``~/.cache/captioner``); an unwritable cache only
+  costs a re-export (a few seconds) at every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger("captioner.fast")
+
+FAST_ENV = "CAPTIONER_FAST"
+CACHE_ENV = "CAPTIONER_CACHE_DIR"
+ONNX_OPSET = 17
+# Bump when the export recipe changes, so cached graphs from an older recipe are not reused.
+EXPORT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far the fast path's features may drift from the eager reference.
+
+    Both run the same float32 weights; they differ only by the order of floating-point
+    operations (folded batch-norm, other convolution algorithms), which moves the 1280
+    pooled features (magnitudes up to ~10) by about 1e-5.
+    """
+
+    max_abs: float = 1e-3  # largest absolute difference of any feature
+    min_cosine: float = 0.99999  # smallest cosine similarity of a feature vector pair
+
+    def check(self, reference: Tensor, fast: Tensor) -> tuple[bool, float, float]:
+        """(within tolerance, max abs difference, min cosine) for two (B, F) feature batches."""
+        diff = float((reference.float() - fast.float()).abs().max())
+        cos = float(torch.nn.functional.cosine_similarity(reference.float(), fast.float(), dim=1).min())
+        return diff <= self.max_abs and cos >= self.min_cosine, diff, cos
+
+
+FEATURE_TOLERANCE = Tolerance()
+
+
+def fast_requested(fast: bool | None = None) -> bool:
+    """Whether to use the fast path: ``fast`` when given, else ``CAPTIONER_FAST`` (default on)."""
+    if fast is not None:
+        return bool(fast)
+    value = os.environ.get(FAST_ENV, "1").strip().lower()
+    return value not in ("0", "false", "no", "off")
+
+
+def default_cache_dir() -> Path:
+    """``$CAPTIONER_CACHE_DIR``, else ``$XDG_CACHE_HOME/captioner``, else ``~/.cache/captioner``."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "captioner"
+
+
+def weights_digest(module: nn.Module, input_size: int) -> str:
+    """A hex digest naming an exported graph: every tensor of the module (name, shape, dtype,
+    bytes), the input size and the versions of the tools that write the graph."""
+    h = hashlib.sha256()
+    h.update(f"format={EXPORT_FORMAT}|opset={ONNX_OPSET}|torch={torch.__version__}|size={input_size}|".encode())
+    h.update(type(module).__name__.encode())
+    for name, t in module.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"|{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def export_onnx(encoder: nn.Module, input_size: int) -> bytes:
+    """The encoder as an ONNX graph: input ``images`` (B, 3, S, S) float32 -> ``features`` (B, F).
+
+    Uses the TorchScript-based exporter (``dynamo=False``): it needs no extra package and
+    traces this network exactly (its 'SAME' padding depends only on the fixed input size).
+    """
+    example = torch.zeros(1, 3, input_size, input_size)  # (1, 3, S, S)
+    buf = io.BytesIO()
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer and deprecation chatter, not actionable by users
+            torch.onnx.export(
+                encoder, (example,), buf,
+                input_names=["images"], output_names=["features"],
+                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+                opset_version=ONNX_OPSET, do_constant_folding=True, dynamo=False,
+            )
+    finally:
+        encoder.train(was_training)
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers never see a partial file (concurrent loads
+    of the same weights may race; the last rename wins with identical content)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _param_versions(module: nn.Module) -> int:
+    """Sum of the in-place version counters of every parameter and buffer: changes whenever
+    weights are modified in place (``load_state_dict``, an optimiser step)."""
+    return sum(p._version for p in module.parameters()) + sum(b._version for b in module.buffers())
+
+
+class OnnxEncoder:
+    """An encoder run by ONNX Runtime: callable ``(B, 3, S, S)`` tensor -> ``(B, F)`` float32 tensor.
+
+    Build it with :func:`build_fast_encoder` (which checks it against the eager encoder).
+    It remembers which module and weights it was exported from; :meth:`matches` tells
+    whether they are still the ones in use.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, encoder: nn.Module, input_size: int, *, threads: int | None = None,
+                 cache_dir: Path | None | bool = None, spinning: bool = False) -> None:
+        import onnxruntime as ort  # optional dependency: ImportError tells the caller to fall back
+
+        self.input_size = int(input_size)
+        self.feature_dim = int(getattr(encoder, "feature_dim", 0)) or None
+        self.threads = int(threads if threads is not None else torch.get_num_threads())
+        self._source = (id(encoder), _param_versions(encoder))
+        digest = weights_digest(encoder, self.input_size)
+        name = getattr(getattr(encoder, "spec", None), "name", type(encoder).__name__)
+        self.cache_path: Path | None = None
+        graph: bytes | None = None
+        if cache_dir is not False:
+            folder = (default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)) / "onnx"  # type: ignore[arg-type]
+            self.cache_path = folder / f"{name}-{self.input_size}-{digest[:20]}.onnx"
+            if self.cache_path.is_file():
+                try:
+                    graph = self.cache_path.read_bytes()
+                except OSError as e:
+                    log.info("cannot read the cached encoder graph %s (%s); exporting again", self.cache_path, e)
+        self.from_cache = graph is not None
+        if graph is None:
+            graph = export_onnx(encoder, self.input_size)
+            if self.cache_path is not None:
+                try:
+                    _write_atomic(self.cache_path, graph)
+                except OSError as e:  # read-only home, full disk: keep the graph in memory only
+                    log.info("cannot cache the encoder graph at %s (%s); set %s to a writable folder to "
+                             "skip the export next time", self.cache_path, e, CACHE_ENV)
+                    self.cache_path = None
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = max(1, self.threads)
+        options.inter_op_num_threads = 1
+        # Busy-waiting worker threads would take CPU from the threads that decode images in
+        # parallel with inference (service, folder captioning); measured no slower without.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.graph_bytes = len(graph)
+
+    def matches(self, encoder: nn.Module) -> bool:
+        """True while ``encoder`` is the module this graph came from, with unchanged weights."""
+        return self._source == (id(encoder), _param_versions(encoder))
+
+    def accepts(self, x: Tensor) -> bool:
+        """Whether this graph can run ``x``: a CPU float (B, 3, S, S) batch of the exported size."""
+        return x.dim() == 4 and tuple(x.shape[1:]) == (3, self.input_size, self.input_size) and x.device.type == "cpu"
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """(B, 3, S, S) -> (B, F) float32 features."""
+        if x.size(0) == 0:
+            return torch.zeros(0, self.feature_dim or 0)
+        arr = np.ascontiguousarray(x.detach().to(torch.float32).numpy())  # (B, 3, S, S)
+        (out,) = self.session.run(["features"], {"images": arr})  # (B, F)
+        return torch.from_numpy(out)
+
+    def describe(self) -> dict:
+        return {"backend": self.backend, "threads": self.threads, "input_size": self.input_size,
+                "graph_mb": round(self.graph_bytes / 2**20, 1), "cache": str(self.cache_path) if self.cache_path else None}
+
+
+def build_fast_encoder(
+    encoder: nn.Module,
+    input_size: int,
+    *,
+    device: torch.device | str = "cpu",
+    threads: int | None = None,
+    cache_dir: Path | None | bool = None,
+    tolerance: Tolerance = FEATURE_TOLERANCE,
+) -> tuple[OnnxEncoder | None, str]:
+    """Build the ONNX Runtime encoder and check it against ``encoder``.
+
+    Returns ``(fast encoder, "")``, or ``(None, reason)`` when the fast path cannot be used;
+    the reason is a sentence for the log. Never raises for an unavailable fast path.
+    """
+    if torch.device(device).type != "cpu":
+        return None, f"the model runs on {device}; the ONNX Runtime path is for CPUs"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None, "onnxruntime is not installed (pip install onnxruntime)"
+    try:
+        fast = OnnxEncoder(encoder, input_size, threads=threads, cache_dir=cache_dir)
+    except Exception as e:  # exporter or runtime cannot handle this network
+        return None, f"building the ONNX Runtime encoder failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+    # Self-check on a fixed, image-like input: catches a wrong export or a stale cache file.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, input_size, input_size, generator=gen).clamp_(-1.0, 1.0)  # (2, 3, S, S)
+    try:
+        with torch.inference_mode():
+            reference = encoder(x).float()  # (2, F)
+        got = fast(x)
+    except Exception as e:
+        return None, f"the ONNX Runtime encoder failed its self-check run ({type(e).__name__}: {e})"
+    ok, diff, cos = tolerance.check(reference, got)
+    if not ok:
+        if fast.from_cache and fast.cache_path is not None:
+            fast.cache_path.unlink(missing_ok=True)  # a stale or damaged cache entry: export afresh next time
+        return None, (f"the ONNX Runtime encoder disagrees with PyTorch (max abs diff {diff:.2e}, min cosine "
+                      f"{cos:.6f}; allowed {tolerance.max_abs:g} / {tolerance.min_cosine})")
+    return fast, ""

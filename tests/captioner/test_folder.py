@@ -1,0 +1,253 @@
+"""Folder captioning: the walk, the errors file, crash-safe resumable output, torchrun shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from captioner import Captioner
+from captioner.cli import main as cli_main
+from captioner.decoder import CaptionDecoder, DecoderConfig
+from captioner.encoders import build_encoder
+from captioner.errors import CaptionerError
+from captioner.folder import (
+    LineWriter,
+    caption_folder,
+    default_errors_path,
+    find_images,
+    merge_parts,
+    part_path,
+    read_records,
+)
+from captioner.vocab import Vocabulary
+
+PYTHON = sys.executable
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ---------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A small random decoder on the real EfficientNet-Lite0 encoder, saved as a checkpoint."""
+    torch.manual_seed(0)
+    vocab = Vocabulary.build(["a red dog on a green background", "two blue cars and a cat on a mat"])
+    encoder = build_encoder("efficientnet_lite0")
+    decoder = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim, embed_dim=16,
+                                           hidden_dim=32, img_proj_dim=16, max_length=6))
+    return Captioner(encoder, decoder, vocab).save(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def model(model_dir) -> Captioner:
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    return Captioner.load(model_dir, device="cpu")
+
+
+def save_image(path: Path, seed: int, size=(48, 32), fmt: str | None = None) -> None:
+    """A smooth random picture (blurred noise), small so the tests stay fast."""
+    rng = np.random.default_rng(seed)
+    small = (rng.random((3, 4, 3)) * 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(small).resize(size, Image.BILINEAR).save(path, format=fmt)
+
+
+def make_messy_folder(root: Path) -> None:
+    """Good, corrupt, empty, non-image, hidden and nested files, a symlink loop, a broken link."""
+    save_image(root / "b_good.jpg", 1)
+    save_image(root / "a_good.PNG", 2, fmt="PNG")
+    save_image(root / "nested" / "deeper" / "c_deep.jpg", 3)
+    save_image(root / ".hidden.jpg", 4)
+    save_image(root / ".hidden_dir" / "inside.jpg", 5)
+    jpeg = (root / "b_good.jpg").read_bytes()
+    (root / "corrupt.jpg").write_bytes(jpeg[: len(jpeg) // 2])  # truncated JPEG
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "text.jpg").write_text("this is not a picture\n")
+    (root / "notes.txt").write_text("not an image extension: ignored\n")
+    os.symlink("..", root / "nested" / "loop")  # nested/loop -> root: a cycle
+    os.symlink("no_such_file.jpg", root / "broken.jpg")
+
+
+def lines_of(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    assert data.endswith(b"\n"), "the file ends with a partial line"
+    return data.split(b"\n")[:-1]
+
+
+# ---------------------------------------------------------------------------- the walk
+def test_walk_skips_hidden_follows_links_once_and_sorts(tmp_path):
+    make_messy_folder(tmp_path)
+    items, problems = find_images([tmp_path], recursive=True)
+    keys = [i.key for i in items]
+    assert keys == ["a_good.PNG", "b_good.jpg", "corrupt.jpg", "empty.jpg", "nested/deeper/c_deep.jpg", "text.jpg"]
+    assert [(p.key, p.reason) for p in problems] == [("broken.jpg", "broken symbolic link")]
+    flat, _ = find_images([tmp_path], recursive=False)
+    assert "nested/deeper/c_deep.jpg" not in [i.key for i in flat] and len(flat) == 5
+    # several inputs: keys relative to their common folder; a file named directly is taken as is
+    both, _ = find_images([tmp_path / "nested" / "deeper", tmp_path / "notes.txt"])
+    assert [i.key for i in both] == ["nested/deeper/c_deep.jpg", "notes.txt"]
+    with pytest.raises(CaptionerError, match="no such file or folder"):
+        find_images([tmp_path / "missing"])
+
+
+# ---------------------------------------------------------------------------- a run
+def test_messy_folder_run_reports_failures_and_rerun_skips_done(model, tmp_path):
+    root = tmp_path / "photos"
+    make_messy_folder(root)
+    out = tmp_path / "out" / "captions.jsonl"
+    seen = []
+    summary = caption_folder(model, [root], out, recursive=True, batch_size=2, workers=2, progress=False,
+                             on_result=seen.append)
+    records = [json.loads(line) for line in lines_of(out)]
+    assert [r["file"] for r in records] == ["a_good.PNG", "b_good.jpg", "nested/deeper/c_deep.jpg"]
+    assert records == seen
+    assert all(isinstance(r["caption"], str) and r["score"] <= 0 for r in records)
+    # the captions are the model's own, as the library API gives them
+    direct = model.caption_detailed([root / "a_good.PNG", root / "b_good.jpg"])
+    assert [r["caption"] for r in records[:2]] == [d.caption for d in direct]
+
+    errors = {e["path"]: e["reason"] for e in map(json.loads, lines_of(default_errors_path(out)))}
+    assert set(errors) == {"broken.jpg", "corrupt.jpg", "empty.jpg", "text.jpg"}
+    assert "empty" in errors["empty.jpg"] and "not a recognised image" in errors["text.jpg"]
+    assert "truncated" in errors["corrupt.jpg"] or "corrupt" in errors["corrupt.jpg"]
+    assert (summary.found, summary.done, summary.skipped, summary.failed) == (6, 3, 0, 4)
+    assert summary.images_per_second > 0 and "failed 4" in summary.line()
+
+    # a rerun skips what is done, retries the failures, and duplicates nothing
+    save_image(root / "nested" / "new.jpg", 9)
+    again = caption_folder(model, [root], out, recursive=True, batch_size=2, workers=0, progress=False)
+    assert (again.done, again.skipped, again.failed) == (1, 3, 4)
+    assert [json.loads(line)["file"] for line in lines_of(out)] == [r["file"] for r in records] + ["nested/new.jpg"]
+    assert len(lines_of(default_errors_path(out))) == 4  # the latest run's failures, not accumulated
+
+
+def test_csv_output_resumes_after_a_torn_line(model, tmp_path):
+    for i in range(3):
+        save_image(tmp_path / "in" / f"img{i}.jpg", 20 + i)
+    out = tmp_path / "captions.csv"
+    first = caption_folder(model, [tmp_path / "in"], out, batch_size=8, progress=False)
+    assert first.done == 3 and not default_errors_path(out).exists()  # no failures: no errors file
+    text = out.read_text()
+    assert text.splitlines()[0] == "file,caption,score"
+    rows = read_records(out, "csv")
+    # simulate a crash that tore the last line: drop it and leave half of it
+    lines = text.splitlines(keepends=True)
+    out.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    again = caption_folder(model, [tmp_path / "in"], out, batch_size=8, progress=False)
+    assert (again.done, again.skipped) == (1, 2)
+    assert out.read_text() == text  # the torn line was cut, then written again whole
+    assert read_records(out, "csv") == rows
+
+
+def test_refuses_to_append_to_an_unrelated_file(model, tmp_path):
+    save_image(tmp_path / "in" / "x.jpg", 1)
+    out = tmp_path / "data.jsonl"
+    out.write_text('{"name": "something else"}\n')
+    with pytest.raises(CaptionerError, match="line 1 is not a captions record"):
+        caption_folder(model, [tmp_path / "in"], out, progress=False)
+    assert out.read_text() == '{"name": "something else"}\n'  # untouched
+
+
+def test_cli_folder_needs_out_and_writes_jsonl(model_dir, tmp_path, capsys):
+    save_image(tmp_path / "in" / "one.jpg", 1)
+    assert cli_main(["caption", str(tmp_path / "in"), "-c", str(model_dir)]) == 1
+    assert "is a folder; add --out" in capsys.readouterr().err
+    out = tmp_path / "o.jsonl"
+    assert cli_main(["caption", str(tmp_path / "in"), "-c", str(model_dir), "--out", str(out), "-q"]) == 0
+    assert [json.loads(line)["file"] for line in lines_of(out)] == ["one.jpg"]
+    assert "captioned 1, skipped 0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- crash safety
+KILLER = textwrap.dedent("""
+    # Run `captioner caption` and SIGKILL the process in the middle of writing line N+1:
+    # half of that line reaches the file, then the process dies (the worst a crash can do).
+    import os, signal, sys
+    import captioner.folder as folder
+    limit = int(os.environ["KILL_AFTER_LINES"])
+    state = {"n": 0}
+    original = folder.LineWriter._write_bytes
+    def dying_write(self, data):
+        if self.path.name.endswith(".jsonl") and "errors" not in self.path.name:
+            if state["n"] == limit:
+                original(self, data[: len(data) // 2])
+                os.kill(os.getpid(), signal.SIGKILL)
+            state["n"] += 1
+        original(self, data)
+    folder.LineWriter._write_bytes = dying_write
+    from captioner.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_killed_run_resumes_without_duplicate_or_partial_lines(model, model_dir, tmp_path):
+    folder = tmp_path / "many"
+    for i in range(8):
+        save_image(folder / f"{i:02d}.jpg", 100 + i)
+    out = tmp_path / "captions.jsonl"
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    proc = subprocess.run(
+        [PYTHON, str(script), "caption", str(folder), "--out", str(out), "-c", str(model_dir),
+         "--batch-size", "2", "--workers", "2", "-q"],
+        env={**os.environ, "KILL_AFTER_LINES": "3", "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=120,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    data = out.read_bytes()
+    assert data.count(b"\n") == 3 and not data.endswith(b"\n")  # 3 lines and a torn fourth
+    before = [json.loads(line) for line in data.split(b"\n")[:3]]
+
+    summary = caption_folder(model, [folder], out, batch_size=4, progress=False)
+    assert (summary.done, summary.skipped, summary.failed) == (5, 3, 0)
+    after = [json.loads(line) for line in lines_of(out)]
+    files = [r["file"] for r in after]
+    assert files == [f"{i:02d}.jpg" for i in range(8)]  # all present, once, in order
+    assert after[:3] == before
+    # what the killed process wrote is what the model says
+    assert [r["caption"] for r in before] == model.caption([folder / r["file"] for r in before])
+
+
+# ---------------------------------------------------------------------------- torchrun
+def test_merge_parts_sorts_dedupes_and_removes_parts(tmp_path):
+    out, errors = tmp_path / "c.jsonl", tmp_path / "c.errors.jsonl"
+    for rank, keys in enumerate([["a.jpg", "c.jpg"], ["b.jpg", "a.jpg"]]):
+        w = LineWriter(part_path(out, rank, 2), "jsonl")
+        w.open_for_resume()
+        for k in keys:
+            w.write({"file": k, "caption": f"{k} by {rank}", "score": -1.0})
+        w.close()
+    part_path(errors, 1, 2).write_text('{"path": "z.jpg", "reason": "bad"}\n')
+    assert merge_parts(out, errors, 2, "jsonl", order=["c.jpg", "b.jpg", "a.jpg"]) == 3
+    assert [(r["file"], r["caption"]) for r in read_records(out, "jsonl")] == [
+        ("c.jpg", "c.jpg by 0"), ("b.jpg", "b.jpg by 1"), ("a.jpg", "a.jpg by 0")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.errors.jsonl", "c.jsonl"]
+
+
+def test_torchrun_two_processes_shard_and_merge(model, model_dir, tmp_path):
+    folder = tmp_path / "shards"
+    for i in range(5):
+        save_image(folder / ("sub" if i % 2 else "") / f"{i}.jpg", 200 + i)
+    (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    out = tmp_path / "merged.jsonl"
+    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "captioner", "caption", str(folder), "--out", str(out), "-c", str(model_dir),
+           "--recursive", "--batch-size", "2", "--workers", "1", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "captioned 5, skipped 0" in proc.stderr and "failed 1" in proc.stderr
+    records = read_records(out, "jsonl")
+    assert [r["file"] for r in records] == ["0.jpg", "2.jpg", "4.jpg", "sub/1.jpg", "sub/3.jpg"]
+    assert [json.loads(line)["path"] for line in lines_of(default_errors_path(out))] == ["bad.jpg"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["merged.errors.jsonl", "merged.jsonl"]
+    # the shards captioned exactly what one process would
+    assert [r["caption"] for r in records] == model.caption([folder / r["file"] for r in records])

@@ -1,0 +1,68 @@
+"""Deployment files: docker-compose.yml, Dockerfile and .dockerignore agree with the code.
+
+No Docker engine is needed (nor used): the compose file is parsed as YAML and checked
+field by field, and every CAPTIONER_* variable they set must be a real setting.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTING_VARS = {f"CAPTIONER_{name.upper()}" for name in Settings.model_fields}
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_service_with_healthcheck_on_readyz():
+    svc = compose()["services"]["captioner"]
+    assert svc["build"]["context"] == "."
+    test = svc["healthcheck"]["test"]
+    assert test[0] == "CMD" and "/readyz" in " ".join(test)
+    assert any(str(p).endswith(":8000") for p in svc["ports"])
+    assert svc["environment"]["CAPTIONER_HOST"] == "0.0.0.0" and str(svc["environment"]["CAPTIONER_PORT"]) == "8000"
+    assert "replicas" in svc["deploy"] and "cpus" in svc["deploy"]["resources"]["limits"]
+
+
+def test_compose_threads_match_the_cpu_limit():
+    svc = compose()["services"]["captioner"]
+    env = svc["environment"]
+    cpus = str(svc["deploy"]["resources"]["limits"]["cpus"])
+    assert env["CAPTIONER_TORCH_THREADS"] == env["OMP_NUM_THREADS"] == cpus.strip('"') == "${CAPTIONER_CPUS:-2}"
+
+
+def test_compose_gives_time_to_drain_before_sigkill():
+    env = compose()["services"]["captioner"]["environment"]
+    grace = compose()["services"]["captioner"]["stop_grace_period"]
+    seconds = int(re.fullmatch(r"(\d+)s", grace).group(1))
+    timeout = float(re.search(r"(\d+)\}?$", str(env["CAPTIONER_REQUEST_TIMEOUT_S"])).group(1))
+    assert seconds > float(env["CAPTIONER_DRAIN_SECONDS"]) + timeout
+
+
+def test_every_captioner_variable_is_a_real_setting():
+    env = compose()["services"]["captioner"]["environment"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    used = {k for k in env if k.startswith("CAPTIONER_")} | set(re.findall(r"\b(CAPTIONER_[A-Z_]+)=", dockerfile))
+    assert used and used <= SETTING_VARS, sorted(used - SETTING_VARS)
+
+
+def test_dockerfile_serves_the_default_weights_with_a_readiness_healthcheck():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^COPY weights ", text, re.M), "the image must contain the shipped weights"
+    assert re.search(r"^RUN captioner info", text, re.M), "the build must check that the weights load"
+    assert re.search(r"^HEALTHCHECK .*\n?.*/readyz", text, re.M)
+    assert re.search(r'^CMD \["captioner", "serve"\]', text, re.M)
+    assert re.search(r"^USER (?!root)", text, re.M), "the service must not run as root"
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".git", ".venv", "tests", "data", "runs"} <= ignored
+    for line in re.findall(r"^COPY (.+)$", text, re.M):  # nothing the build copies may be ignored
+        for copied in line.split()[:-1]:
+            assert copied not in ignored and (ROOT / copied).exists(), copied
