@@ -32,8 +32,11 @@ COPY training ./training
 COPY weights ./weights
 RUN pip install . && rm -rf /app/build
 
-# Refuse to build an image whose default weights are missing or do not load.
-RUN captioner info > /dev/null
+# Refuse to build an image whose default weights are missing or do not load. Loading also
+# exports the encoder for the fast CPU path (ONNX Runtime) into CAPTIONER_CACHE_DIR, so
+# containers start without that export (and the read-only container needs no cache writes).
+ENV CAPTIONER_CACHE_DIR=/app/cache
+RUN mkdir -p /app/cache && captioner info > /dev/null && chmod -R a+rX /app/cache
 
 USER captioner
 ENV CAPTIONER_HOST=0.0.0.0 \

@@ -80,12 +80,17 @@ def _caption_folder(args: argparse.Namespace) -> int:
 
         device = f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu"
     model = Captioner.load(args.checkpoint, device=device)
-    summary = run_sharded(
-        model, args.images, args.out, env,
-        fmt=args.format, recursive=args.recursive, batch_size=args.batch_size, workers=args.workers,
-        beam_size=args.beam_size, max_length=args.max_length, length_penalty=args.length_penalty,
-        errors=args.errors, progress=None if not args.quiet else False,
-    )
+    try:
+        summary = run_sharded(
+            model, args.images, args.out, env,
+            fmt=args.format, recursive=args.recursive, batch_size=args.batch_size, workers=args.workers,
+            beam_size=args.beam_size, max_length=args.max_length, length_penalty=args.length_penalty,
+            errors=args.errors, progress=None if not args.quiet else False,
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted; the captions so far are in {args.out}: rerun the same command to resume",
+              file=sys.stderr)
+        return 130
     if env.rank == 0:
         print(summary.line(), file=sys.stderr)
     return 0

@@ -10,11 +10,13 @@ machine (docs/performance.md has the full table).
 How it is built (once per set of weights)::
 
     Encoder (eval, frozen) --torch.onnx.export--> ONNX graph (dynamic batch, fixed H x W)
-        --> cache file <cache>/onnx/<encoder>-<size>-<digest>.onnx   (digest = weights + versions)
         --> onnxruntime.InferenceSession (CPU, all graph optimisations, intra-op threads =
             torch.get_num_threads(), no busy-waiting so the image-decoding threads keep the CPU)
         --> self-check: its features for a fixed input must match the eager encoder's
-            within FEATURE_TOLERANCE, or the fast path is not used.
+            within FEATURE_TOLERANCE, or the fast path is not used
+        --> cache file <cache>/onnx/<encoder>-<size>-<digest>.onnx (+ .sha256 of its content;
+            digest = weights + tool versions): the next load of the same weights reads the
+            checked graph back and skips both the export and the check.
 
 The eager PyTorch encoder stays the reference: :class:`~captioner.model.Captioner` falls
 back to it, with a logged reason, whenever this path is unavailable (``onnxruntime`` not
@@ -143,6 +145,24 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _hash_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _read_verified(path: Path) -> bytes | None:
+    """The cached graph at ``path`` if its content hash matches the one recorded when it was
+    stored (after passing the self-check); None when absent, unreadable or different."""
+    try:
+        graph = path.read_bytes()
+        recorded = _hash_path(path).read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+    if hashlib.sha256(graph).hexdigest() != recorded:
+        log.info("the cached encoder graph %s does not match its recorded hash; exporting again", path)
+        return None
+    return graph
+
+
 def _param_versions(module: nn.Module) -> int:
     """Sum of the in-place version counters of every parameter and buffer: changes whenever
     weights are modified in place (``load_state_dict``, an optimiser step)."""
@@ -174,21 +194,13 @@ class OnnxEncoder:
         if cache_dir is not False:
             folder = (default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)) / "onnx"  # type: ignore[arg-type]
             self.cache_path = folder / f"{name}-{self.input_size}-{digest[:20]}.onnx"
-            if self.cache_path.is_file():
-                try:
-                    graph = self.cache_path.read_bytes()
-                except OSError as e:
-                    log.info("cannot read the cached encoder graph %s (%s); exporting again", self.cache_path, e)
-        self.from_cache = graph is not None
+            graph = _read_verified(self.cache_path)
+        # A graph from the cache passed the self-check when it was written (its content hash
+        # is recorded next to it); a fresh export has not yet.
+        self.verified = graph is not None
         if graph is None:
             graph = export_onnx(encoder, self.input_size)
-            if self.cache_path is not None:
-                try:
-                    _write_atomic(self.cache_path, graph)
-                except OSError as e:  # read-only home, full disk: keep the graph in memory only
-                    log.info("cannot cache the encoder graph at %s (%s); set %s to a writable folder to "
-                             "skip the export next time", self.cache_path, e, CACHE_ENV)
-                    self.cache_path = None
+        self._graph: bytes | None = graph
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -200,6 +212,22 @@ class OnnxEncoder:
         options.log_severity_level = 3  # errors only
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.graph_bytes = len(graph)
+        if self.verified:
+            self._graph = None
+
+    def save_to_cache(self) -> None:
+        """Store the freshly exported graph (call after it passed the self-check), so the next
+        load of the same weights skips the export and the check. Failure only costs time."""
+        if self._graph is None or self.cache_path is None:
+            return
+        try:
+            _write_atomic(self.cache_path, self._graph)
+            _write_atomic(_hash_path(self.cache_path), hashlib.sha256(self._graph).hexdigest().encode())
+        except OSError as e:  # read-only home, full disk: the graph stays in memory only
+            log.info("cannot cache the encoder graph at %s (%s); set %s to a writable folder to "
+                     "skip the export next time", self.cache_path, e, CACHE_ENV)
+            self.cache_path = None
+        self._graph = None
 
     def matches(self, encoder: nn.Module) -> bool:
         """True while ``encoder`` is the module this graph came from, with unchanged weights."""
@@ -246,19 +274,29 @@ def build_fast_encoder(
         fast = OnnxEncoder(encoder, input_size, threads=threads, cache_dir=cache_dir)
     except Exception as e:  # exporter or runtime cannot handle this network
         return None, f"building the ONNX Runtime encoder failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
-    # Self-check on a fixed, image-like input: catches a wrong export or a stale cache file.
+    if fast.verified:
+        return fast, ""
+    ok, diff, cos, error = self_check(encoder, fast, tolerance)
+    if error:
+        return None, f"the ONNX Runtime encoder failed its self-check run ({error})"
+    if not ok:
+        return None, (f"the ONNX Runtime encoder disagrees with PyTorch (max abs diff {diff:.2e}, min cosine "
+                      f"{cos:.6f}; allowed {tolerance.max_abs:g} / {tolerance.min_cosine})")
+    fast.save_to_cache()
+    return fast, ""
+
+
+def self_check(encoder: nn.Module, fast: OnnxEncoder,
+               tolerance: Tolerance = FEATURE_TOLERANCE) -> tuple[bool, float, float, str]:
+    """Run both encoders on a fixed image-like input: (within tolerance, max abs diff, min
+    cosine, error message or "")."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 3, input_size, input_size, generator=gen).clamp_(-1.0, 1.0)  # (2, 3, S, S)
+    x = torch.randn(2, 3, fast.input_size, fast.input_size, generator=gen).clamp_(-1.0, 1.0)  # (2, 3, S, S)
     try:
         with torch.inference_mode():
             reference = encoder(x).float()  # (2, F)
-        got = fast(x)
+        got = fast(x)  # (2, F)
     except Exception as e:
-        return None, f"the ONNX Runtime encoder failed its self-check run ({type(e).__name__}: {e})"
+        return False, float("nan"), float("nan"), f"{type(e).__name__}: {e}"
     ok, diff, cos = tolerance.check(reference, got)
-    if not ok:
-        if fast.from_cache and fast.cache_path is not None:
-            fast.cache_path.unlink(missing_ok=True)  # a stale or damaged cache entry: export afresh next time
-        return None, (f"the ONNX Runtime encoder disagrees with PyTorch (max abs diff {diff:.2e}, min cosine "
-                      f"{cos:.6f}; allowed {tolerance.max_abs:g} / {tolerance.min_cosine})")
-    return fast, ""
+    return ok, diff, cos, ""

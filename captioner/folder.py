@@ -260,11 +260,14 @@ class LineWriter:
         if self.path.exists():
             if not self.path.is_file():
                 raise CaptionerError(f"{self.path}: exists and is not a file; pass another --out")
-            records = read_records(self.path, self.fmt)  # validates before we touch it
-            _truncate_partial_line(self.path)
+            try:
+                records = read_records(self.path, self.fmt)  # validates before we touch it
+                _truncate_partial_line(self.path)
+            except OSError as e:
+                raise CaptionerError(f"{self.path}: cannot read the earlier output ({e.strerror or e})") from None
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = self._open(os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         if self.fmt == "csv" and os.fstat(self._fd).st_size == 0:
             self._write_bytes(_encode_line(dict(zip(CSV_HEADER, CSV_HEADER)), "csv"))
         return records
@@ -272,14 +275,24 @@ class LineWriter:
     def open_fresh(self) -> None:
         """Start an empty file (the errors file describes the latest run only)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        self._fd = self._open(os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+
+    def _open(self, flags: int) -> int:
+        try:
+            return os.open(self.path, flags, 0o644)
+        except OSError as e:
+            raise CaptionerError(f"{self.path}: cannot open for writing ({e.strerror or e})") from None
 
     def _write_bytes(self, data: bytes) -> None:
         assert self._fd is not None, "open the writer first"
         view = memoryview(data)
-        while view:  # a regular file takes it in one call; loop only for a short write
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:  # a regular file takes it in one call; loop only for a short write
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as e:
+            raise CaptionerError(f"{self.path}: cannot write ({e.strerror or e}); the lines already there are "
+                                 "complete: fix the problem (e.g. free disk space) and rerun to resume") from None
 
     def write(self, record: dict) -> None:
         self._write_bytes(_encode_line(record, self.fmt))

@@ -4,7 +4,8 @@
 raises :class:`~captioner.errors.ImageLoadError` naming the file. It
 
 * checks the pixel count from the header *before* decoding, so a decompression bomb
-  (a tiny file declaring huge dimensions) is rejected without allocating memory;
+  (a tiny file declaring huge dimensions) is rejected without allocating memory, and so
+  is a JPEG with more than ``MAX_JPEG_SCANS`` scans (a small file that is slow to decode);
 * uses JPEG draft mode to decode large JPEGs directly at a reduced scale close to the
   model's input size (much faster than a full decode and resize);
 * applies the EXIF orientation;
@@ -32,6 +33,10 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 DEFAULT_MAX_PIXELS = 40_000_000
 #: Files larger than this are refused before reading them into memory.
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+#: JPEGs with more scans than this are refused before decoding. Every scan is a pass over
+#: the whole image, so a small file of thousands of (nearly empty) progressive scans takes
+#: minutes of CPU to decode (a "scan bomb"); ordinary JPEGs have 1 to about 20 scans.
+MAX_JPEG_SCANS = 100
 #: Extensions treated as images when walking folders.
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -79,6 +84,14 @@ def _open(source: ImageSource, label: str, max_bytes: int) -> Image.Image:
             raise ImageLoadError(label, "no data (0 bytes)", "empty")
         if len(data) > max_bytes:
             raise ImageLoadError(label, f"{len(data)} bytes, more than the limit of {max_bytes}", "too_large")
+    if data[:2] == b"\xff\xd8":
+        # Entropy-coded data never holds FF DA (FF bytes are stuffed), so this counts the
+        # start-of-scan markers (plus any in embedded thumbnails): an upper bound, cheaply.
+        scans = data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise ImageLoadError(label, f"JPEG with {scans} scans, more than the limit of {MAX_JPEG_SCANS} "
+                                 "(ordinary JPEGs have at most about 20; this many make decoding very slow)",
+                                 "too_large")
     try:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -180,8 +193,9 @@ def load_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if getattr(im, "n_frames", 1) > 1:
-                im.seek(0)
+            # Image.open leaves the first frame current. Never ask for n_frames: for GIF it
+            # parses every frame header, so a small file of a million 1-pixel frames would
+            # cost seconds of CPU per request.
             if draft_size is not None and im.format == "JPEG":
                 im.draft("RGB", draft_size)
             im.load()

@@ -101,7 +101,8 @@ def create_app(settings: Settings | None = None, model: Captioner | None = None)
             loaded = await anyio.to_thread.run_sync(load_model, settings)
         service = CaptionService(loaded, settings, metrics)
         service.start()
-        metrics.model_info.labels(loaded.model_id, loaded.encoder.spec.name, str(loaded.device)).set(1)
+        backend = str(getattr(loaded, "encoder_backend", "pytorch"))  # onnxruntime on the fast CPU path
+        metrics.model_info.labels(loaded.model_id, loaded.encoder.spec.name, str(loaded.device), backend).set(1)
         app.state.service = service
         log.info("model %s ready on %s", loaded.model_id, loaded.device)
         try:

@@ -15,7 +15,7 @@ captioner_batch_size                       histogram  images per model run
 captioner_batch_duration_seconds           histogram  time of one model run (encode+generate)
 captioner_images_captioned_total           counter    images that got a caption
 captioner_image_errors_total               counter    error (per-image failures by code)
-captioner_model_info                       gauge      model_id, encoder, device (value 1)
+captioner_model_info                       gauge      model_id, encoder, device, backend (value 1)
 =========================================  =========  =====================================
 """
 
@@ -51,7 +51,7 @@ class Metrics:
         self.image_errors = Counter("captioner_image_errors", "Images that failed, by error code.", ["error"],
                                     registry=r)
         self.model_info = Gauge("captioner_model_info", "The loaded model (value is always 1).",
-                                ["model_id", "encoder", "device"], registry=r)
+                                ["model_id", "encoder", "device", "backend"], registry=r)
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         """Read the queue depth from ``depth()`` at every scrape."""

@@ -84,6 +84,7 @@ HELP: dict[str, str] = {
     "patience": "stop after this many epochs without a better validation metric; 0 never stops (default: 5)",
     "save_fp16": "store the best checkpoint's weights in float16 (half the size)",
     "evaluate_test": "score the best checkpoint on the test split at the end (default: yes)",
+    "zero_features": "ablation: train and evaluate with all-zero image features, to measure what the image adds",
     "device": "cpu, cuda or cuda:N (default: cuda when available)",
     "num_workers": "image-loading worker processes for caching and fine-tuning (default: 0)",
     "progress": "progress bars (default: yes)",
@@ -164,6 +165,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not cfg.data:
         raise CaptionerError("pass --data DATASET (for example a folder made by `captioner data scenes`)")
     result = train(cfg, resume=args.resume)
+    if not result.is_main:
+        return 0
     if result.best_path.exists():
         print(f"best checkpoint: {result.best_path} (epoch {result.best_epoch}); "
               f"features {result.feature_seconds:.0f}s + training {result.train_seconds:.0f}s")

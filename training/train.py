@@ -122,6 +122,7 @@ class TrainConfig:
     patience: int = 5  # stop after this many epochs without a better validation metric
     save_fp16: bool = False  # store the best checkpoint's weights in half precision
     evaluate_test: bool = True  # score the best checkpoint on the test split at the end
+    zero_features: bool = False  # ablation: every image feature is zeros (what does the image add?)
     device: str | None = None  # None: cuda when available, else cpu
     num_workers: int = 0  # image-loading processes (feature caching and fine-tuning)
     progress: bool = True
@@ -152,6 +153,8 @@ class TrainConfig:
             bad("learning rates must be > 0")
         if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
             bad("dropout and label_smoothing must be in [0, 1)")
+        if self.zero_features and self.fine_tune != "none":
+            bad("zero_features is an ablation of cached features; it cannot be combined with fine_tune")
         if not 0 <= self.val_fraction < 1 or not 0 <= self.min_lr_ratio <= 1:
             bad("val_fraction must be in [0, 1) and min_lr_ratio in [0, 1]")
         if self.grad_clip < 0 or self.weight_decay < 0:
@@ -630,6 +633,7 @@ class TrainResult:
     feature_seconds: float
     train_seconds: float
     skipped_images: list[tuple[str, str]] = field(default_factory=list)
+    is_main: bool = True  # False on the other processes of a torchrun launch
 
     @property
     def total_seconds(self) -> float:
@@ -713,6 +717,8 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
             src = CachedSource(table, splits[s])
             sources[s], feats[s] = src.split, src.features
         del table
+        if cfg.zero_features:  # the language-only baseline: same data, no image
+            feats = {s: torch.zeros_like(f) for s, f in feats.items()}
         encoder = None  # the decoder trains alone
     else:  # fine-tuning: images are read and encoded at every step, no cache
         for s in wanted:
@@ -932,6 +938,10 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
         meta["test"] = {k: v for k, v in test_metrics.items()}
         meta["test_examples"] = [{"id": sources["test"].ids[i], "caption": caps[i]} for i in range(min(5, len(caps)))]
         _rewrite_json(out / "best" / METADATA, meta)
+        with open(out / "test_captions.jsonl", "w", encoding="utf-8") as f:  # for error analysis
+            for i, c in enumerate(caps):
+                f.write(json.dumps({"id": sources["test"].ids[i], "file": sources["test"].paths[i], "caption": c,
+                                    "references": sources["test"].captions[i]}, ensure_ascii=False) + "\n")
         log("test (best checkpoint, epoch %d): " % state.best_epoch
             + " ".join(f"{k} {test_metrics[k]:.4f}" for k in ("bleu_4", "cider_d", "scene_accuracy") if k in test_metrics))
     if ctx.is_main:
@@ -942,7 +952,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
     ctx.barrier()
     return TrainResult(out=out, best_path=out / "best", best_epoch=state.best_epoch, best_metrics=best_row,
                        test_metrics=test_metrics, history=history, feature_seconds=feature_seconds,
-                       train_seconds=train_seconds, skipped_images=skipped)
+                       train_seconds=train_seconds, skipped_images=skipped, is_main=ctx.is_main)
 
 
 def _encode_live(encoder: nn.Module, split: SplitData, preprocess, ctx: DistContext, show: bool) -> Tensor:

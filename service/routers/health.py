@@ -10,12 +10,12 @@ from ..errors import ErrorBody, error_response
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", summary="Liveness: the process is up")
+@router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: the process is up")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: model loaded and not shutting down",
+@router.api_route("/readyz", methods=["GET", "HEAD"], summary="Readiness: model loaded and not shutting down",
             responses={503: {"model": ErrorBody, "description": "not_ready (draining or not started)"}})
 async def readyz(request: Request) -> JSONResponse:
     service = getattr(request.app.state, "service", None)

@@ -130,7 +130,11 @@ class Server:
 def launch(checkpoint: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``captioner serve --port 0`` with its output in ``log`` (a pipe could fill up)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    full_env = {k: v for k, v in full_env.items() if not k.startswith("CAPTIONER_") or k in (env or {})}
+    # The service's own settings come only from the flags and ``env`` given here.
+    from service.settings import Settings
+
+    settings_vars = {f"CAPTIONER_{name.upper()}" for name in Settings.model_fields}
+    full_env = {k: v for k, v in full_env.items() if k not in settings_vars or k in (env or {})}
     cmd = [sys.executable, "-m", "captioner", "serve", "--checkpoint", str(checkpoint), "--host", "127.0.0.1",
            "--port", "0", "--torch-threads", "1", "--log-level", "warning", *args]
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env,

@@ -46,17 +46,24 @@ def test_compose_gives_time_to_drain_before_sigkill():
     assert seconds > float(env["CAPTIONER_DRAIN_SECONDS"]) + timeout
 
 
+def library_vars() -> set[str]:
+    """CAPTIONER_* variables the captioner package itself reads (weights folder, fast path, cache)."""
+    source = "\n".join(p.read_text() for p in (ROOT / "captioner").rglob("*.py"))
+    return set(re.findall(r'"(CAPTIONER_[A-Z_]+)"', source))
+
+
 def test_every_captioner_variable_is_a_real_setting():
     env = compose()["services"]["captioner"]["environment"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     used = {k for k in env if k.startswith("CAPTIONER_")} | set(re.findall(r"\b(CAPTIONER_[A-Z_]+)=", dockerfile))
-    assert used and used <= SETTING_VARS, sorted(used - SETTING_VARS)
+    known = SETTING_VARS | library_vars()
+    assert used and used <= known, sorted(used - known)
 
 
 def test_dockerfile_serves_the_default_weights_with_a_readiness_healthcheck():
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^COPY weights ", text, re.M), "the image must contain the shipped weights"
-    assert re.search(r"^RUN captioner info", text, re.M), "the build must check that the weights load"
+    assert re.search(r"^RUN .*\bcaptioner info\b", text, re.M), "the build must check that the weights load"
     assert re.search(r"^HEALTHCHECK .*\n?.*/readyz", text, re.M)
     assert re.search(r'^CMD \["captioner", "serve"\]', text, re.M)
     assert re.search(r"^USER (?!root)", text, re.M), "the service must not run as root"

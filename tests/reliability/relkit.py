@@ -1,0 +1,132 @@
+"""Helpers of the reliability tests: a small checkpoint and a real server in a subprocess.
+
+* :func:`build_checkpoint` - the real pretrained EfficientNet-Lite0 encoder with a small random
+  LSTM decoder and a ten-word vocabulary, saved with ``Captioner.save`` (no training: the
+  tests check that nothing breaks, not what the captions say).
+* :func:`launch_server` / :func:`wait_ready` - ``captioner serve`` in a subprocess on a loopback port it picks itself,
+  with an API key and small limits (queue of 16 images, 4 files and 4 MiB per request,
+  16 megapixels per image), so the limits are reached quickly. ``Server.rss_kb()``
+  reads the server's resident memory from /proc.
+
+The fixtures that use them are in conftest.py; bench/overload.py uses them too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from hostile import MAX_PIXELS  # noqa: E402
+
+API_KEY = "reliability-key-6f1c0a9d"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_FILES = 4
+QUEUE_SIZE = 16
+STARTUP_TIMEOUT_S = 180.0
+ROOT = HERE.parent.parent
+
+
+def build_checkpoint(out: Path) -> Path:
+    """Pretrained encoder + small random decoder, saved as a checkpoint folder."""
+    import torch
+
+    from captioner import CaptionDecoder, Captioner, DecoderConfig, Vocabulary
+    from captioner.encoders import build_encoder
+
+    torch.manual_seed(0)
+    encoder = build_encoder("efficientnet_lite0")
+    vocab = Vocabulary.build(["a red square on a blue background", "two green circles near a cat"])
+    cfg = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim, embed_dim=16, hidden_dim=32,
+                        img_proj_dim=16, dropout=0.0, max_length=8)
+    model = Captioner(encoder, CaptionDecoder(cfg), vocab, device="cpu",
+                      metadata={"model_id": "reliability-random", "training_data": "none (random weights)"})
+    model.save(out)
+    return out
+
+
+@dataclass
+class Server:
+    """A running ``captioner serve`` subprocess."""
+
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def client(self, auth: bool = True, **kw) -> httpx.Client:
+        headers = {**(AUTH if auth else {}), **kw.pop("headers", {})}
+        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 60.0), headers=headers, **kw)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, port = self.url.removeprefix("http://").rsplit(":", 1)
+        return host, int(port)
+
+    def rss_kb(self) -> int:
+        """Resident memory of the server process (VmRSS), in KiB."""
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", text, re.M).group(1))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def launch_server(checkpoint: Path, log: Path, *args: str, api_key: str | None = API_KEY,
+                  env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``captioner serve --port 0`` with this module's limits; output to ``log``."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
+    full_env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
+    if api_key:
+        full_env["CAPTIONER_API_KEY"] = api_key
+    cmd = [sys.executable, "-m", "captioner", "serve", "--checkpoint", str(checkpoint), "--host", "127.0.0.1",
+           "--port", "0", "--torch-threads", "1", "--log-level", "warning",
+           "--max-batch-size", "8", "--max-wait-ms", "5", "--queue-size", str(QUEUE_SIZE),
+           "--max-files", str(MAX_FILES), "--max-body-bytes", str(MAX_BODY_BYTES),
+           "--max-pixels", str(MAX_PIXELS), "--request-timeout", "30", "--decode-workers", "2", *args]
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env,
+                            start_new_session=True, cwd=log.parent)
+
+
+def wait_ready(proc: subprocess.Popen, log: Path) -> Server:
+    """Wait for the 'listening on URL' line, then for /readyz to answer 200."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    url = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"captioner serve exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        if url is None:
+            m = re.search(r"listening on (http://[\d.]+:\d+)", log.read_text(errors="replace"))
+            url = m.group(1) if m else None
+        if url is not None:
+            try:
+                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                    return Server(proc, url, log)
+            except httpx.TransportError:
+                pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"captioner serve not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text(errors='replace')}")
