@@ -27,7 +27,7 @@ from . import checkpoint as ckpt_mod
 from . import fast as fast_mod
 from .decoder import CaptionDecoder, DecoderConfig
 from .errors import CaptionerError, CheckpointError
-from .images import ImageSource, load_image
+from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .vocab import Vocabulary
 
 log = logging.getLogger("captioner.model")
@@ -170,14 +170,16 @@ class Captioner:
     def input_size(self) -> int:
         return int(getattr(self.preprocessor, "crop_size", 224))
 
-    def load_image(self, image: ImageSource, name: str | None = None):
+    def load_image(self, image: ImageSource, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   max_bytes: int = DEFAULT_MAX_BYTES):
         """Safe decode to RGB, with JPEG draft decoding at about the model's input size."""
         size = int(getattr(self.preprocessor, "resize_size", self.input_size))
-        return load_image(image, name=name, draft_size=(size, size))
+        return load_image(image, name=name, draft_size=(size, size), max_pixels=max_pixels, max_bytes=max_bytes)
 
-    def preprocess(self, image: ImageSource, name: str | None = None) -> Tensor:
+    def preprocess(self, image: ImageSource, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   max_bytes: int = DEFAULT_MAX_BYTES) -> Tensor:
         """Path, bytes or PIL image -> normalised tensor (3, H, W). Raises ImageLoadError."""
-        return self.preprocessor(self.load_image(image, name=name))
+        return self.preprocessor(self.load_image(image, name=name, max_pixels=max_pixels, max_bytes=max_bytes))
 
     @property
     def encoder_backend(self) -> str:

@@ -18,8 +18,9 @@ Every sample says what a correct loader must do with it:
 
 The same corpus feeds the HTTP service tests (each sample one request), the folder
 captioning tests (each sample one file) and the image-loader fuzz tests (as seeds).
-``MAX_PIXELS`` is the pixel limit the tests configure; two samples sit on either side of
-it with real compressed pixel data, not just a lying header.
+``MAX_PIXELS`` is the pixel limit the tests give the service; besides lying headers, two
+samples carry real compressed pixel data, one under it (9 Mpx) and one over it and over
+the loader's 40 Mpx default (42 Mpx), so the folder runs (default limit) agree.
 """
 
 from __future__ import annotations
@@ -348,7 +349,8 @@ def invalid_inputs(seed: int = 0) -> list[Sample]:
     add("bomb_png_100k_x_100k", ".png", png_with_header(100_000, 100_000), "PNG header 1e10 pixels")
     add("bomb_png_2g_x_1", ".png", png_with_header(2**31 - 1, 1), "PNG header 2^31-1 x 1")
     add("bomb_png_real_zeros", ".png", png_zeros(20_000, 20_000), "400 Mpx of real zlib-compressed zeros")
-    add("bomb_png_over_limit", ".png", png_zeros(5000, 4000), "20 Mpx of real pixels, over the 16 Mpx limit")
+    add("bomb_png_over_limit", ".png", png_zeros(7000, 6000),
+        "42 Mpx of real pixels, over the test limit and the 40 Mpx default")
     add("bomb_gif_65535", ".gif", gif_with_screen(65535, 65535), "GIF screen 65535x65535")
     add("bomb_jpeg_sof_65500", ".jpg", jpeg_with_sof(65500, 65500), "JPEG SOF 65500x65500")
     add("bomb_jpeg_sof_wide", ".jpg", jpeg_with_sof(65535, 4000), "JPEG SOF 65535x4000")
