@@ -13,9 +13,7 @@ calls: :meth:`Captioner.preprocess` (bytes -> normalised tensor), :meth:`Caption
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -30,7 +28,6 @@ from .errors import CaptionerError, CheckpointError
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .vocab import Vocabulary
 
-log = logging.getLogger("captioner.model")
 
 def default_weights_path() -> Path:
     """Folder of the checkpoint that ships with the package (``weights/default``)."""
@@ -95,13 +92,9 @@ class Captioner:
         self.metadata = metadata or {}
         self.path = path
         self.model_id = model_id or self.metadata.get("model_id") or "untrained"
-        # The fast encoder (captioner.fast): built on first use, or at once by load().
-        # None -> CAPTIONER_FAST decides (default on).
-        self.fast = fast_mod.fast_requested(fast)
-        self._fast_encoder: fast_mod.OnnxEncoder | None = None
-        self._fast_reason: str | None = None  # why the fast path is not in use; None: not tried yet
-        self._fast_reason_key: tuple | None = None  # the weights that reason is about
-        self._fast_lock = threading.Lock()
+        # ONNX Runtime encoder and decoder step (captioner.fast): built on first use, or at
+        # once by load(). fast=None -> env CAPTIONER_FAST decides (default on).
+        self._fast = fast_mod.FastPath(fast_mod.fast_requested(fast))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -109,9 +102,9 @@ class Captioner:
              fast: bool | None = None) -> "Captioner":
         """Load a checkpoint folder; no path loads the shipped default weights.
 
-        ``fast`` (default: env ``CAPTIONER_FAST``, on unless ``0``) runs the encoder with
-        ONNX Runtime on CPUs (see :mod:`captioner.fast`); it is prepared here, so the first
-        image pays no export. ``fast=False`` keeps the plain PyTorch encoder."""
+        ``fast`` (default: env ``CAPTIONER_FAST``, on unless ``0``) runs the encoder and the
+        decoder step with ONNX Runtime on CPUs (see :mod:`captioner.fast`); it is prepared
+        here, so the first image pays no export. ``fast=False`` keeps plain PyTorch."""
         from .encoders import Preprocess, build_encoder, get_spec
 
         folder = Path(path) if path is not None else default_weights_path()
@@ -182,45 +175,28 @@ class Captioner:
         return self.preprocessor(self.load_image(image, name=name, max_pixels=max_pixels, max_bytes=max_bytes))
 
     @property
+    def fast(self) -> bool:
+        """Whether the ONNX Runtime fast path is switched on (it may still be unavailable)."""
+        return self._fast.enabled
+
+    @property
     def encoder_backend(self) -> str:
-        """What runs the encoder now: "onnxruntime" (the fast path) or "pytorch"."""
-        return self._fast_encoder.backend if self._fast_encoder is not None else "pytorch"
+        """What runs the encoder: "onnxruntime" (the fast path) or "pytorch" (the reference)."""
+        return self._fast.status()["encoder"]
 
     def prepare_fast(self) -> bool:
-        """Build (or rebuild, if the encoder's weights changed) the fast encoder now when it
-        is wanted; returns whether it is in use. Falling back is logged with the reason."""
-        if not self.fast:
-            self._fast_encoder, self._fast_reason = None, "switched off (fast=False or CAPTIONER_FAST=0)"
-            return False
-        with self._fast_lock:
-            current = self._fast_encoder
-            if current is not None and current.matches(self.encoder):
-                return True
-            if current is None and self._fast_reason is not None and self._fast_reason_key == self._fast_key():
-                return False  # already failed for these weights; do not retry on every batch
-            with torch.inference_mode(False):  # encode() may call this under inference mode
-                self._fast_encoder, reason = fast_mod.build_fast_encoder(
-                    self.encoder, self.input_size, device=self.device)
-            self._fast_reason = reason or ""
-            self._fast_reason_key = self._fast_key()
-            if self._fast_encoder is None:
-                log.warning("encoder runs on plain PyTorch: %s", reason)
-            else:
-                log.info("encoder runs on ONNX Runtime (%d threads)", self._fast_encoder.threads)
-            return self._fast_encoder is not None
-
-    def _fast_key(self) -> tuple:
-        return (id(self.encoder), fast_mod._param_versions(self.encoder))
+        """Build the fast encoder and decoder step now instead of at the first batch; returns
+        whether the encoder is fast. Falling back to PyTorch is logged with the reason."""
+        return self._fast.prepare(self.encoder, self.decoder, self.input_size, self.device)
 
     @torch.inference_mode()
     def encode(self, batch: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, F) features; ONNX Runtime when the fast path is on and
         available, else the PyTorch encoder (the reference; both agree within
         ``captioner.fast.FEATURE_TOLERANCE``)."""
-        if self.fast and not self.encoder.training and self.prepare_fast():
-            fast = self._fast_encoder
-            if fast is not None and fast.accepts(batch):
-                return fast(batch)  # (B, F)
+        fast = self._fast.encoder(self.encoder, self.input_size, self.device)
+        if fast is not None and fast.accepts(batch):
+            return fast(batch)  # (B, F)
         return self.encoder(batch.to(self.device, non_blocking=True)).float()  # (B, F)
 
     @torch.inference_mode()
@@ -237,12 +213,13 @@ class Captioner:
         when a temperature is given."""
         features = features.to(self.device)
         v = self.vocab
+        decoder = self._fast.decoder(self.decoder, self.device) or self.decoder  # same weights, ORT step
         if temperature is not None:
-            ids, scores = self.decoder.sample(features, v.start_id, v.end_id, max_length, temperature, generator)
+            ids, scores = decoder.sample(features, v.start_id, v.end_id, max_length, temperature, generator)
         elif beam_size <= 1:
-            ids, scores = self.decoder.greedy(features, v.start_id, v.end_id, max_length)
+            ids, scores = decoder.greedy(features, v.start_id, v.end_id, max_length)
         else:
-            ids, scores = self.decoder.beam_search(features, v.start_id, v.end_id, beam_size, max_length, length_penalty)
+            ids, scores = decoder.beam_search(features, v.start_id, v.end_id, beam_size, max_length, length_penalty)
         return [CaptionResult(v.decode(t), float(s), t) for t, s in zip(ids, scores.tolist())]
 
     # ------------------------------------------------------------------ convenience
@@ -276,7 +253,7 @@ class Captioner:
             "model_id": self.model_id,
             "encoder": {"name": self.encoder.spec.name, "feature_dim": self.decoder.config.feature_dim,
                         "preprocess": self.preprocessor.to_dict() if hasattr(self.preprocessor, "to_dict") else {}},
-            "encoder_backend": self.encoder_backend,
+            "runtime": self._fast.status(),
             "decoder": self.decoder.config.to_dict(),
             "vocab_size": len(self.vocab),
             "device": str(self.device),

@@ -35,13 +35,13 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from captioner.errors import CaptionerError
 from captioner.metrics import DEFAULT_METRICS, METRIC_LABELS, score_captions
-from captioner.metrics.scene import SceneTruth, find_scene_truth, scene_accuracy
+from captioner.metrics.scene import SceneTruth, check_caption, find_scene_truth
 
 from .datasets import CaptionDataset, CaptionedImage, load_dataset
 
@@ -325,8 +325,6 @@ def evaluate_captions(
     if scene:
         truths = _scene_truths(dataset, {item.split for item, _ in pairs})
         if truths and all(item.split in truths for item, _ in pairs):
-            from captioner.metrics.scene import check_caption
-
             counts: Counter = Counter()
             correct = 0
             for i, (item, caption) in zip(ids, pairs):

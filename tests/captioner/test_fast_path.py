@@ -85,7 +85,7 @@ def lite0_features(lite0_pair):
 
 def test_fast_features_match_pytorch_on_photos(lite0_pair, lite0_features):
     fast, plain = lite0_pair
-    assert fast.encoder_backend == "onnxruntime", fast._fast_reason
+    assert fast.describe()["runtime"] == {"encoder": "onnxruntime", "decoder": "onnxruntime", "reasons": {}}
     assert plain.encoder_backend == "pytorch"
     reference, x = lite0_features
     for batch in (x[:1], x):  # batch 1 and a batch of 4 through the dynamic batch axis
@@ -95,10 +95,10 @@ def test_fast_features_match_pytorch_on_photos(lite0_pair, lite0_features):
         assert ok, f"max abs diff {diff:.2e}, min cosine {cos:.7f}"
     # The features are not trivially small: the tolerance is meaningful next to them.
     assert reference.abs().max() > 1.0
-    assert fast.describe()["encoder_backend"] == "onnxruntime"
 
 
 def test_fast_and_plain_captions_agree(lite0_pair, lite0_features):
+    """Encoder and decoder step both on ONNX Runtime against both on PyTorch."""
     fast, plain = lite0_pair
     reference, x = lite0_features
     features = fast.encode(x)  # (4, 1280)
@@ -175,7 +175,7 @@ def test_graph_cache_is_reused_and_a_damaged_entry_is_exported_again(monkeypatch
     graphs = list((tmp_path / "onnx").glob("*.onnx"))
     assert len(graphs) == 1 and graphs[0].with_name(graphs[0].name + ".sha256").is_file()
     second = tiny_captioner(seed=1)  # same weights: read back, no export, no self-check
-    assert second.prepare_fast() and exports == [32] and second._fast_encoder.verified
+    assert second.prepare_fast() and exports == [32] and second._fast._encoder.built.verified
     assert torch.allclose(first.encode(x), second.encode(x))
     graphs[0].write_bytes(graphs[0].read_bytes()[:-7] + b"garbage")  # a damaged cache entry
     third = tiny_captioner(seed=1)
@@ -218,12 +218,14 @@ def test_falls_back_with_a_logged_reason_when_onnxruntime_is_missing(monkeypatch
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # import raises ImportError
     model = tiny_captioner(seed=6)
     x = torch.randn(2, 3, 32, 32)
-    with caplog.at_level(logging.WARNING, logger="captioner.model"):
+    with caplog.at_level(logging.WARNING, logger="captioner.fast"):
         features = model.encode(x)
     with torch.inference_mode():
         assert torch.equal(features, model.encoder(x))
     assert model.encoder_backend == "pytorch"
     assert "onnxruntime is not installed" in caplog.text
+    assert model.caption(Image.new("RGB", (40, 30), "red"))  # the decoder falls back too
+    assert model._fast.status()["decoder"] == "pytorch"
 
 
 def test_a_failing_export_falls_back_once_not_on_every_batch(monkeypatch, caplog):
@@ -236,7 +238,7 @@ def test_a_failing_export_falls_back_once_not_on_every_batch(monkeypatch, caplog
     monkeypatch.setattr(fast_mod, "export_onnx", broken)
     model = tiny_captioner(seed=7)
     x = torch.randn(1, 3, 32, 32)
-    with caplog.at_level(logging.WARNING, logger="captioner.model"):
+    with caplog.at_level(logging.WARNING, logger="captioner.fast"):
         for _ in range(3):
             assert model.encode(x).shape == (1, 16)
     assert calls == [32] and model.encoder_backend == "pytorch"
@@ -256,3 +258,37 @@ def test_a_disagreeing_graph_is_refused(monkeypatch):
 def test_non_cpu_devices_keep_pytorch():
     fast, reason = fast_mod.build_fast_encoder(TinyEncoder(), 32, device="cuda")
     assert fast is None and "for CPUs" in reason
+
+
+# ---------------------------------------------------------------------- the decoder step
+@pytest.mark.parametrize("cell,layers,init_state", [("lstm", 1, True), ("gru", 2, True), ("rnn", 1, False)])
+def test_fast_decoder_step_matches_pytorch(cell, layers, init_state):
+    torch.manual_seed(9)
+    decoder = CaptionDecoder(DecoderConfig(vocab_size=50, feature_dim=16, embed_dim=8, hidden_dim=12,
+                                           img_proj_dim=8, cell=cell, num_layers=layers, init_state=init_state,
+                                           max_length=7)).eval()
+    fast, reason = fast_mod.build_fast_decoder(decoder)
+    assert fast is not None, reason
+    features = torch.randn(5, 16) * 3
+    with torch.inference_mode():
+        for algo in ("greedy", "beam"):
+            run = (lambda d: d.greedy(features, 1, 2)) if algo == "greedy" else (lambda d: d.beam_search(features, 1, 2, 3))
+            (ids_ref, s_ref), (ids, s) = run(decoder), run(fast)
+            assert ids == ids_ref and torch.allclose(s, s_ref, atol=1e-4), (cell, algo)
+    assert fast.step is fast.onnx_step and decoder.step.__func__ is CaptionDecoder.step  # the original is untouched
+    assert fast.out.weight is decoder.out.weight  # shared parameters, no copy
+
+
+def test_decoder_weights_changed_or_training_mode_use_pytorch():
+    model = tiny_captioner(seed=10)
+    features = torch.randn(3, 16)
+    first = model.generate(features)
+    assert model._fast.status()["decoder"] == "onnxruntime"
+    with torch.no_grad():
+        model.decoder.out.bias.add_(torch.linspace(-5, 5, model.decoder.out.bias.numel()))  # in place
+    after = model.generate(features)
+    with torch.inference_mode():
+        ids, _ = model.decoder.greedy(features, model.vocab.start_id, model.vocab.end_id)
+    assert [r.tokens for r in after] == ids and [r.tokens for r in first] != ids
+    model.decoder.train()
+    assert model._fast.decoder(model.decoder, model.device) is None

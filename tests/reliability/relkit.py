@@ -13,7 +13,9 @@ The fixtures that use them are in conftest.py; bench/overload.py uses them too.
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -130,3 +132,26 @@ def wait_ready(proc: subprocess.Popen, log: Path) -> Server:
         time.sleep(0.1)
     proc.kill()
     raise AssertionError(f"captioner serve not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text(errors='replace')}")
+
+
+# ---------------------------------------------------------------------------- malicious pickles
+class Payload:
+    """Unpickling this runs ``touch <marker>``: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def plant(path: Path, marker: Path, how: str = "pickle") -> None:
+    """Replace ``path`` by a malicious pickle (plain, or in torch.save's zip format)."""
+    import torch
+
+    if how == "torch":
+        buf = io.BytesIO()
+        torch.save({"state_dict": {"w": Payload(marker)}}, buf)
+        path.write_bytes(buf.getvalue())
+    else:
+        path.write_bytes(pickle.dumps({"w": Payload(marker)}))

@@ -6,10 +6,8 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from captioner import Captioner
 from captioner.cli import main as cli_main

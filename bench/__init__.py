@@ -1,0 +1,1 @@
+"""Hand-run benchmarks: python -m bench.<name> --help (see bench/README.md)."""

@@ -1,0 +1,121 @@
+"""Decoding cost: greedy against beam search (3 and 5), for small and large vocabularies.
+
+    python -m bench.decode                      # vocabularies of 100 and 10,000 words, ~1 min
+    python -m bench.decode --vocab 100 1000 10000 --seconds 3 --variants pytorch onnxruntime int8 no-onednn
+
+Decoders have the default size (embedding 256, hidden 512, LSTM, W_ih image projection
+256) with random weights, fed random 1280-d features. A random decoder almost never
+emits ``<end>``, so every caption runs to ``--max-length`` words (default 12, about a
+real caption's length): the figures are per caption of that length.
+
+For each vocabulary and strategy the table gives milliseconds per image when images are
+decoded one at a time (batch 1, a lone request) and in a batch of 32 (a loaded service,
+a folder run). Variants (``--variants``):
+
+* ``pytorch``: the plain PyTorch decoder (the reference; ``fast=False``);
+* ``onnxruntime``: the generation step on ONNX Runtime, one thread (``captioner.fast``,
+  the default path);
+* ``int8``: ``torch.ao.quantization.quantize_dynamic`` on the LSTM and linear layers, with
+  the share of captions identical to the reference (``agree``; random decoders have tiny
+  margins between words, so this is a pessimistic figure);
+* ``no-onednn``: PyTorch with oneDNN switched off (``torch.backends.mkldnn.flags``): its
+  LSTM sets up a oneDNN primitive on every call, a fixed cost per generation step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import warnings
+
+import torch
+
+from captioner.decoder import CaptionDecoder, DecoderConfig
+from captioner.fast import build_fast_decoder
+
+from . import common
+
+STRATEGIES = (("greedy", 1), ("beam 3", 3), ("beam 5", 5))
+VARIANTS = ("pytorch", "onnxruntime", "int8", "no-onednn")
+
+
+def run_strategy(decoder: CaptionDecoder, features: torch.Tensor, beam: int, max_length: int):
+    with torch.inference_mode():
+        if beam == 1:
+            return decoder.greedy(features, 1, 2, max_length)
+        return decoder.beam_search(features, 1, 2, beam, max_length)
+
+
+def variant_context(variant: str):
+    if variant == "no-onednn":
+        return torch.backends.mkldnn.flags(enabled=False)
+    return contextlib.nullcontext()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common.base_parser("decode", __doc__)
+    p.add_argument("--vocab", type=int, nargs="+", default=[100, 10000], metavar="V", help="vocabulary sizes")
+    p.add_argument("--max-length", type=int, default=12, help="words per caption (default 12)")
+    p.add_argument("--batch", type=int, default=32, help="the batched case's batch size (default 32)")
+    p.add_argument("--seconds", type=float, default=0.8, help="timing per cell (default 0.8 s)")
+    p.add_argument("--variants", nargs="+", default=["pytorch", "onnxruntime", "int8"], choices=VARIANTS,
+                   help="decoder variants to time (default pytorch onnxruntime int8)")
+    args = p.parse_args(argv)
+    common.apply_threads(args)
+    warnings.filterwarnings("ignore")  # quantization deprecation notices
+    info = common.machine_info()
+    common.header("decode: greedy vs beam search", info)
+
+    rows, results = [], []
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(args.batch, 1280, generator=gen)  # (B, F)
+    for V in args.vocab:
+        torch.manual_seed(0)
+        fp32 = CaptionDecoder(DecoderConfig(vocab_size=V, feature_dim=1280, max_length=args.max_length)).eval()
+        decoders = {"pytorch": fp32, "no-onednn": fp32}
+        if "onnxruntime" in args.variants:
+            decoders["onnxruntime"], reason = build_fast_decoder(fp32)
+            if decoders["onnxruntime"] is None:
+                raise SystemExit(f"error: {reason}")
+        if "int8" in args.variants:
+            decoders["int8"] = torch.ao.quantization.quantize_dynamic(
+                fp32, {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8)
+        greedy_ms: dict[tuple[str, int], float] = {}
+        for name, beam in STRATEGIES:
+            reference_ids = run_strategy(fp32, features, beam, args.max_length)[0]
+            for variant in args.variants:
+                dec = decoders[variant]
+                with variant_context(variant):
+                    one = common.timed(lambda: run_strategy(dec, features[:1], beam, args.max_length), args.seconds)
+                    many = common.timed(lambda: run_strategy(dec, features, beam, args.max_length), args.seconds)
+                    ids = run_strategy(dec, features, beam, args.max_length)[0]
+                ms1 = 1000 * statistics.median(one)
+                msb = 1000 * statistics.median(many) / args.batch
+                if beam == 1:
+                    greedy_ms[(variant, 1)], greedy_ms[(variant, args.batch)] = ms1, msb
+                agree = sum(a == b for a, b in zip(ids, reference_ids)) / len(ids)
+                row = {"vocab": V, "strategy": name, "variant": variant, "ms_per_image_b1": ms1,
+                       f"ms_per_image_b{args.batch}": msb, "x_greedy_b1": ms1 / greedy_ms[(variant, 1)],
+                       f"x_greedy_b{args.batch}": msb / greedy_ms[(variant, args.batch)], "agree_with_reference": agree}
+                rows.append(row)
+                results.append(row)
+                print(f"  V={V} {name} {variant}: {ms1:.2f} ms/img at batch 1, {msb:.2f} ms/img at batch "
+                      f"{args.batch}", file=sys.stderr, flush=True)
+
+    b = args.batch
+    print()
+    print(common.format_table(rows, [
+        ("vocab", "vocab"), ("strategy", "strategy"), ("variant", "decoder"),
+        ("ms_per_image_b1", "ms/image, batch 1"), ("x_greedy_b1", "x greedy"),
+        (f"ms_per_image_b{b}", f"ms/image, batch {b}"), (f"x_greedy_b{b}", "x greedy"),
+        ("agree_with_reference", "same captions as pytorch")]))
+    info_end = common.machine_info()["load_average"]
+    out = common.write_json("decode", {"machine": info, "load_average_end": info_end, "max_length": args.max_length,
+                                       "batch": b, "rows": results}, args.json)
+    print(f"\nwritten {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

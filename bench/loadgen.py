@@ -1,0 +1,141 @@
+"""A closed-loop HTTP load generator: N clients, each sending one image, waiting for the
+answer, and sending the next, for a fixed time. Runs in its own process.
+
+    python -m bench.loadgen --url 'http://127.0.0.1:8000/v1/captions?beam_size=1' \
+        --images bench/.cache/jpegs-16-640x480-s0 --clients 32 --seconds 8
+
+It speaks HTTP/1.1 over asyncio streams with keep-alive connections (one per client) and
+pre-built multipart bodies (field ``file``), so the client costs little CPU next to the
+server it measures. Only requests that *finish* inside the measurement window (after
+``--warmup``) count; whatever is still in flight when the window closes is abandoned.
+Prints one JSON object: completed, errors, images/s and latency percentiles in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+
+BOUNDARY = "----captionerbench7MA4YWxkTrZu0gW"
+
+
+def multipart_request(host: str, port: int, target: str, filename: str, data: bytes) -> bytes:
+    body = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+    head = (f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: captioner-bench\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: keep-alive\r\n\r\n").encode()
+    return head + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """(status, body, server wants to close) for one response."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            body += chunk[:-2]
+    else:
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, body, headers.get("connection", "").lower() == "close"
+
+
+async def run(url: str, images: list[tuple[str, bytes]], clients: int, seconds: float, warmup: float,
+              timeout: float) -> dict:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    requests = [multipart_request(host, port, target, name, data) for name, data in images]
+    start = time.perf_counter()
+    window_start, window_end = start + warmup, start + warmup + seconds
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    sent = 0
+
+    async def client(i: int) -> None:
+        nonlocal sent
+        k = i
+        reader = writer = None
+        while time.perf_counter() < window_end:
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                req = requests[k % len(requests)]
+                k += clients
+                t0 = time.perf_counter()
+                writer.write(req)
+                sent += 1
+                status, body, close = await asyncio.wait_for(read_response(reader), timeout)
+                t1 = time.perf_counter()
+                ok = status == 200 and b"caption" in body
+                if window_start <= t1 <= window_end:
+                    if ok:
+                        latencies.append(t1 - t0)
+                    else:
+                        key = f"HTTP {status}"
+                        errors[key] = errors.get(key, 0) + 1
+                if close:
+                    writer.close()
+                    reader = writer = None
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as e:
+                if window_start <= time.perf_counter() <= window_end:
+                    errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                if writer is not None:
+                    writer.close()
+                reader = writer = None
+                await asyncio.sleep(0.05)
+        if writer is not None:
+            writer.close()
+
+    tasks = [asyncio.create_task(client(i)) for i in range(clients)]
+    # Bounded in time: stop waiting shortly after the window closes, whatever is in flight.
+    await asyncio.wait(tasks, timeout=max(0.0, window_end - time.perf_counter()) + 1.0)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    lat_ms = np.asarray(latencies) * 1000.0
+    pct = (lambda q: round(float(np.percentile(lat_ms, q)), 1)) if len(lat_ms) else (lambda q: None)
+    return {
+        "clients": clients, "seconds": seconds, "warmup": warmup, "completed": len(latencies), "sent": sent,
+        "errors": errors, "images_per_s": round(len(latencies) / seconds, 2),
+        "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+        "mean_ms": round(float(lat_ms.mean()), 1) if len(lat_ms) else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", required=True, help="the captioning endpoint, with query options")
+    p.add_argument("--images", required=True, help="a folder of .jpg files sent in turn")
+    p.add_argument("--clients", type=int, default=1, help="concurrent clients (connections)")
+    p.add_argument("--seconds", type=float, default=8.0, help="length of the measurement window")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before the window opens")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take")
+    args = p.parse_args(argv)
+    files = sorted(Path(args.images).glob("*.jpg"))
+    if not files:
+        print(f"error: no .jpg files in {args.images}", file=sys.stderr)
+        return 1
+    images = [(f.name, f.read_bytes()) for f in files]
+    result = asyncio.run(run(args.url, images, args.clients, args.seconds, args.warmup, args.timeout))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

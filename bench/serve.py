@@ -1,0 +1,199 @@
+"""HTTP serving throughput and latency: our service against a naive server and the encoder-only limit.
+
+    python -m bench.serve                          # 1/8/32/64 clients, greedy and beam 3, ~4 min
+    python -m bench.serve --clients 32 --beams 1 --seconds 20
+    python -m bench.serve --service-arg=--max-batch-size=32 --service-arg=--torch-threads=1
+
+Three things are measured in one run, on the same machine, against the same checkpoint:
+
+(a) **our service**: ``captioner serve`` (batching, decode pool, ONNX Runtime encoder);
+(b) **a naive server** (``bench/naive_server.py``): one eager PyTorch forward per request
+    at batch 1, the way tutorials write it;
+(c) **the encoder-only limit**: the fastest encoder forward on pre-decoded batches in
+    this process (best of batch 8/16/32), measured before and after the HTTP runs.
+
+Each server runs in its own process; the load comes from ``bench/loadgen.py`` in another
+process: closed-loop clients on loopback, each posting one 640x480 JPEG (multipart) and
+waiting for the caption, for ``--warmup`` + ``--seconds``. The in-process time to caption
+one image (``Captioner.caption`` on JPEG bytes, fast path on) is the reference for the
+latency at one client.
+
+Targets (issue "Performance"): at 32 clients our images/s >= 5x the naive server's and
+>= 50% of the encoder-only limit; p50 latency at 1 client <= 1.5x the in-process time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from . import common
+
+PY = sys.executable
+
+
+class Server:
+    """A server subprocess; ``url`` is parsed from the 'listening on http://...' line it prints."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict | None = None, timeout: float = 300.0) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(env or {})}, cwd=common.ROOT, start_new_session=True)
+        self.url: str | None = None
+        self.log: list[str] = []
+        found = threading.Event()
+
+        def pump() -> None:
+            for line in self.proc.stdout:  # type: ignore[union-attr]
+                self.log.append(line.rstrip())
+                if self.url is None and "listening on http://" in line:
+                    self.url = "http://" + line.split("listening on http://", 1)[1].split()[0].rstrip(";,")
+                    found.set()
+            found.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        found.wait(timeout)
+        if self.url is None:
+            self.stop()
+            raise RuntimeError(f"{name} did not start; its output:\n" + "\n".join(self.log[-30:]))
+        while time.monotonic() < deadline:  # listening; wait until the model is ready
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"{name} never became ready; its output:\n" + "\n".join(self.log[-30:]))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def load(url: str, images: Path, clients: int, seconds: float, warmup: float) -> dict:
+    """One load-generator run in its own process; returns its JSON result."""
+    cmd = [PY, "-m", "bench.loadgen", "--url", url, "--images", str(images), "--clients", str(clients),
+           "--seconds", str(seconds), "--warmup", str(warmup)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT, timeout=seconds + warmup + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def in_process(ckpt: Path, jpeg: bytes, beams: list[int], seconds: float) -> tuple[dict, dict]:
+    """(seconds to caption one JPEG in this process per beam size, the encoder-only limit)."""
+    from captioner import Captioner
+
+    model = Captioner.load(ckpt, device="cpu")
+    one = {}
+    for beam in beams:
+        one[beam] = statistics.median(common.timed(lambda: model.caption(jpeg, beam_size=beam), seconds, warmup=2))
+    return one, common.encoder_limit(model, seconds=seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common.base_parser("serve", __doc__)
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64], help="concurrency levels")
+    p.add_argument("--beams", type=int, nargs="+", default=[1, 3], help="beam sizes (1 = greedy)")
+    p.add_argument("--seconds", type=float, default=6.0, help="measurement window per level (default 6)")
+    p.add_argument("--warmup", type=float, default=1.5, help="load before each window (default 1.5 s)")
+    p.add_argument("--images", type=int, default=16, help="distinct 640x480 JPEGs sent in turn (default 16)")
+    p.add_argument("--servers", nargs="+", default=["service", "naive"], choices=["service", "naive"])
+    p.add_argument("--service-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for `captioner serve` (repeatable), e.g. --service-arg=--max-batch-size=32")
+    args = p.parse_args(argv)
+    common.apply_threads(args)
+    info = common.machine_info()
+    common.header("serve: HTTP images/s and latency", info)
+    ckpt = common.resolve_checkpoint(args.checkpoint)
+    images = common.jpeg_folder(args.images)
+    jpeg = sorted(images.glob("*.jpg"))[0].read_bytes()
+    print(f"checkpoint {ckpt}; images {images}", file=sys.stderr)
+
+    servers: dict[str, Server] = {}
+    rows: list[dict] = []
+    try:
+        if "service" in args.servers:
+            servers["service"] = Server("service", [PY, "-m", "captioner", "serve", "--checkpoint", str(ckpt),
+                                                    "--port", "0", "--log-level", "warning", *args.service_arg])
+        if "naive" in args.servers:
+            servers["naive"] = Server("naive", [PY, "-m", "bench.naive_server", "--checkpoint", str(ckpt)])
+        print("servers ready: " + ", ".join(f"{k} {s.url}" for k, s in servers.items()), file=sys.stderr)
+        one_image, limit_start = in_process(ckpt, jpeg, args.beams, 3.0)
+        print(f"in-process caption of one image: " + ", ".join(f"beam {b}: {1000 * s:.1f} ms"
+                                                                  for b, s in one_image.items())
+              + f"; encoder-only limit {limit_start['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)
+        for beam in args.beams:
+            for clients in args.clients:
+                for name, server in servers.items():
+                    r = load(f"{server.url}/v1/captions?beam_size={beam}", images, clients, args.seconds, args.warmup)
+                    r.update(server=name, beam=beam)
+                    rows.append(r)
+                    print(f"  {name:8s} beam {beam} clients {clients:3d}: {r['images_per_s']:7.1f} images/s, "
+                          f"p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, errors {r['errors'] or 0}",
+                          file=sys.stderr, flush=True)
+    finally:
+        for s in servers.values():
+            s.stop()
+    _, limit_end = in_process(ckpt, jpeg, [], 3.0)
+    limit = (limit_start["images_per_s"] + limit_end["images_per_s"]) / 2
+
+    naive = {(r["beam"], r["clients"]): r["images_per_s"] for r in rows if r["server"] == "naive"}
+    for r in rows:
+        base = naive.get((r["beam"], r["clients"]))
+        r["x_naive"] = r["images_per_s"] / base if base else None
+        r["pct_encoder_limit"] = 100.0 * r["images_per_s"] / limit
+        r["p50_x_in_process"] = r["p50_ms"] / (1000 * one_image[r["beam"]]) if r["p50_ms"] else None
+    rows.append({"server": "encoder-only limit", "beam": "-", "clients": "-", "images_per_s": limit,
+                 "pct_encoder_limit": 100.0})
+
+    targets = {}
+    svc = {(r["beam"], r["clients"]): r for r in rows if r["server"] == "service"}
+    if (1, 32) in svc:
+        r = svc[(1, 32)]
+        if r.get("x_naive") is not None:
+            targets["service_32_clients_vs_naive (>= 5x)"] = round(r["x_naive"], 2)
+        targets["service_32_clients_pct_of_encoder_limit (>= 50%)"] = round(r["pct_encoder_limit"], 1)
+    if (1, 1) in svc and svc[(1, 1)]["p50_x_in_process"] is not None:
+        targets["p50_1_client_vs_in_process (<= 1.5x)"] = round(svc[(1, 1)]["p50_x_in_process"], 2)
+
+    print()
+    print(common.format_table(rows, [
+        ("server", "server"), ("beam", "beam"), ("clients", "clients"), ("images_per_s", "images/s"),
+        ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"), ("x_naive", "x naive"),
+        ("pct_encoder_limit", "% of encoder limit"), ("p50_x_in_process", "p50 / in-process")]))
+    print("\nin-process caption of one JPEG: " + ", ".join(f"beam {b} {1000 * s:.1f} ms" for b, s in one_image.items()))
+    print(f"encoder-only limit: {limit_start['images_per_s']:.1f} (start) / {limit_end['images_per_s']:.1f} (end) "
+          f"images/s, {limit_start['backend']}, by batch {limit_start['by_batch']}")
+    for k, v in targets.items():
+        print(f"target {k}: {v}")
+    out = common.write_json("serve", {
+        "machine": info, "load_average_end": common.machine_info()["load_average"], "checkpoint": str(ckpt),
+        "service_args": args.service_arg, "seconds": args.seconds, "warmup": args.warmup,
+        "in_process_one_image_s": one_image, "encoder_limit": {"start": limit_start, "end": limit_end, "mean": limit},
+        "rows": rows, "targets": targets}, args.json)
+    print(f"\nwritten {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

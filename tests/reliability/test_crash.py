@@ -1,0 +1,131 @@
+"""Crash safety: ``kill -9`` of training and of folder captioning, then finish the job.
+
+Training: one run of a tiny model on a tiny scenes dataset is killed twice (at a random
+moment of start-up or feature caching, and at a random moment mid-training, which often
+falls inside a checkpoint save); after every kill each checkpoint on disk must load, and the
+next ``--resume`` (or a fresh start when no ``last`` exists yet) continues. The last
+resume must finish with exactly one log row per epoch. Many more trials at uniformly
+random times: ``python bench/crash_trials.py`` (figures in docs/reliability.md).
+
+Folder captioning: killed at a random point, with a torn last line added (what a power
+cut can leave); the rerun must finish with every image exactly once and no partial line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import crashkit as ck
+from hostile import encode, picture
+from relkit import plant
+
+EPOCHS = 8
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("crash-scenes")
+    return ck.make_scenes(base / "data"), base / "cache"
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed(scenes, tmp_path_factory):
+    """One training run killed twice and resumed to the end: (run folder, events)."""
+    data, cache = scenes
+    out = tmp_path_factory.mktemp("crash-train") / "run"
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    plan = [(0, rng.uniform(0.5, 3.0)), (2, rng.uniform(0.0, 0.5))]
+    events = []
+    for after_epochs, extra_s in plan:
+        resume = (out / "last").exists()
+        start_rows = len(ck.log_rows(out))
+        proc = ck.start(ck.train_command(data, out, cache, EPOCHS, resume=resume), out.parent / "train.log")
+        outcome = ck.kill_when(proc, lambda: len(ck.log_rows(out)) >= start_rows + after_epochs, extra_s)
+        where = f"(seed {seed}, kill {len(events) + 1} at +{extra_s:.2f} s after {after_epochs} epochs)"
+        assert outcome == "killed" or proc.returncode == 0, f"training failed {where}:\n" + \
+            (out.parent / "train.log").read_text(errors="replace")[-3000:]
+        try:
+            loaded = ck.check_checkpoints(out)
+        except Exception as e:  # noqa: BLE001 - report which kill broke what
+            raise AssertionError(f"a checkpoint on disk does not load {where}: {type(e).__name__}: {e}") from None
+        events.append({"resumed": resume, "outcome": outcome, "epochs_on_disk": len(ck.log_rows(out)),
+                       "loaded": loaded, "where": where})
+    final = subprocess.run(ck.train_command(data, out, cache, EPOCHS, resume=(out / "last").exists()),
+                           capture_output=True, env=ck.ENV, timeout=600)
+    assert final.returncode == 0, f"the final resume failed (seed {seed}):\n" + \
+        (final.stdout + final.stderr).decode(errors="replace")[-3000:]
+    return out, events
+
+
+def test_training_killed_twice_resumes_to_the_end(killed_and_resumed) -> None:
+    out, events = killed_and_resumed
+    assert any(e["outcome"] == "killed" for e in events)
+    assert [r["epoch"] for r in ck.log_rows(out)] == list(range(1, EPOCHS + 1)), events
+    assert ck.check_checkpoints(out) == ["best", "last"]
+    results = json.loads((out / "results.json").read_text())
+    assert 1 <= results["best_epoch"] <= EPOCHS
+    leftovers = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    print("\ntraining kill trials:", *(f"{e['where']}: {e['outcome']}, {e['epochs_on_disk']} epochs on disk, "
+                                        f"loaded {e['loaded']}" for e in events), f"leftovers {leftovers}", sep="\n  ")
+
+
+def test_resume_after_a_torn_training_log(killed_and_resumed, tmp_path) -> None:
+    """A kill while log.jsonl is being rewritten leaves it cut mid-line: resuming must cope."""
+    out = tmp_path / "run"
+    shutil.copytree(killed_and_resumed[0], out, symlinks=True)
+    log = out / "log.jsonl"
+    text = log.read_bytes()
+    log.write_bytes(text[: text.rfind(b"\n", 0, len(text) - 1) + 25])  # the last row cut after 24 bytes
+    cmd = ck.train_command(Path(), out, Path(), resume=True) + ["--epochs", str(EPOCHS + 1)]
+    done = subprocess.run(cmd, capture_output=True, env=ck.ENV, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+    assert [r["epoch"] for r in ck.log_rows(out)] == list(range(1, EPOCHS + 2))
+
+
+@pytest.mark.parametrize("target", ["trainer_state.safetensors", "model.safetensors"])
+def test_pickle_planted_in_the_resume_state_is_refused(killed_and_resumed, tmp_path, target) -> None:
+    """--resume reads OUT/last: a malicious pickle there is refused and never runs."""
+    from captioner.errors import CaptionerError
+    from training.train import resume_config, train
+
+    out = tmp_path / "run"
+    shutil.copytree(killed_and_resumed[0], out, symlinks=True)
+    marker = tmp_path / "PWNED"
+    plant(out / "last" / target, marker)
+    with pytest.raises(CaptionerError, match="last"):
+        train(resume_config(out, epochs=EPOCHS + 1, progress=False), resume=True)
+    assert not marker.exists()
+
+
+def test_folder_captioning_killed_then_rerun(rel_checkpoint, tmp_path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(32):
+        fmt, ext = (("JPEG", "jpg"), ("PNG", "png"))[i % 2]
+        (photos / f"img{i:03d}.{ext}").write_bytes(encode(picture(40 + i, 30 + i % 7, seed=i), fmt))
+    out = tmp_path / "captions.jsonl"
+    expected = {p.name for p in photos.iterdir()}
+    rng = random.Random()
+    kill_at = rng.randint(2, 20)
+    proc = ck.start(ck.caption_command(photos, out, rel_checkpoint, batch_size=2), tmp_path / "caption.log")
+    outcome = ck.kill_when(proc, lambda: ck.count_lines(out) >= kill_at, rng.uniform(0, 0.3))
+    data = out.read_bytes()
+    assert outcome == "killed", "the run finished before it could be killed; make it longer"
+    assert data.endswith(b"\n"), "a kill -9 left a partial line"
+    before = [json.loads(line)["file"] for line in data.decode().splitlines()]
+    assert len(before) == len(set(before)) and 0 < len(before) < len(expected)
+    with open(out, "ab") as f:  # what a power cut in the middle of a write can leave
+        f.write(b'{"file": "img031.png", "capt')
+    rerun = subprocess.run(ck.caption_command(photos, out, rel_checkpoint, batch_size=8), capture_output=True,
+                           env=ck.ENV, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr.decode(errors="replace")[-2000:]
+    ck.check_captions_file(out, expected)
+    assert f"skipped {len(before)}" in rerun.stderr.decode()
