@@ -100,7 +100,7 @@ def test_api_key_is_required_and_checked(rel_server: Server) -> None:
         r = client.post("/v1/captions", files=files)
         assert r.status_code == 401 and r.json()["error"] == "unauthorized"
         assert r.headers["www-authenticate"].startswith("Bearer")
-        for header in (f"Bearer {API_KEY}x", f"Bearer {API_KEY[:-1]}", "Bearer ", f"Basic {API_KEY}", API_KEY,
+        for header in (f"Bearer {API_KEY}x", f"Bearer {API_KEY[:-1]}", "Bearer", f"Basic {API_KEY}", API_KEY,
                        f"Bearer {API_KEY.upper()}", f"Bearer\t{API_KEY}x"):
             r = client.post("/v1/captions", files=files, headers={"Authorization": header})
             assert r.status_code == 401, header

@@ -18,7 +18,6 @@ import time
 
 import httpx
 import pytest
-from PIL import Image
 
 from captioner.encoders import get_spec
 from captioner.errors import ImageLoadError
