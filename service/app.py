@@ -19,6 +19,7 @@ from typing import AsyncIterator
 import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.responses import Response
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None, model: Captioner | None = None)
         description="POST images to `/v1/captions` (multipart `file` parts or a raw `image/*` body). "
                     "Every error is JSON `{\"error\": code, \"detail\": text}`. See docs/service.md.",
         lifespan=lifespan,
+        docs_url=None,  # served below from the bundled Swagger UI: no CDN, works offline
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -127,11 +129,31 @@ def create_app(settings: Settings | None = None, model: Captioner | None = None)
     app.include_router(captions.router)
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
+    install_offline_docs(app)
     if settings.cors_origins:
         app.add_middleware(JSONCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], max_age=600)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return app
+
+
+def install_offline_docs(app: FastAPI) -> None:
+    """/docs with Swagger UI's script and stylesheet from the ``swagger-ui-bundle`` package,
+    so the API reference renders on machines without internet access."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="captioner API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
 
 def load_model(settings: Settings) -> Captioner:

@@ -133,6 +133,11 @@ def test_health_ready_model_and_docs(server):
         schema = c.get("/openapi.json").json()
         assert "/v1/captions" in schema["paths"] and "multipart/form-data" in \
             schema["paths"]["/v1/captions"]["post"]["requestBody"]["content"]
+        docs = c.get("/docs")  # the Swagger UI works offline: its assets are served locally
+        assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+        assert "cdn" not in docs.text.lower()
+        js = c.get("/docs-assets/swagger-ui-bundle.js")
+        assert js.status_code == 200 and len(js.content) > 100_000
 
 
 # ---------------------------------------------------------------------------- error cases
