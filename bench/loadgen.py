@@ -6,8 +6,10 @@ answer, and sending the next, for a fixed time. Runs in its own process.
 
 It speaks HTTP/1.1 over asyncio streams with keep-alive connections (one per client) and
 pre-built multipart bodies (field ``file``), so the client costs little CPU next to the
-server it measures. Only requests that *finish* inside the measurement window (after
-``--warmup``) count; whatever is still in flight when the window closes is abandoned.
+server it measures. The measurement window opens after ``--warmup`` seconds and once
+every client has had its first answer (the server's queue has reached its steady depth),
+and lasts ``--seconds``; only requests that *finish* inside it count, and whatever is
+still in flight when it closes is abandoned.
 Prints one JSON object: completed, errors, images/s and latency percentiles in ms.
 """
 
@@ -55,22 +57,25 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
 
 
 async def run(url: str, images: list[tuple[str, bytes]], clients: int, seconds: float, warmup: float,
-              timeout: float) -> dict:
+              timeout: float, max_wait: float) -> dict:
+    """Closed-loop load. The measurement window opens ``warmup`` seconds after the start, and
+    not before every client has had its first answer (so the queue has reached its steady
+    depth), then lasts ``seconds``; ``max_wait`` bounds the wait for first answers."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     requests = [multipart_request(host, port, target, name, data) for name, data in images]
     start = time.perf_counter()
-    window_start, window_end = start + warmup, start + warmup + seconds
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    sent = 0
+    done: list[tuple[float, float]] = []  # (sent, answered) of every successful request
+    failures: list[tuple[float, str]] = []  # (when, what)
+    first_answer = [False] * clients
+    all_answered = asyncio.Event()
+    stop = asyncio.Event()
 
     async def client(i: int) -> None:
-        nonlocal sent
         k = i
         reader = writer = None
-        while time.perf_counter() < window_end:
+        while not stop.is_set():
             try:
                 if writer is None:
                     reader, writer = await asyncio.open_connection(host, port)
@@ -78,22 +83,21 @@ async def run(url: str, images: list[tuple[str, bytes]], clients: int, seconds: 
                 k += clients
                 t0 = time.perf_counter()
                 writer.write(req)
-                sent += 1
                 status, body, close = await asyncio.wait_for(read_response(reader), timeout)
                 t1 = time.perf_counter()
-                ok = status == 200 and b"caption" in body
-                if window_start <= t1 <= window_end:
-                    if ok:
-                        latencies.append(t1 - t0)
-                    else:
-                        key = f"HTTP {status}"
-                        errors[key] = errors.get(key, 0) + 1
+                if status == 200 and b"caption" in body:
+                    done.append((t0, t1))
+                else:
+                    failures.append((t1, f"HTTP {status}"))
+                if not first_answer[i]:
+                    first_answer[i] = True
+                    if all(first_answer):
+                        all_answered.set()
                 if close:
                     writer.close()
                     reader = writer = None
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as e:
-                if window_start <= time.perf_counter() <= window_end:
-                    errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+                failures.append((time.perf_counter(), type(e).__name__))
                 if writer is not None:
                     writer.close()
                 reader = writer = None
@@ -102,16 +106,28 @@ async def run(url: str, images: list[tuple[str, bytes]], clients: int, seconds: 
             writer.close()
 
     tasks = [asyncio.create_task(client(i)) for i in range(clients)]
-    # Bounded in time: stop waiting shortly after the window closes, whatever is in flight.
-    await asyncio.wait(tasks, timeout=max(0.0, window_end - time.perf_counter()) + 1.0)
+    try:
+        await asyncio.wait_for(all_answered.wait(), max_wait)
+    except asyncio.TimeoutError:
+        pass
+    steady = all_answered.is_set()
+    window_start = max(start + warmup, time.perf_counter())
+    await asyncio.sleep(max(0.0, window_start - time.perf_counter()) + seconds)
+    window_end = window_start + seconds
+    stop.set()  # whatever is in flight now is abandoned
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    lat_ms = np.asarray(latencies) * 1000.0
+
+    lat_ms = np.asarray([(t1 - t0) * 1000.0 for t0, t1 in done if window_start <= t1 <= window_end])
+    errors: dict[str, int] = {}
+    for when, what in failures:
+        if window_start <= when <= window_end:
+            errors[what] = errors.get(what, 0) + 1
     pct = (lambda q: round(float(np.percentile(lat_ms, q)), 1)) if len(lat_ms) else (lambda q: None)
     return {
-        "clients": clients, "seconds": seconds, "warmup": warmup, "completed": len(latencies), "sent": sent,
-        "errors": errors, "images_per_s": round(len(latencies) / seconds, 2),
+        "clients": clients, "seconds": seconds, "warmup_s": round(window_start - start, 2), "steady": steady,
+        "completed": int(len(lat_ms)), "errors": errors, "images_per_s": round(len(lat_ms) / seconds, 2),
         "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
         "mean_ms": round(float(lat_ms.mean()), 1) if len(lat_ms) else None,
     }
@@ -125,14 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=1, help="concurrent clients (connections)")
     p.add_argument("--seconds", type=float, default=8.0, help="length of the measurement window")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before the window opens")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
+    p.add_argument("--max-wait", type=float, default=60.0,
+                   help="longest wait for every client's first answer before the window opens anyway")
     args = p.parse_args(argv)
     files = sorted(Path(args.images).glob("*.jpg"))
     if not files:
         print(f"error: no .jpg files in {args.images}", file=sys.stderr)
         return 1
     images = [(f.name, f.read_bytes()) for f in files]
-    result = asyncio.run(run(args.url, images, args.clients, args.seconds, args.warmup, args.timeout))
+    result = asyncio.run(run(args.url, images, args.clients, args.seconds, args.warmup, args.timeout,
+                             args.max_wait))
     print(json.dumps(result))
     return 0
 

@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "reliability"))
 
-from loadgen import rss_kb, run_load, serves_normally  # noqa: E402
+from overloadkit import rss_kb, run_load, serves_normally  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,9 @@ Three things are measured in one run, on the same machine, against the same chec
 
 Each server runs in its own process; the load comes from ``bench/loadgen.py`` in another
 process: closed-loop clients on loopback, each posting one 640x480 JPEG (multipart) and
-waiting for the caption, for ``--warmup`` + ``--seconds``. The in-process time to caption
+waiting for the caption. A level's window opens after ``--warmup`` and once every client
+has had an answer (steady queue depth), and lasts ``--seconds``; afterwards the server
+works off the abandoned requests (a drain request) before the next level. The in-process time to caption
 one image (``Captioner.caption`` on JPEG bytes, fast path on) is the reference for the
 latency at one client.
 
@@ -89,14 +91,33 @@ class Server:
                 self.proc.wait()
 
 
-def load(url: str, images: Path, clients: int, seconds: float, warmup: float) -> dict:
+def load(url: str, images: Path, clients: int, seconds: float, warmup: float, max_wait: float) -> dict:
     """One load-generator run in its own process; returns its JSON result."""
     cmd = [PY, "-m", "bench.loadgen", "--url", url, "--images", str(images), "--clients", str(clients),
-           "--seconds", str(seconds), "--warmup", str(warmup)]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT, timeout=seconds + warmup + 60)
+           "--seconds", str(seconds), "--warmup", str(warmup), "--max-wait", str(max_wait)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT,
+                         timeout=seconds + warmup + max_wait + 120)
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def drain(url: str, jpeg: bytes, timeout: float = 600.0) -> float:
+    """Wait until the server has worked off the requests the load generator abandoned: one
+    request queued behind them comes back. Returns the seconds it took."""
+    from .loadgen import BOUNDARY
+
+    body = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"drain.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + jpeg + f"\r\n--{BOUNDARY}--\r\n".encode()
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    t = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            r.read()
+    except OSError as e:
+        print(f"  (drain request failed: {e})", file=sys.stderr)
+    return time.monotonic() - t
 
 
 def in_process(ckpt: Path, jpeg: bytes, beams: list[int], seconds: float) -> tuple[dict, dict]:
@@ -115,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64], help="concurrency levels")
     p.add_argument("--beams", type=int, nargs="+", default=[1, 3], help="beam sizes (1 = greedy)")
     p.add_argument("--seconds", type=float, default=6.0, help="measurement window per level (default 6)")
-    p.add_argument("--warmup", type=float, default=1.5, help="load before each window (default 1.5 s)")
+    p.add_argument("--warmup", type=float, default=1.5,
+                   help="load before each window, at least until every client had an answer (default 1.5 s)")
+    p.add_argument("--max-wait", type=float, default=60.0,
+                   help="longest wait for every client's first answer before a window opens anyway (default 60 s)")
     p.add_argument("--images", type=int, default=16, help="distinct 640x480 JPEGs sent in turn (default 16)")
     p.add_argument("--servers", nargs="+", default=["service", "naive"], choices=["service", "naive"])
     p.add_argument("--service-arg", action="append", default=[], metavar="ARG",
@@ -145,11 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         for beam in args.beams:
             for clients in args.clients:
                 for name, server in servers.items():
-                    r = load(f"{server.url}/v1/captions?beam_size={beam}", images, clients, args.seconds, args.warmup)
-                    r.update(server=name, beam=beam)
+                    url = f"{server.url}/v1/captions?beam_size={beam}"
+                    r = load(url, images, clients, args.seconds, args.warmup, args.max_wait)
+                    r.update(server=name, beam=beam, drain_s=round(drain(url, jpeg), 1))
                     rows.append(r)
                     print(f"  {name:8s} beam {beam} clients {clients:3d}: {r['images_per_s']:7.1f} images/s, "
-                          f"p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, errors {r['errors'] or 0}",
+                          f"p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, errors {r['errors'] or 0}"
+                          + ("" if r["steady"] else " (not every client was answered before the window)"),
                           file=sys.stderr, flush=True)
     finally:
         for s in servers.values():

@@ -1,4 +1,4 @@
-"""The fast CPU path for the encoder: the same network, run by ONNX Runtime.
+"""The fast CPU path: the same encoder and decoder weights, run by ONNX Runtime.
 
 The CNN encoder is almost all of the work of captioning an image on a CPU, and eager
 PyTorch runs EfficientNet-Lite0's many small depthwise convolutions poorly (on a 2-core
@@ -18,7 +18,13 @@ How it is built (once per set of weights)::
             digest = weights + tool versions): the next load of the same weights reads the
             checked graph back and skips both the export and the check.
 
-The eager PyTorch encoder stays the reference: :class:`~captioner.model.Captioner` falls
+The decoder's generation step (embedding, LSTM/GRU/RNN cell, output layer, log-softmax)
+is exported the same way into a one-thread session (:class:`OnnxDecoderStep`, built in
+memory: it is small) and self-checked; greedy, beam search and sampling keep running in
+``captioner.decoder`` and only call it. Eager PyTorch loses most on exactly these tiny
+per-step operations when the CPU is shared (see docs/performance.md).
+
+The eager PyTorch modules stay the reference: :class:`~captioner.model.Captioner` falls
 back to it, with a logged reason, whenever this path is unavailable (``onnxruntime`` not
 installed, the export fails, the self-check fails, a CUDA device, an input of another
 size) or switched off (``Captioner.load(..., fast=False)`` or ``CAPTIONER_FAST=0``).
@@ -26,9 +32,9 @@ size) or switched off (``Captioner.load(..., fast=False)`` or ``CAPTIONER_FAST=0
 Environment:
 
 * ``CAPTIONER_FAST``: ``0``/``false``/``off`` turns the fast path off (default on).
-* ``CAPTIONER_CACHE_DIR``: where exported graphs are kept (default
-  ``$XDG_CACHE_HOME/captioner`` or ``~/.cache/captioner``); an unwritable cache only
-  costs a re-export (a few seconds) at every load.
+* ``CAPTIONER_CACHE_DIR`` (or ``CAPTIONER_CACHE``): the cache folder; exported graphs go
+  to its ``onnx/`` (default ``$XDG_CACHE_HOME/captioner`` or ``~/.cache/captioner``). An
+  unwritable cache only costs a re-export (a few seconds) at every load.
 """
 
 from __future__ import annotations
@@ -87,8 +93,9 @@ def fast_requested(fast: bool | None = None) -> bool:
 
 
 def default_cache_dir() -> Path:
-    """``$CAPTIONER_CACHE_DIR``, else ``$XDG_CACHE_HOME/captioner``, else ``~/.cache/captioner``."""
-    env = os.environ.get(CACHE_ENV)
+    """``$CAPTIONER_CACHE_DIR``, else ``$CAPTIONER_CACHE`` (the variable training's feature
+    cache reads), else ``$XDG_CACHE_HOME/captioner``, else ``~/.cache/captioner``."""
+    env = os.environ.get(CACHE_ENV) or os.environ.get("CAPTIONER_CACHE")
     if env:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")

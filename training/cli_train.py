@@ -87,6 +87,8 @@ HELP: dict[str, str] = {
     "zero_features": "ablation: train and evaluate with all-zero image features, to measure what the image adds",
     "device": "cpu, cuda or cuda:N (default: cuda when available)",
     "num_workers": "image-loading worker processes for caching and fine-tuning (default: 0)",
+    "threads": "torch CPU threads (default: torch's choice, usually one per core); on a CPU shared with other "
+               "work 1 can be several times faster",
     "progress": "progress bars (default: yes)",
     "plot": "write OUT/curves.png after every epoch (default: yes)",
 }

@@ -114,9 +114,10 @@ class TrainTrial:
     finish_output: str = ""
 
     def line(self) -> str:
-        return (f"kill at {self.kill_after_s:.2f} s: {self.outcome} after {self.epochs_before} epoch(s); "
-                f"loaded {self.loaded or 'nothing (none written yet)'}; "
-                f"{'--resume' if self.resumed else 'fresh start'} -> exit {self.finish_rc}, "
+        then = ("it had finished" if self.outcome == "finished" else
+                f"{'--resume' if self.resumed else 'fresh start'} -> exit {self.finish_rc}")
+        return (f"kill {self.kill_after_s:.2f} s after start: {self.outcome} with {self.epochs_before} epoch(s) done; "
+                f"loaded {self.loaded or 'nothing (none written yet)'}; {then}, "
                 f"epochs logged {self.epochs_after[:1]}..{self.epochs_after[-1:]}")
 
 
@@ -130,7 +131,10 @@ def train_trial(data: Path, out: Path, cache: Path, kill_after_s: float, *, afte
     outcome = kill_when(proc, lambda: len(log_rows(out)) >= after_epochs, kill_after_s)
     killed_at = time.monotonic() - t0
     before = len(log_rows(out))
-    loaded = check_checkpoints(out)
+    try:
+        loaded = check_checkpoints(out)
+    except Exception as e:  # noqa: BLE001 - a checkpoint that does not load is the finding
+        loaded = [f"LOAD FAILED: {type(e).__name__}: {e}"]
     leftovers = sorted(p.name for p in out.iterdir() if p.name.startswith(".")) if out.exists() else []
     resumed = (out / "last").exists()
     if outcome == "finished":

@@ -27,6 +27,7 @@ MAX_PIXELS = 1_000_000
 SLOW_S = 3.0  # generous: the machine may be shared; a decoder stuck in a loop takes far longer
 CODES = {"unreadable", "unsupported", "too_large", "empty", "not_found"}
 EXAMPLES = int(os.environ.get("RELIABILITY_FUZZ_EXAMPLES_LOADER", "250"))
+TIME_LIMIT_S = max(180, EXAMPLES // 10)  # pytest-timeout: a hung decoder fails the test
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -66,14 +67,14 @@ def check(data: bytes) -> None:
     assert took < SLOW_S, f"{took:.1f} s for {len(data)} bytes starting {data[:32]!r}"
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(TIME_LIMIT_S)
 @FUZZ
 @given(st.binary(max_size=8192))
 def test_arbitrary_bytes(data: bytes) -> None:
     check(data)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(TIME_LIMIT_S)
 @FUZZ
 @given(st.binary(min_size=0, max_size=600))
 def test_arbitrary_bytes_after_a_real_magic_number(tail: bytes) -> None:
@@ -106,7 +107,7 @@ def mutated(draw) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(TIME_LIMIT_S)
 @FUZZ
 @given(mutated())
 def test_mutated_valid_images(data: bytes) -> None:

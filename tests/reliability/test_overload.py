@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from loadgen import run_load, serves_normally
+from overloadkit import run_load, serves_normally
 from relkit import AUTH, Server
 
 

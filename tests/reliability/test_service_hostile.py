@@ -234,8 +234,7 @@ def raw_exchange(server: Server, payload: bytes, timeout: float = 10.0) -> bytes
 def test_malformed_http_never_gets_5xx(rel_server: Server, payload: bytes) -> None:
     reply = raw_exchange(rel_server, payload)
     if reply:  # the connection may also just be closed, which is a fine answer to garbage
-        status = int(reply.split(b" ", 2)[1])
-        assert 400 <= status < 500 or status == 200, reply[:200]
+        assert reply.startswith(b"HTTP/1.1 4"), reply[:200]  # uvicorn's own plain-text 400
     with rel_server.client() as client:
         assert client.get("/healthz").status_code == 200
 
