@@ -8,7 +8,8 @@
       metadata.json         training data, metrics, versions, free-form
 
 Saving writes a temporary sibling folder and renames it into place, so an interrupted
-save leaves either the old checkpoint or the new one, never a mixture. Loading reads
+save leaves either the old checkpoint or the new one, never a mixture (the temporary
+folders a killed save leaves behind are removed by the next save to the same place). Loading reads
 only safetensors and JSON and checks that the pieces agree with each other.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -63,6 +65,38 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _make_readable(folder: Path) -> None:
+    """mkdtemp makes a private (0700) folder; give the checkpoint the usual permissions
+    (as the umask allows) so an installed copy is readable by every user."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for p in folder.iterdir():
+        os.chmod(p, 0o666 & ~umask)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_siblings(target: Path) -> None:
+    """Remove the temporary folders (``.NAME.tmp-PID-*``, ``.NAME.old-PID``) that saves of
+    ``target`` killed by a crash left behind: those whose process no longer exists."""
+    if os.name != "posix":  # os.kill(pid, 0) only probes on POSIX
+        return
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:tmp|old)-(\d+)(?:-.*)?")
+    for sibling in target.parent.glob(f".{target.name}.*"):
+        m = pattern.fullmatch(sibling.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
 def _write_json(path: Path, data: Any) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2, ensure_ascii=False, sort_keys=False)
@@ -105,7 +139,7 @@ def save_checkpoint(
         return out
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         save_file(prep(state), str(tmp / WEIGHTS), metadata={"format": FORMAT})
         if encoder_state is not None:
@@ -123,6 +157,7 @@ def save_checkpoint(
         for p in tmp.iterdir():  # make sure every byte is on disk before the rename
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+        _make_readable(tmp)
         _fsync_dir(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -137,6 +172,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _remove_stale_siblings(target)
     return target
 
 
