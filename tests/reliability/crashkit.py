@@ -72,10 +72,19 @@ def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], extra_s: float,
 
 
 def log_rows(out: Path) -> list[dict]:
+    """The rows of OUT/log.jsonl that parse (the file may be read while it is rewritten)."""
     path = out / "log.jsonl"
-    if not path.exists():
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (FileNotFoundError, UnicodeDecodeError):
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def check_checkpoints(out: Path) -> list[str]:

@@ -4,8 +4,8 @@ Training: one run of a tiny model on a tiny scenes dataset is killed twice (at a
 moment of start-up or feature caching, and at a random moment mid-training, which often
 falls inside a checkpoint save); after every kill each checkpoint on disk must load, and the
 next ``--resume`` (or a fresh start when no ``last`` exists yet) continues. The last
-resume must finish with exactly one log row per epoch. Many more trials at uniformly
-random times: ``python bench/crash_trials.py`` (figures in docs/reliability.md).
+resume must finish with exactly one log row per epoch. Many more trials at random
+moments: ``python bench/crash_trials.py`` (figures in docs/reliability.md).
 
 Folder captioning: killed at a random point, with a torn last line added (what a power
 cut can leave); the rerun must finish with every image exactly once and no partial line.
@@ -78,7 +78,10 @@ def test_training_killed_twice_resumes_to_the_end(killed_and_resumed) -> None:
 
 
 def test_resume_after_a_torn_training_log(killed_and_resumed, tmp_path) -> None:
-    """A kill while log.jsonl is being rewritten leaves it cut mid-line: resuming must cope."""
+    """A kill after OUT/last of epoch N is written but while log.jsonl is being rewritten
+    leaves the log cut inside the row of epoch N: resuming must cope (skip the torn
+    line) and the finished log must still hold one row per epoch (so the log must not
+    lag behind ``last``: write it first, atomically, or keep the rows in ``last``)."""
     out = tmp_path / "run"
     shutil.copytree(killed_and_resumed[0], out, symlinks=True)
     log = out / "log.jsonl"
@@ -129,3 +132,33 @@ def test_folder_captioning_killed_then_rerun(rel_checkpoint, tmp_path) -> None:
     assert rerun.returncode == 0, rerun.stderr.decode(errors="replace")[-2000:]
     ck.check_captions_file(out, expected)
     assert f"skipped {len(before)}" in rerun.stderr.decode()
+
+
+def test_a_save_removes_what_killed_saves_left_behind(tmp_path) -> None:
+    """A kill inside save_checkpoint can leave its temporary folder or the replaced old
+    checkpoint beside the target; the next save there removes those of dead processes."""
+    import torch
+
+    from captioner.checkpoint import load_checkpoint, save_checkpoint
+    from captioner.decoder import CaptionDecoder, DecoderConfig
+    from captioner.vocab import Vocabulary
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        stale = [tmp_path / f".ck.tmp-{dead.pid}-x1y2", tmp_path / f".ck.old-{dead.pid}"]
+        kept = [tmp_path / f".ck.tmp-{alive.pid}-z3", tmp_path / ".other.old-1", tmp_path / f".ck.old-{os.getpid()}"]
+        for d in stale + kept:
+            d.mkdir()
+            (d / "model.safetensors").write_bytes(b"partial")
+        vocab = Vocabulary.build(["a red dog"])
+        cfg = DecoderConfig(vocab_size=len(vocab), feature_dim=4, embed_dim=4, hidden_dim=8, img_proj_dim=4)
+        save_checkpoint(tmp_path / "ck", decoder=CaptionDecoder(cfg), decoder_config=cfg, encoder_name="e",
+                        preprocess={}, vocab=vocab, metadata={}, dtype=torch.float16)
+        assert not any(d.exists() for d in stale)
+        assert all(d.exists() for d in kept)
+        assert load_checkpoint(tmp_path / "ck").vocab.itos == vocab.itos
+    finally:
+        alive.kill()
+        alive.wait()

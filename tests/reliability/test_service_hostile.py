@@ -91,6 +91,8 @@ def test_every_hostile_image_gets_its_documented_answer(rel_server: Server, corp
             assert rel_server.alive()
             rss.append(rel_server.rss_kb())
         assert_serves(client)
+    log = rel_server.log_text()
+    assert "Traceback" not in log and "unhandled error" not in log, log[-3000:]
     growth_mb = (rss[-1] - rss[0]) / 1024
     print(f"\nhostile corpus: {len(corpus)} samples x 2 upload kinds, statuses {dict(sorted(statuses.items()))}; "
           f"server RSS {rss[0] / 1024:.0f} -> {rss[1] / 1024:.0f} -> {rss[2] / 1024:.0f} MiB")
@@ -276,6 +278,8 @@ def test_slow_clients_do_not_stop_the_server(rel_server: Server) -> None:
                 assert r.status_code == 200, r.text
                 time.sleep(0.3)
         assert max(latencies) < 10, f"normal requests were slowed down by slow clients: {latencies}"
+        print(f"\nslow clients: 20 trickling connections; normal requests took {min(latencies):.2f}-"
+              f"{max(latencies):.2f} s")
     finally:
         stop.set()
         t.join(5)

@@ -201,3 +201,21 @@ def test_cli_config_file_and_flags(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--cell", "transformer"])
     shutil.rmtree(tmp_path / "none", ignore_errors=True)
+
+
+def test_fine_tuning_trains_only_the_last_blocks_and_ships_them(tmp_path):
+    from captioner.encoders import build_encoder
+
+    torch.set_num_threads(1)
+    data = tmp_path / "data"
+    generate_scenes(data, {"train": 4, "val": 2, "test": 0}, seed=4,
+                    categories=[CATEGORY_BY_NAME[k] for k in ("dog", "car")], progress=False)
+    result = train(TrainConfig(data=str(data), out=str(tmp_path / "ft"), fine_tune="last", fine_tune_blocks=1,
+                               encoder_lr=1e-2, epochs=1, batch_size=10, hidden_dim=32, embed_dim=16,
+                               img_proj_dim=16, warmup_steps=1, progress=False, plot=False, device="cpu"))
+    tuned = load_file(str(result.best_path / "encoder.safetensors"))
+    start = build_encoder("efficientnet_lite0").state_dict()
+    changed = {k for k, v in start.items() if v.is_floating_point() and not torch.equal(v, tuned[k].float())}
+    assert changed and all(k.startswith("trunk.head.") for k in changed), sorted(changed)[:5]
+    model = Captioner.load(result.best_path, device="cpu")  # the fine-tuned CNN travels with the checkpoint
+    assert torch.equal(model.encoder.state_dict()["trunk.head.conv.weight"], tuned["trunk.head.conv.weight"])
