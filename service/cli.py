@@ -61,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="largest image, width x height, checked before decoding (default 40000000)")
     g.add_argument("--request-timeout", type=float, metavar="S", dest="request_timeout_s",
                    help="seconds a request may take, queueing included; then 504 (default 30)")
+    g.add_argument("--body-timeout", type=float, metavar="S", dest="body_timeout_s",
+                   help="seconds a client may take to send its request body; then 408 (default 60)")
     g.add_argument("--max-beam-size", type=int, metavar="K", help="largest beam a request may ask for (default 5)")
     g.add_argument("--max-length-limit", type=int, metavar="N",
                    help="largest max_length a request may ask for (default 50)")
@@ -81,7 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 SETTING_FLAGS = ("host", "port", "checkpoint", "device", "torch_threads", "max_batch_size", "max_wait_ms",
-                 "queue_size", "decode_workers", "max_files", "max_body_bytes", "max_pixels", "request_timeout_s",
+                 "queue_size", "decode_workers", "max_files", "max_body_bytes", "max_pixels", "request_timeout_s", "body_timeout_s",
                  "max_beam_size", "max_length_limit", "default_beam_size", "api_key", "cors_origins",
                  "drain_seconds", "log_level")
 

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     max_files: int = Field(16, ge=1, description="most images in one request")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body, enforced while reading")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height), checked before decoding")
+    body_timeout_s: float = Field(60.0, gt=0, description="time limit for receiving a request body; then 408")
     request_timeout_s: float = Field(30.0, gt=0, description="time limit for one request, queueing included; then 504")
     max_beam_size: int = Field(5, ge=1, le=50, description="largest beam size a request may ask for")
     max_length_limit: int = Field(50, ge=1, le=500, description="largest max_length a request may ask for")

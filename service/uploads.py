@@ -9,6 +9,8 @@ back, cleaned by :func:`clean_filename`; they never touch the file system.
 
 from __future__ import annotations
 
+import anyio
+
 import unicodedata
 from dataclasses import dataclass
 
@@ -50,8 +52,9 @@ def clean_filename(name: str | bytes | None) -> str | None:
     return name or None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or APIError 413 as soon as it exceeds ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The whole body, or APIError 413 as soon as it exceeds ``limit`` bytes, or 408 when
+    it has not fully arrived within ``timeout_s`` seconds (a client trickling its body)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -64,11 +67,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     total = 0
     try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise APIError(413, "body_too_large", f"the request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
+        with anyio.fail_after(timeout_s):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise APIError(413, "body_too_large", f"the request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise APIError(408, "body_timeout", f"the request body did not arrive within {timeout_s:g} s; "
+                       "send it faster or in smaller requests") from None
     except ClientDisconnect:
         raise APIError(400, "client_disconnected", "the client closed the connection before sending the whole body") from None
     return b"".join(chunks)
@@ -130,19 +137,20 @@ def parse_multipart(body: bytes, content_type: str, max_files: int) -> tuple[lis
     return uploads, options
 
 
-async def read_uploads(request: Request, *, max_body_bytes: int, max_files: int) -> tuple[list[Upload], dict[str, str]]:
+async def read_uploads(request: Request, *, max_body_bytes: int, max_files: int,
+                       body_timeout_s: float | None = None) -> tuple[list[Upload], dict[str, str]]:
     """Images and form options of a POST: multipart ``file`` parts or one raw image body."""
     ctype = request.headers.get("content-type", "")
     media = ctype.split(";", 1)[0].strip().lower()
     if media == "multipart/form-data":
-        body = await read_body(request, max_body_bytes)
+        body = await read_body(request, max_body_bytes, body_timeout_s)
         uploads, options = parse_multipart(body, ctype, max_files)
         if not uploads:
             raise APIError(422, "no_image", "the multipart body has no 'file' part; attach images as "
                            "-F file=@photo.jpg")
         return uploads, options
     if media.startswith(RAW_TYPES):
-        body = await read_body(request, max_body_bytes)
+        body = await read_body(request, max_body_bytes, body_timeout_s)
         name = clean_filename(request.query_params.get("filename"))
         return [Upload(name, body, media)], {}
     shown = media or "no Content-Type"

@@ -105,7 +105,8 @@ async def create_captions(
     started = time.monotonic()
     service = _service(request)
     s = service.settings
-    uploads, form = await read_uploads(request, max_body_bytes=s.max_body_bytes, max_files=s.max_files)
+    uploads, form = await read_uploads(request, max_body_bytes=s.max_body_bytes, max_files=s.max_files,
+                                       body_timeout_s=s.body_timeout_s)
     opts = service.options(_int_option("beam_size", beam_size, form), _int_option("max_length", max_length, form))
     if "timeout" in form:
         try:

@@ -32,7 +32,7 @@ def _servers(checkpoint, tmp_path_factory):
         "server": launch(checkpoint, logs / "server.log", "--max-batch-size", "16", "--max-wait-ms", "5"),
         "limited": launch(checkpoint, logs / "limited.log", "--max-batch-size", "1", "--queue-size", "2",
                           "--max-files", "2", "--max-body-bytes", "65536", "--max-pixels", "250000",
-                          "--cors-origin", "http://allowed.example",
+                          "--cors-origin", "http://allowed.example", "--body-timeout", "1.5",
                           env={"CAPTIONER_API_KEY": API_KEY}),
         "drainer": launch(checkpoint, logs / "drainer.log", "--drain-seconds", "3", "--max-batch-size", "1"),
     }

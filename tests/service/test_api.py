@@ -274,6 +274,20 @@ def test_body_limit_is_enforced_while_reading(limited):
     good_request(limited)
 
 
+def test_a_body_trickling_in_too_slowly_gets_408(limited):
+    import time
+
+    def trickle():  # 10 bytes every 0.5 s; the limited server allows 1.5 s for a body
+        for _ in range(6):
+            time.sleep(0.5)
+            yield b"\x00" * 10
+
+    with limited.client(headers={"Authorization": f"Bearer {API_KEY}"}) as c:
+        r = c.post("/v1/captions", content=trickle(), headers={"Content-Type": "image/png"})
+    assert_error(r, 408, "body_timeout")
+    good_request(limited)
+
+
 def test_pixel_limit_and_file_count_on_the_limited_server(limited):
     auth = {"Authorization": f"Bearer {API_KEY}"}
     buf = io.BytesIO()
