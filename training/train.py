@@ -54,6 +54,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -525,8 +526,9 @@ class TrainerState:
 
 def save_last(out: Path, *, model: CaptionModel, decoder_config: DecoderConfig, cfg: TrainConfig, vocab: Vocabulary,
               encoder_name: str, preprocess: dict, metadata: dict, optimizer: torch.optim.Optimizer,
-              state: TrainerState) -> Path:
-    """Write OUT/last atomically: a loadable checkpoint plus the trainer state."""
+              state: TrainerState, history: list[dict] | None = None) -> Path:
+    """Write OUT/last atomically: a loadable checkpoint plus the trainer state (with the
+    per-epoch log rows, so a resumed run's log is complete whatever happened to log.jsonl)."""
     building = out / ".last-building"
     if building.exists():
         shutil.rmtree(building)
@@ -537,7 +539,7 @@ def save_last(out: Path, *, model: CaptionModel, decoder_config: DecoderConfig, 
     save_file(tensors or {"empty": torch.zeros(0)}, str(building / STATE_TENSORS), metadata={"format": STATE_FORMAT})
     with open(building / STATE_JSON, "w", encoding="utf-8") as f:
         json.dump({"format": STATE_FORMAT, "config": cfg.to_dict(), "trainer": asdict(state),
-                   "optimizer": opt_meta}, f, indent=1)
+                   "optimizer": opt_meta, "history": history or []}, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     target = out / "last"
@@ -558,7 +560,7 @@ def read_last(out: Path) -> tuple[dict, dict[str, Tensor]]:
     last = out / "last"
     try:
         meta = json.loads((last / STATE_JSON).read_text(encoding="utf-8"))
-        tensors = load_file(str(last / STATE_TENSORS))
+        tensors = _load_tensors(last / STATE_TENSORS)
     except FileNotFoundError:
         raise CaptionerError(f"{last}: no resumable state here (missing {STATE_JSON} or {STATE_TENSORS}); "
                              "run without --resume to start afresh") from None
@@ -604,25 +606,57 @@ def _environment() -> dict:
             "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
+def _replace_atomically(path: Path, write: Callable[[Any], None], **open_kw: Any) -> None:
+    """Write ``path`` through a temporary sibling and rename it into place, so a crash
+    leaves the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8", **open_kw) as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _write_log(out: Path, history: list[dict]) -> None:
-    with open(out / "log.jsonl", "w", encoding="utf-8") as f:
-        for row in history:
-            f.write(json.dumps(row) + "\n")
+    """log.jsonl and log.csv, each replaced atomically. Written before ``last`` so that a
+    resumable state never points at epochs missing from the log."""
+    _replace_atomically(out / "log.jsonl", lambda f: f.writelines(json.dumps(row) + "\n" for row in history))
     keys: list[str] = []
     for row in history:
         keys.extend(k for k, v in row.items() if k not in keys and not isinstance(v, (dict, list)))
-    with open(out / "log.csv", "w", newline="", encoding="utf-8") as f:
+
+    def write_csv(f: Any) -> None:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(history)
+
+    _replace_atomically(out / "log.csv", write_csv, newline="")
 
 
 def _read_log(out: Path, upto_epoch: int) -> list[dict]:
     path = out / "log.jsonl"
     if not path.exists():
         return []
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a torn line from an older, non-atomic writer: skip it
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
     return [r for r in rows if r.get("epoch", 0) <= upto_epoch]
+
+
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    """safetensors only; anything else (a pickle, a torn file) is a clear CaptionerError."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CaptionerError(f"{path}: not a valid safetensors file ({e}); it was not loaded. "
+                             "Run without --resume to start afresh") from None
 
 
 @dataclass
@@ -699,6 +733,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
 
     # ---------------------------------------------------------------- encoder and features
     t_feat = time.perf_counter()
+    seed_everything(cfg.seed)  # a randomly initialised encoder (weights="random") is the same on every launch
     encoder = build_encoder(cfg.encoder, weights=cfg.encoder_weights)
     preprocess = encoder.spec.preprocess
     preprocess_dict = preprocess.to_dict()
@@ -762,14 +797,15 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
     history: list[dict] = []
     if resume:
         last = out / "last"
-        decoder.load_state_dict({k: v.float() for k, v in load_file(str(last / "model.safetensors")).items()})
+        decoder.load_state_dict({k: v.float() for k, v in _load_tensors(last / "model.safetensors").items()})
         if encoder is not None and (last / "encoder.safetensors").exists():
-            encoder.load_state_dict(load_file(str(last / "encoder.safetensors")))
+            encoder.load_state_dict(_load_tensors(last / "encoder.safetensors"))
         optimizer.load_state_dict(_unflatten_optimizer(saved_tensors, saved_meta["optimizer"]))
         state = TrainerState(**saved_meta["trainer"])
         if state.scaler:
             scaler.load_state_dict(state.scaler)
-        history = _read_log(out, state.epoch)
+        saved_rows = [r for r in saved_meta.get("history") or [] if r.get("epoch", 0) <= state.epoch]
+        history = saved_rows or _read_log(out, state.epoch)
         feature_seconds += state.feature_seconds
     else:
         state.feature_seconds = feature_seconds
@@ -907,9 +943,10 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
                 save_checkpoint(out / "best", decoder=decoder, decoder_config=dcfg, encoder_name=enc_name,
                                 preprocess=preprocess_dict, vocab=vocab, metadata=meta, encoder_state=enc_state,
                                 dtype=torch.float16 if cfg.save_fp16 else None)
-            save_last(out, model=model, decoder_config=dcfg, cfg=cfg, vocab=vocab, encoder_name=enc_name,
-                      preprocess=preprocess_dict, metadata=meta, optimizer=optimizer, state=state)
             _write_log(out, history)
+            save_last(out, model=model, decoder_config=dcfg, cfg=cfg, vocab=vocab, encoder_name=enc_name,
+                      preprocess=preprocess_dict, metadata=meta, optimizer=optimizer, state=state,
+                      history=history)
             if cfg.plot:
                 from .plot import plot_history
 
