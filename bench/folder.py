@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     print(common.format_table(rows, [("run", "run"), ("images", "images"), ("seconds", "seconds"),
                                      ("images_per_s", "images/s"), ("pct_encoder_limit", "% of encoder limit")]))
     print(f"\nencoder-only limit {limit_start['images_per_s']:.1f} (start) / {limit_end['images_per_s']:.1f} (end) "
-          f"images/s; by batch {limit_start['by_batch']}")
+          f"images/s; {limit_start['by_backend_and_batch']}")
     print(f"target folder >= 70% of the encoder-only limit: {rows[0]['pct_encoder_limit']:.0f}%")
     out = common.write_json("folder", {
         "machine": info, "load_average_end": common.machine_info()["load_average"], "checkpoint": str(ckpt),

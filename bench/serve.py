@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         ("pct_encoder_limit", "% of encoder limit"), ("p50_x_in_process", "p50 / in-process")]))
     print("\nin-process caption of one JPEG: " + ", ".join(f"beam {b} {1000 * s:.1f} ms" for b, s in one_image.items()))
     print(f"encoder-only limit: {limit_start['images_per_s']:.1f} (start) / {limit_end['images_per_s']:.1f} (end) "
-          f"images/s, {limit_start['backend']}, by batch {limit_start['by_batch']}")
+          f"images/s, best: {limit_start['backend']} at batch {limit_start['batch_size']}; "
+          f"{limit_start['by_backend_and_batch']}")
     for k, v in targets.items():
         print(f"target {k}: {v}")
     out = common.write_json("serve", {

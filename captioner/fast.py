@@ -57,6 +57,7 @@ log = logging.getLogger("captioner.fast")
 
 FAST_ENV = "CAPTIONER_FAST"
 CACHE_ENV = "CAPTIONER_CACHE_DIR"
+THREADS_ENV = "CAPTIONER_ENCODER_THREADS"
 ONNX_OPSET = 17
 # Bump when the export recipe changes, so cached graphs from an older recipe are not reused.
 EXPORT_FORMAT = 1
@@ -90,6 +91,18 @@ def fast_requested(fast: bool | None = None) -> bool:
         return bool(fast)
     value = os.environ.get(FAST_ENV, "1").strip().lower()
     return value not in ("0", "false", "no", "off")
+
+
+def encoder_threads() -> int:
+    """Intra-op threads for the encoder session: ``$CAPTIONER_ENCODER_THREADS``, else torch's
+    thread count (what ``--torch-threads`` and ``torch.set_num_threads`` set)."""
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            log.warning("ignoring %s=%r: not a whole number", THREADS_ENV, env)
+    return torch.get_num_threads()
 
 
 def default_cache_dir() -> Path:
@@ -193,7 +206,7 @@ class OnnxEncoder:
 
         self.input_size = int(input_size)
         self.feature_dim = int(getattr(encoder, "feature_dim", 0)) or None
-        self.threads = int(threads if threads is not None else torch.get_num_threads())
+        self.threads = int(threads if threads is not None else encoder_threads())
         self._source = (id(encoder), _param_versions(encoder))
         digest = weights_digest(encoder, self.input_size)
         name = getattr(getattr(encoder, "spec", None), "name", type(encoder).__name__)

@@ -76,5 +76,7 @@ def test_two_processes_match_one_process(tmp_path):
     wa = load_file(str(tmp_path / "one" / "last" / "model.safetensors"))
     wb = load_file(str(tmp_path / "two" / "last" / "model.safetensors"))
     worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    loss_gap = max(abs(a["train_loss"] - b["train_loss"]) / a["train_loss"] for a, b in zip(one, two))
+    print(f"2 processes vs 1: max relative train-loss difference {loss_gap:.1e}, max weight difference {worst:.1e}")
     assert worst < 1e-4, worst
     assert single.best_epoch >= 1
