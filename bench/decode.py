@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vocab", type=int, nargs="+", default=[100, 10000], metavar="V", help="vocabulary sizes")
     p.add_argument("--max-length", type=int, default=12, help="words per caption (default 12)")
     p.add_argument("--batch", type=int, default=32, help="the batched case's batch size (default 32)")
-    p.add_argument("--seconds", type=float, default=0.8, help="timing per cell (default 0.8 s)")
+    p.add_argument("--seconds", type=float, default=1.2, help="timing per cell (default 1.2 s)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="the variants are timed in turn this many times per cell; medians of all runs (default 3)")
     p.add_argument("--variants", nargs="+", default=["pytorch", "onnxruntime", "int8"], choices=VARIANTS,
                    help="decoder variants to time (default pytorch onnxruntime int8)")
     args = p.parse_args(argv)
@@ -84,14 +86,23 @@ def main(argv: list[str] | None = None) -> int:
         greedy_ms: dict[tuple[str, int], float] = {}
         for name, beam in STRATEGIES:
             reference_ids = run_strategy(fp32, features, beam, args.max_length)[0]
+            one: dict[str, list[float]] = {v: [] for v in args.variants}
+            many: dict[str, list[float]] = {v: [] for v in args.variants}
+            for r in range(args.rounds):  # variants interleaved, so drifting load hits all alike
+                for variant in args.variants:
+                    dec = decoders[variant]
+                    kw = {"min_runs": 1, "warmup": 1 if r == 0 else 0}
+                    with variant_context(variant):
+                        one[variant] += common.timed(lambda: run_strategy(dec, features[:1], beam, args.max_length),
+                                                     args.seconds / args.rounds, **kw)
+                        many[variant] += common.timed(lambda: run_strategy(dec, features, beam, args.max_length),
+                                                      args.seconds / args.rounds, **kw)
             for variant in args.variants:
                 dec = decoders[variant]
                 with variant_context(variant):
-                    one = common.timed(lambda: run_strategy(dec, features[:1], beam, args.max_length), args.seconds)
-                    many = common.timed(lambda: run_strategy(dec, features, beam, args.max_length), args.seconds)
                     ids = run_strategy(dec, features, beam, args.max_length)[0]
-                ms1 = 1000 * statistics.median(one)
-                msb = 1000 * statistics.median(many) / args.batch
+                ms1 = 1000 * statistics.median(one[variant])
+                msb = 1000 * statistics.median(many[variant]) / args.batch
                 if beam == 1:
                     greedy_ms[(variant, 1)], greedy_ms[(variant, args.batch)] = ms1, msb
                 agree = sum(a == b for a, b in zip(ids, reference_ids)) / len(ids)

@@ -11,7 +11,8 @@ How it is built (once per set of weights)::
 
     Encoder (eval, frozen) --torch.onnx.export--> ONNX graph (dynamic batch, fixed H x W)
         --> onnxruntime.InferenceSession (CPU, all graph optimisations, intra-op threads =
-            torch.get_num_threads(), no busy-waiting so the image-decoding threads keep the CPU)
+            $CAPTIONER_ENCODER_THREADS or torch.get_num_threads(), no busy-waiting so the
+            image-decoding threads keep the CPU)
         --> self-check: its features for a fixed input must match the eager encoder's
             within FEATURE_TOLERANCE, or the fast path is not used
         --> cache file <cache>/onnx/<encoder>-<size>-<digest>.onnx (+ .sha256 of its content;
@@ -25,13 +26,15 @@ memory: it is small) and self-checked; greedy, beam search and sampling keep run
 per-step operations when the CPU is shared (see docs/performance.md).
 
 The eager PyTorch modules stay the reference: :class:`~captioner.model.Captioner` falls
-back to it, with a logged reason, whenever this path is unavailable (``onnxruntime`` not
+back to them, with a logged reason, whenever this path is unavailable (``onnxruntime`` not
 installed, the export fails, the self-check fails, a CUDA device, an input of another
 size) or switched off (``Captioner.load(..., fast=False)`` or ``CAPTIONER_FAST=0``).
 
 Environment:
 
 * ``CAPTIONER_FAST``: ``0``/``false``/``off`` turns the fast path off (default on).
+* ``CAPTIONER_ENCODER_THREADS``: intra-op threads of the encoder session (default: torch's
+  thread count, e.g. ``captioner serve --torch-threads``), read when it is built.
 * ``CAPTIONER_CACHE_DIR`` (or ``CAPTIONER_CACHE``): the cache folder; exported graphs go
   to its ``onnx/`` (default ``$XDG_CACHE_HOME/captioner`` or ``~/.cache/captioner``). An
   unwritable cache only costs a re-export (a few seconds) at every load.
@@ -46,6 +49,7 @@ import os
 import tempfile
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,9 +197,8 @@ def _param_versions(module: nn.Module) -> int:
 class OnnxEncoder:
     """An encoder run by ONNX Runtime: callable ``(B, 3, S, S)`` tensor -> ``(B, F)`` float32 tensor.
 
-    Build it with :func:`build_fast_encoder` (which checks it against the eager encoder).
-    It remembers which module and weights it was exported from; :meth:`matches` tells
-    whether they are still the ones in use.
+    Build it with :func:`build_fast_encoder` (which checks it against the eager encoder);
+    :class:`FastPath` rebuilds it when the encoder's weights change.
     """
 
     backend = "onnxruntime"
@@ -207,7 +210,6 @@ class OnnxEncoder:
         self.input_size = int(input_size)
         self.feature_dim = int(getattr(encoder, "feature_dim", 0)) or None
         self.threads = int(threads if threads is not None else encoder_threads())
-        self._source = (id(encoder), _param_versions(encoder))
         digest = weights_digest(encoder, self.input_size)
         name = getattr(getattr(encoder, "spec", None), "name", type(encoder).__name__)
         self.cache_path: Path | None = None
@@ -249,10 +251,6 @@ class OnnxEncoder:
                      "skip the export next time", self.cache_path, e, CACHE_ENV)
             self.cache_path = None
         self._graph = None
-
-    def matches(self, encoder: nn.Module) -> bool:
-        """True while ``encoder`` is the module this graph came from, with unchanged weights."""
-        return self._source == (id(encoder), _param_versions(encoder))
 
     def accepts(self, x: Tensor) -> bool:
         """Whether this graph can run ``x``: a CPU float (B, 3, S, S) batch of the exported size."""
@@ -356,7 +354,6 @@ class OnnxDecoderStep:
         cfg = decoder.config
         self.lstm = cfg.cell == "lstm"
         self.layers, self.hidden = cfg.num_layers, cfg.hidden_dim
-        self._source = (id(decoder), _param_versions(decoder))
         n = 2  # export with a batch of 2 (1 can be specialised away); the batch axis is dynamic
         example = (torch.full((n,), 1, dtype=torch.long), torch.zeros(n, cfg.img_proj_dim),
                    torch.zeros(cfg.num_layers, n, cfg.hidden_dim))
@@ -386,10 +383,6 @@ class OnnxDecoderStep:
         options.log_severity_level = 3
         self.session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
         self._outs = outs
-
-    def matches(self, decoder: nn.Module) -> bool:
-        """True while ``decoder`` is the module this graph came from, with unchanged weights."""
-        return self._source == (id(decoder), _param_versions(decoder))
 
     def __call__(self, words: Tensor, img: Tensor, state):
         """previous words (N,), projected image (N, P), state -> (log-probs (N, V), new state)."""
@@ -454,18 +447,21 @@ def build_fast_decoder(decoder: nn.Module, *, device: torch.device | str = "cpu"
 
 # ---------------------------------------------------------------------- one model's fast path
 class _Slot:
-    """One fast component (encoder or decoder step): what is built, for which weights, or why not."""
+    """One fast component (encoder or decoder step): what is built, for which module and
+    weights, or why it could not be built."""
 
     def __init__(self) -> None:
         self.built = None  # the fast object, or None
         self.reason: str | None = None  # why it is not in use; None: not tried for the current weights
-        self.key: tuple | None = None  # (module id, weight versions) the build or the failure is about
+        self._module: weakref.ref | None = None  # the module the build (or the failure) is about
+        self._versions = -1  # its weights' version counters then
 
     def get(self, module: nn.Module, build, what: str):
-        key = (id(module), _param_versions(module))
-        if self.key != key:  # first use, another module, or weights changed in place: (re)build
+        versions = _param_versions(module)
+        same = self._module is not None and self._module() is module and self._versions == versions
+        if not same:  # first use, another module, or weights changed in place: (re)build
             self.built, reason = build()
-            self.reason, self.key = reason, key
+            self.reason, self._module, self._versions = reason, weakref.ref(module), versions
             if self.built is None:
                 log.warning("%s runs on plain PyTorch: %s", what, reason)
             else:

@@ -987,9 +987,16 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
         log("test (best checkpoint, epoch %d): " % state.best_epoch
             + " ".join(f"{k} {test_metrics[k]:.4f}" for k in ("bleu_4", "cider_d", "scene_accuracy") if k in test_metrics))
     if ctx.is_main:
-        summary = {"best_epoch": state.best_epoch, "metric": metric, "best_val": best_row,
-                   "test": test_metrics, "feature_seconds": feature_seconds, "train_seconds": train_seconds,
-                   "stopped_early": state.stopped_early, "skipped_images": [list(s) for s in skipped]}
+        run = {"command": _command_line(), "epochs_run": state.epoch, "best_epoch": state.best_epoch,
+               "stopped_early": state.stopped_early, "feature_seconds": round(feature_seconds, 1),
+               "train_seconds": round(train_seconds, 1), "total_seconds": round(feature_seconds + train_seconds, 1),
+               "processes": ctx.world_size, "load_average_at_end": list(os.getloadavg())}
+        if (out / "best" / METADATA).exists():  # the whole run, not just up to the best epoch
+            meta = json.loads((out / "best" / METADATA).read_text(encoding="utf-8"))
+            meta["run"] = run
+            _rewrite_json(out / "best" / METADATA, meta)
+        summary = {**run, "metric": metric, "best_val": best_row, "test": test_metrics,
+                   "skipped_images": [list(s) for s in skipped]}
         _rewrite_json(out / "results.json", summary)
     ctx.barrier()
     return TrainResult(out=out, best_path=out / "best", best_epoch=state.best_epoch, best_metrics=best_row,
@@ -1023,6 +1030,14 @@ def _metadata(cfg: TrainConfig, data_info: dict, epoch: int, metric: str, row: d
         "train_config": cfg.to_dict(),
         "environment": _environment(),
     }
+
+
+def _command_line() -> str:
+    """How this process was started, e.g. ``captioner train --data data/scenes ...``."""
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    if prog == "cli_train.py" or prog.endswith("-m"):
+        prog = "python -m training.cli_train"
+    return " ".join([prog, *sys.argv[1:]])
 
 
 def _rewrite_json(path: Path, data: dict) -> None:

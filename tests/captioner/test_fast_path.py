@@ -292,3 +292,27 @@ def test_decoder_weights_changed_or_training_mode_use_pytorch():
     assert [r.tokens for r in after] == ids and [r.tokens for r in first] != ids
     model.decoder.train()
     assert model._fast.decoder(model.decoder, model.device) is None
+
+
+def test_encoder_threads_follow_torch_or_the_environment(monkeypatch):
+    model = tiny_captioner(seed=11)
+    assert model._fast.encoder(*_encoder_args(model)).threads == torch.get_num_threads()
+    monkeypatch.setenv(fast_mod.THREADS_ENV, "1")
+    model = tiny_captioner(seed=12)
+    assert model._fast.encoder(*_encoder_args(model)).threads == 1
+    monkeypatch.setenv(fast_mod.THREADS_ENV, "many")  # not a number: ignored with a warning
+    assert fast_mod.encoder_threads() == torch.get_num_threads()
+
+
+def _encoder_args(model: Captioner) -> tuple:
+    return model.encoder, model.input_size, model.device
+
+
+def test_a_replaced_encoder_gets_its_own_graph():
+    model = tiny_captioner(seed=13)
+    x = torch.randn(2, 3, 32, 32)
+    model.encode(x)
+    model.encoder = tiny_captioner(seed=14, fast=False).encoder  # a new module, same architecture
+    with torch.inference_mode():
+        reference = model.encoder(x)
+    assert TOL.check(reference, model.encode(x))[0]
