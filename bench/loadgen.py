@@ -130,6 +130,7 @@ async def run(url: str, images: list[tuple[str, bytes]], clients: int, seconds: 
         "completed": int(len(lat_ms)), "errors": errors, "images_per_s": round(len(lat_ms) / seconds, 2),
         "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
         "mean_ms": round(float(lat_ms.mean()), 1) if len(lat_ms) else None,
+        "latencies_ms": [round(float(v), 2) for v in lat_ms],
     }
 
 

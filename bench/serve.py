@@ -1,6 +1,6 @@
 """HTTP serving throughput and latency: our service against a naive server and the encoder-only limit.
 
-    python -m bench.serve                          # 1/8/32/64 clients, greedy and beam 3, ~4 min
+    python -m bench.serve                          # 1/8/32/64 clients, greedy and beam 3, ~8-15 min
     python -m bench.serve --clients 32 --beams 1 --seconds 20
     python -m bench.serve --service-arg=--max-batch-size=32 --service-arg=--torch-threads=1
 
@@ -16,7 +16,9 @@ Each server runs in its own process; the load comes from ``bench/loadgen.py`` in
 process: closed-loop clients on loopback, each posting one 640x480 JPEG (multipart) and
 waiting for the caption. A level's window opens after ``--warmup`` and once every client
 has had an answer (steady queue depth), and lasts ``--seconds``; afterwards the server
-works off the abandoned requests (a drain request) before the next level. The in-process time to caption
+works off the abandoned requests (a drain request) before the next level. Each level runs
+``--rounds`` windows per server, the servers taking turns, and the windows are pooled, so
+a change in the machine's load during the run hits both servers. The in-process time to caption
 one image (``Captioner.caption`` on JPEG bytes, fast path on) is the reference for the
 latency at one client.
 
@@ -102,6 +104,21 @@ def load(url: str, images: Path, clients: int, seconds: float, warmup: float, ma
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def pool(runs: list[dict], **labels) -> dict:
+    """One row from several windows of the same level: images/s over all of them, latency
+    percentiles of all their requests together."""
+    lat = [v for r in runs for v in r.pop("latencies_ms")]
+    seconds = sum(r["seconds"] for r in runs)
+    errors: dict[str, int] = {}
+    for r in runs:
+        for k, v in r["errors"].items():
+            errors[k] = errors.get(k, 0) + v
+    return {**labels, "images_per_s": sum(r["completed"] for r in runs) / seconds,
+            "p50_ms": common.percentile(lat, 50), "p95_ms": common.percentile(lat, 95),
+            "p99_ms": common.percentile(lat, 99), "completed": len(lat), "errors": errors,
+            "steady": all(r["steady"] for r in runs), "windows": runs}
+
+
 def drain(url: str, jpeg: bytes, timeout: float = 600.0) -> float:
     """Wait until the server has worked off the requests the load generator abandoned: one
     request queued behind them comes back. Returns the seconds it took."""
@@ -135,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     p = common.base_parser("serve", __doc__)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64], help="concurrency levels")
     p.add_argument("--beams", type=int, nargs="+", default=[1, 3], help="beam sizes (1 = greedy)")
-    p.add_argument("--seconds", type=float, default=6.0, help="measurement window per level (default 6)")
+    p.add_argument("--seconds", type=float, default=5.0, help="measurement window per level and round (default 5)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="windows per level and server, the servers taking turns; pooled (default 1; 2+ on a busy machine)")
     p.add_argument("--warmup", type=float, default=1.5,
                    help="load before each window, at least until every client had an answer (default 1.5 s)")
     p.add_argument("--max-wait", type=float, default=60.0,
@@ -168,15 +187,19 @@ def main(argv: list[str] | None = None) -> int:
               + f"; encoder-only limit {limit_start['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)
         for beam in args.beams:
             for clients in args.clients:
-                for name, server in servers.items():
-                    url = f"{server.url}/v1/captions?beam_size={beam}"
-                    r = load(url, images, clients, args.seconds, args.warmup, args.max_wait)
-                    r.update(server=name, beam=beam, drain_s=round(drain(url, jpeg), 1))
-                    rows.append(r)
-                    print(f"  {name:8s} beam {beam} clients {clients:3d}: {r['images_per_s']:7.1f} images/s, "
-                          f"p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, errors {r['errors'] or 0}"
-                          + ("" if r["steady"] else " (not every client was answered before the window)"),
-                          file=sys.stderr, flush=True)
+                runs: dict[str, list[dict]] = {name: [] for name in servers}
+                for _ in range(args.rounds):  # servers in turn, so a change of load hits both
+                    for name, server in servers.items():
+                        url = f"{server.url}/v1/captions?beam_size={beam}"
+                        r = load(url, images, clients, args.seconds, args.warmup, args.max_wait)
+                        r["drain_s"] = round(drain(url, jpeg), 1)
+                        runs[name].append(r)
+                        print(f"  {name:8s} beam {beam} clients {clients:3d}: {r['images_per_s']:7.1f} images/s, "
+                              f"p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, errors {r['errors'] or 0}"
+                              + ("" if r["steady"] else " (not every client was answered before the window)"),
+                              file=sys.stderr, flush=True)
+                for name, rs in runs.items():
+                    rows.append(pool(rs, server=name, beam=beam, clients=clients))
     finally:
         for s in servers.values():
             s.stop()
