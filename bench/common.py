@@ -75,13 +75,15 @@ def load_note() -> str:
 
 
 # ---------------------------------------------------------------------- arguments and output
-def base_parser(name: str, description: str) -> argparse.ArgumentParser:
-    """The flags every benchmark has: --checkpoint, --json, --threads."""
+def base_parser(name: str, description: str, checkpoint: bool = True) -> argparse.ArgumentParser:
+    """The flags the benchmarks share: --json, --threads and (for those that load a model)
+    --checkpoint."""
     p = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", metavar="DIR",
-                   help="checkpoint folder to measure (default: weights/default when present, else a synthetic "
-                        "checkpoint: the real EfficientNet-Lite0 encoder + a random decoder of the default size)")
+    if checkpoint:
+        p.add_argument("--checkpoint", metavar="DIR",
+                       help="checkpoint folder to measure (default: weights/default when present, else a synthetic "
+                            "checkpoint: the real EfficientNet-Lite0 encoder + a random decoder of the default size)")
     p.add_argument("--json", metavar="PATH", help=f"where to write the results (default {RESULTS}/{name}.json)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="torch / ONNX Runtime threads in this process (default: torch's choice, one per core)")

@@ -54,7 +54,7 @@ def variant_context(variant: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.base_parser("decode", __doc__)
+    p = common.base_parser("decode", __doc__, checkpoint=False)
     p.add_argument("--vocab", type=int, nargs="+", default=[100, 10000], metavar="V", help="vocabulary sizes")
     p.add_argument("--max-length", type=int, default=12, help="words per caption (default 12)")
     p.add_argument("--batch", type=int, default=32, help="the batched case's batch size (default 32)")

@@ -31,7 +31,7 @@ from . import common
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.base_parser("encoder", __doc__)
+    p = common.base_parser("encoder", __doc__, checkpoint=False)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32], help="batch sizes (default 1 8 32)")
     p.add_argument("--seconds", type=float, default=2.0, help="timing per cell (default 2 s)")
     p.add_argument("--no-torchscript", action="store_true", help="skip the TorchScript candidate (slow to build)")

@@ -3,9 +3,10 @@
     python -m bench.train                          # 256 scene images x 5 captions, ~2-3 min
     python -m bench.train --images 1000 --recompute-batches 4
 
-Same data, same decoder (the default size), same optimiser and batch size (128 caption
-pairs, ``TrainConfig``'s default); the only difference is where a batch's image
-features come from:
+Same data, same decoder (``TrainConfig``'s default size: embedding and image projection
+256, LSTM hidden 512; ``--embed-dim``/``--hidden-dim`` to change), same optimiser and
+batch size (128 caption pairs, ``TrainConfig``'s default); the only difference is where a
+batch's image features come from:
 
 * **cached**: ``training.features.FeatureCache`` encodes every image once (timed
   separately: a one-time cost, and reading the cache back at the next run is timed too);
@@ -58,10 +59,12 @@ def read_pairs(folder: Path) -> tuple[list[str], list[int], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = common.base_parser("train", __doc__)
+    p = common.base_parser("train", __doc__, checkpoint=False)
     p.add_argument("--images", type=int, default=256, help="training images (5 captions each; default 256)")
     p.add_argument("--batch-size", type=int, default=128, help="caption pairs per step (default 128)")
     p.add_argument("--cached-epochs", type=int, default=2, help="cached epochs to time (default 2; best kept)")
+    p.add_argument("--embed-dim", type=int, default=256, help="decoder word embedding size (default 256, as training)")
+    p.add_argument("--hidden-dim", type=int, default=512, help="decoder hidden size (default 512, as training)")
     p.add_argument("--recompute-batches", type=int, default=2,
                    help="batches timed per recompute mode, extrapolated to an epoch (default 2)")
     args = p.parse_args(argv)
@@ -101,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def new_training():
         torch.manual_seed(0)
-        dec = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim)).train()
+        dec = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim,
+                                           embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
+                                           img_proj_dim=args.embed_dim)).train()
         return dec, torch.optim.AdamW(dec.parameters(), lr=2e-3, weight_decay=0.01)
 
     def step(dec, opt, f: torch.Tensor, toks: torch.Tensor) -> None:
@@ -163,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     out = common.write_json("train", {
         "machine": info, "load_average_end": common.machine_info()["load_average"], "images": len(paths),
         "pairs": len(captions), "vocab": len(vocab), "batch_size": args.batch_size, "steps_per_epoch": len(batches),
+        "decoder": {"embed_dim": args.embed_dim, "hidden_dim": args.hidden_dim},
         "cache_build_s": build_s, "cache_read_s": reload_s, "cached_epochs_s": cached_times, "rows": rows},
         args.json)
     print(f"\nwritten {out}", file=sys.stderr)

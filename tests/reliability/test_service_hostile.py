@@ -236,7 +236,11 @@ def raw_exchange(server: Server, payload: bytes, timeout: float = 10.0) -> bytes
 def test_malformed_http_never_gets_5xx(rel_server: Server, payload: bytes) -> None:
     reply = raw_exchange(rel_server, payload)
     if reply:  # the connection may also just be closed, which is a fine answer to garbage
-        assert reply.startswith(b"HTTP/1.1 4"), reply[:200]  # uvicorn's own plain-text 400
+        assert reply.startswith(b"HTTP/1.1 "), reply[:200]
+        assert not reply.startswith(b"HTTP/1.1 5"), reply[:200]
+        # garbage gets uvicorn's plain-text 400; a large but well-formed header may be served
+        if payload.startswith((b"\x16", b"GARBAGE", b"\x00")):
+            assert reply.startswith(b"HTTP/1.1 4"), reply[:200]
     with rel_server.client() as client:
         assert client.get("/healthz").status_code == 200
 
