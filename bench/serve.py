@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             servers["naive"] = Server("naive", [PY, "-m", "bench.naive_server", "--checkpoint", str(ckpt)])
         print("servers ready: " + ", ".join(f"{k} {s.url}" for k, s in servers.items()), file=sys.stderr)
         one_image, limit_start = in_process(ckpt, jpeg, args.beams, 3.0)
-        print(f"in-process caption of one image: " + ", ".join(f"beam {b}: {1000 * s:.1f} ms"
+        print("in-process caption of one image: " + ", ".join(f"beam {b}: {1000 * s:.1f} ms"
                                                                   for b, s in one_image.items())
               + f"; encoder-only limit {limit_start['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)
         for beam in args.beams:

@@ -11,8 +11,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-METRIC_LABELS = {"bleu_4": "BLEU-4", "cider_d": "CIDEr-D", "scene_accuracy": "scene accuracy",
-                 "bleu_1": "BLEU-1"}
+METRIC_LABELS = {"bleu_4": "BLEU-4", "scene_accuracy": "scene accuracy"}
 
 
 def plot_history(rows: Sequence[dict], path: str | os.PathLike, metric: str | None = None,
@@ -36,17 +35,23 @@ def plot_history(rows: Sequence[dict], path: str | os.PathLike, metric: str | No
     ax.legend()
 
     ax = axes[1]
-    for key, label in METRIC_LABELS.items():
+    handles = []
+    for key in ("bleu_4", "scene_accuracy"):  # both in [0, 1]
         ys = [r.get(key) for r in rows]
-        if key == "bleu_1" or not any(isinstance(y, (int, float)) for y in ys):
-            continue
-        ax.plot(epochs, ys, marker="o", ms=3, label=label)
+        if any(isinstance(y, (int, float)) for y in ys):
+            handles += ax.plot(epochs, ys, marker="o", ms=3, label=METRIC_LABELS[key])
+    ax.set_ylim(0, 1)
+    ys = [r.get("cider_d") for r in rows]
+    if any(isinstance(y, (int, float)) for y in ys):  # CIDEr-D is on a 0-10 scale: own axis
+        twin = ax.twinx()
+        handles += twin.plot(epochs, ys, marker="s", ms=3, ls="--", color="tab:red", label="CIDEr-D (right)")
+        twin.set_ylim(bottom=0)
     best = [r["epoch"] for r in rows if r.get("best")]
     if best:
-        ax.axvline(best[-1], color="gray", ls="--", lw=1, label=f"best epoch ({best[-1]})")
-    ax.set_title(f"validation metrics{f' (selected by {metric})' if metric else ''}")
+        handles.append(ax.axvline(best[-1], color="gray", ls=":", lw=1, label=f"best epoch ({best[-1]})"))
+    ax.set_title(f"validation{f' (best by {metric})' if metric else ''}")
     ax.set_xlabel("epoch")
-    ax.legend(fontsize=8)
+    ax.legend(handles=handles, labels=[h.get_label() for h in handles], fontsize=8, loc="lower right")
 
     ax = axes[2]
     ax.plot(epochs, [r.get("lr") for r in rows], marker="o", ms=3)
