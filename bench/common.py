@@ -10,6 +10,7 @@ each run, so a noisy run can be recognised afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -52,10 +53,8 @@ def machine_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
     }
-    try:
+    with contextlib.suppress(ValueError, OSError, AttributeError):
         info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        pass
     try:
         import onnxruntime
 
@@ -78,15 +77,23 @@ def load_note() -> str:
 def base_parser(name: str, description: str, checkpoint: bool = True) -> argparse.ArgumentParser:
     """The flags the benchmarks share: --json, --threads and (for those that load a model)
     --checkpoint."""
-    p = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=f"python -m bench.{name}", description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     if checkpoint:
-        p.add_argument("--checkpoint", metavar="DIR",
-                       help="checkpoint folder to measure (default: weights/default when present, else a synthetic "
-                            "checkpoint: the real EfficientNet-Lite0 encoder + a random decoder of the default size)")
+        p.add_argument(
+            "--checkpoint",
+            metavar="DIR",
+            help="checkpoint folder to measure (default: weights/default when present, else a synthetic "
+            "checkpoint: the real EfficientNet-Lite0 encoder + a random decoder of the default size)",
+        )
     p.add_argument("--json", metavar="PATH", help=f"where to write the results (default {RESULTS}/{name}.json)")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="torch / ONNX Runtime threads in this process (default: torch's choice, one per core)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch / ONNX Runtime threads in this process (default: torch's choice, one per core)",
+    )
     return p
 
 
@@ -138,8 +145,9 @@ def synthetic_checkpoint(vocab_size: int = 1000, max_length: int = 12) -> Path:
     torch.manual_seed(0)
     vocab = Vocabulary.build([" ".join(f"word{i}" for i in range(vocab_size - 4))])
     encoder = build_encoder("efficientnet_lite0")
-    decoder = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim,
-                                           max_length=max_length))
+    decoder = CaptionDecoder(
+        DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim, max_length=max_length)
+    )
     Captioner(encoder, decoder, vocab, fast=False, metadata={"model_id": f"synthetic-v{vocab_size}"}).save(out)
     return out
 
@@ -167,8 +175,10 @@ def photo_like(seed: int, size: tuple[int, int] = (640, 480)) -> Image.Image:
     rng = np.random.default_rng(seed)
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([rng.uniform(40, 200) + rng.uniform(-60, 60) * (xx / w) + rng.uniform(-60, 60) * (yy / h)
-                     for _ in range(3)], axis=2)  # (h, w, 3)
+    base = np.stack(
+        [rng.uniform(40, 200) + rng.uniform(-60, 60) * (xx / w) + rng.uniform(-60, 60) * (yy / h) for _ in range(3)],
+        axis=2,
+    )  # (h, w, 3)
     img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     for _ in range(12):
@@ -264,6 +274,10 @@ def encoder_limit(model, seconds: float = 3.0, batch_sizes: Sequence[int] = (8, 
 
 def header(title: str, info: dict, extra: str = "") -> None:
     print(f"# {title}", file=sys.stderr)
-    print(f"# {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']} "
-          f"({info['torch_threads']} threads), onnxruntime {info.get('onnxruntime')}; {load_note()}"
-          + (f"; {extra}" if extra else ""), file=sys.stderr, flush=True)
+    print(
+        f"# {info['cpu']}, {info['logical_cpus']} logical CPUs, torch {info['torch']} "
+        f"({info['torch_threads']} threads), onnxruntime {info.get('onnxruntime')}; {load_note()}"
+        + (f"; {extra}" if extra else ""),
+        file=sys.stderr,
+        flush=True,
+    )

@@ -57,8 +57,10 @@ def training_trials(base: Path, n: int, rng: random.Random, epochs: int) -> dict
     startup = time.monotonic() - t  # start-up, data, feature cache, first epoch
     assert proc.wait() == 0, (base / "reference.log").read_text()
     training = time.monotonic() - t - startup
-    print(f"training reference: {startup:.1f} s to the first epoch, then {training:.1f} s for {epochs - 1} more",
-          flush=True)
+    print(
+        f"training reference: {startup:.1f} s to the first epoch, then {training:.1f} s for {epochs - 1} more",
+        flush=True,
+    )
     trials = []
     for i in range(n):
         out = base / f"trial{i}"
@@ -72,16 +74,30 @@ def training_trials(base: Path, n: int, rng: random.Random, epochs: int) -> dict
         ok_epochs = tr.epochs_after == list(range(1, epochs + 1))
         identical = tr.finish_rc == 0 and same_weights(ref / "last", out / "last")
         leftovers = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
-        trials.append({"kill_after_epochs": after, "kill_at_s": round(when, 2), "outcome": tr.outcome, "epochs_on_disk": tr.epochs_before,
-                       "loaded": tr.loaded, "resumed": tr.resumed, "finish_rc": tr.finish_rc,
-                       "one_row_per_epoch": ok_epochs, "weights_equal_reference": identical,
-                       "leftovers_after_kill": tr.leftovers, "leftovers_at_end": leftovers})
-        print(f"  trial {i + 1}/{n}: {tr.line()}; identical weights {identical}; leftovers {leftovers}",
-              flush=True)
+        trials.append(
+            {
+                "kill_after_epochs": after,
+                "kill_at_s": round(when, 2),
+                "outcome": tr.outcome,
+                "epochs_on_disk": tr.epochs_before,
+                "loaded": tr.loaded,
+                "resumed": tr.resumed,
+                "finish_rc": tr.finish_rc,
+                "one_row_per_epoch": ok_epochs,
+                "weights_equal_reference": identical,
+                "leftovers_after_kill": tr.leftovers,
+                "leftovers_at_end": leftovers,
+            }
+        )
+        print(f"  trial {i + 1}/{n}: {tr.line()}; identical weights {identical}; leftovers {leftovers}", flush=True)
         if tr.finish_rc:
             print(tr.finish_output[-2000:])
-    return {"reference_startup_seconds": round(startup, 1), "reference_training_seconds": round(training, 1),
-            "epochs": epochs, "trials": trials}
+    return {
+        "reference_startup_seconds": round(startup, 1),
+        "reference_training_seconds": round(training, 1),
+        "epochs": epochs,
+        "trials": trials,
+    }
 
 
 def folder_trials(base: Path, n: int, rng: random.Random, checkpoint: Path) -> dict:
@@ -101,8 +117,11 @@ def folder_trials(base: Path, n: int, rng: random.Random, checkpoint: Path) -> d
     startup = time.monotonic() - t
     assert proc.wait() == 0, (base / "reference.log").read_text()
     captioning = time.monotonic() - t - startup
-    print(f"folder reference: {startup:.1f} s to the first line, then {captioning:.1f} s for the other "
-          f"{len(expected) - 1} images", flush=True)
+    print(
+        f"folder reference: {startup:.1f} s to the first line, then {captioning:.1f} s for the other "
+        f"{len(expected) - 1} images",
+        flush=True,
+    )
     trials = []
     for i in range(n):
         out = base / f"captions{i}.jsonl"
@@ -120,12 +139,27 @@ def folder_trials(base: Path, n: int, rng: random.Random, checkpoint: Path) -> d
         except AssertionError as e:
             complete = False
             print("   ", e)
-        trials.append({"kill_at_s": round(when, 2), "outcome": outcome, "lines_before": lines_before,
-                       "partial_line_after_kill": torn, "rerun_rc": rerun.returncode, "complete_no_duplicates": complete})
-        print(f"  trial {i + 1}/{n}: kill at {when:.2f} s: {outcome} with {lines_before} lines "
-              f"(partial line: {torn}); rerun exit {rerun.returncode}, complete and unique: {complete}", flush=True)
-    return {"reference_startup_seconds": round(startup, 1), "reference_captioning_seconds": round(captioning, 1),
-            "images": len(expected), "trials": trials}
+        trials.append(
+            {
+                "kill_at_s": round(when, 2),
+                "outcome": outcome,
+                "lines_before": lines_before,
+                "partial_line_after_kill": torn,
+                "rerun_rc": rerun.returncode,
+                "complete_no_duplicates": complete,
+            }
+        )
+        print(
+            f"  trial {i + 1}/{n}: kill at {when:.2f} s: {outcome} with {lines_before} lines "
+            f"(partial line: {torn}); rerun exit {rerun.returncode}, complete and unique: {complete}",
+            flush=True,
+        )
+    return {
+        "reference_startup_seconds": round(startup, 1),
+        "reference_captioning_seconds": round(captioning, 1),
+        "images": len(expected),
+        "trials": trials,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,11 +184,17 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = Path(args.checkpoint) if args.checkpoint else build_checkpoint(base / "ckpt")
         (base / "folder").mkdir()
         results["folder"] = folder_trials(base / "folder", args.folder_trials, rng, ckpt)
-    good_train = all(t["finish_rc"] == 0 and t["one_row_per_epoch"] for t in results.get("training", {}).get("trials", []))
-    good_folder = all(t["complete_no_duplicates"] and not t["partial_line_after_kill"]
-                      for t in results.get("folder", {}).get("trials", []))
-    print(f"verdict: training {'PASS' if good_train else 'FAIL'}, folder {'PASS' if good_folder else 'FAIL'} "
-          f"(files in {base})")
+    good_train = all(
+        t["finish_rc"] == 0 and t["one_row_per_epoch"] for t in results.get("training", {}).get("trials", [])
+    )
+    good_folder = all(
+        t["complete_no_duplicates"] and not t["partial_line_after_kill"]
+        for t in results.get("folder", {}).get("trials", [])
+    )
+    print(
+        f"verdict: training {'PASS' if good_train else 'FAIL'}, folder {'PASS' if good_folder else 'FAIL'} "
+        f"(files in {base})"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0 if good_train and good_folder else 1

@@ -59,10 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=12, help="words per caption (default 12)")
     p.add_argument("--batch", type=int, default=32, help="the batched case's batch size (default 32)")
     p.add_argument("--seconds", type=float, default=1.2, help="timing per cell (default 1.2 s)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="the variants are timed in turn this many times per cell; medians of all runs (default 3)")
-    p.add_argument("--variants", nargs="+", default=["pytorch", "onnxruntime", "int8"], choices=VARIANTS,
-                   help="decoder variants to time (default pytorch onnxruntime int8)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="the variants are timed in turn this many times per cell; medians of all runs (default 3)",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["pytorch", "onnxruntime", "int8"],
+        choices=VARIANTS,
+        help="decoder variants to time (default pytorch onnxruntime int8)",
+    )
     args = p.parse_args(argv)
     common.apply_threads(args)
     warnings.filterwarnings("ignore")  # quantization deprecation notices
@@ -82,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"error: {reason}")
         if "int8" in args.variants:
             decoders["int8"] = torch.ao.quantization.quantize_dynamic(
-                fp32, {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8)
+                fp32, {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8
+            )
         greedy_ms: dict[tuple[str, int], float] = {}
         for name, beam in STRATEGIES:
             reference_ids = run_strategy(fp32, features, beam, args.max_length)[0]
@@ -93,10 +103,14 @@ def main(argv: list[str] | None = None) -> int:
                     dec = decoders[variant]
                     kw = {"min_runs": 1, "warmup": 1 if r == 0 else 0}
                     with variant_context(variant):
-                        one[variant] += common.timed(lambda: run_strategy(dec, features[:1], beam, args.max_length),
-                                                     args.seconds / args.rounds, **kw)
-                        many[variant] += common.timed(lambda: run_strategy(dec, features, beam, args.max_length),
-                                                      args.seconds / args.rounds, **kw)
+                        one[variant] += common.timed(
+                            lambda: run_strategy(dec, features[:1], beam, args.max_length),
+                            args.seconds / args.rounds,
+                            **kw,
+                        )
+                        many[variant] += common.timed(
+                            lambda: run_strategy(dec, features, beam, args.max_length), args.seconds / args.rounds, **kw
+                        )
             for variant in args.variants:
                 dec = decoders[variant]
                 with variant_context(variant):
@@ -106,24 +120,47 @@ def main(argv: list[str] | None = None) -> int:
                 if beam == 1:
                     greedy_ms[(variant, 1)], greedy_ms[(variant, args.batch)] = ms1, msb
                 agree = sum(a == b for a, b in zip(ids, reference_ids)) / len(ids)
-                row = {"vocab": V, "strategy": name, "variant": variant, "ms_per_image_b1": ms1,
-                       f"ms_per_image_b{args.batch}": msb, "x_greedy_b1": ms1 / greedy_ms[(variant, 1)],
-                       f"x_greedy_b{args.batch}": msb / greedy_ms[(variant, args.batch)], "agree_with_reference": agree}
+                row = {
+                    "vocab": V,
+                    "strategy": name,
+                    "variant": variant,
+                    "ms_per_image_b1": ms1,
+                    f"ms_per_image_b{args.batch}": msb,
+                    "x_greedy_b1": ms1 / greedy_ms[(variant, 1)],
+                    f"x_greedy_b{args.batch}": msb / greedy_ms[(variant, args.batch)],
+                    "agree_with_reference": agree,
+                }
                 rows.append(row)
                 results.append(row)
-                print(f"  V={V} {name} {variant}: {ms1:.2f} ms/img at batch 1, {msb:.2f} ms/img at batch "
-                      f"{args.batch}", file=sys.stderr, flush=True)
+                print(
+                    f"  V={V} {name} {variant}: {ms1:.2f} ms/img at batch 1, {msb:.2f} ms/img at batch {args.batch}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     b = args.batch
     print()
-    print(common.format_table(rows, [
-        ("vocab", "vocab"), ("strategy", "strategy"), ("variant", "decoder"),
-        ("ms_per_image_b1", "ms/image, batch 1"), ("x_greedy_b1", "x greedy"),
-        (f"ms_per_image_b{b}", f"ms/image, batch {b}"), (f"x_greedy_b{b}", "x greedy"),
-        ("agree_with_reference", "same captions as pytorch")]))
+    print(
+        common.format_table(
+            rows,
+            [
+                ("vocab", "vocab"),
+                ("strategy", "strategy"),
+                ("variant", "decoder"),
+                ("ms_per_image_b1", "ms/image, batch 1"),
+                ("x_greedy_b1", "x greedy"),
+                (f"ms_per_image_b{b}", f"ms/image, batch {b}"),
+                (f"x_greedy_b{b}", "x greedy"),
+                ("agree_with_reference", "same captions as pytorch"),
+            ],
+        )
+    )
     info_end = common.machine_info()["load_average"]
-    out = common.write_json("decode", {"machine": info, "load_average_end": info_end, "max_length": args.max_length,
-                                       "batch": b, "rows": results}, args.json)
+    out = common.write_json(
+        "decode",
+        {"machine": info, "load_average_end": info_end, "max_length": args.max_length, "batch": b, "rows": results},
+        args.json,
+    )
     print(f"\nwritten {out}", file=sys.stderr)
     return 0
 

@@ -79,17 +79,32 @@ def main(argv: list[str] | None = None) -> int:
                 times = common.timed(lambda: fn(x), args.seconds, warmup=2)
             row[f"b{b}"] = b / statistics.median(times)
         rows.append(row)
-        print(f"  {name}: " + ", ".join(f"batch {b} {row[f'b{b}']:.1f}" for b in args.batch) + " images/s",
-              file=sys.stderr, flush=True)
+        print(
+            f"  {name}: " + ", ".join(f"batch {b} {row[f'b{b}']:.1f}" for b in args.batch) + " images/s",
+            file=sys.stderr,
+            flush=True,
+        )
     best_eager = max(rows[0][f"b{b}"] for b in args.batch)
     for row in rows:
         row["x_eager_best"] = max(row[f"b{b}"] for b in args.batch) / best_eager
     print()
-    print(common.format_table(rows, [("backend", "backend"), *[(f"b{b}", f"batch {b} img/s") for b in args.batch],
-                                     ("x_eager_best", "best / eager's best"), ("max_abs_diff", "max abs diff")]))
+    print(
+        common.format_table(
+            rows,
+            [
+                ("backend", "backend"),
+                *[(f"b{b}", f"batch {b} img/s") for b in args.batch],
+                ("x_eager_best", "best / eager's best"),
+                ("max_abs_diff", "max abs diff"),
+            ],
+        )
+    )
     print("\none-time build: " + ", ".join(f"{k} {v:.1f} s" for k, v in build_s.items()))
-    out = common.write_json("encoder", {"machine": info, "load_average_end": common.machine_info()["load_average"],
-                                        "build_s": build_s, "rows": rows}, args.json)
+    out = common.write_json(
+        "encoder",
+        {"machine": info, "load_average_end": common.machine_info()["load_average"], "build_s": build_s, "rows": rows},
+        args.json,
+    )
     print(f"\nwritten {out}", file=sys.stderr)
     return 0
 

@@ -25,8 +25,15 @@ def run_folder(model, folder: Path, args) -> dict:
     from captioner.folder import caption_folder
 
     with tempfile.TemporaryDirectory() as tmp:
-        summary = caption_folder(model, [folder], Path(tmp) / "captions.jsonl", batch_size=args.batch_size,
-                                 workers=args.workers, beam_size=args.beam, progress=False)
+        summary = caption_folder(
+            model,
+            [folder],
+            Path(tmp) / "captions.jsonl",
+            batch_size=args.batch_size,
+            workers=args.workers,
+            beam_size=args.beam,
+            progress=False,
+        )
     if summary.failed:
         raise SystemExit(f"error: {summary.failed} images failed; see the errors file")
     return {"images": summary.done, "seconds": summary.seconds, "images_per_s": summary.images_per_second}
@@ -55,25 +62,62 @@ def main(argv: list[str] | None = None) -> int:
     fast = run_folder(model, folder, args)
     limit_end = common.encoder_limit(model)
     limit = (limit_start["images_per_s"] + limit_end["images_per_s"]) / 2
-    rows = [{"run": f"folder captioning ({model.encoder_backend})", **fast,
-             "pct_encoder_limit": 100 * fast["images_per_s"] / limit}]
+    rows = [
+        {
+            "run": f"folder captioning ({model.encoder_backend})",
+            **fast,
+            "pct_encoder_limit": 100 * fast["images_per_s"] / limit,
+        }
+    ]
     if args.plain:
         plain_model = Captioner.load(ckpt, device="cpu", fast=False)
         plain = run_folder(plain_model, folder, args)
-        rows.append({"run": "folder captioning (plain pytorch)", **plain,
-                     "pct_encoder_limit": 100 * plain["images_per_s"] / limit})
-    rows.append({"run": f"encoder-only limit ({limit_start['backend']}, batch {limit_start['batch_size']})",
-                 "images_per_s": limit, "pct_encoder_limit": 100.0})
+        rows.append(
+            {
+                "run": "folder captioning (plain pytorch)",
+                **plain,
+                "pct_encoder_limit": 100 * plain["images_per_s"] / limit,
+            }
+        )
+    rows.append(
+        {
+            "run": f"encoder-only limit ({limit_start['backend']}, batch {limit_start['batch_size']})",
+            "images_per_s": limit,
+            "pct_encoder_limit": 100.0,
+        }
+    )
     print()
-    print(common.format_table(rows, [("run", "run"), ("images", "images"), ("seconds", "seconds"),
-                                     ("images_per_s", "images/s"), ("pct_encoder_limit", "% of encoder limit")]))
-    print(f"\nencoder-only limit {limit_start['images_per_s']:.1f} (start) / {limit_end['images_per_s']:.1f} (end) "
-          f"images/s; {limit_start['by_backend_and_batch']}")
+    print(
+        common.format_table(
+            rows,
+            [
+                ("run", "run"),
+                ("images", "images"),
+                ("seconds", "seconds"),
+                ("images_per_s", "images/s"),
+                ("pct_encoder_limit", "% of encoder limit"),
+            ],
+        )
+    )
+    print(
+        f"\nencoder-only limit {limit_start['images_per_s']:.1f} (start) / {limit_end['images_per_s']:.1f} (end) "
+        f"images/s; {limit_start['by_backend_and_batch']}"
+    )
     print(f"target folder >= 70% of the encoder-only limit: {rows[0]['pct_encoder_limit']:.0f}%")
-    out = common.write_json("folder", {
-        "machine": info, "load_average_end": common.machine_info()["load_average"], "checkpoint": str(ckpt),
-        "batch_size": args.batch_size, "workers": args.workers, "beam": args.beam,
-        "encoder_limit": {"start": limit_start, "end": limit_end, "mean": limit}, "rows": rows}, args.json)
+    out = common.write_json(
+        "folder",
+        {
+            "machine": info,
+            "load_average_end": common.machine_info()["load_average"],
+            "checkpoint": str(ckpt),
+            "batch_size": args.batch_size,
+            "workers": args.workers,
+            "beam": args.beam,
+            "encoder_limit": {"start": limit_start, "end": limit_end, "mean": limit},
+            "rows": rows,
+        },
+        args.json,
+    )
     print(f"\nwritten {out}", file=sys.stderr)
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -29,11 +30,19 @@ BOUNDARY = "----captionerbench7MA4YWxkTrZu0gW"
 
 
 def multipart_request(host: str, port: int, target: str, filename: str, data: bytes) -> bytes:
-    body = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
-    head = (f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: captioner-bench\r\n"
-            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: keep-alive\r\n\r\n").encode()
+    body = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: captioner-bench\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n"
+        f"Connection: keep-alive\r\n\r\n"
+    ).encode()
     return head + body
 
 
@@ -56,8 +65,15 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
     return status, body, headers.get("connection", "").lower() == "close"
 
 
-async def run(url: str, images: list[tuple[str, bytes]], clients: int, seconds: float, warmup: float,
-              timeout: float, max_wait: float) -> dict:
+async def run(
+    url: str,
+    images: list[tuple[str, bytes]],
+    clients: int,
+    seconds: float,
+    warmup: float,
+    timeout: float,
+    max_wait: float,
+) -> dict:
     """Closed-loop load. The measurement window opens ``warmup`` seconds after the start, and
     not before every client has had its first answer (so the queue has reached its steady
     depth), then lasts ``seconds``; ``max_wait`` bounds the wait for first answers."""
@@ -96,7 +112,7 @@ async def run(url: str, images: list[tuple[str, bytes]], clients: int, seconds: 
                 if close:
                     writer.close()
                     reader = writer = None
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError) as e:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as e:
                 failures.append((time.perf_counter(), type(e).__name__))
                 if writer is not None:
                     writer.close()
@@ -106,10 +122,8 @@ async def run(url: str, images: list[tuple[str, bytes]], clients: int, seconds: 
             writer.close()
 
     tasks = [asyncio.create_task(client(i)) for i in range(clients)]
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_answered.wait(), max_wait)
-    except asyncio.TimeoutError:
-        pass
     steady = all_answered.is_set()
     window_start = max(start + warmup, time.perf_counter())
     await asyncio.sleep(max(0.0, window_start - time.perf_counter()) + seconds)
@@ -126,33 +140,44 @@ async def run(url: str, images: list[tuple[str, bytes]], clients: int, seconds: 
             errors[what] = errors.get(what, 0) + 1
     pct = (lambda q: round(float(np.percentile(lat_ms, q)), 1)) if len(lat_ms) else (lambda q: None)
     return {
-        "clients": clients, "seconds": seconds, "warmup_s": round(window_start - start, 2), "steady": steady,
-        "completed": int(len(lat_ms)), "errors": errors, "images_per_s": round(len(lat_ms) / seconds, 2),
-        "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+        "clients": clients,
+        "seconds": seconds,
+        "warmup_s": round(window_start - start, 2),
+        "steady": steady,
+        "completed": len(lat_ms),
+        "errors": errors,
+        "images_per_s": round(len(lat_ms) / seconds, 2),
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
         "mean_ms": round(float(lat_ms.mean()), 1) if len(lat_ms) else None,
         "latencies_ms": [round(float(v), 2) for v in lat_ms],
     }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.loadgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--url", required=True, help="the captioning endpoint, with query options")
     p.add_argument("--images", required=True, help="a folder of .jpg files sent in turn")
     p.add_argument("--clients", type=int, default=1, help="concurrent clients (connections)")
     p.add_argument("--seconds", type=float, default=8.0, help="length of the measurement window")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds of load before the window opens")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds one request may take")
-    p.add_argument("--max-wait", type=float, default=60.0,
-                   help="longest wait for every client's first answer before the window opens anyway")
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=60.0,
+        help="longest wait for every client's first answer before the window opens anyway",
+    )
     args = p.parse_args(argv)
     files = sorted(Path(args.images).glob("*.jpg"))
     if not files:
         print(f"error: no .jpg files in {args.images}", file=sys.stderr)
         return 1
     images = [(f.name, f.read_bytes()) for f in files]
-    result = asyncio.run(run(args.url, images, args.clients, args.seconds, args.warmup, args.timeout,
-                             args.max_wait))
+    result = asyncio.run(run(args.url, images, args.clients, args.seconds, args.warmup, args.timeout, args.max_wait))
     print(json.dumps(result))
     return 0
 

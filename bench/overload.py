@@ -56,8 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ckpt = Path(args.checkpoint) if args.checkpoint else build_checkpoint(workdir / "ckpt")
         log = workdir / "server.log"
-        server = wait_ready(launch_server(ckpt, log, "--queue-size", str(args.queue_size), "--max-batch-size",
-                                          str(args.max_batch_size), "--max-files", str(min(4, args.queue_size))), log)
+        server = wait_ready(
+            launch_server(
+                ckpt,
+                log,
+                "--queue-size",
+                str(args.queue_size),
+                "--max-batch-size",
+                str(args.max_batch_size),
+                "--max-files",
+                str(min(4, args.queue_size)),
+            ),
+            log,
+        )
         url, pid, headers = server.url, server.proc.pid, {"Authorization": f"Bearer {API_KEY}"}
         print(f"server {url} (pid {pid}), queue {args.queue_size} images, batch {args.max_batch_size}, log {log}")
     try:
@@ -65,27 +76,44 @@ def main(argv: list[str] | None = None) -> int:
         assert ok == 10, "the server does not answer normally before the load"
         rss0 = rss_kb(pid) if pid else None
         print(f"idle: single request {idle_s * 1000:.0f} ms; RSS {rss0 / 1024 if rss0 else float('nan'):.0f} MiB")
-        print(f"load: {args.clients} clients for {args.seconds:g} s "
-              f"({'honouring' if args.retry_after else 'ignoring'} Retry-After) ...", flush=True)
-        res = run_load(url, headers, clients=args.clients, seconds=args.seconds, pid=pid,
-                       retry_after=args.retry_after, timeout=120)
+        print(
+            f"load: {args.clients} clients for {args.seconds:g} s "
+            f"({'honouring' if args.retry_after else 'ignoring'} Retry-After) ...",
+            flush=True,
+        )
+        res = run_load(
+            url, headers, clients=args.clients, seconds=args.seconds, pid=pid, retry_after=args.retry_after, timeout=120
+        )
         rss_end = rss_kb(pid) if pid else None
         time.sleep(1.0)
         ok_after, after_s = serves_normally(url, headers, n=20)
         time.sleep(9.0)
         rss_10s = rss_kb(pid) if pid else None
         s = res.summary()
-        s.update(idle_request_ms=round(idle_s * 1000, 1), after_request_ms=round(after_s * 1000, 1),
-                 after_ok=f"{ok_after}/20", rss_mib_before=rss0 and round(rss0 / 1024, 1),
-                 rss_mib_end=rss_end and round(rss_end / 1024, 1), rss_mib_10s_after=rss_10s and round(rss_10s / 1024, 1),
-                 queue_size=args.queue_size, retry_after_honoured=args.retry_after)
+        s.update(
+            idle_request_ms=round(idle_s * 1000, 1),
+            after_request_ms=round(after_s * 1000, 1),
+            after_ok=f"{ok_after}/20",
+            rss_mib_before=rss0 and round(rss0 / 1024, 1),
+            rss_mib_end=rss_end and round(rss_end / 1024, 1),
+            rss_mib_10s_after=rss_10s and round(rss_10s / 1024, 1),
+            queue_size=args.queue_size,
+            retry_after_honoured=args.retry_after,
+        )
         print(json.dumps(s, indent=2))
         only_200_503 = set(res.statuses) <= {200, 503}
-        verdict = (only_200_503 and res.missing_retry_after == 0 and not res.client_errors and res.bad_bodies == 0
-                   and ok_after == 20)
-        print(f"verdict: {'PASS' if verdict else 'FAIL'} - statuses {s['statuses']}, "
-              f"503 without Retry-After {res.missing_retry_after}, client errors {s['client_errors']}, "
-              f"after: {ok_after}/20 ok at {after_s * 1000:.0f} ms (idle {idle_s * 1000:.0f} ms)")
+        verdict = (
+            only_200_503
+            and res.missing_retry_after == 0
+            and not res.client_errors
+            and res.bad_bodies == 0
+            and ok_after == 20
+        )
+        print(
+            f"verdict: {'PASS' if verdict else 'FAIL'} - statuses {s['statuses']}, "
+            f"503 without Retry-After {res.missing_retry_after}, client errors {s['client_errors']}, "
+            f"after: {ok_after}/20 ok at {after_s * 1000:.0f} ms (idle {idle_s * 1000:.0f} ms)"
+        )
         if args.json:
             Path(args.json).write_text(json.dumps(s, indent=2) + "\n")
         return 0 if verdict else 1

@@ -50,8 +50,15 @@ class Server:
     def __init__(self, name: str, cmd: list[str], env: dict | None = None, timeout: float = 300.0) -> None:
         self.name = name
         self.cmd = cmd
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **(env or {})}, cwd=common.ROOT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=common.ROOT,
+            start_new_session=True,
+        )
         self.url: str | None = None
         self.log: list[str] = []
         found = threading.Event()
@@ -95,10 +102,26 @@ class Server:
 
 def load(url: str, images: Path, clients: int, seconds: float, warmup: float, max_wait: float) -> dict:
     """One load-generator run in its own process; returns its JSON result."""
-    cmd = [PY, "-m", "bench.loadgen", "--url", url, "--images", str(images), "--clients", str(clients),
-           "--seconds", str(seconds), "--warmup", str(warmup), "--max-wait", str(max_wait)]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT,
-                         timeout=seconds + warmup + max_wait + 120)
+    cmd = [
+        PY,
+        "-m",
+        "bench.loadgen",
+        "--url",
+        url,
+        "--images",
+        str(images),
+        "--clients",
+        str(clients),
+        "--seconds",
+        str(seconds),
+        "--warmup",
+        str(warmup),
+        "--max-wait",
+        str(max_wait),
+    ]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=common.ROOT, timeout=seconds + warmup + max_wait + 120
+    )
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -113,10 +136,17 @@ def pool(runs: list[dict], **labels) -> dict:
     for r in runs:
         for k, v in r["errors"].items():
             errors[k] = errors.get(k, 0) + v
-    return {**labels, "images_per_s": sum(r["completed"] for r in runs) / seconds,
-            "p50_ms": common.percentile(lat, 50), "p95_ms": common.percentile(lat, 95),
-            "p99_ms": common.percentile(lat, 99), "completed": len(lat), "errors": errors,
-            "steady": all(r["steady"] for r in runs), "windows": runs}
+    return {
+        **labels,
+        "images_per_s": sum(r["completed"] for r in runs) / seconds,
+        "p50_ms": common.percentile(lat, 50),
+        "p95_ms": common.percentile(lat, 95),
+        "p99_ms": common.percentile(lat, 99),
+        "completed": len(lat),
+        "errors": errors,
+        "steady": all(r["steady"] for r in runs),
+        "windows": runs,
+    }
 
 
 def drain(url: str, jpeg: bytes, timeout: float = 600.0) -> float:
@@ -124,10 +154,17 @@ def drain(url: str, jpeg: bytes, timeout: float = 600.0) -> float:
     request queued behind them comes back. Returns the seconds it took."""
     from .loadgen import BOUNDARY
 
-    body = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"drain.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + jpeg + f"\r\n--{BOUNDARY}--\r\n".encode()
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    body = (
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="drain.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + jpeg
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+    req = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    )
     t = time.monotonic()
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
@@ -153,16 +190,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64], help="concurrency levels")
     p.add_argument("--beams", type=int, nargs="+", default=[1, 3], help="beam sizes (1 = greedy)")
     p.add_argument("--seconds", type=float, default=5.0, help="measurement window per level and round (default 5)")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="windows per level and server, the servers taking turns; pooled (default 1; 2+ on a busy machine)")
-    p.add_argument("--warmup", type=float, default=1.5,
-                   help="load before each window, at least until every client had an answer (default 1.5 s)")
-    p.add_argument("--max-wait", type=float, default=60.0,
-                   help="longest wait for every client's first answer before a window opens anyway (default 60 s)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="windows per level and server, the servers taking turns; pooled (default 1; 2+ on a busy machine)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=1.5,
+        help="load before each window, at least until every client had an answer (default 1.5 s)",
+    )
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=60.0,
+        help="longest wait for every client's first answer before a window opens anyway (default 60 s)",
+    )
     p.add_argument("--images", type=int, default=16, help="distinct 640x480 JPEGs sent in turn (default 16)")
     p.add_argument("--servers", nargs="+", default=["service", "naive"], choices=["service", "naive"])
-    p.add_argument("--service-arg", action="append", default=[], metavar="ARG",
-                   help="extra argument for `captioner serve` (repeatable), e.g. --service-arg=--max-batch-size=32")
+    p.add_argument(
+        "--service-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for `captioner serve` (repeatable), e.g. --service-arg=--max-batch-size=32",
+    )
     args = p.parse_args(argv)
     common.apply_threads(args)
     info = common.machine_info()
@@ -176,15 +230,33 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     try:
         if "service" in args.servers:
-            servers["service"] = Server("service", [PY, "-m", "captioner", "serve", "--checkpoint", str(ckpt),
-                                                    "--port", "0", "--log-level", "warning", *args.service_arg])
+            servers["service"] = Server(
+                "service",
+                [
+                    PY,
+                    "-m",
+                    "captioner",
+                    "serve",
+                    "--checkpoint",
+                    str(ckpt),
+                    "--port",
+                    "0",
+                    "--log-level",
+                    "warning",
+                    *args.service_arg,
+                ],
+            )
         if "naive" in args.servers:
             servers["naive"] = Server("naive", [PY, "-m", "bench.naive_server", "--checkpoint", str(ckpt)])
         print("servers ready: " + ", ".join(f"{k} {s.url}" for k, s in servers.items()), file=sys.stderr)
         one_image, limit_start = in_process(ckpt, jpeg, args.beams, 3.0)
-        print("in-process caption of one image: " + ", ".join(f"beam {b}: {1000 * s:.1f} ms"
-                                                                  for b, s in one_image.items())
-              + f"; encoder-only limit {limit_start['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)
+        print(
+            "in-process caption of one image: "
+            + ", ".join(f"beam {b}: {1000 * s:.1f} ms" for b, s in one_image.items())
+            + f"; encoder-only limit {limit_start['images_per_s']:.1f} images/s",
+            file=sys.stderr,
+            flush=True,
+        )
         for beam in args.beams:
             for clients in args.clients:
                 runs: dict[str, list[dict]] = {name: [] for name in servers}
@@ -194,10 +266,13 @@ def main(argv: list[str] | None = None) -> int:
                         r = load(url, images, clients, args.seconds, args.warmup, args.max_wait)
                         r["drain_s"] = round(drain(url, jpeg), 1)
                         runs[name].append(r)
-                        print(f"  {name:8s} beam {beam} clients {clients:3d}: {r['images_per_s']:7.1f} images/s, "
-                              f"p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, errors {r['errors'] or 0}"
-                              + ("" if r["steady"] else " (not every client was answered before the window)"),
-                              file=sys.stderr, flush=True)
+                        print(
+                            f"  {name:8s} beam {beam} clients {clients:3d}: {r['images_per_s']:7.1f} images/s, "
+                            f"p50 {r['p50_ms']} ms, p95 {r['p95_ms']} ms, errors {r['errors'] or 0}"
+                            + ("" if r["steady"] else " (not every client was answered before the window)"),
+                            file=sys.stderr,
+                            flush=True,
+                        )
                 for name, rs in runs.items():
                     rows.append(pool(rs, server=name, beam=beam, clients=clients))
     finally:
@@ -212,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         r["x_naive"] = r["images_per_s"] / base if base else None
         r["pct_encoder_limit"] = 100.0 * r["images_per_s"] / limit
         r["p50_x_in_process"] = r["p50_ms"] / (1000 * one_image[r["beam"]]) if r["p50_ms"] else None
-    rows.append({"server": "encoder-only limit", "beam": "-", "clients": "-", "images_per_s": limit,
-                 "pct_encoder_limit": 100.0})
+    rows.append(
+        {"server": "encoder-only limit", "beam": "-", "clients": "-", "images_per_s": limit, "pct_encoder_limit": 100.0}
+    )
 
     targets = {}
     svc = {(r["beam"], r["clients"]): r for r in rows if r["server"] == "service"}
@@ -226,21 +302,47 @@ def main(argv: list[str] | None = None) -> int:
         targets["p50_1_client_vs_in_process (<= 1.5x)"] = round(svc[(1, 1)]["p50_x_in_process"], 2)
 
     print()
-    print(common.format_table(rows, [
-        ("server", "server"), ("beam", "beam"), ("clients", "clients"), ("images_per_s", "images/s"),
-        ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("p99_ms", "p99 ms"), ("x_naive", "x naive"),
-        ("pct_encoder_limit", "% of encoder limit"), ("p50_x_in_process", "p50 / in-process")]))
+    print(
+        common.format_table(
+            rows,
+            [
+                ("server", "server"),
+                ("beam", "beam"),
+                ("clients", "clients"),
+                ("images_per_s", "images/s"),
+                ("p50_ms", "p50 ms"),
+                ("p95_ms", "p95 ms"),
+                ("p99_ms", "p99 ms"),
+                ("x_naive", "x naive"),
+                ("pct_encoder_limit", "% of encoder limit"),
+                ("p50_x_in_process", "p50 / in-process"),
+            ],
+        )
+    )
     print("\nin-process caption of one JPEG: " + ", ".join(f"beam {b} {1000 * s:.1f} ms" for b, s in one_image.items()))
-    print(f"encoder-only limit: {limit_start['images_per_s']:.1f} (start) / {limit_end['images_per_s']:.1f} (end) "
-          f"images/s, best: {limit_start['backend']} at batch {limit_start['batch_size']}; "
-          f"{limit_start['by_backend_and_batch']}")
+    print(
+        f"encoder-only limit: {limit_start['images_per_s']:.1f} (start) / {limit_end['images_per_s']:.1f} (end) "
+        f"images/s, best: {limit_start['backend']} at batch {limit_start['batch_size']}; "
+        f"{limit_start['by_backend_and_batch']}"
+    )
     for k, v in targets.items():
         print(f"target {k}: {v}")
-    out = common.write_json("serve", {
-        "machine": info, "load_average_end": common.machine_info()["load_average"], "checkpoint": str(ckpt),
-        "service_args": args.service_arg, "seconds": args.seconds, "warmup": args.warmup,
-        "in_process_one_image_s": one_image, "encoder_limit": {"start": limit_start, "end": limit_end, "mean": limit},
-        "rows": rows, "targets": targets}, args.json)
+    out = common.write_json(
+        "serve",
+        {
+            "machine": info,
+            "load_average_end": common.machine_info()["load_average"],
+            "checkpoint": str(ckpt),
+            "service_args": args.service_arg,
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "in_process_one_image_s": one_image,
+            "encoder_limit": {"start": limit_start, "end": limit_end, "mean": limit},
+            "rows": rows,
+            "targets": targets,
+        },
+        args.json,
+    )
     print(f"\nwritten {out}", file=sys.stderr)
     return 0
 

@@ -8,7 +8,7 @@ Same data, same decoder (``TrainConfig``'s default size: embedding and image pro
 batch size (128 caption pairs, ``TrainConfig``'s default); the only difference is where a
 batch's image features come from:
 
-* **cached**: ``training.features.FeatureCache`` encodes every image once (timed
+* **cached**: ``captioner.training.features.FeatureCache`` encodes every image once (timed
   separately: a one-time cost, and reading the cache back at the next run is timed too);
   an epoch indexes the (N, 1280) matrix;
 * **recompute, eager** (the tutorials' way): every batch decodes its images from disk,
@@ -40,7 +40,7 @@ from . import common
 
 def scenes_dataset(n: int) -> Path:
     """A built-in scenes training split of ``n`` images under bench/.cache (reused)."""
-    from training.scenes import generate_scenes
+    from captioner.training.scenes import generate_scenes
 
     out = common.SCRATCH / f"scenes-{n}"
     if not (out / "captions_train.json").exists():
@@ -65,16 +65,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cached-epochs", type=int, default=2, help="cached epochs to time (default 2; best kept)")
     p.add_argument("--embed-dim", type=int, default=256, help="decoder word embedding size (default 256, as training)")
     p.add_argument("--hidden-dim", type=int, default=512, help="decoder hidden size (default 512, as training)")
-    p.add_argument("--recompute-batches", type=int, default=2,
-                   help="batches timed per recompute mode, extrapolated to an epoch (default 2)")
+    p.add_argument(
+        "--recompute-batches",
+        type=int,
+        default=2,
+        help="batches timed per recompute mode, extrapolated to an epoch (default 2)",
+    )
     args = p.parse_args(argv)
     common.apply_threads(args)
+    from captioner.training.features import FeatureCache
+
     from captioner.decoder import CaptionDecoder, DecoderConfig
     from captioner.encoders import build_encoder
     from captioner.fast import build_fast_encoder
     from captioner.images import load_image
     from captioner.vocab import Vocabulary
-    from training.features import FeatureCache
 
     info = common.machine_info()
     common.header("train: epoch time with the feature cache vs recomputing features", info)
@@ -87,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     pair_image_t = torch.tensor(pair_image)  # (P,)
     encoder = build_encoder("efficientnet_lite0")
     preprocess = encoder.spec.preprocess
-    print(f"{len(paths)} images, {len(captions)} caption pairs, vocabulary {len(vocab)}, batch {args.batch_size}",
-          file=sys.stderr, flush=True)
+    print(
+        f"{len(paths)} images, {len(captions)} caption pairs, vocabulary {len(vocab)}, batch {args.batch_size}",
+        file=sys.stderr,
+        flush=True,
+    )
 
     # ------------------------------------------------------------ the one-time cache build
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -104,9 +112,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def new_training():
         torch.manual_seed(0)
-        dec = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim,
-                                           embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
-                                           img_proj_dim=args.embed_dim)).train()
+        dec = CaptionDecoder(
+            DecoderConfig(
+                vocab_size=len(vocab),
+                feature_dim=encoder.feature_dim,
+                embed_dim=args.embed_dim,
+                hidden_dim=args.hidden_dim,
+                img_proj_dim=args.embed_dim,
+            )
+        ).train()
         return dec, torch.optim.AdamW(dec.parameters(), lr=2e-3, weight_decay=0.01)
 
     def step(dec, opt, f: torch.Tensor, toks: torch.Tensor) -> None:
@@ -151,26 +165,65 @@ def main(argv: list[str] | None = None) -> int:
         recompute[name] = statistics.mean(per_batch) * len(batches)
         print(f"  recompute ({name}): {statistics.mean(per_batch):.2f} s per batch", file=sys.stderr, flush=True)
 
-    rows = [{"mode": "cached features", "epoch_s": cached_epoch, "step_ms": 1000 * cached_epoch / len(batches),
-             "measured": f"{args.cached_epochs} whole epochs, best", "x_cached": 1.0}]
+    rows = [
+        {
+            "mode": "cached features",
+            "epoch_s": cached_epoch,
+            "step_ms": 1000 * cached_epoch / len(batches),
+            "measured": f"{args.cached_epochs} whole epochs, best",
+            "x_cached": 1.0,
+        }
+    ]
     for name, sec in recompute.items():
-        rows.append({"mode": f"recompute every batch ({name})", "epoch_s": sec, "step_ms": 1000 * sec / len(batches),
-                     "measured": f"{min(args.recompute_batches, len(batches))} of {len(batches)} batches",
-                     "x_cached": sec / cached_epoch})
+        rows.append(
+            {
+                "mode": f"recompute every batch ({name})",
+                "epoch_s": sec,
+                "step_ms": 1000 * sec / len(batches),
+                "measured": f"{min(args.recompute_batches, len(batches))} of {len(batches)} batches",
+                "x_cached": sec / cached_epoch,
+            }
+        )
     print()
-    print(common.format_table(rows, [("mode", "features"), ("epoch_s", "epoch s"), ("step_ms", "ms/step"),
-                                     ("x_cached", "x the cached epoch"), ("measured", "measured")]))
-    print(f"\none-time cache build: {build_s:.1f} s for {len(paths)} images ({report.summary()}); "
-          f"reading it back: {reload_s:.2f} s")
+    print(
+        common.format_table(
+            rows,
+            [
+                ("mode", "features"),
+                ("epoch_s", "epoch s"),
+                ("step_ms", "ms/step"),
+                ("x_cached", "x the cached epoch"),
+                ("measured", "measured"),
+            ],
+        )
+    )
+    print(
+        f"\none-time cache build: {build_s:.1f} s for {len(paths)} images ({report.summary()}); "
+        f"reading it back: {reload_s:.2f} s"
+    )
     if "eager pytorch" in recompute:
-        print(f"target cached epoch >= 20x faster than recomputing (eager): "
-              f"{recompute['eager pytorch'] / cached_epoch:.0f}x")
-    out = common.write_json("train", {
-        "machine": info, "load_average_end": common.machine_info()["load_average"], "images": len(paths),
-        "pairs": len(captions), "vocab": len(vocab), "batch_size": args.batch_size, "steps_per_epoch": len(batches),
-        "decoder": {"embed_dim": args.embed_dim, "hidden_dim": args.hidden_dim},
-        "cache_build_s": build_s, "cache_read_s": reload_s, "cached_epochs_s": cached_times, "rows": rows},
-        args.json)
+        print(
+            f"target cached epoch >= 20x faster than recomputing (eager): "
+            f"{recompute['eager pytorch'] / cached_epoch:.0f}x"
+        )
+    out = common.write_json(
+        "train",
+        {
+            "machine": info,
+            "load_average_end": common.machine_info()["load_average"],
+            "images": len(paths),
+            "pairs": len(captions),
+            "vocab": len(vocab),
+            "batch_size": args.batch_size,
+            "steps_per_epoch": len(batches),
+            "decoder": {"embed_dim": args.embed_dim, "hidden_dim": args.hidden_dim},
+            "cache_build_s": build_s,
+            "cache_read_s": reload_s,
+            "cached_epochs_s": cached_times,
+            "rows": rows,
+        },
+        args.json,
+    )
     print(f"\nwritten {out}", file=sys.stderr)
     return 0
 

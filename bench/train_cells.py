@@ -4,7 +4,7 @@ the same cached features with the same settings.
     python bench/train_cells.py --data data/scenes --out runs/cells
     python bench/train_cells.py --data data/scenes --out runs/cells --cells lstm,gru --no-blind
 
-Each variant is a full ``training.train.train`` run with the shipped model's settings
+Each variant is a full ``captioner.training.train.train`` run with the shipped model's settings
 (``weights/default/metadata.json``'s ``train_config`` when present) and only ``cell``
 changed; ``blind`` is the LSTM trained and tested on all-zero features, the language-only
 baseline that shows how much of the score comes from the image. The feature cache is
@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.train import TrainConfig, train  # noqa: E402
+from captioner.training.train import TrainConfig, train  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -71,28 +71,51 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         result = train(TrainConfig.from_dict(dict(values, out=str(out))))
         wall = time.perf_counter() - t0
-        params = sum(v.numel() for v in __import__("safetensors.torch", fromlist=["load_file"])
-                     .load_file(str(out / "best" / "model.safetensors")).values())
+        params = sum(
+            v.numel()
+            for v in __import__("safetensors.torch", fromlist=["load_file"])
+            .load_file(str(out / "best" / "model.safetensors"))
+            .values()
+        )
         t = result.test_metrics or {}
-        rows.append({"variant": name, "cell": values["cell"], "params": params, "best_epoch": result.best_epoch,
-                     "epochs_run": len(result.history), "train_seconds": round(result.train_seconds, 1),
-                     "wall_seconds": round(wall, 1), "test_scene_accuracy": t.get("scene_accuracy"),
-                     "test_bleu_4": t.get("bleu_4"), "test_cider_d": t.get("cider_d"),
-                     "val_scene_accuracy": result.best_metrics.get("scene_accuracy"),
-                     "val_bleu_4": result.best_metrics.get("bleu_4")})
+        rows.append(
+            {
+                "variant": name,
+                "cell": values["cell"],
+                "params": params,
+                "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history),
+                "train_seconds": round(result.train_seconds, 1),
+                "wall_seconds": round(wall, 1),
+                "test_scene_accuracy": t.get("scene_accuracy"),
+                "test_bleu_4": t.get("bleu_4"),
+                "test_cider_d": t.get("cider_d"),
+                "val_scene_accuracy": result.best_metrics.get("scene_accuracy"),
+                "val_bleu_4": result.best_metrics.get("bleu_4"),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report = {"data": args.data, "settings": {k: v for k, v in base.items() if k not in ("progress", "plot")},
-              "load_average": {"start": load_start, "end": os.getloadavg()}, "cpus": os.cpu_count(), "rows": rows}
+    report = {
+        "data": args.data,
+        "settings": {k: v for k, v in base.items() if k not in ("progress", "plot")},
+        "load_average": {"start": load_start, "end": os.getloadavg()},
+        "cpus": os.cpu_count(),
+        "rows": rows,
+    }
     (RESULTS / "train_cells.json").write_text(json.dumps(report, indent=2) + "\n")
-    print("\n| variant | decoder params | best epoch / run | train time | test scene acc. | test BLEU-4 | test CIDEr-D |")
+    print(
+        "\n| variant | decoder params | best epoch / run | train time | test scene acc. | test BLEU-4 | test CIDEr-D |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         fmt = lambda x, d=3: "-" if x is None else f"{x:.{d}f}"  # noqa: E731
-        print(f"| {r['variant']} | {r['params'] / 1e6:.2f} M | {r['best_epoch']} / {r['epochs_run']} | "
-              f"{r['train_seconds']:.0f} s | {fmt(r['test_scene_accuracy'])} | {fmt(r['test_bleu_4'])} | "
-              f"{fmt(r['test_cider_d'])} |")
+        print(
+            f"| {r['variant']} | {r['params'] / 1e6:.2f} M | {r['best_epoch']} / {r['epochs_run']} | "
+            f"{r['train_seconds']:.0f} s | {fmt(r['test_scene_accuracy'])} | {fmt(r['test_bleu_4'])} | "
+            f"{fmt(r['test_cider_d'])} |"
+        )
     return 0
 
 

@@ -9,15 +9,15 @@ from .vocab import Vocabulary, tokenize
 __version__ = "0.1.0"
 
 __all__ = [
-    "Captioner",
-    "CaptionResult",
     "CaptionDecoder",
-    "DecoderConfig",
+    "CaptionResult",
+    "Captioner",
     "CaptionerError",
     "CheckpointError",
+    "DecoderConfig",
     "ImageLoadError",
     "Vocabulary",
+    "__version__",
     "load_image",
     "tokenize",
-    "__version__",
 ]

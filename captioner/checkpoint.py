@@ -206,7 +206,9 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: a checkpoint is a folder (with {WEIGHTS}, {CONFIG}, {VOCAB}, {METADATA})")
     config = _read_json(path / CONFIG, "model configuration")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{path / CONFIG}: unsupported checkpoint format {config.get('format') if isinstance(config, dict) else None!r}; expected {FORMAT!r}")
+        raise CheckpointError(
+            f"{path / CONFIG}: unsupported checkpoint format {config.get('format') if isinstance(config, dict) else None!r}; expected {FORMAT!r}"
+        )
     try:
         decoder_config = DecoderConfig.from_dict(config["decoder"])
         encoder_name = str(config["encoder"]["name"])
@@ -236,7 +238,9 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
             )
     encoder_state = None
     if (path / ENCODER_WEIGHTS).exists():
-        encoder_state = {k: v.float() if v.is_floating_point() else v for k, v in _read_tensors(path / ENCODER_WEIGHTS).items()}
+        encoder_state = {
+            k: v.float() if v.is_floating_point() else v for k, v in _read_tensors(path / ENCODER_WEIGHTS).items()
+        }
     return Checkpoint(
         decoder_state=state,
         decoder_config=decoder_config,

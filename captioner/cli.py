@@ -29,24 +29,41 @@ Run `captioner VERB --help` for the options of each verb."""
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """--checkpoint / --device, shared by every verb that loads a model."""
-    p.add_argument("--checkpoint", "-c", metavar="DIR", default=None,
-                   help="checkpoint folder to load (default: the shipped weights, or $CAPTIONER_WEIGHTS)")
+    p.add_argument(
+        "--checkpoint",
+        "-c",
+        metavar="DIR",
+        default=None,
+        help="checkpoint folder to load (default: the shipped weights, or $CAPTIONER_WEIGHTS)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
 
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--beam-size", "-k", type=int, default=1, metavar="K",
-                   help="beam width; 1 means greedy decoding (default: 1)")
-    p.add_argument("--max-length", type=int, default=None, metavar="N",
-                   help="maximum number of words per caption (default: the model's setting)")
-    p.add_argument("--length-penalty", type=float, default=0.0, metavar="ALPHA",
-                   help="beam search length penalty alpha, ((5+len)/6)^alpha; 0 disables (default: 0)")
+    p.add_argument(
+        "--beam-size", "-k", type=int, default=1, metavar="K", help="beam width; 1 means greedy decoding (default: 1)"
+    )
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        metavar="N",
+        help="maximum number of words per caption (default: the model's setting)",
+    )
+    p.add_argument(
+        "--length-penalty",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="beam search length penalty alpha, ((5+len)/6)^alpha; 0 disables (default: 0)",
+    )
 
 
 def _caption_files(args: argparse.Namespace) -> int:
-    from .model import Captioner
-    from .errors import ImageLoadError
     import torch
+
+    from .errors import ImageLoadError
+    from .model import Captioner
 
     model = Captioner.load(args.checkpoint, device=args.device)
     failures = 0
@@ -57,10 +74,18 @@ def _caption_files(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             failures += 1
             continue
-        result = model.generate(model.encode(tensor.unsqueeze(0)), beam_size=args.beam_size,
-                                max_length=args.max_length, length_penalty=args.length_penalty)[0]
+        result = model.generate(
+            model.encode(tensor.unsqueeze(0)),
+            beam_size=args.beam_size,
+            max_length=args.max_length,
+            length_penalty=args.length_penalty,
+        )[0]
         if args.json:
-            print(json.dumps({"file": name, "caption": result.caption, "score": round(result.score, 4)}, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {"file": name, "caption": result.caption, "score": round(result.score, 4)}, ensure_ascii=False
+                )
+            )
         else:
             print(f"{name}\t{result.caption}" if len(args.images) > 1 else result.caption)
         sys.stdout.flush()
@@ -82,14 +107,22 @@ def _caption_folder(args: argparse.Namespace) -> int:
     model = Captioner.load(args.checkpoint, device=device)
     try:
         summary = run_sharded(
-            model, args.images, args.out, env,
-            fmt=args.format, recursive=args.recursive, batch_size=args.batch_size, workers=args.workers,
-            beam_size=args.beam_size, max_length=args.max_length, length_penalty=args.length_penalty,
-            errors=args.errors, progress=None if not args.quiet else False,
+            model,
+            args.images,
+            args.out,
+            env,
+            fmt=args.format,
+            recursive=args.recursive,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            beam_size=args.beam_size,
+            max_length=args.max_length,
+            length_penalty=args.length_penalty,
+            errors=args.errors,
+            progress=None if not args.quiet else False,
         )
     except KeyboardInterrupt:
-        print(f"interrupted; the captions so far are in {args.out}: rerun the same command to resume",
-              file=sys.stderr)
+        print(f"interrupted; the captions so far are in {args.out}: rerun the same command to resume", file=sys.stderr)
         return 130
     if env.rank == 0:
         print(summary.line(), file=sys.stderr)
@@ -103,8 +136,10 @@ def cmd_caption(args: argparse.Namespace) -> int:
         return _caption_folder(args)
     folders = [p for p in args.images if os.path.isdir(p)]
     if folders:
-        raise CaptionerError(f"{folders[0]} is a folder; add --out captions.jsonl to caption folders "
-                             "(results are written as they go, and a rerun resumes)")
+        raise CaptionerError(
+            f"{folders[0]} is a folder; add --out captions.jsonl to caption folders "
+            "(results are written as they go, and a rerun resumes)"
+        )
     return _caption_files(args)
 
 
@@ -117,7 +152,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_encoders(args: argparse.Namespace) -> int:
-    from .encoders import list_encoders, get_spec
+    from .encoders import get_spec, list_encoders
 
     for name in list_encoders():
         spec = get_spec(name)
@@ -139,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
 
     p = sub.add_parser(
-        "caption", help="caption image files or whole folders",
+        "caption",
+        help="caption image files or whole folders",
         description="Without --out: print a caption for each image file; an unreadable file is reported on "
         "stderr by name and the others are still captioned (exit status 1 if any failed).\n\n"
         "With --out: caption every image in the given files and folders into a JSONL or CSV file "
@@ -158,21 +194,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="PATH", help="image files and/or folders (folders need --out)")
     add_model_options(p)
     add_generation_options(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object per image (file, caption, score); "
-                   "without --out only")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object per image (file, caption, score); without --out only"
+    )
     g = p.add_argument_group("folder captioning (with --out)")
-    g.add_argument("--out", "-o", metavar="FILE", default=None,
-                   help="write results to FILE (JSONL or CSV), resuming if it already holds some")
-    g.add_argument("--format", choices=("jsonl", "csv"), default=None,
-                   help="output format (default: csv when FILE ends in .csv, else jsonl)")
+    g.add_argument(
+        "--out",
+        "-o",
+        metavar="FILE",
+        default=None,
+        help="write results to FILE (JSONL or CSV), resuming if it already holds some",
+    )
+    g.add_argument(
+        "--format",
+        choices=("jsonl", "csv"),
+        default=None,
+        help="output format (default: csv when FILE ends in .csv, else jsonl)",
+    )
     g.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
-    g.add_argument("--batch-size", "-b", type=int, default=16, metavar="B",
-                   help="images per model call (default: 16)")
-    g.add_argument("--workers", "-w", type=int, default=2, metavar="W",
-                   help="threads decoding images ahead of the model; 0 decodes in the main thread (default: 2)")
-    g.add_argument("--errors", metavar="FILE", default=None,
-                   help="where to list the files that failed, as JSONL with path and reason "
-                   "(default: next to --out, e.g. captions.errors.jsonl)")
+    g.add_argument("--batch-size", "-b", type=int, default=16, metavar="B", help="images per model call (default: 16)")
+    g.add_argument(
+        "--workers",
+        "-w",
+        type=int,
+        default=2,
+        metavar="W",
+        help="threads decoding images ahead of the model; 0 decodes in the main thread (default: 2)",
+    )
+    g.add_argument(
+        "--errors",
+        metavar="FILE",
+        default=None,
+        help="where to list the files that failed, as JSONL with path and reason "
+        "(default: next to --out, e.g. captions.errors.jsonl)",
+    )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_caption)
 

@@ -55,7 +55,15 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; choose one of {', '.join(CELLS)}")
-        for name in ("vocab_size", "feature_dim", "embed_dim", "hidden_dim", "img_proj_dim", "num_layers", "max_length"):
+        for name in (
+            "vocab_size",
+            "feature_dim",
+            "embed_dim",
+            "hidden_dim",
+            "img_proj_dim",
+            "num_layers",
+            "max_length",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
@@ -65,7 +73,7 @@ class DecoderConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DecoderConfig":
+    def from_dict(cls, data: dict) -> DecoderConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -137,7 +145,10 @@ class CaptionDecoder(nn.Module):
         logits = self(features, tokens)  # (B, T-1, V)
         target = tokens[:, 1:]  # (B, T-1)
         return F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=pad_id, label_smoothing=label_smoothing
+            logits.reshape(-1, logits.size(-1)),
+            target.reshape(-1),
+            ignore_index=pad_id,
+            label_smoothing=label_smoothing,
         )
 
     def step(self, words: Tensor, img: Tensor, state: State | None) -> tuple[Tensor, State]:
@@ -300,8 +311,10 @@ class CaptionDecoder(nn.Module):
                     new_scores[b] = -math.inf
             flat_src = (torch.arange(B).unsqueeze(1) * k + new_src).view(-1).to(dev)  # (B*k,)
             state = self._select_state(state, flat_src)
-            history = torch.cat([history.view(B * k, -1).index_select(0, flat_src).view(B, k, -1),
-                                 new_words.to(dev).unsqueeze(2)], dim=2)  # (B, k, t+1)
+            history = torch.cat(
+                [history.view(B * k, -1).index_select(0, flat_src).view(B, k, -1), new_words.to(dev).unsqueeze(2)],
+                dim=2,
+            )  # (B, k, t+1)
             words = new_words.view(-1).to(dev)
             beam_scores = new_scores
 

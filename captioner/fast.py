@@ -146,10 +146,15 @@ def export_onnx(encoder: nn.Module, input_size: int) -> bytes:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter, not actionable by users
             torch.onnx.export(
-                encoder, (example,), buf,
-                input_names=["images"], output_names=["features"],
+                encoder,
+                (example,),
+                buf,
+                input_names=["images"],
+                output_names=["features"],
                 dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                opset_version=ONNX_OPSET, do_constant_folding=True, dynamo=False,
+                opset_version=ONNX_OPSET,
+                do_constant_folding=True,
+                dynamo=False,
             )
     finally:
         encoder.train(was_training)
@@ -203,8 +208,15 @@ class OnnxEncoder:
 
     backend = "onnxruntime"
 
-    def __init__(self, encoder: nn.Module, input_size: int, *, threads: int | None = None,
-                 cache_dir: Path | None | bool = None, spinning: bool = False) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        input_size: int,
+        *,
+        threads: int | None = None,
+        cache_dir: Path | bool | None = None,
+        spinning: bool = False,
+    ) -> None:
         import onnxruntime as ort  # optional dependency: ImportError tells the caller to fall back
 
         self.input_size = int(input_size)
@@ -247,8 +259,12 @@ class OnnxEncoder:
             _write_atomic(self.cache_path, self._graph)
             _write_atomic(_hash_path(self.cache_path), hashlib.sha256(self._graph).hexdigest().encode())
         except OSError as e:  # read-only home, full disk: the graph stays in memory only
-            log.info("cannot cache the encoder graph at %s (%s); set %s to a writable folder to "
-                     "skip the export next time", self.cache_path, e, CACHE_ENV)
+            log.info(
+                "cannot cache the encoder graph at %s (%s); set %s to a writable folder to skip the export next time",
+                self.cache_path,
+                e,
+                CACHE_ENV,
+            )
             self.cache_path = None
         self._graph = None
 
@@ -265,8 +281,13 @@ class OnnxEncoder:
         return torch.from_numpy(out)
 
     def describe(self) -> dict:
-        return {"backend": self.backend, "threads": self.threads, "input_size": self.input_size,
-                "graph_mb": round(self.graph_bytes / 2**20, 1), "cache": str(self.cache_path) if self.cache_path else None}
+        return {
+            "backend": self.backend,
+            "threads": self.threads,
+            "input_size": self.input_size,
+            "graph_mb": round(self.graph_bytes / 2**20, 1),
+            "cache": str(self.cache_path) if self.cache_path else None,
+        }
 
 
 def build_fast_encoder(
@@ -275,7 +296,7 @@ def build_fast_encoder(
     *,
     device: torch.device | str = "cpu",
     threads: int | None = None,
-    cache_dir: Path | None | bool = None,
+    cache_dir: Path | bool | None = None,
     tolerance: Tolerance = FEATURE_TOLERANCE,
 ) -> tuple[OnnxEncoder | None, str]:
     """Build the ONNX Runtime encoder and check it against ``encoder``.
@@ -292,21 +313,27 @@ def build_fast_encoder(
     try:
         fast = OnnxEncoder(encoder, input_size, threads=threads, cache_dir=cache_dir)
     except Exception as e:  # exporter or runtime cannot handle this network
-        return None, f"building the ONNX Runtime encoder failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+        return (
+            None,
+            f"building the ONNX Runtime encoder failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+        )
     if fast.verified:
         return fast, ""
     ok, diff, cos, error = self_check(encoder, fast, tolerance)
     if error:
         return None, f"the ONNX Runtime encoder failed its self-check run ({error})"
     if not ok:
-        return None, (f"the ONNX Runtime encoder disagrees with PyTorch (max abs diff {diff:.2e}, min cosine "
-                      f"{cos:.6f}; allowed {tolerance.max_abs:g} / {tolerance.min_cosine})")
+        return None, (
+            f"the ONNX Runtime encoder disagrees with PyTorch (max abs diff {diff:.2e}, min cosine "
+            f"{cos:.6f}; allowed {tolerance.max_abs:g} / {tolerance.min_cosine})"
+        )
     fast.save_to_cache()
     return fast, ""
 
 
-def self_check(encoder: nn.Module, fast: OnnxEncoder,
-               tolerance: Tolerance = FEATURE_TOLERANCE) -> tuple[bool, float, float, str]:
+def self_check(
+    encoder: nn.Module, fast: OnnxEncoder, tolerance: Tolerance = FEATURE_TOLERANCE
+) -> tuple[bool, float, float, str]:
     """Run both encoders on a fixed image-like input: (within tolerance, max abs diff, min
     cosine, error message or "")."""
     gen = torch.Generator().manual_seed(0)
@@ -355,8 +382,11 @@ class OnnxDecoderStep:
         self.lstm = cfg.cell == "lstm"
         self.layers, self.hidden = cfg.num_layers, cfg.hidden_dim
         n = 2  # export with a batch of 2 (1 can be specialised away); the batch axis is dynamic
-        example = (torch.full((n,), 1, dtype=torch.long), torch.zeros(n, cfg.img_proj_dim),
-                   torch.zeros(cfg.num_layers, n, cfg.hidden_dim))
+        example = (
+            torch.full((n,), 1, dtype=torch.long),
+            torch.zeros(n, cfg.img_proj_dim),
+            torch.zeros(cfg.num_layers, n, cfg.hidden_dim),
+        )
         names = ["words", "img", "h"]
         outs = ["logp", "h_out"]
         axes = {"words": {0: "n"}, "img": {0: "n"}, "h": {1: "n"}, "logp": {0: "n"}, "h_out": {1: "n"}}
@@ -371,8 +401,17 @@ class OnnxDecoderStep:
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(_StepGraph(decoder), example, buf, input_names=names, output_names=outs,
-                                  dynamic_axes=axes, opset_version=ONNX_OPSET, do_constant_folding=True, dynamo=False)
+                torch.onnx.export(
+                    _StepGraph(decoder),
+                    example,
+                    buf,
+                    input_names=names,
+                    output_names=outs,
+                    dynamic_axes=axes,
+                    opset_version=ONNX_OPSET,
+                    do_constant_folding=True,
+                    dynamo=False,
+                )
         finally:
             decoder.train(was_training)
         options = ort.SessionOptions()
@@ -402,8 +441,9 @@ class OnnxDecoderStep:
         return logp, torch.from_numpy(out[1])
 
 
-def build_fast_decoder(decoder: nn.Module, *, device: torch.device | str = "cpu",
-                       max_abs: float = 1e-4) -> tuple[nn.Module | None, str]:
+def build_fast_decoder(
+    decoder: nn.Module, *, device: torch.device | str = "cpu", max_abs: float = 1e-4
+) -> tuple[nn.Module | None, str]:
     """A shallow copy of ``decoder`` whose ``step`` runs on ONNX Runtime (greedy, beam search
     and sampling all go through ``step``), checked against the eager step; or (None, reason).
 
@@ -485,16 +525,16 @@ class FastPath:
         if not self.enabled or encoder.training:
             return None
         with self._lock, torch.inference_mode(False):  # callers may be under inference mode
-            return self._encoder.get(encoder, lambda: build_fast_encoder(encoder, input_size, device=device),
-                                     "the encoder")
+            return self._encoder.get(
+                encoder, lambda: build_fast_encoder(encoder, input_size, device=device), "the encoder"
+            )
 
     def decoder(self, decoder: nn.Module, device: torch.device) -> nn.Module | None:
         """A decoder whose step runs on ONNX Runtime, or None (as for :meth:`encoder`)."""
         if not self.enabled or decoder.training:
             return None
         with self._lock, torch.inference_mode(False):
-            return self._decoder.get(decoder, lambda: build_fast_decoder(decoder, device=device),
-                                     "the decoder step")
+            return self._decoder.get(decoder, lambda: build_fast_decoder(decoder, device=device), "the decoder step")
 
     def prepare(self, encoder: nn.Module, decoder: nn.Module, input_size: int, device: torch.device) -> bool:
         """Build both now (at load, so the first request pays nothing); True if the encoder is fast."""
@@ -503,6 +543,7 @@ class FastPath:
 
     def status(self) -> dict:
         """{"encoder": backend, "decoder": backend, "reasons": {...}} for describe() and logs."""
+
         def one(slot: _Slot) -> str:
             return "onnxruntime" if slot.built is not None else "pytorch"
 

@@ -28,6 +28,7 @@ any earlier merged output) into ``--out`` in sorted order and removes them.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -221,8 +222,9 @@ def read_records(path: str | os.PathLike, fmt: str, *, ignore_partial: bool = Tr
             except json.JSONDecodeError as e:
                 raise CaptionerError(f"{path}: line {n} is not JSON ({e.msg}); {hint}") from None
             if not isinstance(rec, dict) or not isinstance(rec.get("file"), str) or "caption" not in rec:
-                raise CaptionerError(f"{path}: line {n} is not a captions record "
-                                     f"(expected {{\"file\", \"caption\", \"score\"}}); {hint}")
+                raise CaptionerError(
+                    f'{path}: line {n} is not a captions record (expected {{"file", "caption", "score"}}); {hint}'
+                )
             records.append(rec)
         return records
     rows = list(csv.reader(io.StringIO(text, newline="")))
@@ -291,18 +293,18 @@ class LineWriter:
                 written = os.write(self._fd, view)
                 view = view[written:]
         except OSError as e:
-            raise CaptionerError(f"{self.path}: cannot write ({e.strerror or e}); the lines already there are "
-                                 "complete: fix the problem (e.g. free disk space) and rerun to resume") from None
+            raise CaptionerError(
+                f"{self.path}: cannot write ({e.strerror or e}); the lines already there are "
+                "complete: fix the problem (e.g. free disk space) and rerun to resume"
+            ) from None
 
     def write(self, record: dict) -> None:
         self._write_bytes(_encode_line(record, self.fmt))
 
     def close(self) -> None:
         if self._fd is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.fsync(self._fd)
-            except OSError:
-                pass
             os.close(self._fd)
             self._fd = None
 
@@ -333,7 +335,7 @@ def part_path(path: str | os.PathLike, rank: int, world_size: int) -> Path:
 Decoded = tuple[torch.Tensor | None, str | None]  # (tensor (3, H, W), None) or (None, reason)
 
 
-def _decode(model: "Captioner", item: ImageItem) -> Decoded:
+def _decode(model: Captioner, item: ImageItem) -> Decoded:
     """Read + decode + preprocess one file; any failure becomes a reason, never an exception."""
     try:
         return model.preprocess(item.path, name=item.key), None
@@ -378,7 +380,7 @@ def check_batching(batch_size: int, workers: int) -> None:
 
 
 def caption_stream(
-    model: "Captioner",
+    model: Captioner,
     items: Sequence[ImageItem],
     *,
     batch_size: int = 16,
@@ -386,7 +388,7 @@ def caption_stream(
     beam_size: int = 1,
     max_length: int | None = None,
     length_penalty: float = 0.0,
-) -> Iterator[tuple[ImageItem, "CaptionResult | None", str | None]]:
+) -> Iterator[tuple[ImageItem, CaptionResult | None, str | None]]:
     """Caption ``items`` in order: ``(item, result, None)`` or ``(item, None, reason)``.
 
     Images are decoded by ``workers`` threads up to a few batches ahead of the model
@@ -399,7 +401,7 @@ def caption_stream(
     batch_items: list[ImageItem] = []
     batch_tensors: list[torch.Tensor] = []
 
-    def run_batch() -> list[tuple[ImageItem, "CaptionResult | None", str | None]]:
+    def run_batch() -> list[tuple[ImageItem, CaptionResult | None, str | None]]:
         features = model.encode(torch.stack(batch_tensors))  # (B, F)
         results = model.generate(features, beam_size=beam_size, max_length=max_length, length_penalty=length_penalty)
         out = [(it, res, None) for it, res in zip(batch_items, results)]
@@ -446,15 +448,14 @@ class FolderSummary:
         return {**asdict(self), "images_per_second": round(self.images_per_second, 2)}
 
     def line(self) -> str:
-        text = (f"captioned {self.done}, skipped {self.skipped} (already in {self.out}), "
-                f"failed {self.failed}")
+        text = f"captioned {self.done}, skipped {self.skipped} (already in {self.out}), failed {self.failed}"
         if self.failed:
             text += f" (see {self.errors})"
         return text + f"; {self.seconds:.1f} s, {self.images_per_second:.1f} images/s"
 
 
 def caption_folder(
-    model: "Captioner",
+    model: Captioner,
     paths: Sequence[str | os.PathLike],
     out: str | os.PathLike,
     *,
@@ -523,12 +524,25 @@ def caption_folder(
             if "\n" in it.key or "\r" in it.key:
                 fail(it.key, "the file name contains a line break, which CSV lines cannot hold; use --format jsonl")
         todo = [it for it in todo if "\n" not in it.key and "\r" not in it.key]
-    bar = tqdm(total=len(todo), unit="img", desc="captioning", disable=(None if progress is None else not progress),
-               dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        total=len(todo),
+        unit="img",
+        desc="captioning",
+        disable=(None if progress is None else not progress),
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
     start = time.perf_counter()
     try:
-        stream = caption_stream(model, todo, batch_size=batch_size, workers=workers, beam_size=beam_size,
-                                max_length=max_length, length_penalty=length_penalty)
+        stream = caption_stream(
+            model,
+            todo,
+            batch_size=batch_size,
+            workers=workers,
+            beam_size=beam_size,
+            max_length=max_length,
+            length_penalty=length_penalty,
+        )
         for item, result, reason in stream:
             bar.update(1)
             if result is None:
@@ -547,8 +561,17 @@ def caption_folder(
     seconds = time.perf_counter() - start
     if failed == 0 and not sharded:
         errors.unlink(missing_ok=True)  # an empty errors file would only confuse
-    return FolderSummary(found=found, done=done, skipped=skipped, failed=failed, seconds=seconds,
-                         out=str(out_file), errors=str(err_file), rank=rank, world_size=world_size)
+    return FolderSummary(
+        found=found,
+        done=done,
+        skipped=skipped,
+        failed=failed,
+        seconds=seconds,
+        out=str(out_file),
+        errors=str(err_file),
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 # ---------------------------------------------------------------------------- sharding
@@ -613,7 +636,7 @@ class DistEnv:
     local_rank: int = 0
 
     @classmethod
-    def from_environ(cls, environ: dict | None = None) -> "DistEnv":
+    def from_environ(cls, environ: dict | None = None) -> DistEnv:
         env = os.environ if environ is None else environ
         try:
             return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
@@ -626,7 +649,7 @@ class DistEnv:
 
 
 def run_sharded(
-    model: "Captioner", paths: Sequence[str | os.PathLike], out: str | os.PathLike, env: DistEnv, **kwargs
+    model: Captioner, paths: Sequence[str | os.PathLike], out: str | os.PathLike, env: DistEnv, **kwargs
 ) -> FolderSummary:
     """:func:`caption_folder` on this rank's shard, then (rank 0) the merge.
 
@@ -643,8 +666,7 @@ def run_sharded(
         return caption_folder(model, paths, out, **kwargs)
     own_group = not dist.is_initialized()
     if own_group:
-        dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size,
-                                timeout=datetime.timedelta(days=7))
+        dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=datetime.timedelta(days=7))
     try:
         if env.rank != 0:
             kwargs["progress"] = False
@@ -660,9 +682,18 @@ def run_sharded(
             order = [it.key for it in find_images(paths, recursive=kwargs.get("recursive", False))[0]]
             merge_parts(out, errors, env.world_size, fmt, order)
         dist.barrier()  # nobody returns before the merged file exists
-        return FolderSummary(found=summary.found, done=int(counts[0]), skipped=int(counts[1]),
-                             failed=int(counts[2]), seconds=float(seconds[0]), out=str(out),
-                             errors=str(errors), rank=env.rank, world_size=env.world_size, merged=True)
+        return FolderSummary(
+            found=summary.found,
+            done=int(counts[0]),
+            skipped=int(counts[1]),
+            failed=int(counts[2]),
+            seconds=float(seconds[0]),
+            out=str(out),
+            errors=str(errors),
+            rank=env.rank,
+            world_size=env.world_size,
+            merged=True,
+        )
     finally:
         if own_group:
             dist.destroy_process_group()

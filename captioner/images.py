@@ -89,9 +89,12 @@ def _open(source: ImageSource, label: str, max_bytes: int) -> Image.Image:
         # start-of-scan markers (plus any in embedded thumbnails): an upper bound, cheaply.
         scans = data.count(b"\xff\xda")
         if scans > MAX_JPEG_SCANS:
-            raise ImageLoadError(label, f"JPEG with {scans} scans, more than the limit of {MAX_JPEG_SCANS} "
-                                 "(ordinary JPEGs have at most about 20; this many make decoding very slow)",
-                                 "too_large")
+            raise ImageLoadError(
+                label,
+                f"JPEG with {scans} scans, more than the limit of {MAX_JPEG_SCANS} "
+                "(ordinary JPEGs have at most about 20; this many make decoding very slow)",
+                "too_large",
+            )
     try:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
@@ -188,7 +191,9 @@ def load_image(
         raise ImageLoadError(label, f"invalid dimensions {width}x{height}")
     if width * height > max_pixels:
         raise ImageLoadError(
-            label, f"{width}x{height} pixels exceed the limit of {max_pixels} (possible decompression bomb)", "too_large"
+            label,
+            f"{width}x{height} pixels exceed the limit of {max_pixels} (possible decompression bomb)",
+            "too_large",
         )
     try:
         with warnings.catch_warnings():

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from . import checkpoint as ckpt_mod
 from . import fast as fast_mod
-from .decoder import CaptionDecoder, DecoderConfig
+from .decoder import CaptionDecoder
 from .errors import CaptionerError, CheckpointError
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .vocab import Vocabulary
@@ -34,7 +34,7 @@ def default_weights_path() -> Path:
     env = os.environ.get("CAPTIONER_WEIGHTS")
     if env:
         return Path(env)
-    import weights  # the package-data folder installed next to captioner
+    from . import weights  # the package-data folder (weights/ in the repository)
 
     return Path(weights.__file__).resolve().parent / "default"
 
@@ -98,8 +98,9 @@ class Captioner:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
-             fast: bool | None = None) -> "Captioner":
+    def load(
+        cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None, fast: bool | None = None
+    ) -> Captioner:
         """Load a checkpoint folder; no path loads the shipped default weights.
 
         ``fast`` (default: env ``CAPTIONER_FAST``, on unless ``0``) runs the encoder and the
@@ -127,7 +128,9 @@ class Captioner:
             try:
                 encoder.load_state_dict(ck.encoder_state, strict=True)
             except RuntimeError as e:
-                raise CheckpointError(f"{folder}: fine-tuned encoder weights do not fit {ck.encoder_name}: {e}") from None
+                raise CheckpointError(
+                    f"{folder}: fine-tuned encoder weights do not fit {ck.encoder_name}: {e}"
+                ) from None
         else:
             encoder = build_encoder(ck.encoder_name, weights="pretrained")
         decoder = CaptionDecoder(ck.decoder_config)
@@ -138,8 +141,17 @@ class Captioner:
         preprocess = Preprocess.from_dict(ck.preprocess) if ck.preprocess else spec.preprocess
         digest = hashlib.sha256((folder / ckpt_mod.WEIGHTS).read_bytes()).hexdigest()[:12]
         model_id = ck.metadata.get("model_id") or f"{folder.name}-{digest}"
-        model = cls(encoder, decoder, ck.vocab, preprocess=preprocess, metadata=ck.metadata,
-                    device=device, model_id=model_id, path=folder, fast=fast)
+        model = cls(
+            encoder,
+            decoder,
+            ck.vocab,
+            preprocess=preprocess,
+            metadata=ck.metadata,
+            device=device,
+            model_id=model_id,
+            path=folder,
+            fast=fast,
+        )
         model.prepare_fast()
         return model
 
@@ -163,14 +175,24 @@ class Captioner:
     def input_size(self) -> int:
         return int(getattr(self.preprocessor, "crop_size", 224))
 
-    def load_image(self, image: ImageSource, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                   max_bytes: int = DEFAULT_MAX_BYTES):
+    def load_image(
+        self,
+        image: ImageSource,
+        name: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ):
         """Safe decode to RGB, with JPEG draft decoding at about the model's input size."""
         size = int(getattr(self.preprocessor, "resize_size", self.input_size))
         return load_image(image, name=name, draft_size=(size, size), max_pixels=max_pixels, max_bytes=max_bytes)
 
-    def preprocess(self, image: ImageSource, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                   max_bytes: int = DEFAULT_MAX_BYTES) -> Tensor:
+    def preprocess(
+        self,
+        image: ImageSource,
+        name: str | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> Tensor:
         """Path, bytes or PIL image -> normalised tensor (3, H, W). Raises ImageLoadError."""
         return self.preprocessor(self.load_image(image, name=name, max_pixels=max_pixels, max_bytes=max_bytes))
 
@@ -251,8 +273,11 @@ class Captioner:
         """Facts about the model for /v1/model and `captioner info`."""
         return {
             "model_id": self.model_id,
-            "encoder": {"name": self.encoder.spec.name, "feature_dim": self.decoder.config.feature_dim,
-                        "preprocess": self.preprocessor.to_dict() if hasattr(self.preprocessor, "to_dict") else {}},
+            "encoder": {
+                "name": self.encoder.spec.name,
+                "feature_dim": self.decoder.config.feature_dim,
+                "preprocess": self.preprocessor.to_dict() if hasattr(self.preprocessor, "to_dict") else {},
+            },
             "runtime": self._fast.status(),
             "decoder": self.decoder.config.to_dict(),
             "vocab_size": len(self.vocab),

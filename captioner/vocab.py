@@ -13,8 +13,8 @@ import json
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 _WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 
@@ -45,9 +45,7 @@ class Vocabulary:
     unk_id = 3
 
     @classmethod
-    def build(
-        cls, captions: Iterable[str], min_count: int = 1, max_size: int | None = None
-    ) -> "Vocabulary":
+    def build(cls, captions: Iterable[str], min_count: int = 1, max_size: int | None = None) -> Vocabulary:
         """Vocabulary of the words seen at least ``min_count`` times.
 
         Words are ordered by decreasing frequency, ties alphabetically, so the result is
@@ -88,7 +86,7 @@ class Vocabulary:
         return {"format": "captioner-vocab/1", "tokens": self.itos}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Vocabulary":
+    def from_dict(cls, data: dict) -> Vocabulary:
         tokens = data.get("tokens") if isinstance(data, dict) else None
         if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
             raise ValueError("vocabulary JSON must have a 'tokens' list of strings")
@@ -102,7 +100,7 @@ class Vocabulary:
         Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=0), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Vocabulary":
+    def load(cls, path: str | Path) -> Vocabulary:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def __eq__(self, other: object) -> bool:

@@ -1,6 +1,6 @@
 """The HTTP captioning service: FastAPI app, dynamic batching, limits, metrics, upload page.
 
-    from service import Settings, create_app
+    from captioner.service import Settings, create_app
     app = create_app(Settings(checkpoint="runs/scenes/best"))
 
 or from the command line: ``captioner serve``. See docs/service.md.

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import anyio
 from fastapi import FastAPI
@@ -70,8 +70,9 @@ class ObservabilityMiddleware:
         finally:
             self.metrics.in_flight.dec()
             route = scope.get("route")
-            label = getattr(route, "path", None) or ("/static" if scope.get("path", "").startswith("/static/")
-                                                     else "<unmatched>")
+            label = getattr(route, "path", None) or (
+                "/static" if scope.get("path", "").startswith("/static/") else "<unmatched>"
+            )
             self.metrics.requests.labels(label, scope.get("method", ""), str(status)).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - start)
 
@@ -84,8 +85,13 @@ class JSONCORSMiddleware(CORSMiddleware):
         if response.status_code == 400:
             text = bytes(response.body).decode("utf-8", errors="replace")
             headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
-            return error_response(400, "cors_rejected", f"{text}: this server allows cross-origin calls only from "
-                                  "the origins, methods and headers it is configured with", headers)
+            return error_response(
+                400,
+                "cors_rejected",
+                f"{text}: this server allows cross-origin calls only from "
+                "the origins, methods and headers it is configured with",
+                headers,
+            )
         return response
 
 
@@ -118,7 +124,7 @@ def create_app(settings: Settings | None = None, model: Captioner | None = None)
         version=__version__,
         summary="Caption images over HTTP: a CNN encoder feeding a recurrent decoder, with dynamic batching.",
         description="POST images to `/v1/captions` (multipart `file` parts or a raw `image/*` body). "
-                    "Every error is JSON `{\"error\": code, \"detail\": text}`. See docs/service.md.",
+        'Every error is JSON `{"error": code, "detail": text}`. See docs/service.md.',
         lifespan=lifespan,
         docs_url=None,  # served below from the bundled Swagger UI: no CDN, works offline
     )
@@ -131,8 +137,13 @@ def create_app(settings: Settings | None = None, model: Captioner | None = None)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     install_offline_docs(app)
     if settings.cors_origins:
-        app.add_middleware(JSONCORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+        app.add_middleware(
+            JSONCORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
     return app
 

@@ -23,8 +23,9 @@ async def require_api_key(request: Request) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
-        raise APIError(401, "unauthorized", "this server requires an API key: send 'Authorization: Bearer <key>'",
-                       CHALLENGE)
+        raise APIError(
+            401, "unauthorized", "this server requires an API key: send 'Authorization: Bearer <key>'", CHALLENGE
+        )
     expected = key.get_secret_value().encode("utf-8")
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8"), expected):
         raise APIError(401, "unauthorized", "the API key is wrong; send 'Authorization: Bearer <key>'", CHALLENGE)

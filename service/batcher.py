@@ -31,14 +31,15 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-log = logging.getLogger("service.batcher")
+log = logging.getLogger("captioner.service.batcher")
 
 
 class QueueFull(Exception):
@@ -77,8 +78,15 @@ class Batcher:
     ``on_batch(size, seconds)`` is called after every batch (for metrics).
     """
 
-    def __init__(self, run_batch: RunBatch, *, max_batch_size: int = 16, max_wait_s: float = 0.005,
-                 on_batch: Callable[[int, float], None] | None = None, name: str = "captioner-batcher") -> None:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch_size: int = 16,
+        max_wait_s: float = 0.005,
+        on_batch: Callable[[int, float], None] | None = None,
+        name: str = "captioner-batcher",
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.run_batch = run_batch
@@ -93,7 +101,7 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     # ------------------------------------------------------------------ public API
-    def start(self) -> "Batcher":
+    def start(self) -> Batcher:
         self._thread.start()
         return self
 

@@ -61,8 +61,12 @@ class ItemResult:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "filename": self.filename}
         if self.error is None:
-            out.update(caption=self.caption, score=round(float(self.score or 0.0), 4),
-                       time_ms=round(self.time_ms, 1), batch_size=self.batch_size)
+            out.update(
+                caption=self.caption,
+                score=round(float(self.score or 0.0), 4),
+                time_ms=round(self.time_ms, 1),
+                batch_size=self.batch_size,
+            )
         else:
             out.update(error=self.error, detail=self.detail, time_ms=round(self.time_ms, 1))
         return out
@@ -79,8 +83,12 @@ class CaptionService:
         pre = model.preprocessor
         self._draft = getattr(pre, "draft_size", None) or (model.input_size, model.input_size)
         self._pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="captioner-decode")
-        self.batcher = Batcher(self._run_batch, max_batch_size=settings.max_batch_size,
-                               max_wait_s=settings.max_wait_s, on_batch=metrics.observe_batch)
+        self.batcher = Batcher(
+            self._run_batch,
+            max_batch_size=settings.max_batch_size,
+            max_wait_s=settings.max_wait_s,
+            on_batch=metrics.observe_batch,
+        )
         metrics.track_queue(lambda: self.batcher.depth)
         self._admitted = 0  # images accepted and not yet finished
         self._lock = threading.Lock()
@@ -109,8 +117,9 @@ class CaptionService:
             raise APIError(422, "invalid_option", f"beam_size must be between 1 and {s.max_beam_size}, got {beam}")
         length = min(self.default_max_length, s.max_length_limit) if max_length is None else max_length
         if not 1 <= length <= s.max_length_limit:
-            raise APIError(422, "invalid_option",
-                           f"max_length must be between 1 and {s.max_length_limit}, got {length}")
+            raise APIError(
+                422, "invalid_option", f"max_length must be between 1 and {s.max_length_limit}, got {length}"
+            )
         return GenerationOptions(beam, length)
 
     # ------------------------------------------------------------------ admission
@@ -119,14 +128,19 @@ class CaptionService:
             # While draining, requests are still accepted (a load balancer may not have seen
             # /readyz turn 503 yet); only a stopped batcher refuses.
             if not self.batcher.running:
-                raise APIError(503, "not_ready", "the service is shutting down; retry on another instance",
-                               {"Retry-After": "1"})
+                raise APIError(
+                    503, "not_ready", "the service is shutting down; retry on another instance", {"Retry-After": "1"}
+                )
             if self._admitted + n > self.settings.queue_size:
                 self.metrics.rejections.inc()
                 wait = max(1, min(60, math.ceil(self.batcher.estimated_wait_s(n))))
-                raise APIError(503, "queue_full", f"the server is busy ({self._admitted} images queued, "
-                               f"room for {self.settings.queue_size}); retry in {wait} s",
-                               {"Retry-After": str(wait)})
+                raise APIError(
+                    503,
+                    "queue_full",
+                    f"the server is busy ({self._admitted} images queued, "
+                    f"room for {self.settings.queue_size}); retry in {wait} s",
+                    {"Retry-After": str(wait)},
+                )
             self._admitted += n
 
     def _release(self, n: int = 1) -> None:
@@ -139,8 +153,9 @@ class CaptionService:
         if time.monotonic() > deadline:  # the request gave up while this waited for a thread
             raise TimeoutError
         s = self.settings
-        image = load_image(upload.data, name=label, max_pixels=s.max_pixels, max_bytes=s.max_body_bytes,
-                           draft_size=tuple(self._draft))
+        image = load_image(
+            upload.data, name=label, max_pixels=s.max_pixels, max_bytes=s.max_body_bytes, draft_size=tuple(self._draft)
+        )
         return self.model.preprocessor(image)  # (3, H, W)
 
     def _run_batch(self, x: Tensor, opts: GenerationOptions) -> list:
@@ -178,8 +193,10 @@ class CaptionService:
         for (item, _), outcome in zip(good, outcomes):
             if isinstance(outcome, BaseException):  # the model failed on this batch: a server fault
                 item.status, item.error = 500, "inference_failed"
-                item.detail = f"{item.filename or f'image {item.index + 1}'}: the model failed on its batch " \
-                              f"({type(outcome).__name__}); this has been logged"
+                item.detail = (
+                    f"{item.filename or f'image {item.index + 1}'}: the model failed on its batch "
+                    f"({type(outcome).__name__}); this has been logged"
+                )
                 continue
             result, info = outcome
             item.caption, item.score, item.batch_size = result.caption, result.score, info.size
@@ -202,11 +219,16 @@ class CaptionService:
             async with asyncio.timeout(timeout_s):
                 return await self._run(uploads, opts, deadline)
         except TimeoutError:
-            raise APIError(504, "timeout", f"captioning took longer than {timeout_s:g} s; retry later, send fewer "
-                           "images per request, or ask the operator to raise the request timeout") from None
+            raise APIError(
+                504,
+                "timeout",
+                f"captioning took longer than {timeout_s:g} s; retry later, send fewer "
+                "images per request, or ask the operator to raise the request timeout",
+            ) from None
         except BatcherStopped:
-            raise APIError(503, "not_ready", "the service is shutting down; retry on another instance",
-                           {"Retry-After": "1"}) from None
+            raise APIError(
+                503, "not_ready", "the service is shutting down; retry on another instance", {"Retry-After": "1"}
+            ) from None
         finally:
             self._release(len(uploads))  # also when timed out or the client went away
 
@@ -215,11 +237,18 @@ class CaptionService:
         s = self.settings
         info = self.model.describe()
         info["service"] = {
-            "max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms, "queue_size": s.queue_size,
-            "max_files": s.max_files, "max_body_bytes": s.max_body_bytes, "max_pixels": s.max_pixels,
-            "request_timeout_s": s.request_timeout_s, "max_beam_size": s.max_beam_size,
-            "max_length_limit": s.max_length_limit, "default_beam_size": s.default_beam_size,
+            "max_batch_size": s.max_batch_size,
+            "max_wait_ms": s.max_wait_ms,
+            "queue_size": s.queue_size,
+            "max_files": s.max_files,
+            "max_body_bytes": s.max_body_bytes,
+            "max_pixels": s.max_pixels,
+            "request_timeout_s": s.request_timeout_s,
+            "max_beam_size": s.max_beam_size,
+            "max_length_limit": s.max_length_limit,
+            "default_beam_size": s.default_beam_size,
             "default_max_length": min(self.default_max_length, s.max_length_limit),
-            "torch_threads": torch.get_num_threads(), "auth_required": s.api_key is not None,
+            "torch_threads": torch.get_num_threads(),
+            "auth_required": s.api_key is not None,
         }
         return info

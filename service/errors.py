@@ -31,8 +31,14 @@ class ErrorBody(BaseModel):
 class APIError(Exception):
     """Raise anywhere in a request to answer ``status`` with ``{"error": code, "detail": detail}``."""
 
-    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None,
-                 extra: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
@@ -74,8 +80,9 @@ def image_error(e: ImageLoadError) -> tuple[int, str]:
     return IMAGE_ERRORS.get(e.code, (422, "unreadable_image"))
 
 
-def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None,
-                   extra: dict[str, Any] | None = None) -> JSONResponse:
+def error_response(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None
+) -> JSONResponse:
     body: dict[str, Any] = {"error": code, "detail": detail}
     if extra:
         body.update(extra)

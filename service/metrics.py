@@ -21,7 +21,7 @@ captioner_model_info                       gauge      model_id, encoder, device,
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -36,22 +36,38 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("captioner_http_requests", "HTTP requests by route, method and status.",
-                                ["route", "method", "status"], registry=r)
-        self.latency = Histogram("captioner_http_request_duration_seconds", "Time to answer a request.",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "captioner_http_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "captioner_http_request_duration_seconds",
+            "Time to answer a request.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge("captioner_http_requests_in_flight", "Requests being handled now.", registry=r)
         self.queue_depth = Gauge("captioner_queue_depth", "Images waiting for the model.", registry=r)
-        self.rejections = Counter("captioner_queue_rejections", "Requests refused because the queue was full.",
-                                  registry=r)
+        self.rejections = Counter(
+            "captioner_queue_rejections", "Requests refused because the queue was full.", registry=r
+        )
         self.batch_size = Histogram("captioner_batch_size", "Images per model run.", buckets=BATCH_BUCKETS, registry=r)
-        self.batch_duration = Histogram("captioner_batch_duration_seconds", "Time of one model run.",
-                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_duration = Histogram(
+            "captioner_batch_duration_seconds", "Time of one model run.", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.images = Counter("captioner_images_captioned", "Images that got a caption.", registry=r)
-        self.image_errors = Counter("captioner_image_errors", "Images that failed, by error code.", ["error"],
-                                    registry=r)
-        self.model_info = Gauge("captioner_model_info", "The loaded model (value is always 1).",
-                                ["model_id", "encoder", "device", "backend"], registry=r)
+        self.image_errors = Counter(
+            "captioner_image_errors", "Images that failed, by error code.", ["error"], registry=r
+        )
+        self.model_info = Gauge(
+            "captioner_model_info",
+            "The loaded model (value is always 1).",
+            ["model_id", "encoder", "device", "backend"],
+            registry=r,
+        )
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         """Read the queue depth from ``depth()`` at every scrape."""

@@ -42,8 +42,11 @@ class DrainingServer(uvicorn.Server):
             if service is not None:
                 service.draining = True
             self._exit_at = time.monotonic() + self.drain_seconds
-            log.warning("received %s: draining (readyz reports 503) for %.1f s, then finishing in-flight requests",
-                     signal.Signals(sig).name, self.drain_seconds)
+            log.warning(
+                "received %s: draining (readyz reports 503) for %.1f s, then finishing in-flight requests",
+                signal.Signals(sig).name,
+                self.drain_seconds,
+            )
             if self.drain_seconds <= 0:
                 self.should_exit = True
             return
@@ -64,8 +67,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise CaptionerError(f"cannot listen on {host}:{port} ({e.strerror or e}); "
-                             "pick another --port or stop the program using it") from None
+        raise CaptionerError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port or stop the program using it"
+        ) from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock

@@ -32,15 +32,22 @@ class Settings(BaseSettings):
 
     # dynamic batching
     max_batch_size: int = Field(16, ge=1, le=1024, description="most images run through the model at once")
-    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="how long a batch that is not full may wait for more "
-                               "images while the model is busy (an idle model starts at once)")
+    max_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        le=10_000,
+        description="how long a batch that is not full may wait for more "
+        "images while the model is busy (an idle model starts at once)",
+    )
     queue_size: int = Field(128, ge=1, description="most images accepted and not yet captioned; beyond it 503")
     decode_workers: int = Field(2, ge=1, le=64, description="threads decoding and preprocessing uploads")
 
     # limits
     max_files: int = Field(16, ge=1, description="most images in one request")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body, enforced while reading")
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height), checked before decoding")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height), checked before decoding"
+    )
     body_timeout_s: float = Field(60.0, gt=0, description="time limit for receiving a request body; then 408")
     request_timeout_s: float = Field(30.0, gt=0, description="time limit for one request, queueing included; then 504")
     max_beam_size: int = Field(5, ge=1, le=50, description="largest beam size a request may ask for")
@@ -54,8 +61,12 @@ class Settings(BaseSettings):
     )
 
     # lifecycle
-    drain_seconds: float = Field(0.0, ge=0, description="after SIGTERM: keep serving this long while /readyz says "
-                                 "503 (so a load balancer stops sending), then finish in-flight requests and exit")
+    drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="after SIGTERM: keep serving this long while /readyz says "
+        "503 (so a load balancer stops sending), then finish in-flight requests and exit",
+    )
     log_level: str = Field("info", description="uvicorn log level: critical, error, warning, info, debug")
 
     @field_validator("cors_origins", mode="before")
@@ -86,12 +97,16 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Settings":
+    def _consistent(self) -> Settings:
         if self.queue_size < self.max_files:
-            raise ValueError(f"queue_size ({self.queue_size}) must be at least max_files ({self.max_files}), "
-                             "or a full-size request could never be accepted")
+            raise ValueError(
+                f"queue_size ({self.queue_size}) must be at least max_files ({self.max_files}), "
+                "or a full-size request could never be accepted"
+            )
         if self.default_beam_size > self.max_beam_size:
-            raise ValueError(f"default_beam_size ({self.default_beam_size}) exceeds max_beam_size ({self.max_beam_size})")
+            raise ValueError(
+                f"default_beam_size ({self.default_beam_size}) exceeds max_beam_size ({self.max_beam_size})"
+            )
         return self
 
     @property

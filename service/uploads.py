@@ -9,11 +9,10 @@ back, cleaned by :func:`clean_filename`; they never touch the file system.
 
 from __future__ import annotations
 
-import anyio
-
 import unicodedata
 from dataclasses import dataclass
 
+import anyio
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
@@ -48,7 +47,9 @@ def clean_filename(name: str | bytes | None) -> str | None:
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
     if len(name) > MAX_FILENAME:
         stem, dot, ext = name.rpartition(".")
-        name = (stem[: MAX_FILENAME - len(ext) - 2] + "\u2026." + ext) if dot and len(ext) <= 10 else name[:MAX_FILENAME]
+        name = (
+            (stem[: MAX_FILENAME - len(ext) - 2] + "\u2026." + ext) if dot and len(ext) <= 10 else name[:MAX_FILENAME]
+        )
     return name or None
 
 
@@ -62,8 +63,7 @@ async def read_body(request: Request, limit: int, timeout_s: float | None = None
         except ValueError:
             raise APIError(400, "bad_request", f"invalid Content-Length header {declared!r}") from None
         if declared_n > limit:
-            raise APIError(413, "body_too_large",
-                           f"the request body is {declared_n} bytes; the limit is {limit} bytes")
+            raise APIError(413, "body_too_large", f"the request body is {declared_n} bytes; the limit is {limit} bytes")
     chunks: list[bytes] = []
     total = 0
     try:
@@ -74,10 +74,15 @@ async def read_body(request: Request, limit: int, timeout_s: float | None = None
                     raise APIError(413, "body_too_large", f"the request body exceeds the limit of {limit} bytes")
                 chunks.append(chunk)
     except TimeoutError:
-        raise APIError(408, "body_timeout", f"the request body did not arrive within {timeout_s:g} s; "
-                       "send it faster or in smaller requests") from None
+        raise APIError(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {timeout_s:g} s; send it faster or in smaller requests",
+        ) from None
     except ClientDisconnect:
-        raise APIError(400, "client_disconnected", "the client closed the connection before sending the whole body") from None
+        raise APIError(
+            400, "client_disconnected", "the client closed the connection before sending the whole body"
+        ) from None
     return b"".join(chunks)
 
 
@@ -109,25 +114,42 @@ def parse_multipart(body: bytes, content_type: str, max_files: int) -> tuple[lis
         state["data"] += data[start:end]
 
     def on_part_end() -> None:
-        disposition, opts = parse_options_header(state["headers"].get(b"content-disposition"))
+        _disposition, opts = parse_options_header(state["headers"].get(b"content-disposition"))
         name = opts.get(b"name", b"").decode("utf-8", errors="replace")
         if name in FILE_FIELDS:
             if len(uploads) >= max_files:
-                raise APIError(413, "too_many_files", f"more than {max_files} images in one request; "
-                               f"send at most {max_files} per request")
+                raise APIError(
+                    413,
+                    "too_many_files",
+                    f"more than {max_files} images in one request; send at most {max_files} per request",
+                )
             ctype = state["headers"].get(b"content-type")
-            uploads.append(Upload(clean_filename(opts.get(b"filename")), bytes(state["data"]),
-                                  ctype.decode("latin-1") if ctype else None))
+            uploads.append(
+                Upload(
+                    clean_filename(opts.get(b"filename")),
+                    bytes(state["data"]),
+                    ctype.decode("latin-1") if ctype else None,
+                )
+            )
         elif name in OPTION_FIELDS:
             options[name] = bytes(state["data"]).decode("utf-8", errors="replace").strip()
         else:
             shown = clean_filename(name) or "(unnamed)"
-            raise APIError(422, "unknown_field", f"unexpected form field {shown!r}: send images as 'file' parts "
-                           f"and options as {', '.join(sorted(OPTION_FIELDS))}")
+            raise APIError(
+                422,
+                "unknown_field",
+                f"unexpected form field {shown!r}: send images as 'file' parts "
+                f"and options as {', '.join(sorted(OPTION_FIELDS))}",
+            )
 
-    callbacks = {"on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
-                 "on_header_field": on_header_field, "on_header_value": on_header_value,
-                 "on_header_end": on_header_end}
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+    }
     try:
         parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
         parser.write(body)
@@ -137,8 +159,9 @@ def parse_multipart(body: bytes, content_type: str, max_files: int) -> tuple[lis
     return uploads, options
 
 
-async def read_uploads(request: Request, *, max_body_bytes: int, max_files: int,
-                       body_timeout_s: float | None = None) -> tuple[list[Upload], dict[str, str]]:
+async def read_uploads(
+    request: Request, *, max_body_bytes: int, max_files: int, body_timeout_s: float | None = None
+) -> tuple[list[Upload], dict[str, str]]:
     """Images and form options of a POST: multipart ``file`` parts or one raw image body."""
     ctype = request.headers.get("content-type", "")
     media = ctype.split(";", 1)[0].strip().lower()
@@ -146,14 +169,18 @@ async def read_uploads(request: Request, *, max_body_bytes: int, max_files: int,
         body = await read_body(request, max_body_bytes, body_timeout_s)
         uploads, options = parse_multipart(body, ctype, max_files)
         if not uploads:
-            raise APIError(422, "no_image", "the multipart body has no 'file' part; attach images as "
-                           "-F file=@photo.jpg")
+            raise APIError(
+                422, "no_image", "the multipart body has no 'file' part; attach images as -F file=@photo.jpg"
+            )
         return uploads, options
     if media.startswith(RAW_TYPES):
         body = await read_body(request, max_body_bytes, body_timeout_s)
         name = clean_filename(request.query_params.get("filename"))
         return [Upload(name, body, media)], {}
     shown = media or "no Content-Type"
-    raise APIError(415, "unsupported_media_type",
-                   f"{shown} is not accepted: send multipart/form-data with 'file' parts, or one image as the raw "
-                   "body with its image/* Content-Type (curl: -H 'Content-Type: image/jpeg' --data-binary @photo.jpg)")
+    raise APIError(
+        415,
+        "unsupported_media_type",
+        f"{shown} is not accepted: send multipart/form-data with 'file' parts, or one image as the raw "
+        "body with its image/* Content-Type (curl: -H 'Content-Type: image/jpeg' --data-binary @photo.jpg)",
+    )

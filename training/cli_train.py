@@ -3,10 +3,10 @@
     captioner train --data data/scenes --out runs/scenes
     captioner train --data data/scenes --out runs/scenes --resume        # after an interruption
     captioner train --config run.json --epochs 40                        # flags override the file
-    torchrun --nproc_per_node=2 -m training.cli_train --data data/scenes --out runs/ddp
+    torchrun --nproc_per_node=2 -m captioner.training.cli_train --data data/scenes --out runs/ddp
 
 Registered as the ``train`` entry point of the ``captioner.commands`` group. Every flag is
-one field of :class:`training.train.TrainConfig`; a JSON ``--config`` file may set any of
+one field of :class:`captioner.training.train.TrainConfig`; a JSON ``--config`` file may set any of
 them, and flags given on the command line win.
 """
 
@@ -43,7 +43,7 @@ EPILOG = """examples:
 
 HELP: dict[str, str] = {
     "data": "dataset: a folder (e.g. from `captioner data scenes`) or a caption file (COCO JSON, Flickr token "
-            "file, Karpathy JSON, JSONL, CSV)",
+    "file, Karpathy JSON, JSONL, CSV)",
     "format": "dataset format (default: auto)",
     "images_dir": "folder the image file names are relative to (default: next to the caption file)",
     "out": "run folder for best/, last/, logs and curves (default: runs/train)",
@@ -55,10 +55,10 @@ HELP: dict[str, str] = {
     "encoder_weights": "pretrained, random, or a state-dict file (default: pretrained)",
     "cache_dir": "feature cache folder (default: $CAPTIONER_CACHE or ~/.cache/captioner/features)",
     "cache_key": "how a cached feature is tied to its image: stat (path, size, mtime; default) or content "
-                 "(SHA-256 of the bytes)",
+    "(SHA-256 of the bytes)",
     "encode_batch_size": "images per encoder call while caching; small is fastest on CPUs (default: 4)",
     "fine_tune": "none: train the decoder on cached features (default); last: also train the CNN's last "
-                 "--fine-tune-blocks blocks; all: the whole CNN. Fine-tuning reads every image every epoch",
+    "--fine-tune-blocks blocks; all: the whole CNN. Fine-tuning reads every image every epoch",
     "fine_tune_blocks": "with --fine-tune last: number of final CNN blocks to train (default: 2)",
     "encoder_lr": "learning rate of the CNN when fine-tuning (default: 1e-4)",
     "cell": "recurrent cell: lstm (default), gru or rnn (tanh)",
@@ -80,7 +80,7 @@ HELP: dict[str, str] = {
     "amp": "mixed precision on CUDA: bf16 when supported, else fp16 with loss scaling (default: yes)",
     "seed": "random seed of initialisation, shuffling and dropout (default: 0)",
     "metric": "validation metric for the best checkpoint and early stopping (default: auto = scene_accuracy "
-              "on a scenes dataset, else cider_d)",
+    "on a scenes dataset, else cider_d)",
     "patience": "stop after this many epochs without a better validation metric; 0 never stops (default: 5)",
     "save_fp16": "store the best checkpoint's weights in float16 (half the size)",
     "evaluate_test": "score the best checkpoint on the test split at the end (default: yes)",
@@ -88,13 +88,19 @@ HELP: dict[str, str] = {
     "device": "cpu, cuda or cuda:N (default: cuda when available)",
     "num_workers": "image-loading worker processes for caching and fine-tuning (default: 0)",
     "threads": "torch CPU threads (default: torch's choice, usually one per core); on a CPU shared with other "
-               "work 1 can be several times faster",
+    "work 1 can be several times faster",
     "progress": "progress bars (default: yes)",
     "plot": "write OUT/curves.png after every epoch (default: yes)",
 }
 
-CHOICES = {"fine_tune": FINE_TUNE, "metric": METRICS, "schedule": SCHEDULES, "cache_key": ("stat", "content"),
-           "cell": ("lstm", "gru", "rnn"), "format": ("auto", "coco", "flickr", "karpathy", "jsonl", "csv")}
+CHOICES = {
+    "fine_tune": FINE_TUNE,
+    "metric": METRICS,
+    "schedule": SCHEDULES,
+    "cache_key": ("stat", "content"),
+    "cell": ("lstm", "gru", "rnn"),
+    "format": ("auto", "coco", "flickr", "karpathy", "jsonl", "csv"),
+}
 SHORT = {"data": ["-d"], "out": ["-o"]}
 
 
@@ -107,11 +113,17 @@ def _optional(kind):
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, defaulting to 'not given' so a --config file can fill it."""
-    p.add_argument("--config", metavar="FILE", help="JSON file of settings (field names as below, with "
-                   "underscores); flags given here override it")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint (same settings; only "
-                   "--epochs, --patience, --device and output options may change)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON file of settings (field names as below, with underscores); flags given here override it",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (same settings; only "
+        "--epochs, --patience, --device and output options may change)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the effective settings as JSON and exit")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -125,8 +137,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
             base = _optional(base)
         if f.name in CHOICES:
             kw["choices"] = CHOICES[f.name]
-        p.add_argument(flag, *SHORT.get(f.name, []), type=base, metavar=None if f.name in CHOICES else
-                       f.name.split("_")[-1].upper(), **kw)
+        p.add_argument(
+            flag,
+            *SHORT.get(f.name, []),
+            type=base,
+            metavar=None if f.name in CHOICES else f.name.split("_")[-1].upper(),
+            **kw,
+        )
         del default
 
 
@@ -170,8 +187,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not result.is_main:
         return 0
     if result.best_path.exists():
-        print(f"best checkpoint: {result.best_path} (epoch {result.best_epoch}); "
-              f"features {result.feature_seconds:.0f}s + training {result.train_seconds:.0f}s")
+        print(
+            f"best checkpoint: {result.best_path} (epoch {result.best_epoch}); "
+            f"features {result.feature_seconds:.0f}s + training {result.train_seconds:.0f}s"
+        )
     if result.test_metrics:
         shown = {k: round(v, 4) for k, v in result.test_metrics.items() if isinstance(v, float)}
         print("test: " + json.dumps(shown))
@@ -180,17 +199,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` verb to the ``captioner`` command line."""
-    p = subparsers.add_parser("train", help="train a caption model (cached features, resumable, torchrun-ready)",
-                              description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "train",
+        help="train a caption model (cached features, resumable, torchrun-ready)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``python -m training.cli_train`` (what torchrun launches)."""
-    parser = argparse.ArgumentParser(prog="captioner train", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Entry point for ``python -m captioner.training.cli_train`` (what torchrun launches)."""
+    parser = argparse.ArgumentParser(
+        prog="captioner train",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_train_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -17,7 +17,7 @@ Two ways in, one way out:
   file path, so predictions made from the image folder match whatever folder the
   references name.
 
-References come from any dataset format ``training.datasets.load_dataset`` reads.
+References come from any dataset format ``captioner.training.datasets.load_dataset`` reads.
 :func:`evaluate_captions` scores with :func:`captioner.metrics.score_captions` (BLEU-1..4,
 CIDEr-D, ROUGE-L, METEOR and SPICE when Java can run them) plus scene accuracy when the
 references are a built-in scenes dataset (its ``scenes_<split>.json`` ground truth), and
@@ -115,8 +115,9 @@ def load_predictions(path: str | os.PathLike) -> list[Prediction]:
         elif isinstance(obj, dict) and all(isinstance(v, str) for v in obj.values()):
             preds = [Prediction(int(k) if k.isdigit() else k, v, f"{path.name}: {k!r}") for k, v in obj.items()]
         else:
-            raise CaptionerError(f"{path}: expected the COCO results format, a list of "
-                                 '{"image_id": ..., "caption": ...} objects')
+            raise CaptionerError(
+                f'{path}: expected the COCO results format, a list of {{"image_id": ..., "caption": ...}} objects'
+            )
     elif suffix in (".csv", ".tsv"):
         rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ","))
         if not rows:
@@ -125,8 +126,10 @@ def load_predictions(path: str | os.PathLike) -> list[Prediction]:
         key_col = next((header.index(k) for k in (*ID_KEYS, *FILE_KEYS) if k in header), None)
         cap_col = next((header.index(k) for k in CAPTION_KEYS if k in header), None)
         if key_col is None or cap_col is None:
-            raise CaptionerError(f"{path}: the first line must be a header naming a file or image_id column "
-                                 f"and a caption column (e.g. file,caption,score), got {rows[0]}")
+            raise CaptionerError(
+                f"{path}: the first line must be a header naming a file or image_id column "
+                f"and a caption column (e.g. file,caption,score), got {rows[0]}"
+            )
         for n, row in enumerate(rows[1:], start=2):
             if not row:
                 continue
@@ -143,8 +146,10 @@ def load_predictions(path: str | os.PathLike) -> list[Prediction]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise CaptionerError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); expected one "
-                                     'object per line such as {"file": "dog.jpg", "caption": "a dog"}') from None
+                raise CaptionerError(
+                    f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); expected one "
+                    'object per line such as {"file": "dog.jpg", "caption": "a dog"}'
+                ) from None
             preds.append(_prediction_from(row, f"{path.name}:{n}"))
     if not preds:
         raise CaptionerError(f"{path}: no predictions in the file")
@@ -248,10 +253,23 @@ def caption_split(
     pairs: list[tuple[CaptionedImage, str]] = []
     failed: list[tuple[CaptionedImage, str]] = []
     start = time.perf_counter()
-    stream = caption_stream(model, items, batch_size=batch_size, workers=workers, beam_size=beam_size,
-                            max_length=max_length, length_penalty=length_penalty)
-    bar = tqdm(total=len(items), unit="img", desc="captioning", disable=None if progress is None else not progress,
-               file=sys.stderr, dynamic_ncols=True)
+    stream = caption_stream(
+        model,
+        items,
+        batch_size=batch_size,
+        workers=workers,
+        beam_size=beam_size,
+        max_length=max_length,
+        length_penalty=length_penalty,
+    )
+    bar = tqdm(
+        total=len(items),
+        unit="img",
+        desc="captioning",
+        disable=None if progress is None else not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     try:
         for image, result, reason in stream:
             item = dataset.items[int(image.key)]
@@ -341,9 +359,13 @@ def evaluate_captions(
 
     rows = []
     for i, (item, caption) in zip(ids, pairs):
-        row = {"image_id": i, "file": _relative_name(item, dataset), "caption": caption,
-               "references": list(item.captions),
-               "scores": {m: _clean(s[i]) for m, s in scores.per_image.items()}}
+        row = {
+            "image_id": i,
+            "file": _relative_name(item, dataset),
+            "caption": caption,
+            "references": list(item.captions),
+            "scores": {m: _clean(s[i]) for m, s in scores.per_image.items()},
+        }
         if i in scene_checks:
             row["scene_correct"], row["scene_errors"] = scene_checks[i]
         rows.append(row)
@@ -382,8 +404,10 @@ def format_table(report: dict) -> str:
         lines.append(f"lowest {label}:")
         for row in worst:
             score = row["scores"].get(report["worst_by"])
-            lines.append(f"  {row['file']}  {score if score is None else round(score, 3)}  "
-                         f"\"{row['caption']}\"  (e.g. \"{row['references'][0]}\")")
+            lines.append(
+                f"  {row['file']}  {score if score is None else round(score, 3)}  "
+                f'"{row["caption"]}"  (e.g. "{row["references"][0]}")'
+            )
     return "\n".join(lines)
 
 
@@ -399,8 +423,12 @@ def write_report(report: dict, path: str | os.PathLike) -> Path:
 
 # ---------------------------------------------------------------------------- the two modes
 def load_references(
-    path: str | os.PathLike, *, format: str = "auto", images_dir: str | os.PathLike | None = None,
-    split: str | None = None, check_files: bool = True,
+    path: str | os.PathLike,
+    *,
+    format: str = "auto",
+    images_dir: str | os.PathLike | None = None,
+    split: str | None = None,
+    check_files: bool = True,
 ) -> CaptionDataset:
     """The reference captions, from any supported dataset format (one split, or all)."""
     return load_dataset(path, format=format, images_dir=images_dir, split=split, check_files=check_files)
@@ -423,26 +451,37 @@ def evaluate_predictions(
     matched = match_predictions(preds, references)
     notes = []
     if matched.ambiguous:
-        notes.append(f"warning: {len(matched.ambiguous)} prediction(s) name a file that several reference images "
-                     f"share, left out (pick one split with --split, or give longer paths): "
-                     f"{_examples(matched.ambiguous)}")
+        notes.append(
+            f"warning: {len(matched.ambiguous)} prediction(s) name a file that several reference images "
+            f"share, left out (pick one split with --split, or give longer paths): "
+            f"{_examples(matched.ambiguous)}"
+        )
     if matched.unmatched:
-        msg = (f"{len(matched.unmatched)} of {len(preds)} prediction(s) match no reference image: "
-               f"{_examples(matched.unmatched)}")
+        msg = (
+            f"{len(matched.unmatched)} of {len(preds)} prediction(s) match no reference image: "
+            f"{_examples(matched.unmatched)}"
+        )
         if not matched.pairs:
-            raise CaptionerError(msg + "; check that the predictions and the references describe the same images "
-                                       "(and the --split)")
+            raise CaptionerError(
+                msg + "; check that the predictions and the references describe the same images (and the --split)"
+            )
         notes.append("warning: " + msg + "; left out")
     if matched.duplicates:
-        notes.append(f"warning: {len(matched.duplicates)} image(s) have more than one prediction; the first "
-                     f"was scored: {_examples(matched.duplicates)}")
+        notes.append(
+            f"warning: {len(matched.duplicates)} image(s) have more than one prediction; the first "
+            f"was scored: {_examples(matched.duplicates)}"
+        )
     if matched.without_prediction:
         notes.append(f"note: {matched.without_prediction} reference image(s) have no prediction and are not scored")
     report = evaluate_captions(matched.pairs, references, metrics=metrics, worst_k=worst_k)
     report["notes"] = notes
-    report["source"] = {"mode": "predictions", "predictions": str(predictions_path),
-                        "references": str(references.source), "format": references.format,
-                        "splits": references.splits}
+    report["source"] = {
+        "mode": "predictions",
+        "predictions": str(predictions_path),
+        "references": str(references.source),
+        "format": references.format,
+        "splits": references.splits,
+    }
     report["unmatched"] = [{"key": p.key, "where": p.where} for p in matched.unmatched + matched.ambiguous]
     return report
 
@@ -462,24 +501,43 @@ def evaluate_model(
 ) -> dict:
     """Model mode: caption ``dataset`` with ``model`` and score the captions."""
     if len(dataset) == 0:
-        raise CaptionerError(f"{dataset.source}: no images to caption (are the image files there? "
-                             "point to them with --images DIR)")
-    run = caption_split(model, dataset, batch_size=batch_size, workers=workers, beam_size=beam_size,
-                        max_length=max_length, length_penalty=length_penalty, progress=progress)
+        raise CaptionerError(
+            f"{dataset.source}: no images to caption (are the image files there? point to them with --images DIR)"
+        )
+    run = caption_split(
+        model,
+        dataset,
+        batch_size=batch_size,
+        workers=workers,
+        beam_size=beam_size,
+        max_length=max_length,
+        length_penalty=length_penalty,
+        progress=progress,
+    )
     notes = []
     if dataset.report.missing_files:
-        notes.append(f"warning: {dataset.report.missing_files} image file(s) of the references are missing and "
-                     f"were not captioned, e.g. {', '.join(dataset.report.missing_examples[:SHOWN])}")
+        notes.append(
+            f"warning: {dataset.report.missing_files} image file(s) of the references are missing and "
+            f"were not captioned, e.g. {', '.join(dataset.report.missing_examples[:SHOWN])}"
+        )
     if run.failed:
         shown = ", ".join(f"{_relative_name(i, dataset)} ({r})" for i, r in run.failed[:SHOWN])
         notes.append(f"warning: {len(run.failed)} image(s) could not be read and are not scored: {shown}")
     report = evaluate_captions(run.pairs, dataset, metrics=metrics, worst_k=worst_k)
     report["notes"] = notes
-    report["source"] = {"mode": "model", "model_id": model.model_id,
-                        "checkpoint": str(model.path) if model.path else None,
-                        "data": str(dataset.source), "format": dataset.format, "splits": dataset.splits}
+    report["source"] = {
+        "mode": "model",
+        "model_id": model.model_id,
+        "checkpoint": str(model.path) if model.path else None,
+        "data": str(dataset.source),
+        "format": dataset.format,
+        "splits": dataset.splits,
+    }
     report["generation"] = {"beam_size": beam_size, "max_length": max_length, "length_penalty": length_penalty}
-    report["speed"] = {"images": len(run.pairs), "seconds": round(run.seconds, 3),
-                       "images_per_second": round(run.images_per_second, 2)}
+    report["speed"] = {
+        "images": len(run.pairs),
+        "seconds": round(run.seconds, 3),
+        "images_per_second": round(run.images_per_second, 2),
+    }
     report["failed"] = [{"file": _relative_name(i, dataset), "reason": r} for i, r in run.failed]
     return report

@@ -43,9 +43,9 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -137,9 +137,15 @@ class CacheReport:
         return s
 
     def to_dict(self) -> dict:
-        return {"file": str(self.path), "reused": self.reused, "computed": self.computed, "stale": self.stale,
-                "rebuilt_file": self.rebuilt_file, "failed": [list(f) for f in self.failed],
-                "seconds": round(self.seconds, 3)}
+        return {
+            "file": str(self.path),
+            "reused": self.reused,
+            "computed": self.computed,
+            "stale": self.stale,
+            "rebuilt_file": self.rebuilt_file,
+            "failed": [list(f) for f in self.failed],
+            "seconds": round(self.seconds, 3),
+        }
 
 
 @dataclass
@@ -207,8 +213,9 @@ def _collate(items):
     return items
 
 
-def fastest_forward(encoder: nn.Module, example: Tensor, *, backend: str = "auto",
-                    log: Callable[[str], None] | None = None) -> tuple[Callable[[Tensor], Tensor], str]:
+def fastest_forward(
+    encoder: nn.Module, example: Tensor, *, backend: str = "auto", log: Callable[[str], None] | None = None
+) -> tuple[Callable[[Tensor], Tensor], str]:
     """The fastest checked way to run ``encoder`` on CPU batches like ``example``: (callable, name).
 
     ``backend``: "auto" tries ONNX Runtime (``captioner.fast``: the same weights, exported
@@ -258,8 +265,11 @@ def encode_images(
     device = torch.device(device)
     encoder = encoder.eval().to(device)
     loader = torch.utils.data.DataLoader(
-        _Images(list(paths), preprocess), batch_size=batch_size, shuffle=False,
-        num_workers=num_workers, collate_fn=_collate,
+        _Images(list(paths), preprocess),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate,
     )
     feats: dict[int, Tensor] = {}
     failed: list[tuple[int, str]] = []
@@ -332,8 +342,7 @@ class FeatureCache:
             identity = json.loads(meta["identity"])
         except (SafetensorError, OSError, KeyError, ValueError, RuntimeError):
             return None, [], False
-        if (meta.get("format") != FORMAT or identity != self.identity or feats.dim() != 2
-                or feats.size(0) != len(index)):
+        if meta.get("format") != FORMAT or identity != self.identity or feats.dim() != 2 or feats.size(0) != len(index):
             return None, [], False
         return feats.float(), index, True
 
@@ -342,8 +351,15 @@ class FeatureCache:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         os.close(fd)
         try:
-            save_file({"features": feats.contiguous()}, tmp, metadata={
-                "format": FORMAT, "identity": json.dumps(self.identity, sort_keys=True), "index": json.dumps(index)})
+            save_file(
+                {"features": feats.contiguous()},
+                tmp,
+                metadata={
+                    "format": FORMAT,
+                    "identity": json.dumps(self.identity, sort_keys=True),
+                    "index": json.dumps(index),
+                },
+            )
             os.replace(tmp, self.path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -379,8 +395,16 @@ class FeatureCache:
         new_feats: dict[int, Tensor] = {}
         if todo:
             new_feats, fails = encode_images(
-                self.encoder, self.preprocess, todo, batch_size=self.batch_size, num_workers=self.num_workers,
-                device=self.device, trace=self.trace, progress=progress, desc="caching features")
+                self.encoder,
+                self.preprocess,
+                todo,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                device=self.device,
+                trace=self.trace,
+                progress=progress,
+                desc="caching features",
+            )
             report.failed.extend((todo[i], reason) for i, reason in fails)
         report.seconds = time.perf_counter() - t0
         report.computed = len(new_feats)

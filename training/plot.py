@@ -8,14 +8,15 @@ rows have) with the best epoch marked, and the learning rate.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 METRIC_LABELS = {"bleu_4": "BLEU-4", "scene_accuracy": "scene accuracy"}
 
 
-def plot_history(rows: Sequence[dict], path: str | os.PathLike, metric: str | None = None,
-                 title: str | None = None) -> Path:
+def plot_history(
+    rows: Sequence[dict], path: str | os.PathLike, metric: str | None = None, title: str | None = None
+) -> Path:
     """Write the curves of the per-epoch log ``rows`` (as in log.jsonl) to ``path``."""
     import matplotlib
 

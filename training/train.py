@@ -1,15 +1,15 @@
 """The training loop: cached CNN features -> a caption decoder trained with teacher forcing.
 
-    from training.train import TrainConfig, train
+    from captioner.training.train import TrainConfig, train
     result = train(TrainConfig(data="data/scenes", out="runs/scenes"))
     result.best_path            # runs/scenes/best: a checkpoint Captioner.load() reads
 
 One run, start to end:
 
-1. **Data** - any supported dataset (``training.datasets.load_dataset``); the vocabulary
+1. **Data** - any supported dataset (``captioner.training.datasets.load_dataset``); the vocabulary
    is built from the *train* split's captions (words seen ``min_count`` times).
 2. **Features** - the frozen encoder runs once per image into the feature cache
-   (``training.features``); unreadable images are reported by name and their captions
+   (``captioner.training.features``); unreadable images are reported by name and their captions
    skipped. ``fine_tune`` != "none" bypasses the cache and trains (part of) the CNN too,
    with its own learning rate.
 3. **Training** - teacher forcing over every (image, caption) pair, AdamW with weight
@@ -47,9 +47,10 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,11 +59,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from captioner.checkpoint import CONFIG, METADATA, save_checkpoint
+from captioner.checkpoint import METADATA, save_checkpoint
 from captioner.decoder import CELLS, CaptionDecoder, DecoderConfig
 from captioner.errors import CaptionerError, ImageLoadError
 from captioner.images import load_image
-from captioner.vocab import Vocabulary, tokenize
+from captioner.vocab import Vocabulary
 
 from . import distributed
 from .distributed import DistContext
@@ -144,8 +145,18 @@ class TrainConfig:
             bad(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if self.cache_key not in ("stat", "content"):
             bad(f"cache_key must be stat or content, not {self.cache_key!r}")
-        for name in ("epochs", "batch_size", "min_count", "max_words", "embed_dim", "hidden_dim",
-                     "img_proj_dim", "num_layers", "encode_batch_size", "fine_tune_blocks"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "min_count",
+            "max_words",
+            "embed_dim",
+            "hidden_dim",
+            "img_proj_dim",
+            "num_layers",
+            "encode_batch_size",
+            "fine_tune_blocks",
+        ):
             if int(getattr(self, name)) < 1:
                 bad(f"{name} must be >= 1")
         if self.threads is not None and self.threads < 1:
@@ -168,7 +179,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -176,15 +187,34 @@ class TrainConfig:
         return cls(**data)
 
     def decoder_config(self, vocab_size: int, feature_dim: int, max_length: int) -> DecoderConfig:
-        return DecoderConfig(vocab_size=vocab_size, feature_dim=feature_dim, embed_dim=self.embed_dim,
-                             hidden_dim=self.hidden_dim, img_proj_dim=self.img_proj_dim, cell=self.cell,
-                             num_layers=self.num_layers, dropout=self.dropout, init_state=self.init_state,
-                             max_length=max_length)
+        return DecoderConfig(
+            vocab_size=vocab_size,
+            feature_dim=feature_dim,
+            embed_dim=self.embed_dim,
+            hidden_dim=self.hidden_dim,
+            img_proj_dim=self.img_proj_dim,
+            cell=self.cell,
+            num_layers=self.num_layers,
+            dropout=self.dropout,
+            init_state=self.init_state,
+            max_length=max_length,
+        )
 
 
 #: Settings that may differ when resuming (they do not change what is learned).
-RESUME_OVERRIDABLE = ("out", "epochs", "patience", "device", "num_workers", "threads", "progress", "plot",
-                      "evaluate_test", "cache_dir", "max_val_images")
+RESUME_OVERRIDABLE = (
+    "out",
+    "epochs",
+    "patience",
+    "device",
+    "num_workers",
+    "threads",
+    "progress",
+    "plot",
+    "evaluate_test",
+    "cache_dir",
+    "max_val_images",
+)
 
 
 def default_cache_dir() -> Path:
@@ -207,18 +237,24 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, keep: Sequence[int]) -> "SplitData":
-        return SplitData(self.name, [self.paths[i] for i in keep], [self.captions[i] for i in keep],
-                         [self.ids[i] for i in keep], self.truth)
+    def subset(self, keep: Sequence[int]) -> SplitData:
+        return SplitData(
+            self.name,
+            [self.paths[i] for i in keep],
+            [self.captions[i] for i in keep],
+            [self.ids[i] for i in keep],
+            self.truth,
+        )
 
 
 def load_splits(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[dict[str, SplitData], dict]:
     """Train / val / (test) splits of the dataset, and facts about it for the metadata."""
-    from training.datasets import load_dataset
+    from captioner.training.datasets import load_dataset
 
     if not cfg.data:
-        raise CaptionerError("no dataset given; pass --data (a folder like the one `captioner data scenes` writes, "
-                             "or a caption file)")
+        raise CaptionerError(
+            "no dataset given; pass --data (a folder like the one `captioner data scenes` writes, or a caption file)"
+        )
     ds = load_dataset(cfg.data, cfg.format, images_dir=cfg.images_dir, progress=cfg.progress)
     if not ds.report.ok:
         log(ds.report.summary())
@@ -256,7 +292,8 @@ def load_splits(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[dict[str,
         if truth_file is not None:
             split.truth = SceneTruth.load(truth_file)
     info: dict[str, Any] = {
-        "path": str(Path(cfg.data).resolve()), "format": ds.format,
+        "path": str(Path(cfg.data).resolve()),
+        "format": ds.format,
         "splits": {k: len(v) for k, v in by_split.items()},
         "captions": {k: sum(len(c) for c in v.captions) for k, v in by_split.items()},
     }
@@ -398,8 +435,11 @@ class CachedSource:
         rows = table.rows(split.paths)
         keep = [i for i, r in enumerate(rows) if r is not None]
         self.split = split.subset(keep)
-        self.features = table.features[torch.tensor([rows[i] for i in keep], dtype=torch.long)] if keep \
-            else torch.zeros(0, table.features.size(1) if table.features.dim() == 2 else 0)  # (N, F)
+        self.features = (
+            table.features[torch.tensor([rows[i] for i in keep], dtype=torch.long)]
+            if keep
+            else torch.zeros(0, table.features.size(1) if table.features.dim() == 2 else 0)
+        )  # (N, F)
 
 
 def _image_or_error(path: str, preprocess) -> tuple[Tensor | None, str | None]:
@@ -427,8 +467,9 @@ class _PairImages(torch.utils.data.Dataset):
 
 # ============================================================================ evaluation
 @torch.no_grad()
-def greedy_captions(decoder: CaptionDecoder, features: Tensor, vocab: Vocabulary, device: torch.device,
-                    batch_size: int = 512) -> list[str]:
+def greedy_captions(
+    decoder: CaptionDecoder, features: Tensor, vocab: Vocabulary, device: torch.device, batch_size: int = 512
+) -> list[str]:
     """Greedy captions of features (N, F), as strings."""
     decoder.eval()
     out: list[str] = []
@@ -456,8 +497,15 @@ def caption_metrics(captions: Sequence[str], split: SplitData, metrics: Sequence
 
 
 @torch.no_grad()
-def teacher_forced_loss(decoder: CaptionDecoder, features: Tensor, pairs: Pairs, device: torch.device,
-                        rank: int = 0, world: int = 1, batch_size: int = 1024) -> tuple[float, float]:
+def teacher_forced_loss(
+    decoder: CaptionDecoder,
+    features: Tensor,
+    pairs: Pairs,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    batch_size: int = 1024,
+) -> tuple[float, float]:
     """(summed token cross-entropy, number of tokens) over this rank's share of ``pairs``."""
     decoder.eval()
     total, count = 0.0, 0.0
@@ -466,8 +514,9 @@ def teacher_forced_loss(decoder: CaptionDecoder, features: Tensor, pairs: Pairs,
         b = idx[i : i + batch_size]
         toks = _trim(pairs.tokens[b]).to(device)  # (B, T)
         logits = decoder(features[pairs.image[b]].to(device), toks)  # (B, T-1, V)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), toks[:, 1:].flatten(), ignore_index=0,
-                                 reduction="sum").item()
+        total += F.cross_entropy(
+            logits.flatten(0, 1).float(), toks[:, 1:].flatten(), ignore_index=0, reduction="sum"
+        ).item()
         count += (toks[:, 1:] != 0).sum().item()
     return total, count
 
@@ -524,22 +573,50 @@ class TrainerState:
     scaler: dict | None = None
 
 
-def save_last(out: Path, *, model: CaptionModel, decoder_config: DecoderConfig, cfg: TrainConfig, vocab: Vocabulary,
-              encoder_name: str, preprocess: dict, metadata: dict, optimizer: torch.optim.Optimizer,
-              state: TrainerState, history: list[dict] | None = None) -> Path:
+def save_last(
+    out: Path,
+    *,
+    model: CaptionModel,
+    decoder_config: DecoderConfig,
+    cfg: TrainConfig,
+    vocab: Vocabulary,
+    encoder_name: str,
+    preprocess: dict,
+    metadata: dict,
+    optimizer: torch.optim.Optimizer,
+    state: TrainerState,
+    history: list[dict] | None = None,
+) -> Path:
     """Write OUT/last atomically: a loadable checkpoint plus the trainer state (with the
     per-epoch log rows, so a resumed run's log is complete whatever happened to log.jsonl)."""
     building = out / ".last-building"
     if building.exists():
         shutil.rmtree(building)
     enc_state = model.encoder.state_dict() if model.encoder is not None else None
-    save_checkpoint(building, decoder=model.decoder, decoder_config=decoder_config, encoder_name=encoder_name,
-                    preprocess=preprocess, vocab=vocab, metadata=metadata, encoder_state=enc_state)
+    save_checkpoint(
+        building,
+        decoder=model.decoder,
+        decoder_config=decoder_config,
+        encoder_name=encoder_name,
+        preprocess=preprocess,
+        vocab=vocab,
+        metadata=metadata,
+        encoder_state=enc_state,
+    )
     tensors, opt_meta = _flatten_optimizer(optimizer)
     save_file(tensors or {"empty": torch.zeros(0)}, str(building / STATE_TENSORS), metadata={"format": STATE_FORMAT})
     with open(building / STATE_JSON, "w", encoding="utf-8") as f:
-        json.dump({"format": STATE_FORMAT, "config": cfg.to_dict(), "trainer": asdict(state),
-                   "optimizer": opt_meta, "history": history or []}, f, indent=1)
+        json.dump(
+            {
+                "format": STATE_FORMAT,
+                "config": cfg.to_dict(),
+                "trainer": asdict(state),
+                "optimizer": opt_meta,
+                "history": history or [],
+            },
+            f,
+            indent=1,
+        )
         f.flush()
         os.fsync(f.fileno())
     target = out / "last"
@@ -562,8 +639,10 @@ def read_last(out: Path) -> tuple[dict, dict[str, Tensor]]:
         meta = json.loads((last / STATE_JSON).read_text(encoding="utf-8"))
         tensors = _load_tensors(last / STATE_TENSORS)
     except FileNotFoundError:
-        raise CaptionerError(f"{last}: no resumable state here (missing {STATE_JSON} or {STATE_TENSORS}); "
-                             "run without --resume to start afresh") from None
+        raise CaptionerError(
+            f"{last}: no resumable state here (missing {STATE_JSON} or {STATE_TENSORS}); "
+            "run without --resume to start afresh"
+        ) from None
     except (OSError, ValueError) as e:
         raise CaptionerError(f"{last}: the trainer state is unreadable ({e}); run without --resume") from None
     if meta.get("format") != STATE_FORMAT:
@@ -578,11 +657,14 @@ def check_resume_config(saved: dict, cfg: TrainConfig) -> TrainConfig:
     differently would not be the run it claims to continue.
     """
     mine = cfg.to_dict()
-    diff = [f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in mine
-            if k not in RESUME_OVERRIDABLE and saved.get(k) != mine[k]]
+    diff = [
+        f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in mine if k not in RESUME_OVERRIDABLE and saved.get(k) != mine[k]
+    ]
     if diff:
-        raise CaptionerError("cannot resume with different settings (" + "; ".join(diff[:6]) + "); "
-                             "only " + ", ".join(RESUME_OVERRIDABLE) + " may change")
+        raise CaptionerError(
+            "cannot resume with different settings (" + "; ".join(diff[:6]) + "); "
+            "only " + ", ".join(RESUME_OVERRIDABLE) + " may change"
+        )
     return cfg
 
 
@@ -592,8 +674,9 @@ def resume_config(out: str | os.PathLike, **overrides: Any) -> TrainConfig:
     values = dict(meta["config"], out=str(out))
     bad = sorted(set(overrides) - set(RESUME_OVERRIDABLE))
     if bad:
-        raise CaptionerError(f"cannot change {', '.join(bad)} when resuming; only "
-                             + ", ".join(RESUME_OVERRIDABLE) + " may change")
+        raise CaptionerError(
+            f"cannot change {', '.join(bad)} when resuming; only " + ", ".join(RESUME_OVERRIDABLE) + " may change"
+        )
     values.update(overrides)
     return TrainConfig.from_dict(values)
 
@@ -602,8 +685,14 @@ def resume_config(out: str | os.PathLike, **overrides: Any) -> TrainConfig:
 def _environment() -> dict:
     import captioner
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "captioner": captioner.__version__,
-            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "captioner": captioner.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def _replace_atomically(path: Path, write: Callable[[Any], None], **open_kw: Any) -> None:
@@ -655,8 +744,9 @@ def _load_tensors(path: Path) -> dict[str, Tensor]:
     except FileNotFoundError:
         raise
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CaptionerError(f"{path}: not a valid safetensors file ({e}); it was not loaded. "
-                             "Run without --resume to start afresh") from None
+        raise CaptionerError(
+            f"{path}: not a valid safetensors file ({e}); it was not loaded. Run without --resume to start afresh"
+        ) from None
 
 
 @dataclass
@@ -678,8 +768,13 @@ class TrainResult:
 
 
 # ============================================================================ the run
-def train(cfg: TrainConfig, *, resume: bool = False, ctx: DistContext | None = None,
-          on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    ctx: DistContext | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> TrainResult:
     """Train a caption model as ``cfg`` says; see the module docstring.
 
     ``resume=True`` continues the run in ``cfg.out`` from its ``last`` checkpoint.
@@ -698,6 +793,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
     from tqdm.auto import tqdm
 
     from captioner.encoders import build_encoder
+
     from .features import FeatureCache
 
     out = Path(cfg.out)
@@ -715,8 +811,9 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
         cfg = check_resume_config(saved_meta["config"], cfg)
         log(f"resuming {out} after epoch {saved_meta['trainer']['epoch']}")
     elif (out / "last").exists():
-        raise CaptionerError(f"{out}: a training run is already here; pass --resume to continue it, "
-                             "or choose another --out")
+        raise CaptionerError(
+            f"{out}: a training run is already here; pass --resume to continue it, or choose another --out"
+        )
     if cfg.batch_size % ctx.world_size:
         raise CaptionerError(f"batch size {cfg.batch_size} does not split evenly over {ctx.world_size} processes")
     if ctx.is_main:
@@ -742,8 +839,15 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
     sources: dict[str, SplitData] = {}
     feats: dict[str, Tensor] = {}
     if cfg.fine_tune == "none":
-        cache = FeatureCache(cfg.cache_dir or default_cache_dir(), encoder, name=cfg.encoder, key=cfg.cache_key,
-                             batch_size=cfg.encode_batch_size, num_workers=cfg.num_workers, device=ctx.device)
+        cache = FeatureCache(
+            cfg.cache_dir or default_cache_dir(),
+            encoder,
+            name=cfg.encoder,
+            key=cfg.cache_key,
+            batch_size=cfg.encode_batch_size,
+            num_workers=cfg.num_workers,
+            device=ctx.device,
+        )
         all_paths = [p for s in wanted for p in splits[s].paths]
         if ctx.is_main:
             table, report = cache.build(all_paths, progress=show)
@@ -765,7 +869,9 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
             sources[s] = splits[s]
     if skipped:
         shown = "\n".join(f"  {p}: {r}" for p, r in skipped[:10])
-        more = f"\n  ... and {len(skipped) - 10} more (all in {out / 'skipped_images.json'})" if len(skipped) > 10 else ""
+        more = (
+            f"\n  ... and {len(skipped) - 10} more (all in {out / 'skipped_images.json'})" if len(skipped) > 10 else ""
+        )
         log(f"skipped {len(skipped)} unreadable image(s) and their captions:\n{shown}{more}")
         if ctx.is_main:
             (out / "skipped_images.json").write_text(json.dumps([list(x) for x in skipped], indent=1), encoding="utf-8")
@@ -813,22 +919,31 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
     ddp_model: nn.Module = model
     if ctx.distributed:
         ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
 
     metric = cfg.metric
     if metric == "auto":
         metric = "scene_accuracy" if sources["val"].truth is not None else "cider_d"
     per_rank = cfg.batch_size // ctx.world_size
-    sampler = torch.utils.data.DistributedSampler(range(len(pairs["train"])), num_replicas=ctx.world_size,
-                                                  rank=ctx.rank, shuffle=True, seed=cfg.seed, drop_last=False)
+    sampler = torch.utils.data.DistributedSampler(
+        range(len(pairs["train"])),
+        num_replicas=ctx.world_size,
+        rank=ctx.rank,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=False,
+    )
     steps_per_epoch = math.ceil(len(sampler) / per_rank)
     total_steps = steps_per_epoch * cfg.epochs
     train_feats = feats.get("train")
     tr_pairs = pairs["train"]
     enc_name = cfg.encoder
-    log(f"training {sum(p.numel() for p in decoder.parameters()) / 1e6:.2f}M decoder parameters "
+    log(
+        f"training {sum(p.numel() for p in decoder.parameters()) / 1e6:.2f}M decoder parameters "
         f"({cfg.cell}, hidden {cfg.hidden_dim}) on {len(tr_pairs)} caption pairs, {steps_per_epoch} steps/epoch"
-        f"{f', {ctx.world_size} processes' if ctx.distributed else ''}, selecting by {metric}")
+        f"{f', {ctx.world_size} processes' if ctx.distributed else ''}, selecting by {metric}"
+    )
 
     t_session = time.perf_counter()
     elapsed_before = state.elapsed
@@ -843,12 +958,18 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
         model.train()
         if encoder is not None:
             encoder.eval()  # frozen batch-norm statistics
-            loader = iter(torch.utils.data.DataLoader(
-                _PairImages(sources["train"].paths, tr_pairs.image, preprocess),
-                batch_sampler=[b.tolist() for b in batches], num_workers=cfg.num_workers, collate_fn=list))
+            loader = iter(
+                torch.utils.data.DataLoader(
+                    _PairImages(sources["train"].paths, tr_pairs.image, preprocess),
+                    batch_sampler=[b.tolist() for b in batches],
+                    num_workers=cfg.num_workers,
+                    collate_fn=list,
+                )
+            )
         sum_loss = sum_tok = sum_norm = 0.0
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="step", disable=not show,
-                   dynamic_ncols=True, leave=False)
+        bar = tqdm(
+            batches, desc=f"epoch {epoch}/{cfg.epochs}", unit="step", disable=not show, dynamic_ncols=True, leave=False
+        )
         for b in bar:
             if encoder is not None:
                 items = next(loader)
@@ -872,8 +993,13 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
             with torch.autocast(ctx.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 if toks is not None:
                     logits = ddp_model(x, toks)  # (B, T-1, V)
-                    loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), toks[:, 1:].flatten(), ignore_index=0,
-                                               reduction="sum", label_smoothing=cfg.label_smoothing)
+                    loss_sum = F.cross_entropy(
+                        logits.flatten(0, 1).float(),
+                        toks[:, 1:].flatten(),
+                        ignore_index=0,
+                        reduction="sum",
+                        label_smoothing=cfg.label_smoothing,
+                    )
                 else:  # every image of this rank's batch was unreadable: contribute zero gradient
                     loss_sum = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
             # mean over the global batch's tokens; DDP averages gradients over ranks, hence * world
@@ -899,8 +1025,9 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
         val_feats = feats.get("val")
         if encoder is not None:
             val_feats = _encode_live(encoder, sources["val"], preprocess, ctx, show)
-        vl = ctx.all_reduce_sum(teacher_forced_loss(decoder, val_feats, pairs["val"], ctx.device, ctx.rank,
-                                                    ctx.world_size))
+        vl = ctx.all_reduce_sum(
+            teacher_forced_loss(decoder, val_feats, pairs["val"], ctx.device, ctx.rank, ctx.world_size)
+        )
         val_loss = float(vl[0] / max(vl[1], 1))
         mine = list(range(ctx.rank, len(sources["val"]), ctx.world_size))
         caps = greedy_captions(decoder, val_feats[mine], vocab, ctx.device) if mine else []
@@ -913,14 +1040,23 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
             metrics["examples"] = all_caps[:3]
         metrics = ctx.broadcast_object(metrics)
         state.elapsed = elapsed_before + (time.perf_counter() - t_session)
-        row = {"epoch": epoch, "step": state.step, "lr": cfg.lr * lr_factor(max(state.step - 1, 0), total_steps, cfg),
-               "train_loss": train_loss, "val_loss": val_loss, "grad_norm": float(tot[2] / max(tot[3], 1)),
-               **{k: v for k, v in metrics.items() if k not in ("examples",)},
-               "epoch_seconds": time.perf_counter() - t_epoch, "elapsed_seconds": state.elapsed}
+        row = {
+            "epoch": epoch,
+            "step": state.step,
+            "lr": cfg.lr * lr_factor(max(state.step - 1, 0), total_steps, cfg),
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "grad_norm": float(tot[2] / max(tot[3], 1)),
+            **{k: v for k, v in metrics.items() if k not in ("examples",)},
+            "epoch_seconds": time.perf_counter() - t_epoch,
+            "elapsed_seconds": state.elapsed,
+        }
         value = val_loss if metric == "val_loss" else metrics.get(metric)
         if value is None:
-            raise CaptionerError(f"metric {metric!r} is not available for this dataset; pass --metric "
-                                 f"(one of {', '.join(k for k in METRICS if k != 'auto')})")
+            raise CaptionerError(
+                f"metric {metric!r} is not available for this dataset; pass --metric "
+                f"(one of {', '.join(k for k in METRICS if k != 'auto')})"
+            )
         score = [-value, -val_loss] if metric == "val_loss" else [value, -val_loss]
         improved = state.best_score is None or score > state.best_score
         if improved:
@@ -932,21 +1068,42 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
         state.scaler = scaler.state_dict() if scaler.is_enabled() else None
         row["best"] = improved
         history.append(row)
-        log(f"epoch {epoch}: loss {train_loss:.3f} val {val_loss:.3f} | "
+        log(
+            f"epoch {epoch}: loss {train_loss:.3f} val {val_loss:.3f} | "
             + " ".join(f"{k} {row[k]:.4f}" for k in ("bleu_4", "cider_d", "scene_accuracy") if k in row)
-            + (" *" if improved else "") + f" | {row['epoch_seconds']:.1f}s | {metrics['examples'][0]!r}")
+            + (" *" if improved else "")
+            + f" | {row['epoch_seconds']:.1f}s | {metrics['examples'][0]!r}"
+        )
 
         if ctx.is_main:
             meta = _metadata(cfg, data_info, epoch, metric, row, feature_seconds, state.elapsed)
             enc_state = encoder.state_dict() if encoder is not None else None
             if improved:
-                save_checkpoint(out / "best", decoder=decoder, decoder_config=dcfg, encoder_name=enc_name,
-                                preprocess=preprocess_dict, vocab=vocab, metadata=meta, encoder_state=enc_state,
-                                dtype=torch.float16 if cfg.save_fp16 else None)
+                save_checkpoint(
+                    out / "best",
+                    decoder=decoder,
+                    decoder_config=dcfg,
+                    encoder_name=enc_name,
+                    preprocess=preprocess_dict,
+                    vocab=vocab,
+                    metadata=meta,
+                    encoder_state=enc_state,
+                    dtype=torch.float16 if cfg.save_fp16 else None,
+                )
             _write_log(out, history)
-            save_last(out, model=model, decoder_config=dcfg, cfg=cfg, vocab=vocab, encoder_name=enc_name,
-                      preprocess=preprocess_dict, metadata=meta, optimizer=optimizer, state=state,
-                      history=history)
+            save_last(
+                out,
+                model=model,
+                decoder_config=dcfg,
+                cfg=cfg,
+                vocab=vocab,
+                encoder_name=enc_name,
+                preprocess=preprocess_dict,
+                metadata=meta,
+                optimizer=optimizer,
+                state=state,
+                history=history,
+            )
             if cfg.plot:
                 from .plot import plot_history
 
@@ -982,34 +1139,70 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
         _rewrite_json(out / "best" / METADATA, meta)
         with open(out / "test_captions.jsonl", "w", encoding="utf-8") as f:  # for error analysis
             for i, c in enumerate(caps):
-                f.write(json.dumps({"id": sources["test"].ids[i], "file": sources["test"].paths[i], "caption": c,
-                                    "references": sources["test"].captions[i]}, ensure_ascii=False) + "\n")
-        log("test (best checkpoint, epoch %d): " % state.best_epoch
-            + " ".join(f"{k} {test_metrics[k]:.4f}" for k in ("bleu_4", "cider_d", "scene_accuracy") if k in test_metrics))
+                f.write(
+                    json.dumps(
+                        {
+                            "id": sources["test"].ids[i],
+                            "file": sources["test"].paths[i],
+                            "caption": c,
+                            "references": sources["test"].captions[i],
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
+        log(
+            "test (best checkpoint, epoch %d): " % state.best_epoch
+            + " ".join(
+                f"{k} {test_metrics[k]:.4f}" for k in ("bleu_4", "cider_d", "scene_accuracy") if k in test_metrics
+            )
+        )
     if ctx.is_main:
-        run = {"command": _command_line(), "epochs_run": state.epoch, "best_epoch": state.best_epoch,
-               "stopped_early": state.stopped_early, "feature_seconds": round(feature_seconds, 1),
-               "train_seconds": round(train_seconds, 1), "total_seconds": round(feature_seconds + train_seconds, 1),
-               "processes": ctx.world_size, "load_average_at_end": list(os.getloadavg())}
+        run = {
+            "command": _command_line(),
+            "epochs_run": state.epoch,
+            "best_epoch": state.best_epoch,
+            "stopped_early": state.stopped_early,
+            "feature_seconds": round(feature_seconds, 1),
+            "train_seconds": round(train_seconds, 1),
+            "total_seconds": round(feature_seconds + train_seconds, 1),
+            "processes": ctx.world_size,
+            "load_average_at_end": list(os.getloadavg()),
+        }
         if (out / "best" / METADATA).exists():  # the whole run, not just up to the best epoch
             meta = json.loads((out / "best" / METADATA).read_text(encoding="utf-8"))
             meta["run"] = run
             _rewrite_json(out / "best" / METADATA, meta)
-        summary = {**run, "metric": metric, "best_val": best_row, "test": test_metrics,
-                   "skipped_images": [list(s) for s in skipped]}
+        summary = {
+            **run,
+            "metric": metric,
+            "best_val": best_row,
+            "test": test_metrics,
+            "skipped_images": [list(s) for s in skipped],
+        }
         _rewrite_json(out / "results.json", summary)
     ctx.barrier()
-    return TrainResult(out=out, best_path=out / "best", best_epoch=state.best_epoch, best_metrics=best_row,
-                       test_metrics=test_metrics, history=history, feature_seconds=feature_seconds,
-                       train_seconds=train_seconds, skipped_images=skipped, is_main=ctx.is_main)
+    return TrainResult(
+        out=out,
+        best_path=out / "best",
+        best_epoch=state.best_epoch,
+        best_metrics=best_row,
+        test_metrics=test_metrics,
+        history=history,
+        feature_seconds=feature_seconds,
+        train_seconds=train_seconds,
+        skipped_images=skipped,
+        is_main=ctx.is_main,
+    )
 
 
 def _encode_live(encoder: nn.Module, split: SplitData, preprocess, ctx: DistContext, show: bool) -> Tensor:
     """Features of a split from the (fine-tuned) encoder; unreadable images get zero features."""
     from .features import encode_images
 
-    feats, failed = encode_images(encoder, preprocess, split.paths, device=ctx.device, trace=False,
-                                  progress=show, desc=f"encoding {split.name}")
+    feats, _failed = encode_images(
+        encoder, preprocess, split.paths, device=ctx.device, trace=False, progress=show, desc=f"encoding {split.name}"
+    )
     dim = next(iter(feats.values())).numel() if feats else getattr(encoder, "feature_dim", 1)
     out = torch.zeros(len(split), dim)
     for i, f in feats.items():
@@ -1017,16 +1210,20 @@ def _encode_live(encoder: nn.Module, split: SplitData, preprocess, ctx: DistCont
     return out  # (N, F)
 
 
-def _metadata(cfg: TrainConfig, data_info: dict, epoch: int, metric: str, row: dict, feature_seconds: float,
-              train_seconds: float) -> dict:
+def _metadata(
+    cfg: TrainConfig, data_info: dict, epoch: int, metric: str, row: dict, feature_seconds: float, train_seconds: float
+) -> dict:
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dataset": data_info,
         "epoch": epoch,
         "selected_by": metric,
         "val": {k: v for k, v in row.items() if k not in ("best",)},
-        "timing": {"feature_seconds": round(feature_seconds, 1), "train_seconds": round(train_seconds, 1),
-                   "total_seconds": round(feature_seconds + train_seconds, 1)},
+        "timing": {
+            "feature_seconds": round(feature_seconds, 1),
+            "train_seconds": round(train_seconds, 1),
+            "total_seconds": round(feature_seconds + train_seconds, 1),
+        },
         "train_config": cfg.to_dict(),
         "environment": _environment(),
     }
@@ -1036,7 +1233,7 @@ def _command_line() -> str:
     """How this process was started, e.g. ``captioner train --data data/scenes ...``."""
     prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
     if prog == "cli_train.py" or prog.endswith("-m"):
-        prog = "python -m training.cli_train"
+        prog = "python -m captioner.training.cli_train"
     return " ".join([prog, *sys.argv[1:]])
 
 

@@ -10,6 +10,9 @@
 size, preprocessing, weights source/licence and ImageNet accuracy without building it.
 """
 
+# Importing the backbone modules registers their specs.
+from . import efficientnet_lite as _efficientnet_lite  # noqa: F401
+from . import torchvision_backbones as _torchvision_backbones  # noqa: F401
 from .preprocess import INTERPOLATIONS, Preprocess
 from .registry import (
     DEFAULT_ENCODER,
@@ -25,10 +28,6 @@ from .registry import (
     read_state_dict,
     register,
 )
-
-# Importing the backbone modules registers their specs.
-from . import efficientnet_lite as _efficientnet_lite  # noqa: E402,F401
-from . import torchvision_backbones as _torchvision_backbones  # noqa: E402,F401
 
 __all__ = [
     "DEFAULT_ENCODER",

@@ -30,6 +30,7 @@ from torch import nn
 from .preprocess import Preprocess
 from .registry import EncoderSpec, EncoderWeightsError, StateDict, register
 
+
 @dataclass(frozen=True)
 class Stage:
     """One row of the EfficientNet-B0 stage table (Tan & Le 2019, table 1), shared by Lite0."""
@@ -60,14 +61,16 @@ DROPOUT = 0.2  # before the classifier, as in training
 class ConvBNAct(nn.Module):
     """Conv (TF 'SAME' padding, no bias) -> BatchNorm -> optional ReLU6."""
 
-    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1, act: bool = True) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, groups: int = 1, act: bool = True
+    ) -> None:
         super().__init__()
         # Stride 1 with an odd kernel: 'SAME' is the symmetric k // 2. Stride 2 pads
         # asymmetrically depending on the input size, so it is done in forward().
         self.stride = stride
-        self.conv = nn.Conv2d(c_in, c_out, kernel_size, stride,
-                              padding=kernel_size // 2 if stride == 1 else 0, groups=groups, bias=False)
+        self.conv = nn.Conv2d(
+            c_in, c_out, kernel_size, stride, padding=kernel_size // 2 if stride == 1 else 0, groups=groups, bias=False
+        )
         self.bn = nn.BatchNorm2d(c_out, eps=BN_EPS, momentum=BN_MOMENTUM)
         self.act = nn.ReLU6(inplace=True) if act else nn.Identity()
 
@@ -115,7 +118,9 @@ class EfficientNetLite(nn.Module):
         c_in = STEM_CHANNELS
         for st in stages:
             for i in range(st.repeats):
-                blocks.append(MBConv(c_in, st.out_channels, st.expand_ratio, st.kernel_size, st.stride if i == 0 else 1))
+                blocks.append(
+                    MBConv(c_in, st.out_channels, st.expand_ratio, st.kernel_size, st.stride if i == 0 else 1)
+                )
                 c_in = st.out_channels
         self.blocks = nn.Sequential(*blocks)
         self.head = ConvBNAct(c_in, HEAD_CHANNELS, 1)
@@ -156,17 +161,26 @@ def lukemelas_name(name: str) -> str:
     depthwise.{conv,bn} -> _depthwise_conv/_bn1, project.{conv,bn} -> _project_conv/_bn2.
     """
     parts = name.split(".")
-    top = {("stem", "conv"): "_conv_stem", ("stem", "bn"): "_bn0",
-           ("head", "conv"): "_conv_head", ("head", "bn"): "_bn1"}
+    top = {
+        ("stem", "conv"): "_conv_stem",
+        ("stem", "bn"): "_bn0",
+        ("head", "conv"): "_conv_head",
+        ("head", "bn"): "_bn1",
+    }
     if parts[0] == "classifier":
         return ".".join(["_fc", *parts[1:]])
     if tuple(parts[:2]) in top:
         return ".".join([top[tuple(parts[:2])], *parts[2:]])
     if parts[0] == "blocks":
         idx, layer, kind, rest = parts[1], parts[2], parts[3], parts[4:]
-        inner = {("expand", "conv"): "_expand_conv", ("expand", "bn"): "_bn0",
-                 ("depthwise", "conv"): "_depthwise_conv", ("depthwise", "bn"): "_bn1",
-                 ("project", "conv"): "_project_conv", ("project", "bn"): "_bn2"}[(layer, kind)]
+        inner = {
+            ("expand", "conv"): "_expand_conv",
+            ("expand", "bn"): "_bn0",
+            ("depthwise", "conv"): "_depthwise_conv",
+            ("depthwise", "bn"): "_bn1",
+            ("project", "conv"): "_project_conv",
+            ("project", "bn"): "_bn2",
+        }[(layer, kind)]
         return ".".join(["_blocks", idx, inner, *rest])
     raise KeyError(name)
 

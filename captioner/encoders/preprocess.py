@@ -100,8 +100,8 @@ class Preprocess:
             rw, rh = self.resize_size, int(self.resize_size * height / width)
         else:
             rw, rh = int(self.resize_size * width / height), self.resize_size
-        left = int(round((rw - self.crop_size) / 2.0))
-        top = int(round((rh - self.crop_size) / 2.0))
+        left = round((rw - self.crop_size) / 2.0)
+        top = round((rh - self.crop_size) / 2.0)
         sx, sy = width / rw, height / rh  # source pixels per resized pixel
         return (left * sx, top * sy, (left + self.crop_size) * sx, (top + self.crop_size) * sy)
 
@@ -151,7 +151,7 @@ class Preprocess:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Preprocess":
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocess:
         """Rebuild from :meth:`to_dict` output (e.g. a checkpoint's config.json).
 
         Raises :class:`CaptionerError` naming missing or unknown keys and bad values.

@@ -221,8 +221,11 @@ def load_weights(model: nn.Module, state: StateDict, source: str) -> None:
         def show(items: list[str]) -> str:
             return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
 
-        parts = [f"{len(x)} {what}: {show(x)}" for what, x in
-                 (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)) if x]
+        parts = [
+            f"{len(x)} {what}: {show(x)}"
+            for what, x in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched))
+            if x
+        ]
         raise EncoderWeightsError(f"{source}: weights do not fit this architecture; " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
 
@@ -242,5 +245,5 @@ def _resolve_weights(spec: EncoderSpec, weights: WeightsArg) -> tuple[StateDict,
 def _strip_prefix(state: StateDict, prefix: str) -> StateDict:
     """Accept an :class:`Encoder`'s own state dict (keys ``trunk.*``) as well as a bare trunk's."""
     if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
+        return {k[len(prefix) :]: v for k, v in state.items()}
     return state

@@ -21,12 +21,12 @@ from captioner.metrics.score import (
 from captioner.metrics.tokenize import TokenizedCorpus, tokenize_corpus
 
 __all__ = [
-    "BleuResult",
-    "CaptionScores",
-    "CiderResult",
     "DEFAULT_METRICS",
     "METRIC_GROUPS",
     "METRIC_LABELS",
+    "BleuResult",
+    "CaptionScores",
+    "CiderResult",
     "MetricUnavailable",
     "RougeResult",
     "TokenizedCorpus",

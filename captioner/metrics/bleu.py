@@ -34,8 +34,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 # coco-caption's constants (bleu_scorer.py): "tiny" keeps a 0 match count from making
 # log(0); "small" keeps a 0 denominator from dividing by zero.

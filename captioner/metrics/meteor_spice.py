@@ -32,8 +32,8 @@ import subprocess
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 METEOR_TIMEOUT_S = 180.0  # longest wait for any one answer from METEOR (the first includes JVM start-up)
 SPICE_TIMEOUT_S = 3600.0  # whole SPICE run (CoreNLP parses every caption: minutes for 5000 images)
@@ -79,7 +79,7 @@ def pycocoevalcap_dir() -> Path:
         raise MetricUnavailable(
             "pycocoevalcap is not installed (`pip install pycocoevalcap` ships the METEOR/SPICE jars)"
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def meteor_files(root: Path | None = None) -> tuple[Path, Path]:
@@ -104,7 +104,7 @@ def spice_files(root: Path | None = None) -> Path:
         raise MetricUnavailable(
             f"SPICE needs Stanford CoreNLP 3.6.0, which is not installed ({', '.join(missing)} missing in "
             f"{root / 'spice' / 'lib'}); on a machine with internet run "
-            "`python -c \"from pycocoevalcap.spice.get_stanford_models import get_stanford_models as g; g()\"` "
+            '`python -c "from pycocoevalcap.spice.get_stanford_models import get_stanford_models as g; g()"` '
             "once, or copy the two jars there from stanford-corenlp-full-2015-12-09.zip"
         )
     return jar
@@ -176,7 +176,7 @@ class LineProcess:
             self.proc.kill()
             self.proc.wait()
 
-    def __enter__(self) -> "LineProcess":
+    def __enter__(self) -> LineProcess:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

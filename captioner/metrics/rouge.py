@@ -17,8 +17,8 @@ agree with coco on every input.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 BETA = 1.2
 

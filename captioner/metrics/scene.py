@@ -36,17 +36,29 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Hashable, Mapping
 
 from captioner.errors import CaptionerError
 from captioner.vocab import tokenize
 
 TRUTH_FORMAT = "captioner-scenes-truth/1"
 
-NUMBER_WORDS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
-                "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+NUMBER_WORDS = {
+    "a": 1,
+    "an": 1,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+}
 
 # Why a caption is wrong (a caption can be wrong in several ways at once).
 REASONS = {
@@ -71,7 +83,7 @@ class SceneWords:
     longest: int
 
     @classmethod
-    def from_catalogue(cls, categories: list[dict], backgrounds: list[str]) -> "SceneWords":
+    def from_catalogue(cls, categories: list[dict], backgrounds: list[str]) -> SceneWords:
         kinds: dict[tuple[str, ...], tuple[str, str]] = {}
         for c in categories:
             singular, plural = tuple(tokenize(c["name"])), tuple(tokenize(c["plural"]))
@@ -104,7 +116,7 @@ def parse_caption(caption: str, words: SceneWords) -> ParsedCaption:
     i = 0
     while i < len(tokens):
         for n in range(min(words.longest, len(tokens) - i), 0, -1):  # longest phrase first
-            phrase = tuple(tokens[i:i + n])
+            phrase = tuple(tokens[i : i + n])
             if phrase in words.kinds:
                 kind, form = words.kinds[phrase]
                 before = tokens[i - 1] if i > 0 else ""
@@ -176,15 +188,21 @@ class SceneTruth:
     def __init__(self, data: dict, source: str = "<scene truth>") -> None:
         self.source = source
         if not isinstance(data, dict) or data.get("format") != TRUTH_FORMAT:
-            raise CaptionerError(f"{source}: not a scenes ground-truth file (expected \"format\": \"{TRUTH_FORMAT}\"); "
-                                 "it is the scenes_<split>.json that `captioner data scenes` writes")
+            raise CaptionerError(
+                f'{source}: not a scenes ground-truth file (expected "format": "{TRUTH_FORMAT}"); '
+                "it is the scenes_<split>.json that `captioner data scenes` writes"
+            )
         try:
             self.words = SceneWords.from_catalogue(data["categories"], data["backgrounds"])
             self.images: dict[Hashable, SceneImage] = {}
             self._by_file: dict[str, SceneImage] = {}
             for img in data["images"]:
-                image = SceneImage(id=img["id"], file_name=img["file_name"], background=img["background"],
-                                   counts={o["kind"]: int(o["count"]) for o in img["objects"]})
+                image = SceneImage(
+                    id=img["id"],
+                    file_name=img["file_name"],
+                    background=img["background"],
+                    counts={o["kind"]: int(o["count"]) for o in img["objects"]},
+                )
                 self.images[image.id] = image
                 self._by_file[image.file_name] = image
         except (KeyError, TypeError, ValueError) as e:
@@ -192,7 +210,7 @@ class SceneTruth:
         self.split = data.get("split")
 
     @classmethod
-    def load(cls, path: str | os.PathLike, split: str = "test") -> "SceneTruth":
+    def load(cls, path: str | os.PathLike, split: str = "test") -> SceneTruth:
         """Load ``scenes_<split>.json``, given the file or the dataset folder."""
         path = Path(path)
         if path.is_dir():
@@ -200,8 +218,9 @@ class SceneTruth:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise CaptionerError(f"{path}: no scenes ground truth here; scene accuracy needs a dataset made by "
-                                 "`captioner data scenes`") from None
+            raise CaptionerError(
+                f"{path}: no scenes ground truth here; scene accuracy needs a dataset made by `captioner data scenes`"
+            ) from None
         except (OSError, ValueError) as e:
             raise CaptionerError(f"{path}: cannot read the scenes ground truth ({e})") from None
         return cls(data, str(path))
@@ -240,8 +259,12 @@ class SceneAccuracy:
     wrong: list[tuple[Hashable, str, list[str]]]  # (image key, caption, details), the first few
 
     def to_dict(self) -> dict:
-        return {"scene_accuracy": self.accuracy, "correct": self.correct, "total": self.total,
-                "errors": dict(self.reasons.most_common())}
+        return {
+            "scene_accuracy": self.accuracy,
+            "correct": self.correct,
+            "total": self.total,
+            "errors": dict(self.reasons.most_common()),
+        }
 
 
 def scene_accuracy(predictions: Mapping[Hashable, str], truth: SceneTruth, keep_wrong: int = 20) -> SceneAccuracy:
@@ -253,8 +276,10 @@ def scene_accuracy(predictions: Mapping[Hashable, str], truth: SceneTruth, keep_
     unknown = [k for k in predictions if truth.get(k) is None]
     if unknown:
         shown = ", ".join(repr(k) for k in unknown[:5])
-        raise CaptionerError(f"{len(unknown)} captioned image(s) are not in {truth.source}: {shown}"
-                             f"{' ...' if len(unknown) > 5 else ''}; score a split against its own ground truth")
+        raise CaptionerError(
+            f"{len(unknown)} captioned image(s) are not in {truth.source}: {shown}"
+            f"{' ...' if len(unknown) > 5 else ''}; score a split against its own ground truth"
+        )
     correct, reasons, wrong = 0, Counter(), []
     for key, caption in predictions.items():
         check = check_caption(caption, truth.get(key), truth.words)
@@ -265,5 +290,6 @@ def scene_accuracy(predictions: Mapping[Hashable, str], truth: SceneTruth, keep_
             if len(wrong) < keep_wrong:
                 wrong.append((key, caption, check.details))
     total = len(predictions)
-    return SceneAccuracy(accuracy=correct / total if total else 0.0, correct=correct, total=total,
-                         reasons=reasons, wrong=wrong)
+    return SceneAccuracy(
+        accuracy=correct / total if total else 0.0, correct=correct, total=total, reasons=reasons, wrong=wrong
+    )

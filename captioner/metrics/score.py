@@ -19,16 +19,15 @@ ROUGE-L and SPICE in [0, 1]; CIDEr-D is 10x a mean cosine, typically 0-3):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Hashable, Iterator, Sequence
 
 from captioner.errors import CaptionerError
 from captioner.metrics import meteor_spice
 from captioner.metrics.bleu import coco_bleu, nltk_bleu
 from captioner.metrics.cider import cider_d
 from captioner.metrics.rouge import rouge_l
-from captioner.metrics.tokenize import Tokenizer, TokenizedCorpus, tokenize_corpus
+from captioner.metrics.tokenize import TokenizedCorpus, Tokenizer, tokenize_corpus
 from captioner.vocab import tokenize
 
 METRIC_GROUPS: tuple[str, ...] = ("bleu", "cider", "rouge", "meteor", "spice")
@@ -87,6 +86,7 @@ class CaptionScores(Mapping):
 
     def to_dict(self) -> dict:
         """JSON-ready summary: metrics, skipped, cross_checks and per-image rows (NaN -> None)."""
+
         def clean(d: dict) -> dict:
             return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 

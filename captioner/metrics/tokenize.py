@@ -9,8 +9,8 @@ lists how the two differ.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Hashable, Mapping, Sequence
 
 from captioner.errors import CaptionerError
 from captioner.vocab import tokenize
@@ -71,7 +71,8 @@ def tokenize_corpus(
         if extra:
             parts.append(f"{len(extra)} prediction(s) have no references ({_examples(extra)})")
         raise CaptionerError(
-            "predictions and references do not cover the same images: " + "; ".join(parts)
+            "predictions and references do not cover the same images: "
+            + "; ".join(parts)
             + ". Score the same split the captions were made for."
         )
     ids, hyps, refs = [], [], []

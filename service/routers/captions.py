@@ -47,8 +47,11 @@ UPLOAD_BODY: dict[str, Any] = {
             "schema": {
                 "type": "object",
                 "properties": {
-                    "file": {"type": "array", "items": {"type": "string", "format": "binary"},
-                             "description": "one or more images (repeat the 'file' part)"},
+                    "file": {
+                        "type": "array",
+                        "items": {"type": "string", "format": "binary"},
+                        "description": "one or more images (repeat the 'file' part)",
+                    },
                     "beam_size": {"type": "integer"},
                     "max_length": {"type": "integer"},
                 },
@@ -86,14 +89,20 @@ def _int_option(name: str, query_value: int | None, form: dict[str, str]) -> int
         raise APIError(422, "invalid_option", f"{name} must be an integer, got {form[name]!r}") from None
 
 
-@router.post("/captions", response_model=CaptionResponse, responses=ERRORS, openapi_extra={"requestBody": UPLOAD_BODY},
-             summary="Caption one or more images")
+@router.post(
+    "/captions",
+    response_model=CaptionResponse,
+    responses=ERRORS,
+    openapi_extra={"requestBody": UPLOAD_BODY},
+    summary="Caption one or more images",
+)
 async def create_captions(
     request: Request,
     beam_size: Annotated[int | None, Query(description="beam width, 1 = greedy (default: the server's)")] = None,
     max_length: Annotated[int | None, Query(description="most words per caption (default: the model's)")] = None,
-    timeout: Annotated[float | None, Query(gt=0, description="seconds this request may take, at most the "
-                                                             "server's limit")] = None,
+    timeout: Annotated[
+        float | None, Query(gt=0, description="seconds this request may take, at most the server's limit")
+    ] = None,
     filename: Annotated[str | None, Query(description="name to echo for a raw image body")] = None,
 ) -> JSONResponse:
     """Multipart with one or more ``file`` parts, or one image as the raw body (``image/*``).
@@ -105,14 +114,17 @@ async def create_captions(
     started = time.monotonic()
     service = _service(request)
     s = service.settings
-    uploads, form = await read_uploads(request, max_body_bytes=s.max_body_bytes, max_files=s.max_files,
-                                       body_timeout_s=s.body_timeout_s)
+    uploads, form = await read_uploads(
+        request, max_body_bytes=s.max_body_bytes, max_files=s.max_files, body_timeout_s=s.body_timeout_s
+    )
     opts = service.options(_int_option("beam_size", beam_size, form), _int_option("max_length", max_length, form))
     if "timeout" in form:
         try:
             timeout = float(form["timeout"])
         except ValueError:
-            raise APIError(422, "invalid_option", f"timeout must be a number of seconds, got {form['timeout']!r}") from None
+            raise APIError(
+                422, "invalid_option", f"timeout must be a number of seconds, got {form['timeout']!r}"
+            ) from None
         if not timeout > 0:
             raise APIError(422, "invalid_option", "timeout must be > 0 seconds")
     limit = s.request_timeout_s if timeout is None else min(timeout, s.request_timeout_s)
@@ -120,8 +132,12 @@ async def create_captions(
     items = await service.caption(uploads, opts, limit)
     ok = sum(1 for it in items if it.error is None)
     body: dict[str, Any] = {
-        "model_id": service.model.model_id, "beam_size": opts.beam_size, "max_length": opts.max_length,
-        "succeeded": ok, "failed": len(items) - ok, "time_ms": round((time.monotonic() - started) * 1000.0, 1),
+        "model_id": service.model.model_id,
+        "beam_size": opts.beam_size,
+        "max_length": opts.max_length,
+        "succeeded": ok,
+        "failed": len(items) - ok,
+        "time_ms": round((time.monotonic() - started) * 1000.0, 1),
         "results": [it.to_json() for it in items],
     }
     if ok:
@@ -130,8 +146,11 @@ async def create_captions(
     codes = {it.error for it in items}
     status = statuses.pop() if len(statuses) == 1 else 422
     code = codes.pop() if len(codes) == 1 else "all_failed"
-    detail = items[0].detail if len(items) == 1 else f"none of the {len(items)} images could be captioned: " + \
-        "; ".join(str(it.detail) for it in items)
+    detail = (
+        items[0].detail
+        if len(items) == 1
+        else f"none of the {len(items)} images could be captioned: " + "; ".join(str(it.detail) for it in items)
+    )
     return JSONResponse({"error": code, "detail": detail, **body}, status_code=status)
 
 

@@ -15,8 +15,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.api_route("/readyz", methods=["GET", "HEAD"], summary="Readiness: model loaded and not shutting down",
-            responses={503: {"model": ErrorBody, "description": "not_ready (draining or not started)"}})
+@router.api_route(
+    "/readyz",
+    methods=["GET", "HEAD"],
+    summary="Readiness: model loaded and not shutting down",
+    responses={503: {"model": ErrorBody, "description": "not_ready (draining or not started)"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     service = getattr(request.app.state, "service", None)
     if service is None or not service.ready:

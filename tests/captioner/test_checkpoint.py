@@ -20,8 +20,14 @@ def _parts():
 
 def _save(path, **kw):
     vocab, cfg, dec = _parts()
-    args = dict(decoder=dec, decoder_config=cfg, encoder_name="efficientnet_lite0",
-                preprocess={"resize_size": 224}, vocab=vocab, metadata={"metrics": {"bleu4": 0.5}})
+    args = dict(
+        decoder=dec,
+        decoder_config=cfg,
+        encoder_name="efficientnet_lite0",
+        preprocess={"resize_size": 224},
+        vocab=vocab,
+        metadata={"metrics": {"bleu4": 0.5}},
+    )
     args.update(kw)
     return save_checkpoint(path, **args), dec
 
@@ -53,10 +59,16 @@ def test_vocab_mismatch_is_refused(tmp_path):
     (path / "vocab.json").write_text(json.dumps(vocab))
     with pytest.raises(CheckpointError, match="vocab"):
         load_checkpoint(path)
-    v, cfg, dec = _parts()
+    _v, cfg, dec = _parts()
     with pytest.raises(CheckpointError, match="vocab"):
-        save_checkpoint(tmp_path / "x", decoder=dec, decoder_config=cfg, encoder_name="e", preprocess={},
-                        vocab=Vocabulary.build(["other words entirely here"]))
+        save_checkpoint(
+            tmp_path / "x",
+            decoder=dec,
+            decoder_config=cfg,
+            encoder_name="e",
+            preprocess={},
+            vocab=Vocabulary.build(["other words entirely here"]),
+        )
 
 
 class _Boom:
@@ -87,7 +99,7 @@ def test_missing_and_broken_pieces(tmp_path):
 
 
 def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
-    path, dec = _save(tmp_path / "ck")
+    path, _dec = _save(tmp_path / "ck")
     before = {p.name: p.read_bytes() for p in path.iterdir()}
     import captioner.checkpoint as ckmod
 

@@ -35,8 +35,17 @@ def train_tiny(cell="lstm", steps=200, num_layers=1, seed=0):
     vocab = Vocabulary.build(CAPTIONS)
     feats = torch.randn(len(CAPTIONS), 16)  # one distinct "image" per caption
     tokens = _pad([vocab.encode(c) for c in CAPTIONS])
-    cfg = DecoderConfig(vocab_size=len(vocab), feature_dim=16, embed_dim=32, hidden_dim=64, img_proj_dim=16,
-                        cell=cell, num_layers=num_layers, dropout=0.0, max_length=12)
+    cfg = DecoderConfig(
+        vocab_size=len(vocab),
+        feature_dim=16,
+        embed_dim=32,
+        hidden_dim=64,
+        img_proj_dim=16,
+        cell=cell,
+        num_layers=num_layers,
+        dropout=0.0,
+        max_length=12,
+    )
     dec = CaptionDecoder(cfg)
     opt = torch.optim.Adam(dec.parameters(), lr=2e-2)
     for _ in range(steps):
@@ -55,7 +64,7 @@ def trained():
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_all_cells_train_and_memorise(cell):
-    dec, vocab, feats, tokens, loss = train_tiny(cell=cell, num_layers=2 if cell == "lstm" else 1)
+    dec, vocab, feats, _tokens, loss = train_tiny(cell=cell, num_layers=2 if cell == "lstm" else 1)
     assert loss < 0.05, f"{cell} did not fit: loss {loss}"
     ids, scores = dec.greedy(feats, vocab.start_id, vocab.end_id)
     assert [vocab.decode(i) for i in ids] == CAPTIONS
@@ -86,8 +95,9 @@ def test_beam_one_equals_greedy(trained):
 def test_beam_finds_at_least_greedy_logprob_on_untrained_model():
     torch.manual_seed(3)
     vocab = Vocabulary.build(["w%d" % i for i in range(30)])
-    dec = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=8, embed_dim=16, hidden_dim=32,
-                                       img_proj_dim=8, dropout=0.0)).eval()
+    dec = CaptionDecoder(
+        DecoderConfig(vocab_size=len(vocab), feature_dim=8, embed_dim=16, hidden_dim=32, img_proj_dim=8, dropout=0.0)
+    ).eval()
     feats = torch.randn(12, 8) * 3
     _, g = dec.greedy(feats, vocab.start_id, vocab.end_id, max_length=6)
     for k in (2, 3, 5):
@@ -98,13 +108,19 @@ def test_beam_finds_at_least_greedy_logprob_on_untrained_model():
 def test_batched_beam_equals_one_at_a_time():
     torch.manual_seed(4)
     vocab = Vocabulary.build(["w%d" % i for i in range(20)])
-    dec = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=8, embed_dim=16, hidden_dim=32,
-                                       img_proj_dim=8, dropout=0.0, num_layers=2)).eval()
+    dec = CaptionDecoder(
+        DecoderConfig(
+            vocab_size=len(vocab), feature_dim=8, embed_dim=16, hidden_dim=32, img_proj_dim=8, dropout=0.0, num_layers=2
+        )
+    ).eval()
     feats = torch.randn(6, 8) * 3
-    ids, scores = dec.beam_search(feats, vocab.start_id, vocab.end_id, beam_size=4, max_length=7, length_penalty_alpha=0.6)
+    ids, scores = dec.beam_search(
+        feats, vocab.start_id, vocab.end_id, beam_size=4, max_length=7, length_penalty_alpha=0.6
+    )
     for i in range(6):
-        one_ids, one_score = dec.beam_search(feats[i : i + 1], vocab.start_id, vocab.end_id, beam_size=4,
-                                             max_length=7, length_penalty_alpha=0.6)
+        one_ids, one_score = dec.beam_search(
+            feats[i : i + 1], vocab.start_id, vocab.end_id, beam_size=4, max_length=7, length_penalty_alpha=0.6
+        )
         assert one_ids[0] == ids[i]
         assert math.isclose(one_score.item(), scores[i].item(), abs_tol=1e-4)
 

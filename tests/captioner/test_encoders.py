@@ -23,10 +23,10 @@ from captioner.encoders import (
     UnknownEncoderError,
     build_classifier,
     build_encoder,
+    efficientnet_lite,
     get_spec,
     list_encoders,
 )
-from captioner.encoders import efficientnet_lite
 from captioner.encoders.torchvision_backbones import TORCHVISION_BACKBONES
 from captioner.errors import CaptionerError
 
@@ -119,10 +119,15 @@ def test_preprocess_matches_torchvision_resize_and_centre_crop(photos: list[Imag
 
     for interpolation, mode in (("bilinear", T.InterpolationMode.BILINEAR), ("bicubic", T.InterpolationMode.BICUBIC)):
         p = Preprocess(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), interpolation)
-        reference = T.Compose([
-            T.Resize(256, interpolation=mode, antialias=True), T.CenterCrop(224), T.PILToTensor(),
-            T.ToDtype(torch.float32, scale=True), T.Normalize(p.mean, p.std),
-        ])
+        reference = T.Compose(
+            [
+                T.Resize(256, interpolation=mode, antialias=True),
+                T.CenterCrop(224),
+                T.PILToTensor(),
+                T.ToDtype(torch.float32, scale=True),
+                T.Normalize(p.mean, p.std),
+            ]
+        )
         for img in (photos[0], photos[1], photos[0].transpose(Image.Transpose.ROTATE_90)):  # wide and tall
             diff = (p(img) - reference(img)).abs()
             # The same Pillow filter on the same source rectangle: at most one 8-bit step
@@ -135,8 +140,15 @@ def test_preprocess_matches_torchvision_resize_and_centre_crop(photos: list[Imag
 def test_registry_lists_the_default_first_and_unknown_names_fail_helpfully() -> None:
     names = list_encoders()
     assert names[0] == DEFAULT_ENCODER == "efficientnet_lite0"
-    assert {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "mobilenet_v3_large",
-            "efficientnet_b0"} <= set(names)
+    assert {
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "mobilenet_v3_large",
+        "efficientnet_b0",
+    } <= set(names)
     with pytest.raises(UnknownEncoderError) as info:
         build_encoder("vgg16")
     assert isinstance(info.value, CaptionerError)

@@ -58,8 +58,16 @@ def lite0_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     vocab = Vocabulary.build([" ".join(f"word{i}" for i in range(196))])
     encoder = build_encoder("efficientnet_lite0")
-    decoder = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim, embed_dim=32,
-                                           hidden_dim=64, img_proj_dim=32, max_length=12))
+    decoder = CaptionDecoder(
+        DecoderConfig(
+            vocab_size=len(vocab),
+            feature_dim=encoder.feature_dim,
+            embed_dim=32,
+            hidden_dim=64,
+            img_proj_dim=32,
+            max_length=12,
+        )
+    )
     return Captioner(encoder, decoder, vocab, fast=False).save(tmp_path_factory.mktemp("ckpt") / "lite0")
 
 
@@ -77,7 +85,7 @@ def lite0_pair(lite0_dir, cache_dir):
 @pytest.fixture(scope="module")
 def lite0_features(lite0_pair):
     """(reference features from PyTorch, the photos as a batch) on the four test photos."""
-    fast, plain = lite0_pair
+    _fast, plain = lite0_pair
     x = torch.stack([plain.preprocess(b) for b in photos()])  # (4, 3, 224, 224)
     with torch.inference_mode():
         return plain.encode(x), x  # (4, 1280)
@@ -121,8 +129,14 @@ class TinyEncoder(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU6(), nn.Conv2d(8, 16, 3, 2, 1),
-                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1),
+            nn.BatchNorm2d(8),
+            nn.ReLU6(),
+            nn.Conv2d(8, 16, 3, 2, 1),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)  # (B, 16)
@@ -135,8 +149,9 @@ def tiny_captioner(seed: int = 0, **kwargs) -> Captioner:
     torch.manual_seed(seed)
     vocab = Vocabulary.build(["a red square", "a blue circle"])
     encoder = TinyEncoder().eval()
-    decoder = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=16, embed_dim=8, hidden_dim=16,
-                                           img_proj_dim=8, max_length=5))
+    decoder = CaptionDecoder(
+        DecoderConfig(vocab_size=len(vocab), feature_dim=16, embed_dim=8, hidden_dim=16, img_proj_dim=8, max_length=5)
+    )
     return Captioner(encoder, decoder, vocab, preprocess=TINY_PRE, device="cpu", **kwargs)
 
 
@@ -264,15 +279,29 @@ def test_non_cpu_devices_keep_pytorch():
 @pytest.mark.parametrize("cell,layers,init_state", [("lstm", 1, True), ("gru", 2, True), ("rnn", 1, False)])
 def test_fast_decoder_step_matches_pytorch(cell, layers, init_state):
     torch.manual_seed(9)
-    decoder = CaptionDecoder(DecoderConfig(vocab_size=50, feature_dim=16, embed_dim=8, hidden_dim=12,
-                                           img_proj_dim=8, cell=cell, num_layers=layers, init_state=init_state,
-                                           max_length=7)).eval()
+    decoder = CaptionDecoder(
+        DecoderConfig(
+            vocab_size=50,
+            feature_dim=16,
+            embed_dim=8,
+            hidden_dim=12,
+            img_proj_dim=8,
+            cell=cell,
+            num_layers=layers,
+            init_state=init_state,
+            max_length=7,
+        )
+    ).eval()
     fast, reason = fast_mod.build_fast_decoder(decoder)
     assert fast is not None, reason
     features = torch.randn(5, 16) * 3
     with torch.inference_mode():
         for algo in ("greedy", "beam"):
-            run = (lambda d: d.greedy(features, 1, 2)) if algo == "greedy" else (lambda d: d.beam_search(features, 1, 2, 3))
+            run = (
+                (lambda d: d.greedy(features, 1, 2))
+                if algo == "greedy"
+                else (lambda d: d.beam_search(features, 1, 2, 3))
+            )
             (ids_ref, s_ref), (ids, s) = run(decoder), run(fast)
             assert ids == ids_ref and torch.allclose(s, s_ref, atol=1e-4), (cell, algo)
     assert fast.step is fast.onnx_step and decoder.step.__func__ is CaptionDecoder.step  # the original is untouched

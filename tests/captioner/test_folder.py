@@ -42,8 +42,16 @@ def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     vocab = Vocabulary.build(["a red dog on a green background", "two blue cars and a cat on a mat"])
     encoder = build_encoder("efficientnet_lite0")
-    decoder = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim, embed_dim=16,
-                                           hidden_dim=32, img_proj_dim=16, max_length=6))
+    decoder = CaptionDecoder(
+        DecoderConfig(
+            vocab_size=len(vocab),
+            feature_dim=encoder.feature_dim,
+            embed_dim=16,
+            hidden_dim=32,
+            img_proj_dim=16,
+            max_length=6,
+        )
+    )
     return Captioner(encoder, decoder, vocab).save(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
@@ -105,8 +113,9 @@ def test_messy_folder_run_reports_failures_and_rerun_skips_done(model, tmp_path)
     make_messy_folder(root)
     out = tmp_path / "out" / "captions.jsonl"
     seen = []
-    summary = caption_folder(model, [root], out, recursive=True, batch_size=2, workers=2, progress=False,
-                             on_result=seen.append)
+    summary = caption_folder(
+        model, [root], out, recursive=True, batch_size=2, workers=2, progress=False, on_result=seen.append
+    )
     records = [json.loads(line) for line in lines_of(out)]
     assert [r["file"] for r in records] == ["a_good.PNG", "b_good.jpg", "nested/deeper/c_deep.jpg"]
     assert records == seen
@@ -197,9 +206,24 @@ def test_killed_run_resumes_without_duplicate_or_partial_lines(model, model_dir,
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     proc = subprocess.run(
-        [PYTHON, str(script), "caption", str(folder), "--out", str(out), "-c", str(model_dir),
-         "--batch-size", "2", "--workers", "2", "-q"],
-        env={**os.environ, "KILL_AFTER_LINES": "3", "OMP_NUM_THREADS": "1"}, capture_output=True, timeout=120,
+        [
+            PYTHON,
+            str(script),
+            "caption",
+            str(folder),
+            "--out",
+            str(out),
+            "-c",
+            str(model_dir),
+            "--batch-size",
+            "2",
+            "--workers",
+            "2",
+            "-q",
+        ],
+        env={**os.environ, "KILL_AFTER_LINES": "3", "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        timeout=120,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     data = out.read_bytes()
@@ -228,7 +252,10 @@ def test_merge_parts_sorts_dedupes_and_removes_parts(tmp_path):
     part_path(errors, 1, 2).write_text('{"path": "z.jpg", "reason": "bad"}\n')
     assert merge_parts(out, errors, 2, "jsonl", order=["c.jpg", "b.jpg", "a.jpg"]) == 3
     assert [(r["file"], r["caption"]) for r in read_records(out, "jsonl")] == [
-        ("c.jpg", "c.jpg by 0"), ("b.jpg", "b.jpg by 1"), ("a.jpg", "a.jpg by 0")]
+        ("c.jpg", "c.jpg by 0"),
+        ("b.jpg", "b.jpg by 1"),
+        ("a.jpg", "a.jpg by 0"),
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.errors.jsonl", "c.jsonl"]
 
 
@@ -238,9 +265,27 @@ def test_torchrun_two_processes_shard_and_merge(model, model_dir, tmp_path):
         save_image(folder / ("sub" if i % 2 else "") / f"{i}.jpg", 200 + i)
     (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
     out = tmp_path / "merged.jsonl"
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "captioner", "caption", str(folder), "--out", str(out), "-c", str(model_dir),
-           "--recursive", "--batch-size", "2", "--workers", "1", "-q"]
+    cmd = [
+        PYTHON,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "captioner",
+        "caption",
+        str(folder),
+        "--out",
+        str(out),
+        "-c",
+        str(model_dir),
+        "--recursive",
+        "--batch-size",
+        "2",
+        "--workers",
+        "1",
+        "-q",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]

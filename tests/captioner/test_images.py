@@ -20,10 +20,14 @@ def encode(im: Image.Image, fmt: str, **kw) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A tiny PNG that declares huge dimensions (a decompression bomb's header)."""
+
     def chunk(tag, data):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
 
 
 def test_pixel_limit_raises_before_decoding():
@@ -88,11 +92,14 @@ def test_jpeg_draft_decodes_smaller():
     assert small.size[0] < 1000 and min(small.size) >= 224
 
 
-@pytest.mark.parametrize("payload, code", [
-    (b"", "empty"),
-    (b"hello, I am text", "unsupported"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 50, "unreadable"),
-])
+@pytest.mark.parametrize(
+    "payload, code",
+    [
+        (b"", "empty"),
+        (b"hello, I am text", "unsupported"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 50, "unreadable"),
+    ],
+)
 def test_bad_bytes_raise_one_error_type(payload, code):
     with pytest.raises(ImageLoadError) as e:
         load_image(payload, name="upload.jpg")

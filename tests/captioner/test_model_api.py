@@ -1,6 +1,5 @@
 """The public API (Captioner) and the `captioner caption` command on a small checkpoint."""
 
-import io
 import json
 import subprocess
 import sys
@@ -23,8 +22,16 @@ def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     vocab = Vocabulary.build(["a cat on a mat", "a cup of coffee on a table", "two dogs"])
     encoder = build_encoder("efficientnet_lite0")
-    dec = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim, embed_dim=16,
-                                       hidden_dim=32, img_proj_dim=16, max_length=8))
+    dec = CaptionDecoder(
+        DecoderConfig(
+            vocab_size=len(vocab),
+            feature_dim=encoder.feature_dim,
+            embed_dim=16,
+            hidden_dim=32,
+            img_proj_dim=16,
+            max_length=8,
+        )
+    )
     model = Captioner(encoder, dec, vocab, metadata={"note": "test model"})
     return model.save(tmp_path_factory.mktemp("ckpt") / "small")
 
@@ -79,8 +86,15 @@ def run_cli(*args):
 def test_cli_caption_good_and_corrupt_files(model_dir, tmp_path):
     corrupt = tmp_path / "broken.jpg"
     corrupt.write_bytes((DATA / "coffee.jpg").read_bytes()[:300])
-    r = run_cli("caption", str(DATA / "chelsea.jpg"), str(corrupt), str(tmp_path / "absent.png"),
-                "--checkpoint", str(model_dir), "--json")
+    r = run_cli(
+        "caption",
+        str(DATA / "chelsea.jpg"),
+        str(corrupt),
+        str(tmp_path / "absent.png"),
+        "--checkpoint",
+        str(model_dir),
+        "--json",
+    )
     assert r.returncode == 1
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert [d["file"] for d in lines] == [str(DATA / "chelsea.jpg")]

@@ -35,12 +35,24 @@ def truth_dict() -> dict:
         "categories": CATEGORIES,
         "backgrounds": BACKGROUNDS,
         "images": [
-            {"id": 1, "file_name": "test/000000.jpg", "background": "green",
-             "objects": [{"kind": "dog", "count": 2, "boxes": []}, {"kind": "car", "count": 1, "boxes": []}]},
-            {"id": 2, "file_name": "test/000001.jpg", "background": "orange",
-             "objects": [{"kind": "sheep", "count": 3, "boxes": []}]},
-            {"id": 3, "file_name": "test/000002.jpg", "background": "light blue",
-             "objects": [{"kind": "teddy bear", "count": 1, "boxes": []}, {"kind": "bus", "count": 2, "boxes": []}]},
+            {
+                "id": 1,
+                "file_name": "test/000000.jpg",
+                "background": "green",
+                "objects": [{"kind": "dog", "count": 2, "boxes": []}, {"kind": "car", "count": 1, "boxes": []}],
+            },
+            {
+                "id": 2,
+                "file_name": "test/000001.jpg",
+                "background": "orange",
+                "objects": [{"kind": "sheep", "count": 3, "boxes": []}],
+            },
+            {
+                "id": 3,
+                "file_name": "test/000002.jpg",
+                "background": "light blue",
+                "objects": [{"kind": "teddy bear", "count": 1, "boxes": []}, {"kind": "bus", "count": 2, "boxes": []}],
+            },
         ],
     }
 
@@ -54,36 +66,42 @@ def verdict(truth: SceneTruth, image_id: int, caption: str):
     return check_caption(caption, truth.get(image_id), truth.words)
 
 
-@pytest.mark.parametrize("caption", [
-    "two dogs and a car on a green background",
-    "a green picture with a car and two dogs",
-    "there are two dogs and one car in front of a green background",
-    "An image of 2 dogs and a car against a GREEN background.",
-    "a car, two dogs, on green",
-])
+@pytest.mark.parametrize(
+    "caption",
+    [
+        "two dogs and a car on a green background",
+        "a green picture with a car and two dogs",
+        "there are two dogs and one car in front of a green background",
+        "An image of 2 dogs and a car against a GREEN background.",
+        "a car, two dogs, on green",
+    ],
+)
 def test_right_captions_in_any_phrasing(truth, caption):
     check = verdict(truth, 1, caption)
     assert check.correct, check.details
     assert check.reasons == []
 
 
-@pytest.mark.parametrize("image_id,caption,reason", [
-    (1, "two dogs on a green background", "missing_kind"),
-    (1, "two dogs, a car and a cat on a green background", "extra_kind"),
-    (1, "three dogs and a car on a green background", "wrong_count"),
-    (1, "two dogs and two cars on a green background", "wrong_count"),
-    (1, "two dog and a car on a green background", "plural_mismatch"),
-    (1, "two dogs and a cars on a green background", "plural_mismatch"),
-    (1, "dogs and a car on a green background", "no_count"),
-    (1, "a dog and a car and a dog on a green background", "repeated_kind"),
-    (1, "two dogs and a car on a red background", "wrong_background"),
-    (1, "two dogs and a car", "missing_background"),
-    (1, "two dogs and a car on a green and red background", "several_backgrounds"),
-    (2, "two sheep on an orange background", "wrong_count"),
-    (3, "a teddy bear and two buses on a blue background", "missing_background"),  # "blue" is not "light blue"
-    (3, "a teddy bears and two buses on a light blue background", "plural_mismatch"),
-    (3, "a teddy bear and two bus on a light blue background", "plural_mismatch"),
-])
+@pytest.mark.parametrize(
+    "image_id,caption,reason",
+    [
+        (1, "two dogs on a green background", "missing_kind"),
+        (1, "two dogs, a car and a cat on a green background", "extra_kind"),
+        (1, "three dogs and a car on a green background", "wrong_count"),
+        (1, "two dogs and two cars on a green background", "wrong_count"),
+        (1, "two dog and a car on a green background", "plural_mismatch"),
+        (1, "two dogs and a cars on a green background", "plural_mismatch"),
+        (1, "dogs and a car on a green background", "no_count"),
+        (1, "a dog and a car and a dog on a green background", "repeated_kind"),
+        (1, "two dogs and a car on a red background", "wrong_background"),
+        (1, "two dogs and a car", "missing_background"),
+        (1, "two dogs and a car on a green and red background", "several_backgrounds"),
+        (2, "two sheep on an orange background", "wrong_count"),
+        (3, "a teddy bear and two buses on a blue background", "missing_background"),  # "blue" is not "light blue"
+        (3, "a teddy bears and two buses on a light blue background", "plural_mismatch"),
+        (3, "a teddy bear and two bus on a light blue background", "plural_mismatch"),
+    ],
+)
 def test_each_way_of_being_wrong(truth, image_id, caption, reason):
     check = verdict(truth, image_id, caption)
     assert not check.correct
@@ -113,7 +131,7 @@ def test_articles_are_not_graded(truth):
 
 def test_scene_accuracy_counts_and_lookup_by_id_or_file(truth):
     predictions = {
-        1: "two dogs and a car on a green background",        # right
+        1: "two dogs and a car on a green background",  # right
         "test/000001.jpg": "three sheep on a white background",  # wrong background
         "3": "a teddy bear and two buses on a light blue background",  # right, id as text
     }

@@ -14,8 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hostile import hostile_images  # noqa: E402
-from relkit import Server, build_checkpoint, launch_server, wait_ready  # noqa: E402
+from hostile import hostile_images
+from relkit import Server, build_checkpoint, launch_server, wait_ready
 
 
 @pytest.fixture(scope="session")

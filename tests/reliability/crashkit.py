@@ -20,9 +20,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 TRAIN_EPOCHS = 12
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -30,10 +30,18 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 def make_scenes(out: Path, train: int = 16, val: int = 4) -> Path:
     """A tiny built-in scenes dataset (the same as ``captioner data scenes``)."""
-    from training.scenes import CATEGORIES, generate_scenes
+    from captioner.training.scenes import CATEGORIES, generate_scenes
 
-    generate_scenes(out, {"train": train, "val": val, "test": 0}, 0, workers=1, image_format="jpeg",
-                    categories=list(CATEGORIES), overwrite=False, progress=False)
+    generate_scenes(
+        out,
+        {"train": train, "val": val, "test": 0},
+        0,
+        workers=1,
+        image_format="jpeg",
+        categories=list(CATEGORIES),
+        overwrite=False,
+        progress=False,
+    )
     return out
 
 
@@ -41,11 +49,35 @@ def train_command(data: Path, out: Path, cache: Path, epochs: int = TRAIN_EPOCHS
     """``captioner train`` with a tiny model; with ``resume`` only ``--out --resume``."""
     base = [sys.executable, "-m", "captioner", "train"]
     if resume:
-        return base + ["--out", str(out), "--resume"]
-    return base + ["--data", str(data), "--out", str(out), "--cache-dir", str(cache), "--epochs", str(epochs),
-                   "--embed-dim", "16", "--hidden-dim", "32", "--img-proj-dim", "16", "--batch-size", "8",
-                   "--warmup-steps", "2", "--patience", "0", "--no-plot", "--no-progress",
-                   "--no-evaluate-test", "--device", "cpu"]
+        return [*base, "--out", str(out), "--resume"]
+    return [
+        *base,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--epochs",
+        str(epochs),
+        "--embed-dim",
+        "16",
+        "--hidden-dim",
+        "32",
+        "--img-proj-dim",
+        "16",
+        "--batch-size",
+        "8",
+        "--warmup-steps",
+        "2",
+        "--patience",
+        "0",
+        "--no-plot",
+        "--no-progress",
+        "--no-evaluate-test",
+        "--device",
+        "cpu",
+    ]
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
@@ -90,9 +122,10 @@ def log_rows(out: Path) -> list[dict]:
 def check_checkpoints(out: Path) -> list[str]:
     """Load every checkpoint folder in a run folder; returns their names. Raises on any
     folder that does not load completely."""
+    from captioner.training.train import read_last
+
     from captioner.checkpoint import load_checkpoint
     from captioner.decoder import CaptionDecoder
-    from training.train import read_last
 
     loaded = []
     for name in ("best", "last"):
@@ -123,15 +156,21 @@ class TrainTrial:
     finish_output: str = ""
 
     def line(self) -> str:
-        then = ("it had finished" if self.outcome == "finished" else
-                f"{'--resume' if self.resumed else 'fresh start'} -> exit {self.finish_rc}")
-        return (f"kill {self.kill_after_s:.2f} s after start: {self.outcome} with {self.epochs_before} epoch(s) done; "
-                f"loaded {self.loaded or 'nothing (none written yet)'}; {then}, "
-                f"epochs logged {self.epochs_after[:1]}..{self.epochs_after[-1:]}")
+        then = (
+            "it had finished"
+            if self.outcome == "finished"
+            else f"{'--resume' if self.resumed else 'fresh start'} -> exit {self.finish_rc}"
+        )
+        return (
+            f"kill {self.kill_after_s:.2f} s after start: {self.outcome} with {self.epochs_before} epoch(s) done; "
+            f"loaded {self.loaded or 'nothing (none written yet)'}; {then}, "
+            f"epochs logged {self.epochs_after[:1]}..{self.epochs_after[-1:]}"
+        )
 
 
-def train_trial(data: Path, out: Path, cache: Path, kill_after_s: float, *, after_epochs: int = 0,
-                epochs: int = TRAIN_EPOCHS) -> TrainTrial:
+def train_trial(
+    data: Path, out: Path, cache: Path, kill_after_s: float, *, after_epochs: int = 0, epochs: int = TRAIN_EPOCHS
+) -> TrainTrial:
     """Start training, SIGKILL it ``kill_after_s`` seconds after ``after_epochs`` epochs are
     logged (0: after the start), check the checkpoints, then resume (or restart) to the end."""
     log = out.parent / f"{out.name}.log"
@@ -142,7 +181,7 @@ def train_trial(data: Path, out: Path, cache: Path, kill_after_s: float, *, afte
     before = len(log_rows(out))
     try:
         loaded = check_checkpoints(out)
-    except Exception as e:  # noqa: BLE001 - a checkpoint that does not load is the finding
+    except Exception as e:
         loaded = [f"LOAD FAILED: {type(e).__name__}: {e}"]
     leftovers = sorted(p.name for p in out.iterdir() if p.name.startswith(".")) if out.exists() else []
     resumed = (out / "last").exists()
@@ -158,8 +197,22 @@ def train_trial(data: Path, out: Path, cache: Path, kill_after_s: float, *, afte
 
 # ---------------------------------------------------------------------------- folder captioning
 def caption_command(photos: Path, out: Path, checkpoint: Path, batch_size: int = 2) -> list[str]:
-    return [sys.executable, "-m", "captioner", "caption", str(photos), "--out", str(out), "--checkpoint",
-            str(checkpoint), "--batch-size", str(batch_size), "--workers", "1", "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "captioner",
+        "caption",
+        str(photos),
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(checkpoint),
+        "--batch-size",
+        str(batch_size),
+        "--workers",
+        "1",
+        "--quiet",
+    ]
 
 
 def count_lines(path: Path) -> int:
@@ -176,4 +229,6 @@ def check_captions_file(path: Path, expected: set[str]) -> None:
     keys = [json.loads(line)["file"] for line in data.decode("utf-8").splitlines()]
     dupes = {k for k in keys if keys.count(k) > 1}
     assert not dupes, f"captioned more than once: {sorted(dupes)[:5]}"
-    assert set(keys) == expected, f"missing {sorted(expected - set(keys))[:5]}, extra {sorted(set(keys) - expected)[:5]}"
+    assert set(keys) == expected, (
+        f"missing {sorted(expected - set(keys))[:5]}, extra {sorted(set(keys) - expected)[:5]}"
+    )

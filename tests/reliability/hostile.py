@@ -80,8 +80,12 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 def raw_png(width: int, height: int, bit_depth: int, color_type: int, raw: bytes) -> bytes:
     """A PNG from already filtered scanlines ``raw`` (each row starts with its filter byte)."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(raw, 9))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(raw, 9))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def png_16bit_rgb(width: int, height: int, seed: int = 0) -> bytes:
@@ -108,15 +112,20 @@ def png_zeros(width: int, height: int) -> bytes:
         done += n
     parts.append(comp.flush())
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"".join(parts))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"".join(parts)) + png_chunk(b"IEND", b"")
+    )
 
 
 def png_with_header(width: int, height: int, bit_depth: int = 8, color_type: int = 2) -> bytes:
     """A PNG whose IHDR declares ``width`` x ``height`` over almost no data (a bomb header)."""
     ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def gif_with_screen(width: int, height: int) -> bytes:
@@ -130,7 +139,9 @@ def gif_frame_flood(frames: int) -> bytes:
     """A 1x1 GIF of ``frames`` frames of a few bytes each: cheap to send, costly to count."""
     head = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
     loop = b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"
-    frame = b"\x21\xf9\x04\x00\x00\x00\x00\x00" + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    frame = (
+        b"\x21\xf9\x04\x00\x00\x00\x00\x00" + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    )
     return head + loop + frame * frames + b"\x3b"
 
 
@@ -162,8 +173,13 @@ def webp_vp8x_canvas(width: int, height: int) -> bytes:
     pos = inner.find(b"VP8X")
     if pos < 0:  # build the extended header ourselves
         body = bytes(inner[12:])
-        vp8x = b"VP8X" + struct.pack("<I", 10) + bytes([0x10, 0, 0, 0]) + (width - 1).to_bytes(3, "little") \
+        vp8x = (
+            b"VP8X"
+            + struct.pack("<I", 10)
+            + bytes([0x10, 0, 0, 0])
+            + (width - 1).to_bytes(3, "little")
             + (height - 1).to_bytes(3, "little")
+        )
         payload = b"WEBP" + vp8x + body
         return b"RIFF" + struct.pack("<I", len(payload)) + payload
     inner[pos + 12 : pos + 15] = (width - 1).to_bytes(3, "little")
@@ -189,8 +205,15 @@ def bmp_with_size(width: int, height: int) -> bytes:
 def tiff_with_size(width: int, height: int) -> bytes:
     """A hand-made baseline TIFF (8-bit grey, one strip of 16 bytes) claiming ``width`` x ``height``."""
     entries = [
-        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
-        (273, 4, 1, 0), (277, 3, 1, 1), (278, 4, 1, height), (279, 4, 1, 16),
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 0),
+        (277, 3, 1, 1),
+        (278, 4, 1, height),
+        (279, 4, 1, 16),
     ]
     ifd_offset = 8
     ifd_size = 2 + 12 * len(entries) + 4
@@ -240,8 +263,14 @@ def valid_odd_images() -> list[Sample]:
     def add(name: str, ext: str, data: bytes, note: str, size: tuple[int, int] | None = None) -> None:
         s.append(Sample(name, ext, data, "ok", note, size))
 
-    for fmt, ext in (("PNG", ".png"), ("JPEG", ".jpg"), ("GIF", ".gif"), ("BMP", ".bmp"), ("WEBP", ".webp"),
-                     ("TIFF", ".tif")):
+    for fmt, ext in (
+        ("PNG", ".png"),
+        ("JPEG", ".jpg"),
+        ("GIF", ".gif"),
+        ("BMP", ".bmp"),
+        ("WEBP", ".webp"),
+        ("TIFF", ".tif"),
+    ):
         add(f"one_pixel_{ext[1:]}", ext, encode(Image.new("RGB", (1, 1), (200, 10, 10)), fmt), "1x1", (1, 1))
     add("wide_10000x20_png", ".png", encode(picture(10000, 20), "PNG"), "10000x20", (10000, 20))
     add("tall_20x10000_png", ".png", encode(picture(20, 10000), "PNG"), "20x10000", (20, 10000))
@@ -268,8 +297,13 @@ def valid_odd_images() -> list[Sample]:
     add("bmp_1bit", ".bmp", encode(base.convert("1"), "BMP"), "1-bit BMP", (64, 48))
     add("bmp_palette", ".bmp", encode(base.convert("P"), "BMP"), "8-bit palette BMP", (64, 48))
     add("tiff_lzw", ".tif", encode(base, "TIFF", compression="tiff_lzw"), "LZW TIFF", (64, 48))
-    add("tiff_two_pages", ".tif", encode(base, "TIFF", save_all=True, append_images=[picture(seed=3)]),
-        "multi-page TIFF", (64, 48))
+    add(
+        "tiff_two_pages",
+        ".tif",
+        encode(base, "TIFF", save_all=True, append_images=[picture(seed=3)]),
+        "multi-page TIFF",
+        (64, 48),
+    )
     add("ppm", ".ppm", encode(base, "PPM"), "PPM", (64, 48))
     add("pgm", ".pgm", encode(base.convert("L"), "PPM"), "PGM", (64, 48))
     add("animated_gif", ".gif", animated("GIF"), "3-frame GIF", (40, 30))
@@ -277,12 +311,23 @@ def valid_odd_images() -> list[Sample]:
     add("animated_webp", ".webp", animated("WEBP"), "3-frame WebP", (40, 30))
     add("gif_frame_flood", ".gif", gif_frame_flood(20_000), "1x1 GIF with 20000 frames", (1, 1))
     for o in range(1, 9):  # every EXIF orientation; 5..8 swap width and height
-        add(f"exif_orientation_{o}_jpg", ".jpg", exif_jpeg(o), f"EXIF orientation {o}", (40, 60) if o >= 5 else (60, 40))
-    add("big_but_allowed_png", ".png", png_zeros(3000, 3000), "9 Mpx of zlib-compressed zeros, under the limit",
-        (3000, 3000))
-    add("jpeg_with_comment_and_icc", ".jpg",
-        encode(base, "JPEG", comment=b"x" * 60000, icc_profile=b"\x00" * 5000), "large COM and ICC segments",
-        (64, 48))
+        add(
+            f"exif_orientation_{o}_jpg", ".jpg", exif_jpeg(o), f"EXIF orientation {o}", (40, 60) if o >= 5 else (60, 40)
+        )
+    add(
+        "big_but_allowed_png",
+        ".png",
+        png_zeros(3000, 3000),
+        "9 Mpx of zlib-compressed zeros, under the limit",
+        (3000, 3000),
+    )
+    add(
+        "jpeg_with_comment_and_icc",
+        ".jpg",
+        encode(base, "JPEG", comment=b"x" * 60000, icc_profile=b"\x00" * 5000),
+        "large COM and ICC segments",
+        (64, 48),
+    )
     return s
 
 
@@ -335,22 +380,34 @@ def invalid_inputs(seed: int = 0) -> list[Sample]:
         for n in (64, 5000):
             add(f"header_{ext}_garbage_{n}", f".{ext}", head + rng.randbytes(n), f"{ext} magic + {n} random bytes")
     # the real header of a valid file, then garbage instead of pixel data
-    add("png_real_ihdr_garbage_idat", ".png", full["png"][:33] + png_chunk(b"IDAT", rng.randbytes(300))
-        + png_chunk(b"IEND", b""), "valid IHDR, IDAT of random bytes")
+    add(
+        "png_real_ihdr_garbage_idat",
+        ".png",
+        full["png"][:33] + png_chunk(b"IDAT", rng.randbytes(300)) + png_chunk(b"IEND", b""),
+        "valid IHDR, IDAT of random bytes",
+    )
     add("png_bad_crc", ".png", full["png"][:29] + b"\x00\x00\x00\x00" + full["png"][33:], "IHDR CRC zeroed")
     add("png_zero_width", ".png", png_with_header(0, 10), "IHDR width 0")
     jpg = full["jpg"]
     sos = jpg.find(b"\xff\xda")
-    add("jpg_real_headers_garbage_scan", ".jpg", jpg[: sos + 14] + rng.randbytes(2000) + b"\xff\xd9",
-        "valid tables and SOS, random entropy data")
+    add(
+        "jpg_real_headers_garbage_scan",
+        ".jpg",
+        jpg[: sos + 14] + rng.randbytes(2000) + b"\xff\xd9",
+        "valid tables and SOS, random entropy data",
+    )
     add("jpg_zero_height_sof", ".jpg", jpeg_with_sof(16, 0), "SOF height 0")
 
     # decompression bombs: tiny files declaring huge images
     add("bomb_png_100k_x_100k", ".png", png_with_header(100_000, 100_000), "PNG header 1e10 pixels")
     add("bomb_png_2g_x_1", ".png", png_with_header(2**31 - 1, 1), "PNG header 2^31-1 x 1")
     add("bomb_png_real_zeros", ".png", png_zeros(20_000, 20_000), "400 Mpx of real zlib-compressed zeros")
-    add("bomb_png_over_limit", ".png", png_zeros(7000, 6000),
-        "42 Mpx of real pixels, over the test limit and the 40 Mpx default")
+    add(
+        "bomb_png_over_limit",
+        ".png",
+        png_zeros(7000, 6000),
+        "42 Mpx of real pixels, over the test limit and the 40 Mpx default",
+    )
     add("bomb_gif_65535", ".gif", gif_with_screen(65535, 65535), "GIF screen 65535x65535")
     add("bomb_jpeg_sof_65500", ".jpg", jpeg_with_sof(65500, 65500), "JPEG SOF 65500x65500")
     add("bomb_jpeg_sof_wide", ".jpg", jpeg_with_sof(65535, 4000), "JPEG SOF 65535x4000")

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-
 from hostile import encode, picture
 
 
@@ -57,21 +56,25 @@ class LoadResult:
             return round(statistics.quantiles(xs, n=100)[int(q) - 1] * 1000, 1) if len(xs) >= 2 else None
 
         return {
-            "clients": self.clients, "seconds": self.seconds, "requests": self.requests,
+            "clients": self.clients,
+            "seconds": self.seconds,
+            "requests": self.requests,
             "requests_per_s": round(self.requests / self.seconds, 1),
             "statuses": dict(sorted(self.statuses.items())),
             "captions_per_s": round(self.statuses[200] / self.seconds, 1),
             "503_without_retry_after": self.missing_retry_after,
             "retry_after_values": dict(sorted(self.retry_after_values.items())),
-            "client_errors": dict(self.client_errors), "bad_bodies": self.bad_bodies,
+            "client_errors": dict(self.client_errors),
+            "bad_bodies": self.bad_bodies,
             "latency_ms_200": {"p50": pct(self.latencies_ok, 50), "p99": pct(self.latencies_ok, 99)},
             "latency_ms_503": {"p50": pct(self.latencies_503, 50), "p99": pct(self.latencies_503, 99)},
             "rss_mib_peak": round(max(self.rss_samples_kb) / 1024, 1) if self.rss_samples_kb else None,
         }
 
 
-async def _client(http: httpx.AsyncClient, images: list[bytes], k: int, until: float, res: LoadResult,
-                  retry_after: bool) -> None:
+async def _client(
+    http: httpx.AsyncClient, images: list[bytes], k: int, until: float, res: LoadResult, retry_after: bool
+) -> None:
     i = k
     while time.monotonic() < until:
         data = images[i % len(images)]
@@ -116,20 +119,30 @@ async def _sample_rss(pid: int | None, until: float, res: LoadResult) -> None:
         await asyncio.sleep(0.25)
 
 
-async def _hammer(url: str, headers: dict, clients: int, seconds: float, pid: int | None,
-                  retry_after: bool, timeout: float) -> LoadResult:
+async def _hammer(
+    url: str, headers: dict, clients: int, seconds: float, pid: int | None, retry_after: bool, timeout: float
+) -> LoadResult:
     res = LoadResult(clients, seconds)
     images = payloads()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout) as http:
         until = time.monotonic() + seconds
-        await asyncio.gather(_sample_rss(pid, until, res),
-                             *(_client(http, images, k, until, res, retry_after) for k in range(clients)))
+        await asyncio.gather(
+            _sample_rss(pid, until, res), *(_client(http, images, k, until, res, retry_after) for k in range(clients))
+        )
     return res
 
 
-def run_load(url: str, headers: dict, *, clients: int, seconds: float, pid: int | None = None,
-             retry_after: bool = False, timeout: float = 60.0) -> LoadResult:
+def run_load(
+    url: str,
+    headers: dict,
+    *,
+    clients: int,
+    seconds: float,
+    pid: int | None = None,
+    retry_after: bool = False,
+    timeout: float = 60.0,
+) -> LoadResult:
     """Drive ``clients`` concurrent clients against ``url`` for ``seconds``."""
     return asyncio.run(_hammer(url, headers, clients, seconds, pid, retry_after, timeout))
 

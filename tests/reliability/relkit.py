@@ -51,10 +51,22 @@ def build_checkpoint(out: Path) -> Path:
     torch.manual_seed(0)
     encoder = build_encoder("efficientnet_lite0")
     vocab = Vocabulary.build(["a red square on a blue background", "two green circles near a cat"])
-    cfg = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim, embed_dim=16, hidden_dim=32,
-                        img_proj_dim=16, dropout=0.0, max_length=8)
-    model = Captioner(encoder, CaptionDecoder(cfg), vocab, device="cpu",
-                      metadata={"model_id": "reliability-random", "training_data": "none (random weights)"})
+    cfg = DecoderConfig(
+        vocab_size=len(vocab),
+        feature_dim=encoder.feature_dim,
+        embed_dim=16,
+        hidden_dim=32,
+        img_proj_dim=16,
+        dropout=0.0,
+        max_length=8,
+    )
+    model = Captioner(
+        encoder,
+        CaptionDecoder(cfg),
+        vocab,
+        device="cpu",
+        metadata={"model_id": "reliability-random", "training_data": "none (random weights)"},
+    )
     model.save(out)
     return out
 
@@ -97,20 +109,50 @@ class Server:
                 self.proc.wait(10)
 
 
-def launch_server(checkpoint: Path, log: Path, *args: str, api_key: str | None = API_KEY,
-                  env: dict[str, str] | None = None) -> subprocess.Popen:
+def launch_server(
+    checkpoint: Path, log: Path, *args: str, api_key: str | None = API_KEY, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """``captioner serve --port 0`` with this module's limits; output to ``log``."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
     full_env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
     if api_key:
         full_env["CAPTIONER_API_KEY"] = api_key
-    cmd = [sys.executable, "-m", "captioner", "serve", "--checkpoint", str(checkpoint), "--host", "127.0.0.1",
-           "--port", "0", "--torch-threads", "1", "--log-level", "warning",
-           "--max-batch-size", "8", "--max-wait-ms", "5", "--queue-size", str(QUEUE_SIZE),
-           "--max-files", str(MAX_FILES), "--max-body-bytes", str(MAX_BODY_BYTES),
-           "--max-pixels", str(MAX_PIXELS), "--request-timeout", "30", "--decode-workers", "2", *args]
-    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env,
-                            start_new_session=True, cwd=log.parent)
+    cmd = [
+        sys.executable,
+        "-m",
+        "captioner",
+        "serve",
+        "--checkpoint",
+        str(checkpoint),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--torch-threads",
+        "1",
+        "--log-level",
+        "warning",
+        "--max-batch-size",
+        "8",
+        "--max-wait-ms",
+        "5",
+        "--queue-size",
+        str(QUEUE_SIZE),
+        "--max-files",
+        str(MAX_FILES),
+        "--max-body-bytes",
+        str(MAX_BODY_BYTES),
+        "--max-pixels",
+        str(MAX_PIXELS),
+        "--request-timeout",
+        "30",
+        "--decode-workers",
+        "2",
+        *args,
+    ]
+    return subprocess.Popen(
+        cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env, start_new_session=True, cwd=log.parent
+    )
 
 
 def wait_ready(proc: subprocess.Popen, log: Path) -> Server:

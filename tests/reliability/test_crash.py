@@ -20,9 +20,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 import crashkit as ck
+import pytest
 from hostile import encode, picture
 from relkit import plant
 
@@ -50,18 +49,31 @@ def killed_and_resumed(scenes, tmp_path_factory):
         proc = ck.start(ck.train_command(data, out, cache, EPOCHS, resume=resume), out.parent / "train.log")
         outcome = ck.kill_when(proc, lambda: len(ck.log_rows(out)) >= start_rows + after_epochs, extra_s)
         where = f"(seed {seed}, kill {len(events) + 1} at +{extra_s:.2f} s after {after_epochs} epochs)"
-        assert outcome == "killed" or proc.returncode == 0, f"training failed {where}:\n" + \
-            (out.parent / "train.log").read_text(errors="replace")[-3000:]
+        assert outcome == "killed" or proc.returncode == 0, (
+            f"training failed {where}:\n" + (out.parent / "train.log").read_text(errors="replace")[-3000:]
+        )
         try:
             loaded = ck.check_checkpoints(out)
-        except Exception as e:  # noqa: BLE001 - report which kill broke what
+        except Exception as e:
             raise AssertionError(f"a checkpoint on disk does not load {where}: {type(e).__name__}: {e}") from None
-        events.append({"resumed": resume, "outcome": outcome, "epochs_on_disk": len(ck.log_rows(out)),
-                       "loaded": loaded, "where": where})
-    final = subprocess.run(ck.train_command(data, out, cache, EPOCHS, resume=(out / "last").exists()),
-                           capture_output=True, env=ck.ENV, timeout=600)
-    assert final.returncode == 0, f"the final resume failed (seed {seed}):\n" + \
-        (final.stdout + final.stderr).decode(errors="replace")[-3000:]
+        events.append(
+            {
+                "resumed": resume,
+                "outcome": outcome,
+                "epochs_on_disk": len(ck.log_rows(out)),
+                "loaded": loaded,
+                "where": where,
+            }
+        )
+    final = subprocess.run(
+        ck.train_command(data, out, cache, EPOCHS, resume=(out / "last").exists()),
+        capture_output=True,
+        env=ck.ENV,
+        timeout=600,
+    )
+    assert final.returncode == 0, (
+        f"the final resume failed (seed {seed}):\n" + (final.stdout + final.stderr).decode(errors="replace")[-3000:]
+    )
     return out, events
 
 
@@ -73,8 +85,12 @@ def test_training_killed_twice_resumes_to_the_end(killed_and_resumed) -> None:
     results = json.loads((out / "results.json").read_text())
     assert 1 <= results["best_epoch"] <= EPOCHS
     leftovers = sorted(p.name for p in out.iterdir() if p.name.startswith("."))
-    print("\ntraining kill trials:", *(f"{e['where']}: {e['outcome']}, {e['epochs_on_disk']} epochs on disk, "
-                                        f"loaded {e['loaded']}" for e in events), f"leftovers {leftovers}", sep="\n  ")
+    print(
+        "\ntraining kill trials:",
+        *(f"{e['where']}: {e['outcome']}, {e['epochs_on_disk']} epochs on disk, loaded {e['loaded']}" for e in events),
+        f"leftovers {leftovers}",
+        sep="\n  ",
+    )
 
 
 def test_resume_after_a_torn_training_log(killed_and_resumed, tmp_path) -> None:
@@ -87,7 +103,7 @@ def test_resume_after_a_torn_training_log(killed_and_resumed, tmp_path) -> None:
     log = out / "log.jsonl"
     text = log.read_bytes()
     log.write_bytes(text[: text.rfind(b"\n", 0, len(text) - 1) + 25])  # the last row cut after 24 bytes
-    cmd = ck.train_command(Path(), out, Path(), resume=True) + ["--epochs", str(EPOCHS + 1)]
+    cmd = [*ck.train_command(Path(), out, Path(), resume=True), "--epochs", str(EPOCHS + 1)]
     done = subprocess.run(cmd, capture_output=True, env=ck.ENV, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr).decode(errors="replace")[-2000:]
     assert [r["epoch"] for r in ck.log_rows(out)] == list(range(1, EPOCHS + 2))
@@ -96,8 +112,9 @@ def test_resume_after_a_torn_training_log(killed_and_resumed, tmp_path) -> None:
 @pytest.mark.parametrize("target", ["trainer_state.safetensors", "model.safetensors"])
 def test_pickle_planted_in_the_resume_state_is_refused(killed_and_resumed, tmp_path, target) -> None:
     """--resume reads OUT/last: a malicious pickle there is refused and never runs."""
+    from captioner.training.train import resume_config, train
+
     from captioner.errors import CaptionerError
-    from training.train import resume_config, train
 
     out = tmp_path / "run"
     shutil.copytree(killed_and_resumed[0], out, symlinks=True)
@@ -127,8 +144,9 @@ def test_folder_captioning_killed_then_rerun(rel_checkpoint, tmp_path) -> None:
     assert len(before) == len(set(before)) and 0 < len(before) < len(expected)
     with open(out, "ab") as f:  # what a power cut in the middle of a write can leave
         f.write(b'{"file": "img031.png", "capt')
-    rerun = subprocess.run(ck.caption_command(photos, out, rel_checkpoint, batch_size=8), capture_output=True,
-                           env=ck.ENV, timeout=600)
+    rerun = subprocess.run(
+        ck.caption_command(photos, out, rel_checkpoint, batch_size=8), capture_output=True, env=ck.ENV, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stderr.decode(errors="replace")[-2000:]
     ck.check_captions_file(out, expected)
     assert f"skipped {len(before)}" in rerun.stderr.decode()
@@ -154,8 +172,16 @@ def test_a_save_removes_what_killed_saves_left_behind(tmp_path) -> None:
             (d / "model.safetensors").write_bytes(b"partial")
         vocab = Vocabulary.build(["a red dog"])
         cfg = DecoderConfig(vocab_size=len(vocab), feature_dim=4, embed_dim=4, hidden_dim=8, img_proj_dim=4)
-        save_checkpoint(tmp_path / "ck", decoder=CaptionDecoder(cfg), decoder_config=cfg, encoder_name="e",
-                        preprocess={}, vocab=vocab, metadata={}, dtype=torch.float16)
+        save_checkpoint(
+            tmp_path / "ck",
+            decoder=CaptionDecoder(cfg),
+            decoder_config=cfg,
+            encoder_name="e",
+            preprocess={},
+            vocab=vocab,
+            metadata={},
+            dtype=torch.float16,
+        )
         assert not any(d.exists() for d in stale)
         assert all(d.exists() for d in kept)
         assert load_checkpoint(tmp_path / "ck").vocab.itos == vocab.itos

@@ -16,22 +16,33 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hostile import encode, picture, write_corpus
+
 from captioner.encoders import get_spec
 from captioner.errors import ImageLoadError
 from captioner.images import load_image
-from hostile import encode, picture, write_corpus
 
 DRAFT = get_spec("efficientnet_lite0").preprocess.draft_size
 ODD_NAMES = [
-    "-rf.jpg", "line\nbreak.jpg", "tab\there.jpg", "esc\x1b[31mred.jpg", "back\\slash.jpg", "..jpg",
-    "spaces   .jpg", "quote\"'.jpg", "UPPER.JPG", "ünïcödé.jpg", "x" * 200 + ".jpg",
+    "-rf.jpg",
+    "line\nbreak.jpg",
+    "tab\there.jpg",
+    "esc\x1b[31mred.jpg",
+    "back\\slash.jpg",
+    "..jpg",
+    "spaces   .jpg",
+    "quote\"'.jpg",
+    "UPPER.JPG",
+    "ünïcödé.jpg",
+    "x" * 200 + ".jpg",
 ]
 
 
 def run_caption(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "captioner", "caption", *args], capture_output=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "captioner", "caption", *args], capture_output=True, timeout=timeout, env=env
+    )
 
 
 def snapshot(root: Path) -> set[str]:
@@ -65,8 +76,18 @@ def test_folder_run_over_hostile_files(rel_checkpoint, corpus, tmp_path) -> None
     outdir = tmp_path / "out"
     before = snapshot(tmp_path)
 
-    r = run_caption(str(photos), "--out", str(outdir / "captions.jsonl"), "--checkpoint", str(rel_checkpoint),
-                    "--batch-size", "8", "--workers", "2", "--quiet")
+    r = run_caption(
+        str(photos),
+        "--out",
+        str(outdir / "captions.jsonl"),
+        "--checkpoint",
+        str(rel_checkpoint),
+        "--batch-size",
+        "8",
+        "--workers",
+        "2",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
 
     created = snapshot(tmp_path) - before
@@ -82,8 +103,18 @@ def test_folder_run_over_hostile_files(rel_checkpoint, corpus, tmp_path) -> None
     expected_ok, expected_err = set(), {}
     for entry in os.listdir(photos):
         path = photos / entry
-        if entry.startswith(".") or path.suffix.lower() not in {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp",
-                                                                ".tif", ".tiff", ".ppm", ".pgm"}:
+        if entry.startswith(".") or path.suffix.lower() not in {
+            ".jpg",
+            ".jpeg",
+            ".png",
+            ".gif",
+            ".webp",
+            ".bmp",
+            ".tif",
+            ".tiff",
+            ".ppm",
+            ".pgm",
+        }:
             continue
         if path.is_dir() or entry in ("dangling.jpg", "pipe.jpg"):
             continue
@@ -106,5 +137,7 @@ def test_folder_run_over_hostile_files(rel_checkpoint, corpus, tmp_path) -> None
         assert not rec["file"].startswith("/") and ".." not in Path(rec["file"]).parts
         assert isinstance(rec["caption"], str)
     assert f"captioned {len(done)}" in r.stderr.decode(errors="replace")
-    print(f"\nfolder run: {len(samples)} corpus files + {len(os.listdir(photos)) - len(samples)} odd entries -> "
-          f"{len(done)} captioned, {len(failed)} in the errors file")
+    print(
+        f"\nfolder run: {len(samples)} corpus files + {len(os.listdir(photos)) - len(samples)} odd entries -> "
+        f"{len(done)} captioned, {len(failed)} in the errors file"
+    )

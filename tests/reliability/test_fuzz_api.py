@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import httpx
-
 from relkit import AUTH, Server
 
 
@@ -48,11 +47,32 @@ def test_schemathesis_finds_no_server_error(rel_server: Server, tmp_path) -> Non
     examples = os.environ.get("RELIABILITY_FUZZ_EXAMPLES", "40")
     schema = fuzz_schema(rel_server, tmp_path / "openapi.json")
     rss_before = rel_server.rss_kb()
-    cmd = [schemathesis_bin(), "run", str(schema), "--url", rel_server.url,
-           "-H", f"Authorization: {AUTH['Authorization']}", "--checks", "not_a_server_error",
-           "--phases", "examples,coverage,fuzzing", "-n", examples, "--seed", seed, "--workers", "1",
-           "--generation-database", "none", "--request-timeout", "60", "--suppress-health-check", "all",
-           "--no-color"]
+    cmd = [
+        schemathesis_bin(),
+        "run",
+        str(schema),
+        "--url",
+        rel_server.url,
+        "-H",
+        f"Authorization: {AUTH['Authorization']}",
+        "--checks",
+        "not_a_server_error",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "-n",
+        examples,
+        "--seed",
+        seed,
+        "--workers",
+        "1",
+        "--generation-database",
+        "none",
+        "--request-timeout",
+        "60",
+        "--suppress-health-check",
+        "all",
+        "--no-color",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"schemathesis (seed {seed}) found a server error:\n{output[-6000:]}"
@@ -61,5 +81,7 @@ def test_schemathesis_finds_no_server_error(rel_server: Server, tmp_path) -> Non
     assert rel_server.alive()
     with rel_server.client() as client:
         assert client.get("/readyz").status_code == 200
-    print(f"\nschemathesis: {m.group(1)} requests, no 5xx (seed {seed}); server RSS "
-          f"{rss_before / 1024:.0f} -> {rel_server.rss_kb() / 1024:.0f} MiB")
+    print(
+        f"\nschemathesis: {m.group(1)} requests, no 5xx (seed {seed}); server RSS "
+        f"{rss_before / 1024:.0f} -> {rel_server.rss_kb() / 1024:.0f} MiB"
+    )

@@ -16,33 +16,54 @@ import os
 import time
 
 import pytest
+from hostile import animated, encode, exif_jpeg, picture, png_16bit_rgb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from captioner.errors import ImageLoadError
 from captioner.images import load_image, probe_image_size
-from hostile import animated, encode, exif_jpeg, picture, png_16bit_rgb
 
 MAX_PIXELS = 1_000_000
 SLOW_S = 3.0  # generous: the machine may be shared; a decoder stuck in a loop takes far longer
 CODES = {"unreadable", "unsupported", "too_large", "empty", "not_found"}
 EXAMPLES = int(os.environ.get("RELIABILITY_FUZZ_EXAMPLES_LOADER", "250"))
 TIME_LIMIT_S = max(180, EXAMPLES // 10)  # pytest-timeout: a hung decoder fails the test
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def seeds() -> list[bytes]:
     """Small valid images of every format and odd mode the loader handles."""
     base = picture(24, 16, seed=3)
     return [
-        encode(base, "JPEG"), encode(base, "JPEG", progressive=True), encode(base.convert("CMYK"), "JPEG"),
-        encode(base, "PNG"), encode(base.convert("P"), "PNG", transparency=0), encode(base.convert("LA"), "PNG"),
-        encode(base.convert("I;16"), "PNG"), png_16bit_rgb(8, 6), encode(base.convert("P"), "GIF"),
-        animated("GIF", 2), animated("PNG", 2), animated("WEBP", 2), encode(base, "WEBP"),
-        encode(base, "WEBP", lossless=True), encode(base, "BMP"), encode(base.convert("P"), "BMP"),
-        encode(base, "TIFF"), encode(base, "TIFF", compression="tiff_lzw"), encode(base.convert("F"), "TIFF"),
-        encode(base, "PPM"), exif_jpeg(6, 24, 16), encode(base, "ICO"), encode(base, "TGA"), encode(base, "PCX"),
+        encode(base, "JPEG"),
+        encode(base, "JPEG", progressive=True),
+        encode(base.convert("CMYK"), "JPEG"),
+        encode(base, "PNG"),
+        encode(base.convert("P"), "PNG", transparency=0),
+        encode(base.convert("LA"), "PNG"),
+        encode(base.convert("I;16"), "PNG"),
+        png_16bit_rgb(8, 6),
+        encode(base.convert("P"), "GIF"),
+        animated("GIF", 2),
+        animated("PNG", 2),
+        animated("WEBP", 2),
+        encode(base, "WEBP"),
+        encode(base, "WEBP", lossless=True),
+        encode(base, "BMP"),
+        encode(base.convert("P"), "BMP"),
+        encode(base, "TIFF"),
+        encode(base, "TIFF", compression="tiff_lzw"),
+        encode(base.convert("F"), "TIFF"),
+        encode(base, "PPM"),
+        exif_jpeg(6, 24, 16),
+        encode(base, "ICO"),
+        encode(base, "TGA"),
+        encode(base, "PCX"),
     ]
 
 
@@ -78,8 +99,16 @@ def test_arbitrary_bytes(data: bytes) -> None:
 @FUZZ
 @given(st.binary(min_size=0, max_size=600))
 def test_arbitrary_bytes_after_a_real_magic_number(tail: bytes) -> None:
-    for magic in (b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF\x00\x00\x00\x00WEBPVP8L", b"BM",
-                  b"II*\x00", b"MM\x00*", b"P6\n"):
+    for magic in (
+        b"\xff\xd8\xff\xe0",
+        b"\x89PNG\r\n\x1a\n",
+        b"GIF89a",
+        b"RIFF\x00\x00\x00\x00WEBPVP8L",
+        b"BM",
+        b"II*\x00",
+        b"MM\x00*",
+        b"P6\n",
+    ):
         check(magic + tail)
 
 

@@ -39,7 +39,9 @@ def test_overload_answers_only_200_or_503_with_retry_after(rel_server: Server) -
     assert median_s < 5.0, f"after the load, a single request takes {median_s:.2f} s"
     after_kb = rel_server.rss_kb()
     growth_mb = (after_kb - baseline_kb) / 1024
-    print(f"\noverload 64 clients x 5 s: {s['requests']} requests, statuses {s['statuses']}, "
-          f"Retry-After {s['retry_after_values']}, RSS {baseline_kb / 1024:.0f} -> peak {s['rss_mib_peak']} -> "
-          f"{after_kb / 1024:.0f} MiB, single request after: {median_s * 1000:.0f} ms")
+    print(
+        f"\noverload 64 clients x 5 s: {s['requests']} requests, statuses {s['statuses']}, "
+        f"Retry-After {s['retry_after_values']}, RSS {baseline_kb / 1024:.0f} -> peak {s['rss_mib_peak']} -> "
+        f"{after_kb / 1024:.0f} MiB, single request after: {median_s * 1000:.0f} ms"
+    )
     assert growth_mb < 64, f"memory did not come back near its baseline: +{growth_mb:.0f} MiB"

@@ -20,15 +20,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hostile import encode, picture
 from packaging.version import Version
 from pydantic import SecretStr
+from relkit import API_KEY, Payload, Server, plant
 
 from captioner.checkpoint import load_checkpoint, save_checkpoint
 from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.errors import CheckpointError
 from captioner.vocab import Vocabulary
-from hostile import encode, picture
-from relkit import API_KEY, Payload, Server, plant
 
 
 def test_the_payload_really_runs_when_unpickled(tmp_path) -> None:
@@ -42,8 +42,16 @@ def small_checkpoint(path: Path, with_encoder: bool = False) -> Path:
     vocab = Vocabulary.build(["a red dog", "a blue car"])
     cfg = DecoderConfig(vocab_size=len(vocab), feature_dim=8, embed_dim=8, hidden_dim=16, img_proj_dim=4)
     enc = {"w": torch.zeros(2, 2)} if with_encoder else None
-    return save_checkpoint(path, decoder=CaptionDecoder(cfg), decoder_config=cfg, encoder_name="efficientnet_lite0",
-                           preprocess={}, vocab=vocab, metadata={}, encoder_state=enc)
+    return save_checkpoint(
+        path,
+        decoder=CaptionDecoder(cfg),
+        decoder_config=cfg,
+        encoder_name="efficientnet_lite0",
+        preprocess={},
+        vocab=vocab,
+        metadata={},
+        encoder_state=enc,
+    )
 
 
 @pytest.mark.parametrize("target", ["model.safetensors", "encoder.safetensors"])
@@ -73,8 +81,9 @@ def test_pickle_as_encoder_weights_is_refused(tmp_path, name, how) -> None:
 
 
 def test_pickle_planted_in_the_feature_cache_is_ignored(tmp_path) -> None:
+    from captioner.training.features import FeatureCache
+
     from captioner.encoders import build_encoder
-    from training.features import FeatureCache
 
     encoder = build_encoder("efficientnet_lite0", weights="random")
     images = []
@@ -85,7 +94,7 @@ def test_pickle_planted_in_the_feature_cache_is_ignored(tmp_path) -> None:
     cache.path.parent.mkdir(parents=True)
     marker = tmp_path / "PWNED"
     plant(cache.path, marker)
-    table, report = cache.build(images, progress=False)
+    _table, report = cache.build(images, progress=False)
     assert not marker.exists()
     assert report.rebuilt_file and report.computed == 2 and report.reused == 0
     assert cache.path.read_bytes()[:2] != pickle.dumps({})[:2]  # replaced by a safetensors file
@@ -100,8 +109,15 @@ def test_api_key_is_required_and_checked(rel_server: Server) -> None:
         r = client.post("/v1/captions", files=files)
         assert r.status_code == 401 and r.json()["error"] == "unauthorized"
         assert r.headers["www-authenticate"].startswith("Bearer")
-        for header in (f"Bearer {API_KEY}x", f"Bearer {API_KEY[:-1]}", "Bearer", f"Basic {API_KEY}", API_KEY,
-                       f"Bearer {API_KEY.upper()}", f"Bearer\t{API_KEY}x"):
+        for header in (
+            f"Bearer {API_KEY}x",
+            f"Bearer {API_KEY[:-1]}",
+            "Bearer",
+            f"Basic {API_KEY}",
+            API_KEY,
+            f"Bearer {API_KEY.upper()}",
+            f"Bearer\t{API_KEY}x",
+        ):
             r = client.post("/v1/captions", files=files, headers={"Authorization": header})
             assert r.status_code == 401, header
         assert client.get("/v1/model").status_code == 401
@@ -113,8 +129,8 @@ def test_api_key_is_required_and_checked(rel_server: Server) -> None:
 def test_api_key_is_compared_in_constant_time(monkeypatch) -> None:
     """The key check goes through hmac.compare_digest (whose time does not depend on where
     the first differing byte is), never through ==."""
-    from service import auth
-    from service.errors import APIError
+    from captioner.service import auth
+    from captioner.service.errors import APIError
 
     calls = []
     real = hmac.compare_digest
@@ -138,8 +154,17 @@ def test_api_key_is_compared_in_constant_time(monkeypatch) -> None:
 
 
 # ---------------------------------------------------------------------------- file names
-HOSTILE_NAMES = ["../../x.jpg", "/etc/passwd", "..\\..\\windows.jpg", "C:\\boot.jpg", "a\x00b.jpg",
-                 "\u202egnp.exe", "name\r\nX-Injected: 1.jpg", "....//....//y.jpg", "%2e%2e%2fz.jpg"]
+HOSTILE_NAMES = [
+    "../../x.jpg",
+    "/etc/passwd",
+    "..\\..\\windows.jpg",
+    "C:\\boot.jpg",
+    "a\x00b.jpg",
+    "\u202egnp.exe",
+    "name\r\nX-Injected: 1.jpg",
+    "....//....//y.jpg",
+    "%2e%2e%2fz.jpg",
+]
 
 
 def test_request_file_names_never_become_paths(rel_server: Server, tmp_path) -> None:
@@ -149,19 +174,29 @@ def test_request_file_names_never_become_paths(rel_server: Server, tmp_path) -> 
     boundary = "secboundary"
     with rel_server.client() as client:
         for name in HOSTILE_NAMES:
-            body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="'.encode()
-                    + name.encode("utf-8") + b'"\r\nContent-Type: image/png\r\n\r\n' + img
-                    + f"\r\n--{boundary}--\r\n".encode())
-            r = client.post("/v1/captions", content=body,
-                            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            body = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="'.encode()
+                + name.encode("utf-8")
+                + b'"\r\nContent-Type: image/png\r\n\r\n'
+                + img
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
+            r = client.post(
+                "/v1/captions", content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+            )
             assert r.status_code in (200, 400), (name, r.text)
             if r.status_code == 200:
                 echoed = r.json()["results"][0]["filename"]
-                assert echoed is None or ("/" not in echoed and "\\" not in echoed and "\x00" not in echoed
-                                          and not any(ord(c) < 32 or 0x202A <= ord(c) <= 0x202E for c in echoed)
-                                          and echoed not in (".", "..")), (name, echoed)
-            r = client.post("/v1/captions", content=img, params={"filename": name},
-                            headers={"Content-Type": "image/png"})
+                assert echoed is None or (
+                    "/" not in echoed
+                    and "\\" not in echoed
+                    and "\x00" not in echoed
+                    and not any(ord(c) < 32 or 0x202A <= ord(c) <= 0x202E for c in echoed)
+                    and echoed not in (".", "..")
+                ), (name, echoed)
+            r = client.post(
+                "/v1/captions", content=img, params={"filename": name}, headers={"Content-Type": "image/png"}
+            )
             assert r.status_code == 200
             echoed = r.json()["results"][0]["filename"]
             assert echoed is None or ("/" not in echoed and "\x00" not in echoed), (name, echoed)
@@ -199,6 +234,9 @@ def installed(package: str) -> str | None:
 def test_dependencies_are_past_their_known_advisories() -> None:
     present = {p: installed(p) for p in FLOORS}
     assert present["pillow"] and present["torch"] and present["python-multipart"] and present["starlette"]
-    old = [f"{p} {v} < {FLOORS[p][0]}: {FLOORS[p][1]}" for p, v in present.items()
-           if v is not None and Version(v) < Version(FLOORS[p][0])]  # an absent package cannot be vulnerable
+    old = [
+        f"{p} {v} < {FLOORS[p][0]}: {FLOORS[p][1]}"
+        for p, v in present.items()
+        if v is not None and Version(v) < Version(FLOORS[p][0])
+    ]  # an absent package cannot be vulnerable
     assert not old, "upgrade: " + "; ".join(old)

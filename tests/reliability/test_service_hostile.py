@@ -11,6 +11,7 @@ and chunked), too many files, bad options, garbage HTTP, and slow clients.
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import socket
 import threading
@@ -18,24 +19,29 @@ import time
 
 import httpx
 import pytest
+from captioner.service.errors import IMAGE_ERRORS
+from hostile import MAX_PIXELS, Sample, encode, picture
+from relkit import API_KEY, MAX_BODY_BYTES, MAX_FILES, Server
 
 from captioner.encoders import get_spec
 from captioner.errors import ImageLoadError
 from captioner.images import load_image
-from relkit import API_KEY, MAX_BODY_BYTES, MAX_FILES, Server
-from hostile import MAX_PIXELS, Sample, encode, picture
-from service.errors import IMAGE_ERRORS
 
 DRAFT = get_spec("efficientnet_lite0").preprocess.draft_size
-RAW_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".gif": "image/gif", ".webp": "image/webp",
-             ".bmp": "image/bmp", ".tif": "image/tiff"}
+RAW_TYPES = {
+    ".jpg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+}
 
 
 def expected_answer(sample: Sample) -> tuple[int, str | None]:
     """(status, error code) the service must give: what the safe loader says about these bytes."""
     try:
-        load_image(sample.data, name=sample.filename, max_pixels=MAX_PIXELS, max_bytes=MAX_BODY_BYTES,
-                   draft_size=DRAFT)
+        load_image(sample.data, name=sample.filename, max_pixels=MAX_PIXELS, max_bytes=MAX_BODY_BYTES, draft_size=DRAFT)
     except ImageLoadError as e:
         return IMAGE_ERRORS[e.code]
     return 200, None
@@ -82,10 +88,16 @@ def test_every_hostile_image_gets_its_documented_answer(rel_server: Server, corp
         for how in ("multipart", "raw"):
             for sample in corpus:
                 if how == "multipart":
-                    r = client.post("/v1/captions", files={"file": (sample.filename, sample.data, "application/octet-stream")})
+                    r = client.post(
+                        "/v1/captions", files={"file": (sample.filename, sample.data, "application/octet-stream")}
+                    )
                 else:
-                    r = client.post("/v1/captions", content=sample.data, params={"filename": sample.filename},
-                                    headers={"Content-Type": RAW_TYPES.get(sample.ext, "application/octet-stream")})
+                    r = client.post(
+                        "/v1/captions",
+                        content=sample.data,
+                        params={"filename": sample.filename},
+                        headers={"Content-Type": RAW_TYPES.get(sample.ext, "application/octet-stream")},
+                    )
                 check_answer(r, sample, how)
                 statuses[r.status_code] += 1
             assert rel_server.alive()
@@ -94,8 +106,10 @@ def test_every_hostile_image_gets_its_documented_answer(rel_server: Server, corp
     log = rel_server.log_text()
     assert "Traceback" not in log and "unhandled error" not in log, log[-3000:]
     growth_mb = (rss[-1] - rss[0]) / 1024
-    print(f"\nhostile corpus: {len(corpus)} samples x 2 upload kinds, statuses {dict(sorted(statuses.items()))}; "
-          f"server RSS {rss[0] / 1024:.0f} -> {rss[1] / 1024:.0f} -> {rss[2] / 1024:.0f} MiB")
+    print(
+        f"\nhostile corpus: {len(corpus)} samples x 2 upload kinds, statuses {dict(sorted(statuses.items()))}; "
+        f"server RSS {rss[0] / 1024:.0f} -> {rss[1] / 1024:.0f} -> {rss[2] / 1024:.0f} MiB"
+    )
     assert set(statuses) <= {200, 413, 415, 422}
     assert statuses[200] > 0 and statuses[413] > 0 and statuses[415] > 0 and statuses[422] > 0
     # Generous bounds: decoding a 9-megapixel image legitimately takes ~100 MB once; what
@@ -144,33 +158,64 @@ def hostile_requests() -> list[tuple[str, dict, set[int], str | None]]:
     body, ctype = multipart([("file", "a.jpg", img), ("caption_me_please", None, b"x")])
     add("file plus an unknown field", {"content": body, "headers": {"Content-Type": ctype}}, {422}, "unknown_field")
     body, _ = multipart([("file", "a.jpg", img)])
-    add("multipart without boundary", {"content": body, "headers": {"Content-Type": "multipart/form-data"}},
-        {400}, "invalid_multipart")
-    add("multipart body of random bytes", {"content": bytes(range(256)) * 8,
-                                           "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}},
-        {400, 422}, None)
+    add(
+        "multipart without boundary",
+        {"content": body, "headers": {"Content-Type": "multipart/form-data"}},
+        {400},
+        "invalid_multipart",
+    )
+    add(
+        "multipart body of random bytes",
+        {"content": bytes(range(256)) * 8, "headers": {"Content-Type": "multipart/form-data; boundary=xyz"}},
+        {400, 422},
+        None,
+    )
     body, ctype = multipart([("file", "a.jpg", img)])
-    add("multipart cut in the middle", {"content": body[: len(body) // 2], "headers": {"Content-Type": ctype}},
-        {400, 422}, None)
+    add(
+        "multipart cut in the middle",
+        {"content": body[: len(body) // 2], "headers": {"Content-Type": ctype}},
+        {400, 422},
+        None,
+    )
     body, ctype = multipart([("file", "empty.jpg", b"")])
     add("empty file part", {"content": body, "headers": {"Content-Type": ctype}}, {422}, "empty_image")
     body, ctype = multipart([("file", f"{i}.jpg", img) for i in range(MAX_FILES + 1)])
     add("too many files", {"content": body, "headers": {"Content-Type": ctype}}, {413}, "too_many_files")
-    add("oversized body, declared", {"content": b"\xff" * (MAX_BODY_BYTES + 1), "headers": {"Content-Type": "image/jpeg"}},
-        {413}, "body_too_large")
-    add("oversized body, chunked", {"content": chunks(MAX_BODY_BYTES + 100_000), "headers": {"Content-Type": "image/jpeg"}},
-        {413}, "body_too_large")
+    add(
+        "oversized body, declared",
+        {"content": b"\xff" * (MAX_BODY_BYTES + 1), "headers": {"Content-Type": "image/jpeg"}},
+        {413},
+        "body_too_large",
+    )
+    add(
+        "oversized body, chunked",
+        {"content": chunks(MAX_BODY_BYTES + 100_000), "headers": {"Content-Type": "image/jpeg"}},
+        {413},
+        "body_too_large",
+    )
     big, ctype = multipart([("file", "big.jpg", b"\x00" * (MAX_BODY_BYTES + 10))])
     add("oversized multipart", {"content": big, "headers": {"Content-Type": ctype}}, {413}, "body_too_large")
-    add("text/plain body", {"content": b"hello", "headers": {"Content-Type": "text/plain"}}, {415},
-        "unsupported_media_type")
+    add(
+        "text/plain body",
+        {"content": b"hello", "headers": {"Content-Type": "text/plain"}},
+        {415},
+        "unsupported_media_type",
+    )
     add("no content type", {"content": img, "headers": {"Content-Type": ""}}, {415}, "unsupported_media_type")
     add("JSON body", {"json": {"image": "aGVsbG8="}}, {415}, "unsupported_media_type")
     add("empty raw body", {"content": b"", "headers": {"Content-Type": "image/png"}}, {422}, "empty_image")
-    add("beam size too large", {"files": {"file": ("a.jpg", img)}, "params": {"beam_size": 999}}, {422},
-        "invalid_option")
-    add("beam size not a number", {"files": {"file": ("a.jpg", img)}, "params": {"beam_size": "many"}}, {422},
-        "invalid_request")
+    add(
+        "beam size too large",
+        {"files": {"file": ("a.jpg", img)}, "params": {"beam_size": 999}},
+        {422},
+        "invalid_option",
+    )
+    add(
+        "beam size not a number",
+        {"files": {"file": ("a.jpg", img)}, "params": {"beam_size": "many"}},
+        {422},
+        "invalid_request",
+    )
     add("negative timeout", {"files": {"file": ("a.jpg", img)}, "params": {"timeout": -1}}, {422}, "invalid_request")
     add("max_length 0", {"files": {"file": ("a.jpg", img)}, "params": {"max_length": 0}}, {422}, "invalid_option")
     body, ctype = multipart([("file", "a.jpg", img), ("beam_size", None, b"\xff\xfe")])
@@ -180,8 +225,12 @@ def hostile_requests() -> list[tuple[str, dict, set[int], str | None]]:
     body, ctype = multipart([("file", "x" * 1000 + ".jpg", img)])
     add("1000-character file name", {"content": body, "headers": {"Content-Type": ctype}}, {200}, None)
     body, ctype = multipart([("file", "x" * 100_000 + ".jpg", img)])
-    add("100000-character part header", {"content": body, "headers": {"Content-Type": ctype}}, {400},
-        "invalid_multipart")
+    add(
+        "100000-character part header",
+        {"content": body, "headers": {"Content-Type": ctype}},
+        {400},
+        "invalid_multipart",
+    )
     return cases
 
 
@@ -212,10 +261,8 @@ def raw_exchange(server: Server, payload: bytes, timeout: float = 10.0) -> bytes
     """Send raw bytes on a fresh connection, return whatever comes back before it closes."""
     with socket.create_connection(server.host_port, timeout=timeout) as s:
         s.sendall(payload)
-        try:
+        with contextlib.suppress(OSError):
             s.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
         data = b""
         try:
             while chunk := s.recv(65536):
@@ -225,14 +272,18 @@ def raw_exchange(server: Server, payload: bytes, timeout: float = 10.0) -> bytes
     return data
 
 
-@pytest.mark.parametrize("payload", [
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64),  # a TLS ClientHello to the plain port
-    b"GARBAGE / HTTP/1.1\r\n\r\n",
-    b"POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-    b"POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n",
-    b"\x00" * 1000,
-], ids=["tls-hello", "bad-method", "bad-content-length", "smuggling-cl-te", "huge-header", "nul-bytes"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64),  # a TLS ClientHello to the plain port
+        b"GARBAGE / HTTP/1.1\r\n\r\n",
+        b"POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+        b"POST /v1/captions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n",
+        b"\x00" * 1000,
+    ],
+    ids=["tls-hello", "bad-method", "bad-content-length", "smuggling-cl-te", "huge-header", "nul-bytes"],
+)
 def test_malformed_http_never_gets_5xx(rel_server: Server, payload: bytes) -> None:
     reply = raw_exchange(rel_server, payload)
     if reply:  # the connection may also just be closed, which is a fine answer to garbage
@@ -249,9 +300,11 @@ def test_slow_clients_do_not_stop_the_server(rel_server: Server) -> None:
     """Slowloris: 20 connections trickle a body one byte at a time while normal clients are
     served promptly; what the server does with the trickling ones is measured too."""
     body, ctype = multipart([("file", "slow.jpg", small_jpeg())])
-    head = (f"POST /v1/captions HTTP/1.1\r\nHost: {rel_server.url[7:]}\r\nAuthorization: Bearer {API_KEY}\r\n"
-            f"Content-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/captions HTTP/1.1\r\nHost: {rel_server.url[7:]}\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
     slow = []
     for _ in range(20):
         s = socket.create_connection(rel_server.host_port, timeout=10)
@@ -263,10 +316,8 @@ def test_slow_clients_do_not_stop_the_server(rel_server: Server) -> None:
         i = 10
         while not stop.is_set() and i < len(body) - 1:
             for s in slow:
-                try:
+                with contextlib.suppress(OSError):
                     s.sendall(body[i : i + 1])
-                except OSError:
-                    pass
             i += 1
             time.sleep(0.2)
 
@@ -282,8 +333,10 @@ def test_slow_clients_do_not_stop_the_server(rel_server: Server) -> None:
                 assert r.status_code == 200, r.text
                 time.sleep(0.3)
         assert max(latencies) < 10, f"normal requests were slowed down by slow clients: {latencies}"
-        print(f"\nslow clients: 20 trickling connections; normal requests took {min(latencies):.2f}-"
-              f"{max(latencies):.2f} s")
+        print(
+            f"\nslow clients: 20 trickling connections; normal requests took {min(latencies):.2f}-"
+            f"{max(latencies):.2f} s"
+        )
     finally:
         stop.set()
         t.join(5)

@@ -15,7 +15,6 @@ import signal
 from pathlib import Path
 
 import pytest
-
 from servicekit import API_KEY, Server, build_checkpoint, launch, wait_ready
 
 
@@ -30,10 +29,25 @@ def _servers(checkpoint, tmp_path_factory):
     logs = tmp_path_factory.mktemp("logs")
     procs = {
         "server": launch(checkpoint, logs / "server.log", "--max-batch-size", "16", "--max-wait-ms", "5"),
-        "limited": launch(checkpoint, logs / "limited.log", "--max-batch-size", "1", "--queue-size", "2",
-                          "--max-files", "2", "--max-body-bytes", "65536", "--max-pixels", "250000",
-                          "--cors-origin", "http://allowed.example", "--body-timeout", "1.5",
-                          env={"CAPTIONER_API_KEY": API_KEY}),
+        "limited": launch(
+            checkpoint,
+            logs / "limited.log",
+            "--max-batch-size",
+            "1",
+            "--queue-size",
+            "2",
+            "--max-files",
+            "2",
+            "--max-body-bytes",
+            "65536",
+            "--max-pixels",
+            "250000",
+            "--cors-origin",
+            "http://allowed.example",
+            "--body-timeout",
+            "1.5",
+            env={"CAPTIONER_API_KEY": API_KEY},
+        ),
         "drainer": launch(checkpoint, logs / "drainer.log", "--drain-seconds", "3", "--max-batch-size", "1"),
     }
     servers: dict[str, Server] = {}

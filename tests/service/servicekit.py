@@ -78,7 +78,9 @@ def build_checkpoint(out: Path) -> Path:
         images, captions = [], []
         for i, name in enumerate(names):
             for j in range(3):
-                data = colour_image(name, seed=100 * i + j, size=(40 + 16 * j, 40 + 8 * j), fmt="PNG" if j % 2 else "JPEG")
+                data = colour_image(
+                    name, seed=100 * i + j, size=(40 + 16 * j, 40 + 8 * j), fmt="PNG" if j % 2 else "JPEG"
+                )
                 images.append(pre(Image.open(io.BytesIO(data)).convert("RGB")))
                 captions.append(f"a {name} picture")
         with torch.no_grad():
@@ -87,13 +89,25 @@ def build_checkpoint(out: Path) -> Path:
         seqs = [vocab.encode(c) for c in captions]
         T = max(len(s) for s in seqs)
         tokens = torch.tensor([s + [vocab.pad_id] * (T - len(s)) for s in seqs])  # (N, T)
-        cfg = DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim, embed_dim=32, hidden_dim=64,
-                            img_proj_dim=32, dropout=0.0, max_length=8)
+        cfg = DecoderConfig(
+            vocab_size=len(vocab),
+            feature_dim=encoder.feature_dim,
+            embed_dim=32,
+            hidden_dim=64,
+            img_proj_dim=32,
+            dropout=0.0,
+            max_length=8,
+        )
         decoder = CaptionDecoder(cfg)
         adam(decoder, lambda: decoder.loss(feats, tokens, vocab.pad_id), steps=150, lr=1e-2)
         decoder.eval()
-        model = Captioner(encoder, decoder, vocab, device="cpu",
-                          metadata={"model_id": "test-colours", "training_data": "plain noisy colour pictures"})
+        model = Captioner(
+            encoder,
+            decoder,
+            vocab,
+            device="cpu",
+            metadata={"model_id": "test-colours", "training_data": "plain noisy colour pictures"},
+        )
         got = [r.caption for r in model.generate(feats)]
         assert got == captions, f"the test decoder did not learn the colours: {got}"
         model.save(out)
@@ -131,14 +145,28 @@ def launch(checkpoint: Path, log: Path, *args: str, env: dict[str, str] | None =
     """Start ``captioner serve --port 0`` with its output in ``log`` (a pipe could fill up)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     # The service's own settings come only from the flags and ``env`` given here.
-    from service.settings import Settings
+    from captioner.service.settings import Settings
 
     settings_vars = {f"CAPTIONER_{name.upper()}" for name in Settings.model_fields}
     full_env = {k: v for k, v in full_env.items() if k not in settings_vars or k in (env or {})}
-    cmd = [sys.executable, "-m", "captioner", "serve", "--checkpoint", str(checkpoint), "--host", "127.0.0.1",
-           "--port", "0", "--torch-threads", "1", "--log-level", "warning", *args]
-    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "captioner",
+        "serve",
+        "--checkpoint",
+        str(checkpoint),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--torch-threads",
+        "1",
+        "--log-level",
+        "warning",
+        *args,
+    ]
+    return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
 
 
 def wait_ready(proc: subprocess.Popen, log: Path) -> Server:
@@ -159,6 +187,6 @@ def wait_ready(proc: subprocess.Popen, log: Path) -> Server:
                 pass
         time.sleep(0.1)
     proc.kill()
-    raise AssertionError(f"captioner serve was not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text(errors='replace')}")
-
-
+    raise AssertionError(
+        f"captioner serve was not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text(errors='replace')}"
+    )

@@ -15,7 +15,6 @@ import httpx
 import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-
 from servicekit import API_KEY, COLOURS, colour_image
 
 COLOUR_NAMES = list(COLOURS)
@@ -23,8 +22,10 @@ COLOUR_NAMES = list(COLOURS)
 
 def png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header declares width x height pixels (a decompression bomb)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
@@ -54,8 +55,10 @@ def good_request(server) -> None:
 
 # ---------------------------------------------------------------------------- success paths
 def test_multipart_with_several_images_returns_one_result_each(server):
-    files = [("file", (f"{name}.png", colour_image(name, 10 + i, fmt="PNG" if i % 2 else "JPEG")))
-             for i, name in enumerate(COLOUR_NAMES)]
+    files = [
+        ("file", (f"{name}.png", colour_image(name, 10 + i, fmt="PNG" if i % 2 else "JPEG")))
+        for i, name in enumerate(COLOUR_NAMES)
+    ]
     with server.client() as c:
         r = c.post("/v1/captions", files=files)
     assert r.status_code == 200, r.text
@@ -70,8 +73,12 @@ def test_multipart_with_several_images_returns_one_result_each(server):
 
 def test_raw_image_body_and_options(server):
     with server.client() as c:
-        r = c.post("/v1/captions", content=colour_image("blue", 3, fmt="JPEG"), headers={"Content-Type": "image/jpeg"},
-                   params={"beam_size": 3, "max_length": 5, "filename": "../../secret/blue\u202e.jpg"})
+        r = c.post(
+            "/v1/captions",
+            content=colour_image("blue", 3, fmt="JPEG"),
+            headers={"Content-Type": "image/jpeg"},
+            params={"beam_size": 3, "max_length": 5, "filename": "../../secret/blue\u202e.jpg"},
+        )
     item = assert_caption(r, "blue")
     assert item["filename"] == "blue.jpg"  # last path component, control characters removed
     assert (r.json()["beam_size"], r.json()["max_length"]) == (3, 5)
@@ -85,14 +92,20 @@ def test_options_as_form_fields(server):
 
 
 def test_32_concurrent_requests_are_batched_and_each_gets_its_own_caption(server):
-    jobs = [(COLOUR_NAMES[i % 4], colour_image(COLOUR_NAMES[i % 4], 1000 + i, size=(40 + i, 40), fmt="PNG" if i % 2
-                                               else "JPEG")) for i in range(32)]
+    jobs = [
+        (
+            COLOUR_NAMES[i % 4],
+            colour_image(COLOUR_NAMES[i % 4], 1000 + i, size=(40 + i, 40), fmt="PNG" if i % 2 else "JPEG"),
+        )
+        for i in range(32)
+    ]
 
     async def fire() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
         async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as c:
-            return await asyncio.gather(*(c.post("/v1/captions", files={"file": (f"{i}.png", data)})
-                                          for i, (_, data) in enumerate(jobs)))
+            return await asyncio.gather(
+                *(c.post("/v1/captions", files={"file": (f"{i}.png", data)}) for i, (_, data) in enumerate(jobs))
+            )
 
     responses = asyncio.run(fire())
     for i, ((colour, _), r) in enumerate(zip(jobs, responses)):
@@ -131,8 +144,10 @@ def test_health_ready_model_and_docs(server):
         assert info["decoder"]["max_length"] == 8 and info["metadata"]["training_data"]
         assert info["service"]["max_files"] == 16 and info["service"]["auth_required"] is False
         schema = c.get("/openapi.json").json()
-        assert "/v1/captions" in schema["paths"] and "multipart/form-data" in \
-            schema["paths"]["/v1/captions"]["post"]["requestBody"]["content"]
+        assert (
+            "/v1/captions" in schema["paths"]
+            and "multipart/form-data" in schema["paths"]["/v1/captions"]["post"]["requestBody"]["content"]
+        )
         docs = c.get("/docs")  # the Swagger UI works offline: its assets are served locally
         assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
         assert "cdn" not in docs.text.lower()
@@ -151,42 +166,122 @@ TRUNCATED_PNG = colour_image("red", 1, size=(64, 64))[:120]
 BAD_INPUTS = {
     "unknown route": (dict(method="GET", url="/v2/captions"), 404, "not_found"),
     "wrong method": (dict(method="DELETE", url="/v1/captions"), 405, "method_not_allowed"),
-    "wrong content type": (dict(method="POST", url="/v1/captions", content=b"hello",
-                                headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"),
+    "wrong content type": (
+        dict(method="POST", url="/v1/captions", content=b"hello", headers={"Content-Type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    ),
     "no content type": (dict(method="POST", url="/v1/captions", content=b"hello"), 415, "unsupported_media_type"),
-    "not an image": (dict(method="POST", url="/v1/captions", **_multipart(("file", ("notes.txt", b"just text")))),
-                     415, "unsupported_image"),
-    "truncated image": (dict(method="POST", url="/v1/captions", **_multipart(("file", ("cut.png", TRUNCATED_PNG)))),
-                        422, "unreadable_image"),
-    "empty file": (dict(method="POST", url="/v1/captions", **_multipart(("file", ("empty.jpg", b"")))),
-                   422, "empty_image"),
-    "empty raw body": (dict(method="POST", url="/v1/captions", content=b"", headers={"Content-Type": "image/png"}),
-                       422, "empty_image"),
-    "decompression bomb": (dict(method="POST", url="/v1/captions", content=png_claiming(100_000, 100_000),
-                                headers={"Content-Type": "image/png"}), 413, "image_too_large"),
-    "too many files": (dict(method="POST", url="/v1/captions",
-                            **_multipart(*[("file", (f"{i}.png", b"x")) for i in range(17)])), 413, "too_many_files"),
-    "no file part": (dict(method="POST", url="/v1/captions", data={"beam_size": "2"},
-                          files={"nothing": (None, b"")}), 422, "unknown_field"),
-    "only options": (dict(method="POST", url="/v1/captions", content=b"--B\r\nContent-Disposition: form-data; "
-                          b"name=\"beam_size\"\r\n\r\n2\r\n--B--\r\n",
-                          headers={"Content-Type": "multipart/form-data; boundary=B"}), 422, "no_image"),
-    "multipart without boundary": (dict(method="POST", url="/v1/captions", content=b"--x\r\n",
-                                        headers={"Content-Type": "multipart/form-data"}), 400, "invalid_multipart"),
-    "beam size too large": (dict(method="POST", url="/v1/captions", params={"beam_size": 99},
-                                 **_multipart(("file", ("r.png", colour_image("red", 2))))), 422, "invalid_option"),
-    "max length zero": (dict(method="POST", url="/v1/captions", params={"max_length": 0},
-                             **_multipart(("file", ("r.png", colour_image("red", 2))))), 422, "invalid_option"),
-    "beam size not a number": (dict(method="POST", url="/v1/captions", params={"beam_size": "wide"},
-                                    **_multipart(("file", ("r.png", colour_image("red", 2))))), 422, "invalid_request"),
-    "form option not a number": (dict(method="POST", url="/v1/captions", data={"max_length": "long"},
-                                      **_multipart(("file", ("r.png", colour_image("red", 2))))), 422,
-                                 "invalid_option"),
-    "timeout": (dict(method="POST", url="/v1/captions", params={"timeout": 0.001},
-                     **_multipart(("file", ("r.png", colour_image("red", 2))))), 504, "timeout"),
-    "all images fail differently": (dict(method="POST", url="/v1/captions",
-                                         **_multipart(("file", ("a.txt", b"text")), ("file", ("b.png", b"")))),
-                                    422, "all_failed"),
+    "not an image": (
+        dict(method="POST", url="/v1/captions", **_multipart(("file", ("notes.txt", b"just text")))),
+        415,
+        "unsupported_image",
+    ),
+    "truncated image": (
+        dict(method="POST", url="/v1/captions", **_multipart(("file", ("cut.png", TRUNCATED_PNG)))),
+        422,
+        "unreadable_image",
+    ),
+    "empty file": (
+        dict(method="POST", url="/v1/captions", **_multipart(("file", ("empty.jpg", b"")))),
+        422,
+        "empty_image",
+    ),
+    "empty raw body": (
+        dict(method="POST", url="/v1/captions", content=b"", headers={"Content-Type": "image/png"}),
+        422,
+        "empty_image",
+    ),
+    "decompression bomb": (
+        dict(
+            method="POST",
+            url="/v1/captions",
+            content=png_claiming(100_000, 100_000),
+            headers={"Content-Type": "image/png"},
+        ),
+        413,
+        "image_too_large",
+    ),
+    "too many files": (
+        dict(method="POST", url="/v1/captions", **_multipart(*[("file", (f"{i}.png", b"x")) for i in range(17)])),
+        413,
+        "too_many_files",
+    ),
+    "no file part": (
+        dict(method="POST", url="/v1/captions", data={"beam_size": "2"}, files={"nothing": (None, b"")}),
+        422,
+        "unknown_field",
+    ),
+    "only options": (
+        dict(
+            method="POST",
+            url="/v1/captions",
+            content=b'--B\r\nContent-Disposition: form-data; name="beam_size"\r\n\r\n2\r\n--B--\r\n',
+            headers={"Content-Type": "multipart/form-data; boundary=B"},
+        ),
+        422,
+        "no_image",
+    ),
+    "multipart without boundary": (
+        dict(method="POST", url="/v1/captions", content=b"--x\r\n", headers={"Content-Type": "multipart/form-data"}),
+        400,
+        "invalid_multipart",
+    ),
+    "beam size too large": (
+        dict(
+            method="POST",
+            url="/v1/captions",
+            params={"beam_size": 99},
+            **_multipart(("file", ("r.png", colour_image("red", 2)))),
+        ),
+        422,
+        "invalid_option",
+    ),
+    "max length zero": (
+        dict(
+            method="POST",
+            url="/v1/captions",
+            params={"max_length": 0},
+            **_multipart(("file", ("r.png", colour_image("red", 2)))),
+        ),
+        422,
+        "invalid_option",
+    ),
+    "beam size not a number": (
+        dict(
+            method="POST",
+            url="/v1/captions",
+            params={"beam_size": "wide"},
+            **_multipart(("file", ("r.png", colour_image("red", 2)))),
+        ),
+        422,
+        "invalid_request",
+    ),
+    "form option not a number": (
+        dict(
+            method="POST",
+            url="/v1/captions",
+            data={"max_length": "long"},
+            **_multipart(("file", ("r.png", colour_image("red", 2)))),
+        ),
+        422,
+        "invalid_option",
+    ),
+    "timeout": (
+        dict(
+            method="POST",
+            url="/v1/captions",
+            params={"timeout": 0.001},
+            **_multipart(("file", ("r.png", colour_image("red", 2)))),
+        ),
+        504,
+        "timeout",
+    ),
+    "all images fail differently": (
+        dict(method="POST", url="/v1/captions", **_multipart(("file", ("a.txt", b"text")), ("file", ("b.png", b"")))),
+        422,
+        "all_failed",
+    ),
 }
 
 
@@ -202,9 +297,14 @@ def test_bad_input_gets_its_documented_status_and_the_server_keeps_serving(serve
 
 def test_one_bad_image_fails_only_its_own_entry(server):
     with server.client() as c:
-        r = c.post("/v1/captions", files=[("file", ("red.png", colour_image("red", 5))),
-                                          ("file", ("broken.png", TRUNCATED_PNG)),
-                                          ("file", ("blue.png", colour_image("blue", 6)))])
+        r = c.post(
+            "/v1/captions",
+            files=[
+                ("file", ("red.png", colour_image("red", 5))),
+                ("file", ("broken.png", TRUNCATED_PNG)),
+                ("file", ("blue.png", colour_image("blue", 6))),
+            ],
+        )
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["succeeded"], body["failed"]) == (2, 1)
@@ -224,8 +324,9 @@ def test_cors_is_off_by_default(server):
     with server.client() as c:
         r = c.get("/healthz", headers={"Origin": "http://allowed.example"})
         assert "access-control-allow-origin" not in r.headers
-        pre = c.options("/v1/captions", headers={"Origin": "http://allowed.example",
-                                                 "Access-Control-Request-Method": "POST"})
+        pre = c.options(
+            "/v1/captions", headers={"Origin": "http://allowed.example", "Access-Control-Request-Method": "POST"}
+        )
         assert "access-control-allow-origin" not in pre.headers
         assert_error(pre, 405, "method_not_allowed")
 
@@ -235,8 +336,9 @@ def test_security_headers_and_page_policy(server):
         page = c.get("/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
         assert "script-src 'self'" in page.headers["content-security-policy"]
-        assert "<script src=\"/static/app.js\"" in page.text and "http" not in page.text.split("<body>")[0].replace(
-            'name="viewport"', "")  # no CDN in the head
+        assert '<script src="/static/app.js"' in page.text and "http" not in page.text.split("<body>")[0].replace(
+            'name="viewport"', ""
+        )  # no CDN in the head
         assert c.get("/static/app.js").status_code == 200
         assert c.get("/v1/model").headers["x-content-type-options"] == "nosniff"
 
@@ -293,8 +395,11 @@ def test_pixel_limit_and_file_count_on_the_limited_server(limited):
     buf = io.BytesIO()
     Image.new("RGB", (600, 600), (200, 30, 30)).save(buf, "PNG")  # 360k pixels > 250k
     with limited.client(headers=auth) as c:
-        assert_error(c.post("/v1/captions", content=buf.getvalue(), headers={"Content-Type": "image/png"}),
-                     413, "image_too_large")
+        assert_error(
+            c.post("/v1/captions", content=buf.getvalue(), headers={"Content-Type": "image/png"}),
+            413,
+            "image_too_large",
+        )
         files = [("file", (f"{i}.png", colour_image("red", i))) for i in range(3)]  # max 2
         assert_error(c.post("/v1/captions", files=files), 413, "too_many_files")
     good_request(limited)
@@ -317,9 +422,18 @@ def test_full_queue_answers_503_with_retry_after(limited):
     async def burst() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=32)
         async with httpx.AsyncClient(base_url=limited.url, timeout=120, limits=limits, headers=auth) as c:
-            return await asyncio.gather(*(c.post("/v1/captions", files=[
-                ("file", (f"{i}a.png", colour_image("red", i))), ("file", (f"{i}b.png", colour_image("blue", i)))])
-                for i in range(16)))
+            return await asyncio.gather(
+                *(
+                    c.post(
+                        "/v1/captions",
+                        files=[
+                            ("file", (f"{i}a.png", colour_image("red", i))),
+                            ("file", (f"{i}b.png", colour_image("blue", i))),
+                        ],
+                    )
+                    for i in range(16)
+                )
+            )
 
     rejected = []
     for _ in range(3):  # a burst overflows on the first try in practice; retry to be immune to odd scheduling

@@ -7,8 +7,7 @@ import time
 
 import pytest
 import torch
-
-from service.batcher import Batcher, BatcherStopped
+from captioner.service.batcher import Batcher, BatcherStopped
 
 
 class FakeModel:

@@ -10,8 +10,7 @@ import re
 from pathlib import Path
 
 import yaml
-
-from service.settings import Settings
+from captioner.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTING_VARS = {f"CAPTIONER_{name.upper()}" for name in Settings.model_fields}
@@ -67,8 +66,11 @@ def test_dockerfile_serves_the_default_weights_with_a_readiness_healthcheck():
     assert re.search(r"^HEALTHCHECK .*\n?.*/readyz", text, re.M)
     assert re.search(r'^CMD \["captioner", "serve"\]', text, re.M)
     assert re.search(r"^USER (?!root)", text, re.M), "the service must not run as root"
-    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".git", ".venv", "tests", "data", "runs"} <= ignored
     for line in re.findall(r"^COPY (.+)$", text, re.M):  # nothing the build copies may be ignored
         for copied in line.split()[:-1]:

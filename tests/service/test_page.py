@@ -9,13 +9,19 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-
 from servicekit import colour_image
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 
 
 @pytest.fixture
@@ -23,8 +29,10 @@ def browser(tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
-        pytest.fail("the browser test needs headless Chromium and its driver: install the Debian packages "
-                    "'chromium chromium-driver' (make system-deps does it)")
+        pytest.fail(
+            "the browser test needs headless Chromium and its driver: install the Debian packages "
+            "'chromium chromium-driver' (make system-deps does it)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in CHROMIUM_FLAGS:
@@ -55,14 +63,23 @@ def test_upload_page_shows_each_image_with_its_caption(server, browser, tmp_path
         return len(cards) == 3 and all(c.get_attribute("data-state") != "pending" for c in cards) and cards
 
     cards = WebDriverWait(browser, 60).until(settled)
-    shown = {c.find_element(By.CSS_SELECTOR, ".name").text: (c.get_attribute("data-state"),
-                                                             c.find_element(By.CSS_SELECTOR, ".caption").text)
-             for c in cards}
+    shown = {
+        c.find_element(By.CSS_SELECTOR, ".name").text: (
+            c.get_attribute("data-state"),
+            c.find_element(By.CSS_SELECTOR, ".caption").text,
+        )
+        for c in cards
+    }
     assert shown[red.name] == ("done", "a red picture"), shown
     assert shown[blue.name] == ("done", "a blue picture"), shown
     state, text = shown[broken.name]
     assert state == "error" and "broken.png" in text, shown
     assert not browser.find_elements(By.CSS_SELECTOR, "#results b")  # the file name was not parsed as HTML
     # each card previews its own image (decoded by the browser from a blob: URL)
-    assert browser.execute_script("return Array.from(document.querySelectorAll('#results .card img'))"
-                                  ".filter(i => i.src.startsWith('blob:') && i.naturalWidth === 64).length") >= 2
+    assert (
+        browser.execute_script(
+            "return Array.from(document.querySelectorAll('#results .card img'))"
+            ".filter(i => i.src.startsWith('blob:') && i.naturalWidth === 64).length"
+        )
+        >= 2
+    )

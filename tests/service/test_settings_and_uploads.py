@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from captioner.service.cli import register, settings_from_args
+from captioner.service.errors import APIError
+from captioner.service.settings import Settings
+from captioner.service.uploads import clean_filename, parse_multipart
 
 from captioner.errors import CaptionerError
-from service.cli import register, settings_from_args
-from service.errors import APIError
-from service.settings import Settings
-from service.uploads import clean_filename, parse_multipart
 
 
 def parse_serve(argv: list[str]) -> argparse.Namespace:
@@ -41,26 +41,32 @@ def test_flags_override_the_environment(monkeypatch):
     assert s.cors_origins == ["http://x.example"]
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--queue-size", "4", "--max-files", "8"], "queue_size"),
-    (["--max-batch-size", "0"], "max_batch_size"),
-    (["--port", "70000"], "port"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--queue-size", "4", "--max-files", "8"], "queue_size"),
+        (["--max-batch-size", "0"], "max_batch_size"),
+        (["--port", "70000"], "port"),
+    ],
+)
 def test_invalid_settings_are_a_clear_user_error(argv, needle):
     with pytest.raises(CaptionerError, match=needle):
         settings_from_args(parse_serve(argv))
 
 
-@pytest.mark.parametrize("raw, clean", [
-    ("photo.jpg", "photo.jpg"),
-    ("../../etc/passwd", "passwd"),
-    ("C:\\Users\\me\\cat.png", "cat.png"),
-    ("evil\u202egnp.exe", "evilgnp.exe"),  # bidi override removed
-    ("new\nline\x00.png", "newline.png"),
-    ("café.jpg".encode("utf-8"), "café.jpg"),
-    ("/", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "raw, clean",
+    [
+        ("photo.jpg", "photo.jpg"),
+        ("../../etc/passwd", "passwd"),
+        ("C:\\Users\\me\\cat.png", "cat.png"),
+        ("evil\u202egnp.exe", "evilgnp.exe"),  # bidi override removed
+        ("new\nline\x00.png", "newline.png"),
+        ("café.jpg".encode(), "café.jpg"),
+        ("/", None),
+        (None, None),
+    ],
+)
 def test_clean_filename(raw, clean):
     assert clean_filename(raw) == clean
 
@@ -85,11 +91,14 @@ def test_parse_multipart_splits_files_and_options():
     assert options == {"beam_size": "3"}
 
 
-@pytest.mark.parametrize("parts, ctype, status, code", [
-    ([("file", "a", b"1")] * 3, None, 413, "too_many_files"),
-    ([("colour", None, b"red")], None, 422, "unknown_field"),
-    ([("file", "a", b"1")], "multipart/form-data", 400, "invalid_multipart"),
-])
+@pytest.mark.parametrize(
+    "parts, ctype, status, code",
+    [
+        ([("file", "a", b"1")] * 3, None, 413, "too_many_files"),
+        ([("colour", None, b"red")], None, 422, "unknown_field"),
+        ([("file", "a", b"1")], "multipart/form-data", 400, "invalid_multipart"),
+    ],
+)
 def test_parse_multipart_errors(parts, ctype, status, code):
     body, default_ctype = multipart(parts)
     with pytest.raises(APIError) as err:
@@ -105,14 +114,14 @@ def test_parse_multipart_rejects_garbage():
 
 
 def test_serve_reports_a_missing_checkpoint_as_a_user_error(tmp_path):
-    from service.cli import cmd_serve
+    from captioner.service.cli import cmd_serve
 
     with pytest.raises(CaptionerError, match="not found"):
         cmd_serve(parse_serve(["--checkpoint", str(tmp_path / "missing"), "--port", "0"]))
 
 
 def test_port_in_use_is_a_user_error():
-    from service.server import bind_socket
+    from captioner.service.server import bind_socket
 
     taken = bind_socket("127.0.0.1", 0)
     try:

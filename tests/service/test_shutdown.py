@@ -8,7 +8,6 @@ import threading
 import time
 
 import httpx
-
 from servicekit import colour_image
 
 
@@ -49,7 +48,9 @@ def test_sigterm_drains_then_exits_cleanly(drainer):
     worker.join(60)
     r = results["in_flight"]
     assert r.status_code == 200, r.text
-    assert [it["caption"] for it in r.json()["results"]] == [f"a {c} picture" for c in ["red", "green", "blue", "yellow"]]
+    assert [it["caption"] for it in r.json()["results"]] == [
+        f"a {c} picture" for c in ["red", "green", "blue", "yellow"]
+    ]
 
     assert drainer.proc.wait(60) == 0, drainer.log_text()
     assert "draining" in drainer.log_text()

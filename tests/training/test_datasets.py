@@ -8,16 +8,16 @@ import json
 from pathlib import Path
 
 import pytest
+from captioner.training.datasets import DatasetError, detect_format, load_dataset
+from captioner.training.datasets.coco import load_coco
+from captioner.training.datasets.flickr import load_flickr
+from captioner.training.datasets.karpathy import load_karpathy
+from captioner.training.datasets.simple import load_csv, load_jsonl
+from captioner.training.datasets.stats import compute_stats, format_stats
 from PIL import Image
 
 from captioner.errors import CaptionerError
 from captioner.vocab import Vocabulary
-from training.datasets import DatasetError, detect_format, load_dataset
-from training.datasets.coco import load_coco
-from training.datasets.flickr import load_flickr
-from training.datasets.karpathy import load_karpathy
-from training.datasets.simple import load_csv, load_jsonl
-from training.datasets.stats import compute_stats, format_stats
 
 
 def make_images(folder: Path, *names: str) -> None:
@@ -45,20 +45,20 @@ def write_coco(path: Path) -> None:
         "images": [
             {"id": 1, "file_name": "one.jpg"},
             {"id": 2, "file_name": "two.jpg"},
-            {"id": 3, "file_name": "three.jpg"},        # no caption
-            {"id": 4, "file_name": "four.jpg"},         # file missing
-            {"id": 1, "file_name": "other.jpg"},        # duplicate id
-            {"file_name": "noid.jpg"},                  # malformed
+            {"id": 3, "file_name": "three.jpg"},  # no caption
+            {"id": 4, "file_name": "four.jpg"},  # file missing
+            {"id": 1, "file_name": "other.jpg"},  # duplicate id
+            {"file_name": "noid.jpg"},  # malformed
         ],
         "annotations": [
             {"id": 10, "image_id": 1, "caption": "  A dog\n runs on   the grass. "},
             {"id": 11, "image_id": 1, "caption": "A brown dog."},
-            {"id": 12, "image_id": 2, "caption": ""},           # empty
+            {"id": 12, "image_id": 2, "caption": ""},  # empty
             {"id": 13, "image_id": 2, "caption": "CAFE_PLACEHOLDER"},  # not UTF-8
             {"id": 14, "image_id": 2, "caption": "A red car."},
             {"id": 15, "image_id": 99, "caption": "Nobody's picture."},  # unknown image
             {"id": 16, "image_id": 4, "caption": "A lost file."},
-            {"id": 17, "image_id": 1},                           # malformed
+            {"id": 17, "image_id": 1},  # malformed
         ],
     }
     text = json.dumps(data, indent=1)
@@ -108,10 +108,14 @@ def test_coco_folder_of_split_files_finds_the_image_folders(tmp_path):
     ann.mkdir()
     for split, n in (("train2014", 3), ("val2014", 2)):
         make_images(tmp_path / split, *[f"{split}_{i}.jpg" for i in range(n)])
-        (ann / f"captions_{split}.json").write_text(json.dumps({
-            "images": [{"id": f"{split}-{i}", "file_name": f"{split}_{i}.jpg"} for i in range(n)],
-            "annotations": [{"image_id": f"{split}-{i}", "caption": f"picture {i}"} for i in range(n)],
-        }))
+        (ann / f"captions_{split}.json").write_text(
+            json.dumps(
+                {
+                    "images": [{"id": f"{split}-{i}", "file_name": f"{split}_{i}.jpg"} for i in range(n)],
+                    "annotations": [{"image_id": f"{split}-{i}", "caption": f"picture {i}"} for i in range(n)],
+                }
+            )
+        )
     ds = load_dataset(ann)
     assert ds.splits == {"train": 3, "val": 2}
     assert ds.report.ok
@@ -138,11 +142,11 @@ def write_flickr(folder: Path) -> None:
     lines = [
         b"a.jpg#0\tA dog runs .",
         b"a.jpg#1\tA brown dog plays in the grass .",
-        b"a.jpg#1\tthe same caption number again",      # duplicate
-        b"b.jpg#0\t   ",                                 # empty caption
-        b"b.jpg#1\tA caf\xe9 by the river .",            # not UTF-8
+        b"a.jpg#1\tthe same caption number again",  # duplicate
+        b"b.jpg#0\t   ",  # empty caption
+        b"b.jpg#1\tA caf\xe9 by the river .",  # not UTF-8
         b"b.jpg#2\tA bird on a branch .",
-        b"this line has no tab",                         # malformed
+        b"this line has no tab",  # malformed
         b"c.jpg#0\tA cat sleeps .",
         b"d.jpg#0\tAn image in no split list .",
         b"e.jpg#0\tAn image whose file is missing .",
@@ -190,18 +194,28 @@ def test_flickr_without_split_lists_and_folder_detection(tmp_path):
 
 def write_karpathy(path: Path) -> None:
     def img(i, split, sentences, **extra):
-        return {"filepath": "val2014", "filename": f"COCO_{i}.jpg", "split": split, "cocoid": i, "imgid": i,
-                "sentences": sentences, **extra}
+        return {
+            "filepath": "val2014",
+            "filename": f"COCO_{i}.jpg",
+            "split": split,
+            "cocoid": i,
+            "imgid": i,
+            "sentences": sentences,
+            **extra,
+        }
 
-    data = {"dataset": "coco", "images": [
-        img(1, "train", [{"raw": "A man riding a horse.", "tokens": ["a", "man"]}]),
-        img(2, "restval", [{"raw": "Two birds on a wire."}, {"raw": "   "}]),
-        img(3, "val", [{"tokens": ["a", "red", "bus"]}]),
-        img(4, "test", []),
-        img(5, "bogus", [{"raw": "x"}]),
-        img(1, "train", [{"raw": "duplicate id"}]),
-        img(6, "test", [{"raw": "A missing image."}]),
-    ]}
+    data = {
+        "dataset": "coco",
+        "images": [
+            img(1, "train", [{"raw": "A man riding a horse.", "tokens": ["a", "man"]}]),
+            img(2, "restval", [{"raw": "Two birds on a wire."}, {"raw": "   "}]),
+            img(3, "val", [{"tokens": ["a", "red", "bus"]}]),
+            img(4, "test", []),
+            img(5, "bogus", [{"raw": "x"}]),
+            img(1, "train", [{"raw": "duplicate id"}]),
+            img(6, "test", [{"raw": "A missing image."}]),
+        ],
+    }
     path.write_text(json.dumps(data))
 
 
@@ -235,12 +249,12 @@ def test_jsonl_rows(tmp_path):
         b'{"file": "photos/cat.jpg", "caption": "a cat on a sofa"}',
         b'{"image": "photos/cat.jpg", "caption": "a sleeping cat", "split": "train"}',
         b'{"file": "photos/dog.jpg", "captions": ["a dog", "a happy dog"], "split": "validation"}',
-        b'{"file": "photos/dog.jpg", "caption": "broken',                 # not JSON
-        b'["a", "list"]',                                                 # not an object
-        b'{"file": "photos/dog.jpg"}',                                    # no caption
-        b'{"file": "photos/dog.jpg", "caption": "x", "split": "banana"}', # bad split
-        b'{"file": "photos/dog.jpg", "caption": "un caf\xe9"}',           # not UTF-8
-        b'',
+        b'{"file": "photos/dog.jpg", "caption": "broken',  # not JSON
+        b'["a", "list"]',  # not an object
+        b'{"file": "photos/dog.jpg"}',  # no caption
+        b'{"file": "photos/dog.jpg", "caption": "x", "split": "banana"}',  # bad split
+        b'{"file": "photos/dog.jpg", "caption": "un caf\xe9"}',  # not UTF-8
+        b"",
         b'{"file": "' + str(absolute).encode() + b'", "caption": "absolute path"}',
         b'{"file": "photos/gone.jpg", "caption": "a missing photo"}',
     ]
@@ -253,7 +267,12 @@ def test_jsonl_rows(tmp_path):
     assert items["photos/dog.jpg"].split == "val"
     assert items[str(absolute)].image_path == absolute
     r = ds.report
-    assert [p.where for p in r.problems("malformed")] == ["mine.jsonl:4", "mine.jsonl:5", "mine.jsonl:6", "mine.jsonl:7"]
+    assert [p.where for p in r.problems("malformed")] == [
+        "mine.jsonl:4",
+        "mine.jsonl:5",
+        "mine.jsonl:6",
+        "mine.jsonl:7",
+    ]
     assert r.problems("encoding")[0].where == "mine.jsonl:8"
     assert r.missing_files == 1
     assert detect_format(path) == ("jsonl", path)
@@ -266,10 +285,10 @@ def test_csv_with_header_quotes_and_problems(tmp_path):
         b"image,caption,split\r\n"
         b'a.jpg,"a dog, a cat and a bird",train\r\n'
         b"a.jpg,two dogs,train\r\n"
-        b"b.jpg,a caption, with an unquoted comma,test\r\n"   # too many columns
-        b"b.jpg\r\n"                                           # too few
-        b"b.jpg,caf\xe9 au lait,test\r\n"                     # not UTF-8
-        b"b.jpg,,test\r\n"                                     # empty caption
+        b"b.jpg,a caption, with an unquoted comma,test\r\n"  # too many columns
+        b"b.jpg\r\n"  # too few
+        b"b.jpg,caf\xe9 au lait,test\r\n"  # not UTF-8
+        b"b.jpg,,test\r\n"  # empty caption
         b"b.jpg,a blue bus,test\r\n"
     )
     ds = load_csv(path)
@@ -337,7 +356,7 @@ def test_stats_match_the_vocabulary(tmp_path):
 
 
 def run_cli(*argv: str) -> int:
-    from training.cli_data import register
+    from captioner.training.cli_data import register
 
     parser = argparse.ArgumentParser(prog="captioner")
     register(parser.add_subparsers(dest="verb"))

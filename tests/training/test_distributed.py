@@ -18,17 +18,28 @@ import socket
 import subprocess
 import sys
 
-import pytest
 import torch
+from captioner.training.distributed import DistContext, setup
+from captioner.training.scenes import generate_scenes
+from captioner.training.scenes.catalogue import CATEGORY_BY_NAME
+from captioner.training.train import TrainConfig, train
 from safetensors.torch import load_file
 
-from training.distributed import DistContext, setup
-from training.scenes import generate_scenes
-from training.scenes.catalogue import CATEGORY_BY_NAME
-from training.train import TrainConfig, train
-
-SETTINGS = dict(epochs=3, batch_size=16, embed_dim=32, img_proj_dim=32, hidden_dim=64, lr=5e-3, warmup_steps=3,
-                dropout=0.0, evaluate_test=False, progress=False, plot=False, device="cpu", seed=1)
+SETTINGS = dict(
+    epochs=3,
+    batch_size=16,
+    embed_dim=32,
+    img_proj_dim=32,
+    hidden_dim=64,
+    lr=5e-3,
+    warmup_steps=3,
+    dropout=0.0,
+    evaluate_test=False,
+    progress=False,
+    plot=False,
+    device="cpu",
+    seed=1,
+)
 
 
 def _free_port() -> int:
@@ -50,8 +61,13 @@ def test_one_process_context_is_a_no_op():
 def test_two_processes_match_one_process(tmp_path):
     torch.set_num_threads(1)
     data = tmp_path / "data"
-    generate_scenes(data, {"train": 24, "val": 6, "test": 0}, seed=2,
-                    categories=[CATEGORY_BY_NAME[k] for k in ("dog", "car", "apple")], progress=False)
+    generate_scenes(
+        data,
+        {"train": 24, "val": 6, "test": 0},
+        seed=2,
+        categories=[CATEGORY_BY_NAME[k] for k in ("dog", "car", "apple")],
+        progress=False,
+    )
     cache = tmp_path / "cache"
     single = train(TrainConfig(data=str(data), out=str(tmp_path / "one"), cache_dir=str(cache), **SETTINGS))
 
@@ -60,8 +76,17 @@ def test_two_processes_match_one_process(tmp_path):
         flag = "--" + k.replace("_", "-")
         flags += [flag if v else "--no-" + k.replace("_", "-")] if isinstance(v, bool) else [flag, str(v)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={_free_port()}", "-m", "training.cli_train", *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "captioner.training.cli_train",
+        *flags,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes" in proc.stderr

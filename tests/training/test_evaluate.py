@@ -8,15 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from captioner import Captioner
-from captioner.cli import main as cli_main
-from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.encoders import build_encoder
-from captioner.errors import CaptionerError
-from captioner.vocab import Vocabulary
-from training.datasets import load_dataset
-from training.evaluate import (
+from captioner.training.datasets import load_dataset
+from captioner.training.evaluate import (
     evaluate_captions,
     evaluate_model,
     evaluate_predictions,
@@ -24,7 +17,14 @@ from training.evaluate import (
     load_predictions,
     match_predictions,
 )
-from training.scenes import generate_scenes
+from captioner.training.scenes import generate_scenes
+
+from captioner import Captioner
+from captioner.cli import main as cli_main
+from captioner.decoder import CaptionDecoder, DecoderConfig
+from captioner.encoders import build_encoder
+from captioner.errors import CaptionerError
+from captioner.vocab import Vocabulary
 
 FAST = ("bleu", "cider", "rouge")  # METEOR/SPICE start a JVM: covered by the metrics tests
 
@@ -55,7 +55,9 @@ def hand_bleu() -> list[float]:
 def write_coco_refs(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     images = [{"id": i, "file_name": f} for i, (f, _) in REFS.items()]
-    anns = [{"id": 10 * i + k, "image_id": i, "caption": c} for i, (_, caps) in REFS.items() for k, c in enumerate(caps)]
+    anns = [
+        {"id": 10 * i + k, "image_id": i, "caption": c} for i, (_, caps) in REFS.items() for k, c in enumerate(caps)
+    ]
     path = folder / "captions_test.json"
     path.write_text(json.dumps({"images": images, "annotations": anns}))
     return path
@@ -86,8 +88,9 @@ def test_predictions_formats_all_give_the_same_scores(refs, tmp_path):
     coco = tmp_path / "results.json"
     coco.write_text(json.dumps([{"image_id": i, "caption": c} for i, c in PREDS.items()]))
     jsonl = tmp_path / "captions.jsonl"  # as `captioner caption DIR --out` writes it
-    jsonl.write_text("".join(json.dumps({"file": REFS[i][0], "caption": c, "score": -3.5}) + "\n"
-                             for i, c in PREDS.items()))
+    jsonl.write_text(
+        "".join(json.dumps({"file": REFS[i][0], "caption": c, "score": -3.5}) + "\n" for i, c in PREDS.items())
+    )
     csv = tmp_path / "captions.csv"
     csv.write_text("file,caption,score\n" + "".join(f"/elsewhere/{REFS[i][0]},{c},-2.0\n" for i, c in PREDS.items()))
     by_id = tmp_path / "by_id.json"  # {id: caption} with ids as strings
@@ -101,10 +104,12 @@ def test_predictions_formats_all_give_the_same_scores(refs, tmp_path):
 
 def test_matching_reports_unmatched_duplicate_and_ambiguous(refs, tmp_path):
     preds = tmp_path / "p.jsonl"
-    preds.write_text('{"file": "cat.jpg", "caption": "a cat"}\n'
-                     '{"image_id": "1", "caption": "a dog"}\n'
-                     '{"image_id": 1, "caption": "another dog"}\n'
-                     '{"file": "nowhere.jpg", "caption": "x"}\n')
+    preds.write_text(
+        '{"file": "cat.jpg", "caption": "a cat"}\n'
+        '{"image_id": "1", "caption": "a dog"}\n'
+        '{"image_id": 1, "caption": "another dog"}\n'
+        '{"file": "nowhere.jpg", "caption": "x"}\n'
+    )
     matched = match_predictions(load_predictions(preds), refs)
     assert [(item.image_id, cap) for item, cap in matched.pairs] == [(1, "a dog"), (2, "a cat")]
     assert [p.caption for p in matched.duplicates] == ["another dog"]
@@ -115,9 +120,14 @@ def test_matching_reports_unmatched_duplicate_and_ambiguous(refs, tmp_path):
     # the same file name in two folders: a bare name is ambiguous, a longer tail is not
     two = tmp_path / "two"
     two.mkdir()
-    (two / "captions_test.json").write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "a/x.jpg"}, {"id": 2, "file_name": "b/x.jpg"}],
-        "annotations": [{"id": 1, "image_id": 1, "caption": "one"}, {"id": 2, "image_id": 2, "caption": "two"}]}))
+    (two / "captions_test.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a/x.jpg"}, {"id": 2, "file_name": "b/x.jpg"}],
+                "annotations": [{"id": 1, "image_id": 1, "caption": "one"}, {"id": 2, "image_id": 2, "caption": "two"}],
+            }
+        )
+    )
     ds = load_dataset(two, check_files=False)
     amb = tmp_path / "amb.jsonl"
     amb.write_text('{"file": "x.jpg", "caption": "one"}\n{"file": "photos/b/x.jpg", "caption": "two"}\n')
@@ -149,8 +159,16 @@ def model_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     vocab = Vocabulary.build(["a dog and a cat on a green background", "two cars on a red background"])
     encoder = build_encoder("efficientnet_lite0")
-    decoder = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim, embed_dim=16,
-                                           hidden_dim=32, img_proj_dim=16, max_length=6))
+    decoder = CaptionDecoder(
+        DecoderConfig(
+            vocab_size=len(vocab),
+            feature_dim=encoder.feature_dim,
+            embed_dim=16,
+            hidden_dim=32,
+            img_proj_dim=16,
+            max_length=6,
+        )
+    )
     return Captioner(encoder, decoder, vocab).save(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
@@ -168,8 +186,24 @@ def test_model_mode_cli_scores_scenes_with_scene_accuracy(model_dir, scenes, tmp
     victim.write_bytes(original[:200])
     try:
         report_path = tmp_path / "report.json"
-        code = cli_main(["evaluate", "--checkpoint", str(model_dir), "--data", str(scenes), "--split", "test",
-                         "--metrics", "bleu,cider,rouge", "--beam-size", "2", "--out", str(report_path), "-q"])
+        code = cli_main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(model_dir),
+                "--data",
+                str(scenes),
+                "--split",
+                "test",
+                "--metrics",
+                "bleu,cider,rouge",
+                "--beam-size",
+                "2",
+                "--out",
+                str(report_path),
+                "-q",
+            ]
+        )
     finally:
         victim.write_bytes(original)
     assert code == 0

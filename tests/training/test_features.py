@@ -8,12 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from captioner.training.features import FeatureCache, encode_images, fast_forward, weights_digest
 from PIL import Image
 from torch import nn
 
 from captioner.encoders import Preprocess
 from captioner.errors import CaptionerError
-from training.features import FeatureCache, encode_images, fast_forward, weights_digest
 
 
 class TinyEncoder(nn.Module):
@@ -56,8 +56,10 @@ def test_cache_computes_once_and_reuses(tmp_path):
     assert (report2.computed, report2.reused) == (0, 5)
     assert enc.calls == calls  # the encoder did not run again
     for p in paths:
-        assert torch.equal(table.features[table.row_of[str(tmp_path / "imgs" / os.path.basename(p))]],
-                           table2.features[table2.rows([p])[0]])
+        assert torch.equal(
+            table.features[table.row_of[str(tmp_path / "imgs" / os.path.basename(p))]],
+            table2.features[table2.rows([p])[0]],
+        )
     # the features are the encoder's own output for the preprocessed image
     x = enc.spec.preprocess(Image.open(paths[2]).convert("RGB")).unsqueeze(0)
     assert torch.allclose(table2.features[table2.rows([paths[2]])[0]], enc(x)[0], atol=1e-6)
@@ -92,8 +94,9 @@ def test_content_key_detects_change_with_same_size_and_mtime(tmp_path):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # e.g. a copy that kept the old time
     assert os.stat(path).st_size == st.st_size
     _, by_stat = FeatureCache(tmp_path / "stat", enc, key="stat", trace=False).build([str(path)], progress=False)
-    _, by_content = FeatureCache(tmp_path / "content", enc, key="content", trace=False).build([str(path)],
-                                                                                              progress=False)
+    _, by_content = FeatureCache(tmp_path / "content", enc, key="content", trace=False).build(
+        [str(path)], progress=False
+    )
     assert by_stat.reused == 1  # size + mtime cannot see this change: what key="content" is for
     assert (by_content.stale, by_content.computed, by_content.reused) == (1, 1, 0)
 
@@ -130,8 +133,9 @@ def test_unreadable_images_are_reported_by_name_and_skipped(tmp_path):
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     missing = str(tmp_path / "imgs" / "gone.png")
     enc = TinyEncoder()
-    table, report = FeatureCache(tmp_path / "cache", enc, trace=False).build([*paths, str(bad), missing],
-                                                                           progress=False)
+    table, report = FeatureCache(tmp_path / "cache", enc, trace=False).build(
+        [*paths, str(bad), missing], progress=False
+    )
     failed = dict(report.failed)
     assert set(failed) == {str(bad), missing}
     assert report.computed == 3

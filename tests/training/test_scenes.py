@@ -10,12 +10,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
-from captioner.errors import CaptionerError
-from captioner.metrics.scene import SceneImage, SceneTruth, check_caption, scene_accuracy
-from training.datasets import load_dataset
-from training.scenes import (
+from captioner.training.datasets import load_dataset
+from captioner.training.scenes import (
     BACKGROUNDS,
     CATEGORIES,
     SceneConfig,
@@ -25,9 +21,13 @@ from training.scenes import (
     render_preview,
     sample_scene,
 )
-from training.scenes.captions import TEMPLATES
-from training.scenes.catalogue import CATEGORY_BY_NAME
-from training.scenes.generator import SPRITES_DIR, styled_sprite
+from captioner.training.scenes.captions import TEMPLATES
+from captioner.training.scenes.catalogue import CATEGORY_BY_NAME
+from captioner.training.scenes.generator import SPRITES_DIR, styled_sprite
+from PIL import Image
+
+from captioner.errors import CaptionerError
+from captioner.metrics.scene import SceneImage, SceneTruth, check_caption, scene_accuracy
 
 CONFIG = SceneConfig()
 
@@ -89,14 +89,17 @@ def test_deterministic_per_seed_split_and_index():
 
 
 def test_captions_are_varied_grammatical_and_exactly_true():
-    truth = SceneTruth({
-        "format": "captioner-scenes-truth/1",
-        "categories": [c.to_dict() for c in CATEGORIES],
-        "backgrounds": [b.name for b in BACKGROUNDS],
-        "images": [],
-    })
-    patterns = [re.compile("^" + t.format(objects=".+", a_bg="an?", bg=r"\w+", be="(?:is|are)") + "$")
-                for t in TEMPLATES]
+    truth = SceneTruth(
+        {
+            "format": "captioner-scenes-truth/1",
+            "categories": [c.to_dict() for c in CATEGORIES],
+            "backgrounds": [b.name for b in BACKGROUNDS],
+            "images": [],
+        }
+    )
+    patterns = [
+        re.compile("^" + t.format(objects=".+", a_bg="an?", bg=r"\w+", be="(?:is|are)") + "$") for t in TEMPLATES
+    ]
     templates_used = Counter()
     for i in range(300):
         rng = random.Random(i)
@@ -104,14 +107,16 @@ def test_captions_are_varied_grammatical_and_exactly_true():
         captions = describe_scene(scene, rng)
         assert len(captions) == 5 and len(set(captions)) == 5
         gt = scene.truth()
-        image = SceneImage(id=i, file_name="", background=gt["background"],
-                           counts={o["kind"]: o["count"] for o in gt["objects"]})
+        image = SceneImage(
+            id=i, file_name="", background=gt["background"], counts={o["kind"]: o["count"] for o in gt["objects"]}
+        )
         for caption in captions:
             check = check_caption(caption, image, truth.words)
             assert check.correct, (caption, check.details)
             assert not re.search(r"\ba [aeiou]|\ban [^aeiou]", caption), caption
-            assert not re.search(r"\b(two|three) (" + "|".join(c.name for c in CATEGORIES if c.name != c.plural)
-                                 + r")\b", caption), caption
+            assert not re.search(
+                r"\b(two|three) (" + "|".join(c.name for c in CATEGORIES if c.name != c.plural) + r")\b", caption
+            ), caption
             templates_used.update(i for i, p in enumerate(patterns) if p.match(caption))
     assert set(templates_used) == set(range(len(TEMPLATES)))
     caption = describe_scene(sample_scene(random.Random(0), CONFIG), random.Random(0), 1)[0]
@@ -142,7 +147,7 @@ def test_generated_dataset_loads_through_the_coco_loader(tmp_path):
 
 
 def test_parallel_generation_is_identical_and_png_works(tmp_path, monkeypatch):
-    import training.scenes.dataset as scenes_dataset
+    import captioner.training.scenes.dataset as scenes_dataset
 
     monkeypatch.setattr(scenes_dataset, "CHUNK", 4)  # several tasks even for a tiny dataset
     splits = {"train": 10, "test": 3}
@@ -174,7 +179,7 @@ def test_output_folder_is_protected(tmp_path):
 
 
 def run_cli(*argv: str) -> int:
-    from training.cli_data import register
+    from captioner.training.cli_data import register
 
     parser = argparse.ArgumentParser(prog="captioner")
     register(parser.add_subparsers(dest="verb"))
@@ -184,11 +189,28 @@ def run_cli(*argv: str) -> int:
 
 def test_cli_scenes_stats_and_preview(tmp_path, capsys):
     out = tmp_path / "s"
-    assert run_cli("data", "scenes", "--out", str(out), "--train", "6", "--val", "2", "--test", "2",
-                   "--categories", "dog,cat,car", "--quiet") == 0
+    assert (
+        run_cli(
+            "data",
+            "scenes",
+            "--out",
+            str(out),
+            "--train",
+            "6",
+            "--val",
+            "2",
+            "--test",
+            "2",
+            "--categories",
+            "dog,cat,car",
+            "--quiet",
+        )
+        == 0
+    )
     assert "wrote 10 images" in capsys.readouterr().out
-    kinds = {o["kind"] for f in out.glob("scenes_*.json") for i in json.loads(f.read_text())["images"]
-             for o in i["objects"]}
+    kinds = {
+        o["kind"] for f in out.glob("scenes_*.json") for i in json.loads(f.read_text())["images"] for o in i["objects"]
+    }
     assert kinds <= {"dog", "cat", "car"}
     # the ground truth still knows every kind's words, so the metric catches any kind named wrongly
     assert len(json.loads((out / "scenes_test.json").read_text())["categories"]) == len(CATEGORIES)

@@ -9,13 +9,9 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from captioner import Captioner
-from captioner.errors import CaptionerError
-from training.scenes import generate_scenes
-from training.scenes.catalogue import CATEGORY_BY_NAME
-from training.train import (
+from captioner.training.scenes import generate_scenes
+from captioner.training.scenes.catalogue import CATEGORY_BY_NAME
+from captioner.training.train import (
     TrainConfig,
     _flatten_optimizer,
     _unflatten_optimizer,
@@ -23,6 +19,10 @@ from training.train import (
     resume_config,
     train,
 )
+from safetensors.torch import load_file
+
+from captioner import Captioner
+from captioner.errors import CaptionerError
 
 KINDS = ("dog", "car", "apple", "cat")
 
@@ -31,15 +31,33 @@ KINDS = ("dog", "car", "apple", "cat")
 def tiny(tmp_path_factory):
     """A 4-kind scenes dataset (96 train / 12 val / 24 test images) and a feature cache folder."""
     root = tmp_path_factory.mktemp("tiny")
-    generate_scenes(root / "data", {"train": 96, "val": 12, "test": 24}, seed=3,
-                    categories=[CATEGORY_BY_NAME[k] for k in KINDS], progress=False)
+    generate_scenes(
+        root / "data",
+        {"train": 96, "val": 12, "test": 24},
+        seed=3,
+        categories=[CATEGORY_BY_NAME[k] for k in KINDS],
+        progress=False,
+    )
     return root
 
 
 def _cfg(tiny, out, **kw) -> TrainConfig:
-    base = dict(data=str(tiny / "data"), out=str(out), cache_dir=str(tiny / "cache"), epochs=3, batch_size=32,
-                embed_dim=32, img_proj_dim=32, hidden_dim=96, lr=5e-3, warmup_steps=4, progress=False,
-                plot=False, device="cpu", seed=0)
+    base = dict(
+        data=str(tiny / "data"),
+        out=str(out),
+        cache_dir=str(tiny / "cache"),
+        epochs=3,
+        batch_size=32,
+        embed_dim=32,
+        img_proj_dim=32,
+        hidden_dim=96,
+        lr=5e-3,
+        warmup_steps=4,
+        progress=False,
+        plot=False,
+        device="cpu",
+        seed=0,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -51,8 +69,10 @@ def _judge(rows, truth_file) -> dict[str, float]:
     n = len(rows)
     checks = [check_caption(r["caption"], truth.get(r["id"]), truth.words) for r in rows]
     return {
-        "background": sum(not {"wrong_background", "missing_background", "several_backgrounds"} & set(c.reasons)
-                          for c in checks) / n,
+        "background": sum(
+            not {"wrong_background", "missing_background", "several_backgrounds"} & set(c.reasons) for c in checks
+        )
+        / n,
         "kinds": sum(not {"missing_kind", "extra_kind"} & set(c.reasons) for c in checks) / n,
         "exact": sum(c.correct for c in checks) / n,
     }
@@ -129,13 +149,31 @@ def test_resume_after_interruption_gives_the_same_weights(tiny, tmp_path):
 def test_corrupt_training_image_is_skipped_with_a_report(tmp_path, capsys):
     torch.set_num_threads(1)
     data = tmp_path / "data"
-    generate_scenes(data, {"train": 10, "val": 3, "test": 0}, seed=5,
-                    categories=[CATEGORY_BY_NAME[k] for k in KINDS], progress=False)
+    generate_scenes(
+        data,
+        {"train": 10, "val": 3, "test": 0},
+        seed=5,
+        categories=[CATEGORY_BY_NAME[k] for k in KINDS],
+        progress=False,
+    )
     bad = sorted((data / "images" / "train").iterdir())[2]
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
-    result = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
-                               epochs=1, batch_size=8, hidden_dim=32, embed_dim=16, img_proj_dim=16,
-                               warmup_steps=1, progress=False, plot=False, device="cpu"))
+    result = train(
+        TrainConfig(
+            data=str(data),
+            out=str(tmp_path / "run"),
+            cache_dir=str(tmp_path / "cache"),
+            epochs=1,
+            batch_size=8,
+            hidden_dim=32,
+            embed_dim=16,
+            img_proj_dim=16,
+            warmup_steps=1,
+            progress=False,
+            plot=False,
+            device="cpu",
+        )
+    )
     assert [p for p, _ in result.skipped_images] == [str(bad.resolve())]
     err = capsys.readouterr().err
     assert bad.name in err and "skipped 1 unreadable image" in err
@@ -185,13 +223,14 @@ def test_settings_are_validated():
 def test_cli_config_file_and_flags(tmp_path, capsys):
     import argparse
 
-    from training.cli_train import cmd_train, register
+    from captioner.training.cli_train import cmd_train, register
 
     parser = argparse.ArgumentParser(prog="captioner")
     register(parser.add_subparsers(dest="verb"))
     (tmp_path / "run.json").write_text(json.dumps({"data": "somewhere", "epochs": 7, "cell": "gru"}))
-    args = parser.parse_args(["train", "--config", str(tmp_path / "run.json"), "--epochs", "9", "--no-amp",
-                              "--print-config"])
+    args = parser.parse_args(
+        ["train", "--config", str(tmp_path / "run.json"), "--epochs", "9", "--no-amp", "--print-config"]
+    )
     assert cmd_train(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert (printed["data"], printed["epochs"], printed["cell"], printed["amp"]) == ("somewhere", 9, "gru", False)
@@ -208,11 +247,31 @@ def test_fine_tuning_trains_only_the_last_blocks_and_ships_them(tmp_path):
 
     torch.set_num_threads(1)
     data = tmp_path / "data"
-    generate_scenes(data, {"train": 4, "val": 2, "test": 0}, seed=4,
-                    categories=[CATEGORY_BY_NAME[k] for k in ("dog", "car")], progress=False)
-    result = train(TrainConfig(data=str(data), out=str(tmp_path / "ft"), fine_tune="last", fine_tune_blocks=1,
-                               encoder_lr=1e-2, epochs=1, batch_size=10, hidden_dim=32, embed_dim=16,
-                               img_proj_dim=16, warmup_steps=1, progress=False, plot=False, device="cpu"))
+    generate_scenes(
+        data,
+        {"train": 4, "val": 2, "test": 0},
+        seed=4,
+        categories=[CATEGORY_BY_NAME[k] for k in ("dog", "car")],
+        progress=False,
+    )
+    result = train(
+        TrainConfig(
+            data=str(data),
+            out=str(tmp_path / "ft"),
+            fine_tune="last",
+            fine_tune_blocks=1,
+            encoder_lr=1e-2,
+            epochs=1,
+            batch_size=10,
+            hidden_dim=32,
+            embed_dim=16,
+            img_proj_dim=16,
+            warmup_steps=1,
+            progress=False,
+            plot=False,
+            device="cpu",
+        )
+    )
     tuned = load_file(str(result.best_path / "encoder.safetensors"))
     start = build_encoder("efficientnet_lite0").state_dict()
     changed = {k for k, v in start.items() if v.is_floating_point() and not torch.equal(v, tuned[k].float())}

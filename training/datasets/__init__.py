@@ -1,6 +1,6 @@
 """Caption datasets: the standard formats, one common structure, shared validation.
 
-    from training.datasets import load_dataset
+    from captioner.training.datasets import load_dataset
     ds = load_dataset("data/scenes")                       # a folder of captions_*.json (COCO)
     ds = load_dataset("Flickr8k.token.txt", images_dir="Flicker8k_Dataset")
     ds = load_dataset("dataset_coco.json", images_dir="coco")      # Karpathy split
@@ -34,8 +34,19 @@ from .simple import load_csv, load_jsonl
 FORMATS = ("auto", "coco", "flickr", "karpathy", "jsonl", "csv")
 
 __all__ = [
-    "FORMATS", "CaptionDataset", "CaptionedImage", "DatasetError", "LoadReport", "Problem",
-    "detect_format", "load_coco", "load_csv", "load_dataset", "load_flickr", "load_jsonl", "load_karpathy",
+    "FORMATS",
+    "CaptionDataset",
+    "CaptionedImage",
+    "DatasetError",
+    "LoadReport",
+    "Problem",
+    "detect_format",
+    "load_coco",
+    "load_csv",
+    "load_dataset",
+    "load_flickr",
+    "load_jsonl",
+    "load_karpathy",
 ]
 
 _FLICKR_LINE = re.compile(rb"^[^\t#\r\n]+#\d+\t")
@@ -59,13 +70,16 @@ def detect_format(path: str | Path) -> tuple[str, Path]:
         if len(karpathy) == 1:
             return "karpathy", karpathy[0]
         if len(karpathy) > 1:
-            raise DatasetError(f"{path}: several Karpathy split files ({', '.join(p.name for p in karpathy)}); "
-                               "name the one to use")
+            raise DatasetError(
+                f"{path}: several Karpathy split files ({', '.join(p.name for p in karpathy)}); name the one to use"
+            )
         token = _flickr_token_file(path)
         if token is not None:
             return "flickr", token
-        raise DatasetError(f"{path}: found no captions_*.json (COCO), dataset_*.json (Karpathy) or *.token* "
-                           "(Flickr) file; name the caption file, or pass --format")
+        raise DatasetError(
+            f"{path}: found no captions_*.json (COCO), dataset_*.json (Karpathy) or *.token* "
+            "(Flickr) file; name the caption file, or pass --format"
+        )
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
         return "jsonl", path
@@ -85,8 +99,10 @@ def detect_format(path: str | Path) -> tuple[str, Path]:
         data = json.loads(head.decode("utf-8", "replace")) if len(head) < (1 << 16) else None
         if isinstance(data, dict) and "images" in data:
             return "coco", path
-        raise DatasetError(f"{path}: cannot tell whether this JSON is COCO captions or a Karpathy split; "
-                           "pass --format coco or --format karpathy")
+        raise DatasetError(
+            f"{path}: cannot tell whether this JSON is COCO captions or a Karpathy split; "
+            "pass --format coco or --format karpathy"
+        )
     first = next((line for line in head.splitlines() if line.strip()), b"")
     if _FLICKR_LINE.match(first):
         return "flickr", path

@@ -91,8 +91,9 @@ def _read_coco_file(path: Path, images_dir: Path, split: str, collector: Collect
     report = collector.report
     data = load_json(path, report)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise DatasetError(f"{path}: not a COCO captions file (expected an object with an 'images' list "
-                           "and an 'annotations' list)")
+        raise DatasetError(
+            f"{path}: not a COCO captions file (expected an object with an 'images' list and an 'annotations' list)"
+        )
     annotations = data.get("annotations", [])
     if not isinstance(annotations, list):
         raise DatasetError(f"{path}: 'annotations' must be a list")
@@ -112,8 +113,11 @@ def _read_coco_file(path: Path, images_dir: Path, split: str, collector: Collect
             report.add("malformed", where, "missing or invalid 'file_name'")
             continue
         if image_id in first_seen:
-            report.add("duplicate", where, f"image id {image_id!r} already used by images[{first_seen[image_id]}]; "
-                       "this entry is ignored")
+            report.add(
+                "duplicate",
+                where,
+                f"image id {image_id!r} already used by images[{first_seen[image_id]}]; this entry is ignored",
+            )
             continue
         first_seen[image_id] = i
         by_id[image_id] = collector.image((path, image_id), resolve(images_dir, file_name), split, image_id)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Literal
 
 from tqdm import tqdm
 
@@ -151,14 +152,17 @@ class CaptionDataset:
         order = [s for s in SPLIT_NAMES if s in counts] + sorted(set(counts) - set(SPLIT_NAMES))
         return {s: counts[s] for s in order}
 
-    def split(self, *names: str) -> "CaptionDataset":
+    def split(self, *names: str) -> CaptionDataset:
         """The images of the given split(s) only (same report)."""
         unknown = set(names) - set(self.splits)
         if unknown:
-            raise DatasetError(f"{self.source}: no images in split(s) {sorted(unknown)}; "
-                               f"the splits here are {list(self.splits) or 'none'}")
-        return CaptionDataset([i for i in self.items if i.split in names], self.format, self.source,
-                              self.images_dir, self.report)
+            raise DatasetError(
+                f"{self.source}: no images in split(s) {sorted(unknown)}; "
+                f"the splits here are {list(self.splits) or 'none'}"
+            )
+        return CaptionDataset(
+            [i for i in self.items if i.split in names], self.format, self.source, self.images_dir, self.report
+        )
 
     def captions(self) -> Iterator[str]:
         for item in self.items:
@@ -198,9 +202,12 @@ def iter_text_lines(path: Path, report: LoadReport, data: bytes | None = None) -
         try:
             yield number, raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            report.add("encoding", f"{path.name}:{number}",
-                       f"byte 0x{raw[e.start]:02X} at column {e.start + 1} is not UTF-8; line skipped "
-                       "(re-save the file as UTF-8)")
+            report.add(
+                "encoding",
+                f"{path.name}:{number}",
+                f"byte 0x{raw[e.start]:02X} at column {e.start + 1} is not UTF-8; line skipped "
+                "(re-save the file as UTF-8)",
+            )
 
 
 def decode_json_text(path: Path, report: LoadReport) -> str:
@@ -220,8 +227,11 @@ def decode_json_text(path: Path, report: LoadReport) -> str:
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            report.add("encoding", f"{path.name}:{number}",
-                       f"byte 0x{raw[e.start]:02X} at column {e.start + 1} is not UTF-8; the caption there is skipped")
+            report.add(
+                "encoding",
+                f"{path.name}:{number}",
+                f"byte 0x{raw[e.start]:02X} at column {e.start + 1} is not UTF-8; the caption there is skipped",
+            )
     return data.decode("utf-8", errors="surrogateescape")
 
 
@@ -278,8 +288,9 @@ class Collector:
             return
         entry.captions.append(text)
 
-    def build(self, images_dir: Path | None, on_missing: OnMissing, check_files: bool,
-              progress: bool | None) -> CaptionDataset:
+    def build(
+        self, images_dir: Path | None, on_missing: OnMissing, check_files: bool, progress: bool | None
+    ) -> CaptionDataset:
         items = list(self.entries.values())
         items = check_image_files(items, self.report, on_missing, check_files, progress, images_dir)
         kept = []
@@ -291,8 +302,14 @@ class Collector:
         return CaptionDataset(kept, self.format, self.source, images_dir, self.report)
 
 
-def check_image_files(items: Sequence[CaptionedImage], report: LoadReport, on_missing: OnMissing,
-                      check_files: bool, progress: bool | None, images_dir: Path | None) -> list[CaptionedImage]:
+def check_image_files(
+    items: Sequence[CaptionedImage],
+    report: LoadReport,
+    on_missing: OnMissing,
+    check_files: bool,
+    progress: bool | None,
+    images_dir: Path | None,
+) -> list[CaptionedImage]:
     """Drop (and report) the items whose image file does not exist, or raise if on_missing='error'."""
     if on_missing not in ("skip", "error"):
         raise ValueError(f"on_missing must be 'skip' or 'error', not {on_missing!r}")
@@ -310,9 +327,11 @@ def check_image_files(items: Sequence[CaptionedImage], report: LoadReport, on_mi
         names = ", ".join(str(m.image_path) for m in missing[:EXAMPLES_SHOWN])
         more = f" and {len(missing) - EXAMPLES_SHOWN} more" if len(missing) > EXAMPLES_SHOWN else ""
         where = f" under {images_dir}" if images_dir else ""
-        raise DatasetError(f"{report.source}: {len(missing)} of {len(items)} image files are missing{where}: "
-                           f"{names}{more}. Point to the image folder with --images DIR, or skip them "
-                           "with --on-missing skip")
+        raise DatasetError(
+            f"{report.source}: {len(missing)} of {len(items)} image files are missing{where}: "
+            f"{names}{more}. Point to the image folder with --images DIR, or skip them "
+            "with --on-missing skip"
+        )
     return kept
 
 

@@ -22,8 +22,15 @@ SPLIT_LIST_PATTERNS = {
     "test": ("*testImages.txt", "*test_images.txt"),
 }
 _TOKEN_LINE = re.compile(r"^(?P<file>[^\t#]+)#(?P<n>\d+)\t(?P<caption>.*)$")
-IMAGE_FOLDERS = ("Flicker8k_Dataset", "Flickr8k_Dataset", "Flickr8k_Images", "flickr30k-images",
-                 "flickr30k_images", "Images", "images")
+IMAGE_FOLDERS = (
+    "Flicker8k_Dataset",
+    "Flickr8k_Dataset",
+    "Flickr8k_Images",
+    "flickr30k-images",
+    "flickr30k_images",
+    "Images",
+    "images",
+)
 
 
 def find_split_lists(folder: Path) -> dict[str, Path]:
@@ -57,8 +64,11 @@ def load_flickr(
     token_file = Path(token_file)
     report = LoadReport(str(token_file))
     lists = find_split_lists(token_file.parent) if split_lists is None else {k: Path(v) for k, v in split_lists.items()}
-    folder = Path(images_dir) if images_dir is not None else first_existing(
-        (token_file.parent / n for n in IMAGE_FOLDERS), token_file.parent)
+    folder = (
+        Path(images_dir)
+        if images_dir is not None
+        else first_existing((token_file.parent / n for n in IMAGE_FOLDERS), token_file.parent)
+    )
 
     split_of: dict[str, str] = {}
     for split, list_file in lists.items():
@@ -67,8 +77,11 @@ def load_flickr(
             if not name:
                 continue
             if name in split_of:
-                report.add("duplicate", f"{list_file.name}:{number}",
-                           f"{name} is already in the {split_of[name]} list; kept there")
+                report.add(
+                    "duplicate",
+                    f"{list_file.name}:{number}",
+                    f"{name} is already in the {split_of[name]} list; kept there",
+                )
                 continue
             split_of[name] = split
 

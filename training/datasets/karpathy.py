@@ -35,8 +35,10 @@ def load_karpathy(
     folder = Path(images_dir) if images_dir is not None else path.parent
     data = load_json(path, report)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise DatasetError(f"{path}: not a Karpathy split file (expected an object with an 'images' list "
-                           "whose entries have 'filename', 'split' and 'sentences')")
+        raise DatasetError(
+            f"{path}: not a Karpathy split file (expected an object with an 'images' list "
+            "whose entries have 'filename', 'split' and 'sentences')"
+        )
 
     collector = Collector(path, "karpathy", report)
     first_seen: dict[object, int] = {}
@@ -56,11 +58,16 @@ def load_karpathy(
             report.add("malformed", where, "missing 'sentences' list")
             continue
         filepath = img.get("filepath") or ""
-        image_id = next((img[k] for k in ("cocoid", "imgid") if isinstance(img.get(k), (int, str))),
-                        f"{filepath}/{filename}" if filepath else filename)
+        image_id = next(
+            (img[k] for k in ("cocoid", "imgid") if isinstance(img.get(k), (int, str))),
+            f"{filepath}/{filename}" if filepath else filename,
+        )
         if image_id in first_seen:
-            report.add("duplicate", where, f"image id {image_id!r} already used by images[{first_seen[image_id]}]; "
-                       "this entry is ignored")
+            report.add(
+                "duplicate",
+                where,
+                f"image id {image_id!r} already used by images[{first_seen[image_id]}]; this entry is ignored",
+            )
             continue
         first_seen[image_id] = i
         if split == "restval" and fold_restval:

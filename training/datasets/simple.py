@@ -17,7 +17,16 @@ import csv
 import json
 from pathlib import Path
 
-from .common import SPLIT_ALIASES, SPLIT_NAMES, CaptionDataset, Collector, LoadReport, OnMissing, iter_text_lines, resolve
+from .common import (
+    SPLIT_ALIASES,
+    SPLIT_NAMES,
+    CaptionDataset,
+    Collector,
+    LoadReport,
+    OnMissing,
+    iter_text_lines,
+    resolve,
+)
 
 FILE_KEYS = ("file", "image", "file_name", "filename", "image_path", "path")
 CAPTION_KEYS = ("caption", "text", "sentence")
@@ -145,8 +154,11 @@ def load_csv(
             report.add("malformed", where, f"expected columns file, caption[, split]; got {len(row)} column(s)")
             continue
         if len(row) > width:
-            report.add("malformed", where, f"{len(row)} columns where {width} were expected; quote captions "
-                       "that contain the delimiter")
+            report.add(
+                "malformed",
+                where,
+                f"{len(row)} columns where {width} were expected; quote captions that contain the delimiter",
+            )
             continue
         name = row[file_col].strip()
         if not name:

@@ -34,12 +34,16 @@ class DatasetStats:
 
     def to_dict(self) -> dict:
         return {
-            "source": self.source, "format": self.format, "images": self.images, "captions": self.captions,
+            "source": self.source,
+            "format": self.format,
+            "images": self.images,
+            "captions": self.captions,
             "splits": self.splits,
             "captions_per_image": {str(k): v for k, v in sorted(self.captions_per_image.items())},
             "vocab_sizes": {str(k): v for k, v in self.vocab_sizes.items()},
             "caption_lengths": {str(k): v for k, v in sorted(self.caption_lengths.items())},
-            "missing_files": self.missing_files, "problems": self.problems,
+            "missing_files": self.missing_files,
+            "problems": self.problems,
         }
 
 
@@ -60,9 +64,16 @@ def compute_stats(ds: CaptionDataset, progress: bool | None = None) -> DatasetSt
             lengths[len(tokens)] += 1
     vocab = {k: sum(1 for n in words.values() if n >= k) for k in VOCAB_MIN_COUNTS}
     return DatasetStats(
-        source=str(ds.source), format=ds.format, images=len(ds), captions=ds.num_captions, splits=splits,
-        captions_per_image=per_image, vocab_sizes=vocab, caption_lengths=lengths,
-        missing_files=ds.report.missing_files, problems=dict(ds.report.counts),
+        source=str(ds.source),
+        format=ds.format,
+        images=len(ds),
+        captions=ds.num_captions,
+        splits=splits,
+        captions_per_image=per_image,
+        vocab_sizes=vocab,
+        caption_lengths=lengths,
+        missing_files=ds.report.missing_files,
+        problems=dict(ds.report.counts),
     )
 
 
@@ -109,7 +120,9 @@ def format_stats(stats: DatasetStats) -> str:
     if other:
         lines.append("other problems  " + ", ".join(f"{k}: {v}" for k, v in sorted(other.items())))
     if total_len:
-        lines.append(f"caption length in words  min {min(stats.caption_lengths)}  mean {mean_len:.1f}  "
-                     f"max {max(stats.caption_lengths)}")
+        lines.append(
+            f"caption length in words  min {min(stats.caption_lengths)}  mean {mean_len:.1f}  "
+            f"max {max(stats.caption_lengths)}"
+        )
     lines += histogram_lines(stats.caption_lengths)
     return "\n".join(lines)

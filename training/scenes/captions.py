@@ -62,8 +62,12 @@ def describe_scene(scene: Scene, rng: random.Random, n: int = 5) -> list[str]:
         objects = list(scene.objects)
         rng.shuffle(objects)
         phrases = [noun_phrase(o.kind, o.count, rng) for o in objects]
-        captions.append(template.format(
-            objects=join_phrases(phrases), bg=background.name, a_bg=background.article,
-            be="is" if objects[0].count == 1 else "are",
-        ))
+        captions.append(
+            template.format(
+                objects=join_phrases(phrases),
+                bg=background.name,
+                a_bg=background.article,
+                be="is" if objects[0].count == 1 else "are",
+            )
+        )
     return captions

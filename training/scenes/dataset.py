@@ -12,7 +12,7 @@
 
 Image ``i`` of split ``s`` is drawn from ``random.Random(f"{seed}/{s}/{i}")`` alone, so a
 dataset is the same whatever the number of worker processes, and a bigger train split
-starts with the images of a smaller one. ``training.datasets.load_dataset(OUT)`` reads
+starts with the images of a smaller one. ``captioner.training.datasets.load_dataset(OUT)`` reads
 it through the same COCO loader users' data goes through.
 """
 
@@ -23,10 +23,10 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
@@ -62,8 +62,14 @@ class ScenesSummary:
         return self.images / self.seconds if self.seconds > 0 else float("inf")
 
 
-def make_example(seed: int, split: str, index: int, config: SceneConfig = SceneConfig(),
-                 categories: Sequence[Category] = CATEGORIES, captions_per_image: int = 5):
+def make_example(
+    seed: int,
+    split: str,
+    index: int,
+    config: SceneConfig = SceneConfig(),
+    categories: Sequence[Category] = CATEGORIES,
+    captions_per_image: int = 5,
+):
     """Image ``index`` of ``split``: (PIL image, ground-truth dict, captions). Pure function of its arguments."""
     rng = random.Random(f"{seed}/{split}/{index}")
     scene = sample_scene(rng, config, categories)
@@ -105,7 +111,9 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     except (OSError, ValueError, AttributeError):
         ours = False
     if not ours:
-        raise CaptionerError(f"{out_dir}: folder is not empty and holds no scenes dataset; choose an empty or new --out")
+        raise CaptionerError(
+            f"{out_dir}: folder is not empty and holds no scenes dataset; choose an empty or new --out"
+        )
     if not overwrite:
         raise CaptionerError(f"{out_dir}: a scenes dataset is already there; pass --force to replace it")
     for split in SPLITS:  # remove only what an earlier run wrote
@@ -152,8 +160,19 @@ def generate_scenes(
         if n:
             (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
         for start in range(0, n, CHUNK):
-            tasks.append((str(out_dir), seed, split, start, min(n, start + CHUNK), config, kinds,
-                          captions_per_image, image_format))
+            tasks.append(
+                (
+                    str(out_dir),
+                    seed,
+                    split,
+                    start,
+                    min(n, start + CHUNK),
+                    config,
+                    kinds,
+                    captions_per_image,
+                    image_format,
+                )
+            )
 
     results: dict[tuple[str, int], list[dict]] = {}
     bar = tqdm(total=sum(splits.values()), desc="rendering scenes", unit="img", disable=not progress)
@@ -175,28 +194,51 @@ def generate_scenes(
         for r in records:
             image_id = next_image_id
             next_image_id += 1
-            coco_images.append({"id": image_id, "file_name": r["file_name"],
-                                "width": config.image_size, "height": config.image_size})
+            coco_images.append(
+                {"id": image_id, "file_name": r["file_name"], "width": config.image_size, "height": config.image_size}
+            )
             for caption in r["captions"]:
                 annotations.append({"id": next_caption_id, "image_id": image_id, "caption": caption})
                 next_caption_id += 1
             truths.append({"id": image_id, "file_name": r["file_name"], **r["truth"]})
-        _write_json(out_dir / f"captions_{split}.json", {
-            "info": {"description": f"captioner built-in scenes, {split} split", "version": str(GENERATOR_VERSION),
-                     "seed": seed},
-            "licenses": [{"id": 1, "name": "SIL Open Font License 1.1 (sprites from Noto Color Emoji)"}],
-            "images": coco_images,
-            "annotations": annotations,
-        })
-        _write_json(out_dir / f"scenes_{split}.json", {
-            "format": TRUTH_FORMAT, "split": split, "seed": seed, **catalogue, "images": truths,
-        })
+        _write_json(
+            out_dir / f"captions_{split}.json",
+            {
+                "info": {
+                    "description": f"captioner built-in scenes, {split} split",
+                    "version": str(GENERATOR_VERSION),
+                    "seed": seed,
+                },
+                "licenses": [{"id": 1, "name": "SIL Open Font License 1.1 (sprites from Noto Color Emoji)"}],
+                "images": coco_images,
+                "annotations": annotations,
+            },
+        )
+        _write_json(
+            out_dir / f"scenes_{split}.json",
+            {
+                "format": TRUTH_FORMAT,
+                "split": split,
+                "seed": seed,
+                **catalogue,
+                "images": truths,
+            },
+        )
     seconds = time.perf_counter() - t0
-    _write_json(out_dir / "dataset.json", {
-        "generator": GENERATOR, "version": GENERATOR_VERSION, "seed": seed, "splits": dict(splits),
-        "image_format": image_format, "captions_per_image": captions_per_image, "kinds_drawn": kinds,
-        "config": asdict(config), **catalogue,
-    })
+    _write_json(
+        out_dir / "dataset.json",
+        {
+            "generator": GENERATOR,
+            "version": GENERATOR_VERSION,
+            "seed": seed,
+            "splits": dict(splits),
+            "image_format": image_format,
+            "captions_per_image": captions_per_image,
+            "kinds_drawn": kinds,
+            "config": asdict(config),
+            **catalogue,
+        },
+    )
     return ScenesSummary(out_dir=out_dir, splits=dict(splits), seconds=seconds)
 
 

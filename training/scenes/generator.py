@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from PIL import Image, ImageFilter
 
@@ -50,7 +50,9 @@ class SceneConfig:
         if len(self.kind_weights) != self.max_kinds:
             raise ValueError(f"kind_weights needs one weight per number of kinds (1..{self.max_kinds})")
         if self.max_kinds * self.max_count > self.grid * self.grid:
-            raise ValueError(f"{self.max_kinds} kinds x {self.max_count} objects do not fit a {self.grid}x{self.grid} grid")
+            raise ValueError(
+                f"{self.max_kinds} kinds x {self.max_count} objects do not fit a {self.grid}x{self.grid} grid"
+            )
         if self.sprite_range[1] + 2 * self.cell_margin > self.image_size // self.grid:
             raise ValueError("max_sprite is too large for a grid cell")
 
@@ -148,7 +150,7 @@ def styled_sprite(name: str, size: int, flip: bool, outline: int, outline_rgb: t
     out.paste(sprite, (outline, outline))
     if outline > 0:
         ring = out.getchannel("A").point(lambda a: 255 if a > 40 else 0).filter(ImageFilter.MaxFilter(2 * outline + 1))
-        base = Image.new("RGBA", (size, size), outline_rgb + (0,))
+        base = Image.new("RGBA", (size, size), (*outline_rgb, 0))
         base.putalpha(ring)
         out = Image.alpha_composite(base, out)
     return out

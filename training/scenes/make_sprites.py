@@ -1,7 +1,7 @@
 """Render the scene sprites from the Noto Color Emoji font (run once; the PNGs are committed).
 
     apt-get install fonts-noto-color-emoji
-    python -m training.scenes.make_sprites            # rewrites training/scenes/sprites/*.png
+    python -m captioner.training.scenes.make_sprites            # rewrites training/scenes/sprites/*.png
 
 Generating a scenes dataset needs only Pillow and the committed PNGs; this script is
 here so that anyone can check where the sprites came from or re-render them at another
@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=SPRITE_SIZE, help=f"sprite side in pixels (default: {SPRITE_SIZE})")
     args = parser.parse_args(argv)
     if not Path(args.font).is_file():
-        raise SystemExit(f"{args.font}: font not found; install the Debian package fonts-noto-color-emoji "
-                         "or pass --font PATH")
+        raise SystemExit(
+            f"{args.font}: font not found; install the Debian package fonts-noto-color-emoji or pass --font PATH"
+        )
     font = ImageFont.truetype(args.font, FONT_SIZE)
     args.out.mkdir(parents=True, exist_ok=True)
     for category in CATEGORIES:
