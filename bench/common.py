@@ -264,7 +264,7 @@ def encoder_limit(model, seconds: float = 3.0, batch_sizes: Sequence[int] = (8, 
         for b in batch_sizes:
             x = torch.randn(b, 3, size, size)  # (B, 3, S, S)
             with torch.inference_mode():
-                r = rate(b, timed(lambda: fn(x), per_cell))
+                r = rate(b, timed(lambda fn=fn, x=x: fn(x), per_cell))
             table[name][b] = round(r, 1)
             if r > best["images_per_s"]:
                 best = {"images_per_s": r, "batch_size": b, "backend": name}

@@ -129,7 +129,7 @@ def folder_trials(base: Path, n: int, rng: random.Random, checkpoint: Path) -> d
         first_line = i % 4 != 0
         when = rng.uniform(0.0, captioning if first_line else startup)
         proc = ck.start(ck.caption_command(photos, out, checkpoint), base / f"caption{i}.log")
-        outcome = ck.kill_when(proc, (lambda: ck.count_lines(out) > 0) if first_line else (lambda: True), when)
+        outcome = ck.kill_when(proc, (lambda out=out: ck.count_lines(out) > 0) if first_line else (lambda: True), when)
         lines_before = ck.count_lines(out)
         torn = out.exists() and out.stat().st_size > 0 and not out.read_bytes().endswith(b"\n")
         rerun = subprocess.run(ck.caption_command(photos, out, checkpoint), capture_output=True, env=ck.ENV)

@@ -104,12 +104,12 @@ def main(argv: list[str] | None = None) -> int:
                     kw = {"min_runs": 1, "warmup": 1 if r == 0 else 0}
                     with variant_context(variant):
                         one[variant] += common.timed(
-                            lambda: run_strategy(dec, features[:1], beam, args.max_length),
+                            lambda dec=dec, beam=beam: run_strategy(dec, features[:1], beam, args.max_length),
                             args.seconds / args.rounds,
                             **kw,
                         )
                         many[variant] += common.timed(
-                            lambda: run_strategy(dec, features, beam, args.max_length), args.seconds / args.rounds, **kw
+                            lambda dec=dec, beam=beam: run_strategy(dec, features, beam, args.max_length), args.seconds / args.rounds, **kw
                         )
             for variant in args.variants:
                 dec = decoders[variant]

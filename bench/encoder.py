@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         for b in args.batch:
             x = x_max[:b]
             with torch.inference_mode():
-                times = common.timed(lambda: fn(x), args.seconds, warmup=2)
+                times = common.timed(lambda fn=fn, x=x: fn(x), args.seconds, warmup=2)
             row[f"b{b}"] = b / statistics.median(times)
         rows.append(row)
         print(

@@ -615,10 +615,10 @@ def merge_parts(
     lines: list[bytes] = []
     for p in err_parts:
         if p.exists():
-            lines.extend(l + b"\n" for l in p.read_bytes().split(b"\n") if l.strip())
+            lines.extend(ln + b"\n" for ln in p.read_bytes().split(b"\n") if ln.strip())
     if lines:
         tmp = errors.with_name(f".{errors.name}.merging")
-        tmp.write_bytes(b"".join(sorted(lines, key=lambda l: json.loads(l).get("path", ""))))
+        tmp.write_bytes(b"".join(sorted(lines, key=lambda ln: json.loads(ln).get("path", ""))))
         os.replace(tmp, errors)
     else:
         errors.unlink(missing_ok=True)

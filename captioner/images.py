@@ -20,14 +20,13 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageLoadError
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | Image.Image
 
 #: Images with more pixels than this are refused (before decoding).
 DEFAULT_MAX_PIXELS = 40_000_000

@@ -1152,7 +1152,7 @@ def _train(cfg: TrainConfig, resume: bool, ctx: DistContext, on_epoch_end) -> Tr
                     + "\n"
                 )
         log(
-            "test (best checkpoint, epoch %d): " % state.best_epoch
+            f"test (best checkpoint, epoch {state.best_epoch}): "
             + " ".join(
                 f"{k} {test_metrics[k]:.4f}" for k in ("bleu_4", "cider_d", "scene_accuracy") if k in test_metrics
             )

@@ -23,7 +23,6 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import torch
 from torch import nn
@@ -32,7 +31,7 @@ from ..errors import CaptionerError
 from .preprocess import Preprocess
 
 StateDict = dict[str, torch.Tensor]
-WeightsArg = Union[str, os.PathLike, Mapping[str, torch.Tensor]]
+WeightsArg = str | os.PathLike | Mapping[str, torch.Tensor]
 
 DEFAULT_ENCODER = "efficientnet_lite0"
 

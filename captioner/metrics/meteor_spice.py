@@ -21,6 +21,7 @@ the process is killed on the way out.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -166,10 +167,8 @@ class LineProcess:
 
     def close(self, grace: float = 5.0) -> None:
         """Close stdin, give the child ``grace`` seconds to exit, then kill it."""
-        try:
+        with contextlib.suppress(OSError):
             self.proc.stdin.close()  # type: ignore[union-attr]
-        except OSError:
-            pass
         try:
             self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:

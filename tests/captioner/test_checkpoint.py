@@ -94,7 +94,7 @@ def test_missing_and_broken_pieces(tmp_path):
         load_checkpoint(path)
     path, _ = _save(tmp_path / "ck2")
     os.remove(path / "vocab.json")
-    with pytest.raises(CheckpointError, match="vocab.json"):
+    with pytest.raises(CheckpointError, match=r"vocab\.json"):
         load_checkpoint(path)
 
 

@@ -94,7 +94,7 @@ def test_beam_one_equals_greedy(trained):
 
 def test_beam_finds_at_least_greedy_logprob_on_untrained_model():
     torch.manual_seed(3)
-    vocab = Vocabulary.build(["w%d" % i for i in range(30)])
+    vocab = Vocabulary.build([f"w{i}" for i in range(30)])
     dec = CaptionDecoder(
         DecoderConfig(vocab_size=len(vocab), feature_dim=8, embed_dim=16, hidden_dim=32, img_proj_dim=8, dropout=0.0)
     ).eval()
@@ -107,7 +107,7 @@ def test_beam_finds_at_least_greedy_logprob_on_untrained_model():
 
 def test_batched_beam_equals_one_at_a_time():
     torch.manual_seed(4)
-    vocab = Vocabulary.build(["w%d" % i for i in range(20)])
+    vocab = Vocabulary.build([f"w{i}" for i in range(20)])
     dec = CaptionDecoder(
         DecoderConfig(
             vocab_size=len(vocab), feature_dim=8, embed_dim=16, hidden_dim=32, img_proj_dim=8, dropout=0.0, num_layers=2

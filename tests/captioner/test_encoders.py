@@ -234,7 +234,7 @@ def test_user_state_dict_files_load(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         build_encoder("resnet18", weights=wrong)
     # Files that are not plain state dicts are refused without being executed.
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(EncoderWeightsError, match="junk.pth"):
+    with pytest.raises(EncoderWeightsError, match=r"junk\.pth"):
         build_encoder("resnet18", weights=tmp_path / "junk.pth")
     with pytest.raises(EncoderWeightsError, match="not found"):
         build_encoder("resnet18", weights=tmp_path / "absent.pth")

@@ -275,7 +275,7 @@ def test_bad_input_raises_clear_errors(preds, refs, message):
 
 
 def test_unknown_metric_is_rejected():
-    with pytest.raises(CaptionerError, match="unknown metric.*bleurt"):
+    with pytest.raises(CaptionerError, match=r"unknown metric.*bleurt"):
         score_captions({"a": "x"}, {"a": ["x"]}, metrics=("bleu", "bleurt"))
 
 
@@ -354,7 +354,7 @@ def test_meteor_that_never_answers_times_out(tmp_path):
 
 def test_meteor_that_dies_reports_its_stderr(tmp_path):
     java = _fake_java(tmp_path, "import sys\nsys.stderr.write('Error: Unable to access jarfile\\n')\nsys.exit(1)\n")
-    with pytest.raises(MetricUnavailable, match="exited unexpectedly.*Unable to access jarfile"):
+    with pytest.raises(MetricUnavailable, match=r"exited unexpectedly.*Unable to access jarfile"):
         meteor_spice.meteor(["a dog"], [["a dog"]], timeout=20.0, java=java)
 
 
@@ -370,7 +370,7 @@ def test_without_java_meteor_and_spice_are_skipped_and_the_rest_is_scored(tmp_pa
 def test_spice_without_corenlp_explains_how_to_get_it(tmp_path):
     (tmp_path / "spice").mkdir()
     (tmp_path / "spice" / "spice-1.0.jar").write_bytes(b"PK")
-    with pytest.raises(MetricUnavailable, match="Stanford CoreNLP 3.6.0"):
+    with pytest.raises(MetricUnavailable, match=r"Stanford CoreNLP 3\.6\.0"):
         meteor_spice.spice(["a dog"], [["a dog"]], root=tmp_path)
 
 

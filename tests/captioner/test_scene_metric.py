@@ -144,7 +144,7 @@ def test_scene_accuracy_counts_and_lookup_by_id_or_file(truth):
 
 
 def test_unknown_image_is_an_error(truth):
-    with pytest.raises(CaptionerError, match="not in truth.json"):
+    with pytest.raises(CaptionerError, match=r"not in truth\.json"):
         scene_accuracy({99: "a dog on a green background"}, truth)
 
 

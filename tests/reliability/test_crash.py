@@ -47,7 +47,7 @@ def killed_and_resumed(scenes, tmp_path_factory):
         resume = (out / "last").exists()
         start_rows = len(ck.log_rows(out))
         proc = ck.start(ck.train_command(data, out, cache, EPOCHS, resume=resume), out.parent / "train.log")
-        outcome = ck.kill_when(proc, lambda: len(ck.log_rows(out)) >= start_rows + after_epochs, extra_s)
+        outcome = ck.kill_when(proc, lambda out=out, n=start_rows + after_epochs: len(ck.log_rows(out)) >= n, extra_s)
         where = f"(seed {seed}, kill {len(events) + 1} at +{extra_s:.2f} s after {after_epochs} epochs)"
         assert outcome == "killed" or proc.returncode == 0, (
             f"training failed {where}:\n" + (out.parent / "train.log").read_text(errors="replace")[-3000:]

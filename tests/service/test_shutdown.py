@@ -13,7 +13,7 @@ from servicekit import colour_image
 
 def in_flight(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=10).text
-    line = next(l for l in text.splitlines() if l.startswith("captioner_http_requests_in_flight "))
+    line = next(ln for ln in text.splitlines() if ln.startswith("captioner_http_requests_in_flight "))
     return float(line.split()[1]) - 1  # minus this scrape
 
 

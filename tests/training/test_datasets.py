@@ -84,7 +84,7 @@ def test_coco_loads_and_reports_every_problem(tmp_path):
     assert r.missing_examples == [str(tmp_path / "images" / "four.jpg")]
     encoding = r.problems("encoding")[0]
     raw_lines = (tmp_path / "captions_val2014.json").read_bytes().split(b"\n")
-    line = next(i for i, l in enumerate(raw_lines, 1) if b"\xe9" in l)
+    line = next(i for i, ln in enumerate(raw_lines, 1) if b"\xe9" in ln)
     assert encoding.where.endswith(f":{line}") and "0xE9" in encoding.message
     assert "annotations[7]" in r.problems("malformed")[1].where
     summary = r.summary()

@@ -3,6 +3,7 @@ exactly, it skips unreadable images with a report, and its settings are checked.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -186,8 +187,8 @@ def test_lr_schedule_warms_up_then_decays():
     cfg = TrainConfig(warmup_steps=10, min_lr_ratio=0.1)
     f = [lr_factor(s, 110, cfg) for s in range(110)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert all(a <= b for a, b in zip(f[:10], f[1:10]))
-    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert all(a <= b for a, b in itertools.pairwise(f[:10]))
+    assert all(a >= b for a, b in itertools.pairwise(f[10:]))
     assert f[-1] == pytest.approx(0.1, abs=1e-3)
     const = TrainConfig(warmup_steps=0, schedule="constant")
     assert {lr_factor(s, 50, const) for s in range(50)} == {1.0}
