@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                             **kw,
                         )
                         many[variant] += common.timed(
-                            lambda dec=dec, beam=beam: run_strategy(dec, features, beam, args.max_length), args.seconds / args.rounds, **kw
+                            lambda dec=dec, beam=beam: run_strategy(dec, features, beam, args.max_length),
+                            args.seconds / args.rounds,
+                            **kw,
                         )
             for variant in args.variants:
                 dec = decoders[variant]

@@ -181,7 +181,9 @@ def in_process(ckpt: Path, jpeg: bytes, beams: list[int], seconds: float) -> tup
     model = Captioner.load(ckpt, device="cpu")
     one = {}
     for beam in beams:
-        one[beam] = statistics.median(common.timed(lambda beam=beam: model.caption(jpeg, beam_size=beam), seconds, warmup=2))
+        one[beam] = statistics.median(
+            common.timed(lambda beam=beam: model.caption(jpeg, beam_size=beam), seconds, warmup=2)
+        )
     return one, common.encoder_limit(model, seconds=seconds)
 
 
