@@ -1,0 +1,98 @@
+"""The allowed range of every numeric captioning option, in one place.
+
+The command line (``argparse`` type functions) and the HTTP API (422 errors) both read these
+ranges, so ``--beam-size 0`` and ``?beam_size=0`` are refused with the same words. This module
+imports nothing heavy (no torch), so argument errors stay fast.
+
+Use :meth:`Range.argparse` as an ``argparse`` ``type=``, :meth:`Range.check` anywhere else::
+
+    p.add_argument("--beam-size", type=BEAM_SIZE.argparse, default=1)
+    BEAM_SIZE.check(value)        # -> value, or ValueError("beam size must be an integer from 1 to 20")
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+__all__ = [
+    "BATCH_SIZE",
+    "BEAM_SIZE",
+    "LENGTH_PENALTY",
+    "MAX_LENGTH",
+    "RANGES",
+    "TEMPERATURE",
+    "WORKERS",
+    "Range",
+]
+
+
+@dataclass(frozen=True)
+class Range:
+    """A closed numeric range ``low..high`` for one option; ``integer`` options refuse fractions."""
+
+    name: str  # words used in messages, e.g. "beam size"
+    low: float
+    high: float
+    integer: bool = True
+    low_open: bool = False  # True: the value must be strictly greater than ``low``
+
+    def describe(self) -> str:
+        """The allowed range in words, e.g. ``an integer from 1 to 20``."""
+        if self.integer:
+            return f"an integer from {int(self.low)} to {int(self.high)}"
+        low = f"greater than {self.low:g}" if self.low_open else f"from {self.low:g}"
+        return f"a number {low} to {self.high:g}"
+
+    def message(self) -> str:
+        """One line naming the allowed range."""
+        return f"{self.name} must be {self.describe()}"
+
+    def contains(self, value: float) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return False
+        if self.integer and not float(value).is_integer():
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        return above and value <= self.high
+
+    def check(self, value: float) -> float:
+        """``value`` when allowed (as ``int`` for integer options), else ``ValueError(self.message())``."""
+        if not self.contains(value):
+            raise ValueError(self.message())
+        return int(value) if self.integer else float(value)
+
+    def parse(self, text: str) -> float:
+        """Parse command-line text; ``ValueError`` naming the range when it is not allowed."""
+        try:
+            value = int(text) if self.integer else float(text)
+        except ValueError:
+            raise ValueError(f"{self.message()}, got {text!r}") from None
+        if not self.contains(value):
+            raise ValueError(f"{self.message()}, got {text}")
+        return value
+
+    def argparse(self, text: str) -> float:
+        """An ``argparse`` ``type=`` function: argparse prints the one line and exits 2."""
+        try:
+            return self.parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+
+BEAM_SIZE = Range("beam size", 1, 20)
+MAX_LENGTH = Range("max length", 1, 100)
+LENGTH_PENALTY = Range("length penalty", 0.0, 5.0, integer=False)
+TEMPERATURE = Range("temperature", 0.0, 10.0, integer=False, low_open=True)
+BATCH_SIZE = Range("batch size", 1, 1024)
+WORKERS = Range("workers", 0, 64)
+
+RANGES: dict[str, Range] = {
+    "beam_size": BEAM_SIZE,
+    "max_length": MAX_LENGTH,
+    "length_penalty": LENGTH_PENALTY,
+    "temperature": TEMPERATURE,
+    "batch_size": BATCH_SIZE,
+    "workers": WORKERS,
+}
