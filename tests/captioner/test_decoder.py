@@ -162,3 +162,93 @@ def test_init_state_off_and_bad_shapes():
         DecoderConfig(vocab_size=10, feature_dim=4, cell="transformer")
     with pytest.raises(ValueError, match="unknown decoder settings"):
         DecoderConfig.from_dict({"vocab_size": 10, "feature_dim": 4, "heads": 8})
+
+
+# ---------------------------------------------------------------------- no degenerate captions
+def _repeater(seed: int = 5):
+    """An untrained decoder whose output layer prefers word 4 at every step: unconstrained, it
+    says "w0 w0 w0 ..." up to max_length."""
+    torch.manual_seed(seed)
+    vocab = Vocabulary.build([f"w{i}" for i in range(12)])
+    dec = CaptionDecoder(
+        DecoderConfig(vocab_size=len(vocab), feature_dim=8, embed_dim=16, hidden_dim=32, img_proj_dim=8, dropout=0.0)
+    ).eval()
+    with torch.no_grad():
+        dec.out.bias.zero_()
+        dec.out.bias[4] = 8.0  # "w0"
+        dec.out.bias[5] = 6.0  # "w1"
+        dec.out.bias[vocab.end_id] = -8.0
+    return dec, vocab, torch.randn(5, 8)
+
+
+def _has_run_of_three(ids):
+    return any(a == b == c for a, b, c in zip(ids, ids[1:], ids[2:]))
+
+
+def _ngrams(ids, n):
+    return [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+
+
+def test_banned_words_masks_runs_and_repeated_ngrams():
+    from captioner.decoder import banned_words
+
+    history = torch.tensor([[5, 6, 7, 5, 6], [4, 4, 9, 8, 8], [1, 2, 3, 4, 5]])  # (3, 5)
+    off = banned_words(history, 12, 0)
+    assert off[1].nonzero().flatten().tolist() == [8]  # "8 8" -> a third 8 is refused
+    assert not off[0].any() and not off[2].any()
+    tri = banned_words(history, 12, 3)
+    assert tri[0].nonzero().flatten().tolist() == [7]  # "5 6" was followed by 7 before
+    assert tri[1].nonzero().flatten().tolist() == [8]
+    assert not tri[2].any()
+    uni = banned_words(history, 12, 1)
+    assert uni[2].nonzero().flatten().tolist() == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_no_word_three_times_in_a_row_even_with_ngrams_off(method):
+    dec, vocab, feats = _repeater()
+    s, e = vocab.start_id, vocab.end_id
+    g = torch.Generator().manual_seed(1)
+    run = {
+        "greedy": lambda n: dec.greedy(feats, s, e, max_length=12, no_repeat_ngram_size=n),
+        "beam": lambda n: dec.beam_search(feats, s, e, beam_size=3, max_length=12, no_repeat_ngram_size=n),
+        "sample": lambda n: dec.sample(feats, s, e, 12, temperature=0.7, generator=g, no_repeat_ngram_size=n),
+    }[method]
+    ids, scores = run(0)
+    assert all(len(i) == 12 for i in ids)  # the model never wants <end>: full-length captions
+    assert not any(_has_run_of_three(i) for i in ids), ids
+    assert torch.all(torch.isfinite(scores))
+    ids, _ = run(2)
+    for row in ids:
+        assert len(set(_ngrams(row, 2))) == len(_ngrams(row, 2)), row
+
+
+def test_scores_stay_the_models_log_probabilities_under_constraints():
+    dec, vocab, feats = _repeater()
+    for ids, scores in (
+        dec.greedy(feats, vocab.start_id, vocab.end_id, max_length=9, no_repeat_ngram_size=2),
+        dec.beam_search(feats, vocab.start_id, vocab.end_id, beam_size=4, max_length=9, no_repeat_ngram_size=2),
+    ):
+        rescored = dec.token_logprobs(feats, ids, vocab.start_id, vocab.end_id)
+        assert [len(r) for r in rescored] == [len(i) + 1 for i in ids]
+        assert torch.allclose(torch.stack([r.sum() for r in rescored]), scores, atol=1e-4)
+
+
+def test_default_no_repeat_keeps_memorised_captions(trained):
+    from captioner.decoder import DEFAULT_NO_REPEAT_NGRAM
+
+    assert DEFAULT_NO_REPEAT_NGRAM >= 1
+    dec, vocab, feats, _, _ = trained
+    ids, _ = dec.greedy(feats, vocab.start_id, vocab.end_id)
+    assert [vocab.decode(i) for i in ids] == CAPTIONS
+    with pytest.raises(ValueError, match="no_repeat_ngram_size"):
+        dec.greedy(feats, vocab.start_id, vocab.end_id, no_repeat_ngram_size=-1)
+
+
+def test_batched_beam_equals_one_at_a_time_with_ngram_blocking():
+    dec, vocab, feats = _repeater(seed=6)
+    ids, scores = dec.beam_search(feats, vocab.start_id, vocab.end_id, beam_size=3, max_length=8)
+    for i in range(feats.size(0)):
+        one, one_score = dec.beam_search(feats[i : i + 1], vocab.start_id, vocab.end_id, beam_size=3, max_length=8)
+        assert one[0] == ids[i]
+        assert math.isclose(one_score.item(), scores[i].item(), abs_tol=1e-4)
