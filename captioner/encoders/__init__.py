@@ -8,11 +8,14 @@
 
 ``list_encoders()`` names every registered backbone; ``get_spec(name)`` tells its feature
 size, preprocessing, weights source/licence and ImageNet accuracy without building it.
+``build_label_head(name)`` is the backbone's own ImageNet classifier on those features:
+``head.top_k(features, 5)`` names what the CNN sees (see :mod:`captioner.encoders.labels`).
 """
 
 # Importing the backbone modules registers their specs.
 from . import efficientnet_lite as _efficientnet_lite  # noqa: F401
 from . import torchvision_backbones as _torchvision_backbones  # noqa: F401
+from .labels import Label, LabelHead, build_label_head, has_labels, imagenet_classes
 from .preprocess import INTERPOLATIONS, Preprocess
 from .registry import (
     DEFAULT_ENCODER,
@@ -35,11 +38,16 @@ __all__ = [
     "Encoder",
     "EncoderSpec",
     "EncoderWeightsError",
+    "Label",
+    "LabelHead",
     "Preprocess",
     "UnknownEncoderError",
     "build_classifier",
     "build_encoder",
+    "build_label_head",
     "get_spec",
+    "has_labels",
+    "imagenet_classes",
     "list_encoders",
     "load_weights",
     "read_state_dict",

@@ -268,6 +268,7 @@ EFFICIENTNET_LITE0 = register(
         adapt_state=adapt_state,
         imagenet_top1=75.1,
         num_params=4_652_008,
+        classifier_head="classifier",  # dropout before it is the identity in eval mode
         notes=(
             "top-1 is tensorflow/tpu's figure for the original checkpoint at 224px; inputs are normalised "
             "as (x - 127) / 128, which this conversion expects (checked on photos in tests)"

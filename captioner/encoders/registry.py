@@ -74,6 +74,9 @@ class EncoderSpec:
     imagenet_top1: float | None = None  # % top-1 on ImageNet-1k val, as published
     num_params: int | None = None  # parameters of the full classifier
     notes: str = ""
+    # Attribute of build(True)'s network that maps the pooled features (B, F) to the ImageNet
+    # logits (B, 1000); None when the classifier is not a head on the pooled features.
+    classifier_head: str | None = None
 
     def facts(self) -> dict[str, object]:
         """JSON-ready summary (for `captioner encoders`, checkpoints, the service's /info)."""
@@ -87,6 +90,7 @@ class EncoderSpec:
             "imagenet_top1": self.imagenet_top1,
             "num_params": self.num_params,
             "notes": self.notes,
+            "labels": self.classifier_head is not None,
         }
 
 

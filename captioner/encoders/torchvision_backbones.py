@@ -97,6 +97,7 @@ class TorchvisionBackbone:
             imagenet_top1=self.imagenet_top1,
             num_params=self.num_params,
             notes=f"classifier '{self.head}' removed; features are the global average pool",
+            classifier_head=self.head,  # every head in the table starts from the pooled features
         )
 
 

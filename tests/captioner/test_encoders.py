@@ -293,3 +293,42 @@ def test_lite0_encoder_gives_the_classifiers_pooled_features(photos, lite0_class
             assert torch.equal(build_encoder("efficientnet_lite0", weights=state)(x), features)
     # Different photos give clearly different features.
     assert torch.nn.functional.cosine_similarity(features[0], features[1], dim=0) < 0.9
+
+
+# ---------------------------------------------------------------------- labels
+def test_label_head_names_what_lite0_sees(photos, lite0_classifier) -> None:
+    from captioner.encoders import build_label_head, has_labels, imagenet_classes
+
+    assert has_labels("efficientnet_lite0") and all(has_labels(b.name) for b in TORCHVISION_BACKBONES)
+    classes = imagenet_classes()
+    assert len(classes) == 1000 and classes[281] == "tabby" and classes[967] == "espresso"
+    encoder = build_encoder("efficientnet_lite0")
+    head = build_label_head("efficientnet_lite0")
+    x = encoder.spec.preprocess.batch(photos)  # (2, 3, 224, 224)
+    with torch.no_grad():
+        features = encoder(x)  # (2, 1280)
+        assert torch.allclose(head(features), lite0_classifier(x), atol=1e-4)
+    cat, coffee = head.top_k(features, 5)
+    assert len(cat) == 5 and cat[0].probability >= cat[-1].probability > 0
+    assert sum(label.probability for label in cat) <= 1.0 + 1e-6
+    assert {label.name for label in cat} & {classes[i] for i in CAT_CLASSES}, cat
+    assert {label.name for label in coffee} & {"espresso", "cup"}, coffee
+    assert str(cat[0]).endswith(" %") and cat[0].to_dict()["name"] == cat[0].name
+    with pytest.raises(ValueError, match="from 1 to 20"):
+        head.top_k(features, 0)
+
+
+def test_label_head_of_a_torchvision_backbone_is_its_own_classifier() -> None:
+    from captioner.encoders import build_label_head
+
+    torch.manual_seed(0)
+    full = build_classifier("resnet18", weights="random")  # torchvision layout, with fc
+    head = build_label_head("resnet18", weights=full.state_dict())
+    assert torch.equal(head.head.weight, full.fc.weight)
+    encoder = build_encoder("resnet18", weights=full.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(head(encoder(x)), full(x), atol=1e-5)
+    trunk_only = {k: v for k, v in full.state_dict().items() if not k.startswith("fc.")}
+    with pytest.raises(EncoderWeightsError, match="classifier weights"):
+        build_label_head("resnet18", weights=trunk_only)
