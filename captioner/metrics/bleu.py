@@ -35,7 +35,7 @@ import math
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # coco-caption's constants (bleu_scorer.py): "tiny" keeps a 0 match count from making
 # log(0); "small" keeps a 0 denominator from dividing by zero.
@@ -104,6 +104,7 @@ class BleuResult:
 
     corpus: list[float]
     per_image: list[list[float]]  # per_image[i][k]: BLEU-(k+1) of image i
+    stats: list[BleuStats] = field(default_factory=list)  # each image's counts (for resampling)
 
 
 def coco_bleu(
@@ -125,8 +126,10 @@ def coco_bleu(
     total_guess = [0] * max_n
     total_test = total_ref = 0
     per_image = []
+    stats = []
     for hyp, refs in zip(hypotheses, references):
         s = image_stats(hyp, refs, max_n)
+        stats.append(s)
         per_image.append(_coco_bleus(s.correct, s.guess, s.test_len, s.ref_len))
         total_test += s.test_len
         total_ref += s.ref_len
@@ -134,7 +137,7 @@ def coco_bleu(
             total_correct[k] += s.correct[k]
             total_guess[k] += s.guess[k]
     corpus = _coco_bleus(total_correct, total_guess, total_test, total_ref)
-    return BleuResult(corpus, per_image)
+    return BleuResult(corpus, per_image, stats)
 
 
 def nltk_bleu(

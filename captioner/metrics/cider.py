@@ -68,8 +68,8 @@ def cider_d(
     if not hypotheses:
         raise ValueError("CIDEr of an empty corpus is undefined")
     ref_counts = [[ngram_counts(r, n) for r in refs] for refs in references]
-    for i, refs in enumerate(ref_counts):
-        if not refs:
+    for i, image_refs in enumerate(ref_counts):
+        if not image_refs:
             raise ValueError(f"CIDEr needs at least one reference per image (image #{i} has none)")
 
     # document frequency: in how many images' reference sets an n-gram occurs

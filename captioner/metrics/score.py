@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 from captioner.errors import CaptionerError
 from captioner.metrics import meteor_spice
-from captioner.metrics.bleu import coco_bleu, nltk_bleu
+from captioner.metrics.bleu import BleuStats, coco_bleu, nltk_bleu
 from captioner.metrics.cider import cider_d
 from captioner.metrics.rouge import rouge_l
-from captioner.metrics.tokenize import TokenizedCorpus, Tokenizer, tokenize_corpus
+from captioner.metrics.tokenize import TokenizedCorpus, Tokenizer, resolve_tokenizer, tokenize_corpus
 from captioner.vocab import tokenize
 
 METRIC_GROUPS: tuple[str, ...] = ("bleu", "cider", "rouge", "meteor", "spice")
@@ -61,6 +61,8 @@ class CaptionScores(Mapping):
     skipped: dict[str, str] = field(default_factory=dict)
     cross_checks: dict[str, float] = field(default_factory=dict)
     ids: list[Hashable] = field(default_factory=list)
+    bleu_stats: list[BleuStats] = field(default_factory=list)  # per image, in ``ids`` order
+    tokenizer: str = ""  # "ptb", "ours", or the name of the function that tokenized
 
     def __getitem__(self, name: str) -> float:
         return self.metrics[name]
@@ -129,6 +131,7 @@ def score_tokenized(
         bleu = coco_bleu(hyps, refs, 4)
         for k in range(4):
             put(f"bleu_{k + 1}", bleu.corpus[k], [row[k] for row in bleu.per_image])
+        out.bleu_stats = bleu.stats
         if nltk_cross_check:  # nltk (exact Fractions) is several times slower than coco_bleu
             for k, value in enumerate(nltk_bleu(hyps, refs, 4)):
                 out.cross_checks[f"nltk_bleu_{k + 1}"] = value
@@ -156,7 +159,7 @@ def score_captions(
     references: Mapping[Hashable, Sequence[str]],
     metrics: Sequence[str] = DEFAULT_METRICS,
     *,
-    tokenizer: Tokenizer = tokenize,
+    tokenizer: Tokenizer | str = tokenize,
     meteor_timeout: float = meteor_spice.METEOR_TIMEOUT_S,
     spice_timeout: float = meteor_spice.SPICE_TIMEOUT_S,
     nltk_cross_check: bool = True,
@@ -166,13 +169,20 @@ def score_captions(
     ``predictions`` maps image id -> caption, ``references`` image id -> list of captions;
     both must cover the same ids (:class:`CaptionerError` otherwise). Captions are
     tokenized with ``tokenizer`` (the project's :func:`captioner.vocab.tokenize` by
-    default). ``metrics`` picks groups from :data:`METRIC_GROUPS`. METEOR and SPICE are
+    default; ``"ptb"`` for coco-caption's, ``"auto"`` for coco's when Java is there:
+    see :mod:`captioner.metrics.tokenize`). ``metrics`` picks groups from :data:`METRIC_GROUPS`. METEOR and SPICE are
     skipped (reason in ``.skipped``) when Java or their files are missing, or when the
     Java process fails or does not answer within ``meteor_timeout`` seconds (per answer)
     / ``spice_timeout`` seconds (whole run). ``nltk_cross_check`` adds nltk's
     ``corpus_bleu`` values to ``.cross_checks`` (it costs about as much as CIDEr-D on large corpora).
     """
+    if isinstance(tokenizer, str):
+        tokenizer = resolve_tokenizer(tokenizer)[0]
     corpus = tokenize_corpus(predictions, references, tokenizer)
-    return score_tokenized(
+    scores = score_tokenized(
         corpus, metrics, meteor_timeout=meteor_timeout, spice_timeout=spice_timeout, nltk_cross_check=nltk_cross_check
     )
+    scores.tokenizer = (
+        tokenizer if isinstance(tokenizer, str) else ("ours" if tokenizer is tokenize else tokenizer.__name__)
+    )
+    return scores

@@ -1,10 +1,17 @@
 """Turning {image id: caption} and {image id: [references]} into checked token lists.
 
-All metrics score the output of one tokenizer, by default the project's own
-:func:`captioner.vocab.tokenize` (NFKC, lower-case, runs of letters/digits with inner
-apostrophes, everything else dropped), so that scores need no Java and no downloaded
-data. coco-caption instead runs Stanford's Java PTB tokenizer first; docs/metrics.md
-lists how the two differ.
+All metrics score the output of one tokenizer:
+
+* ``"ours"`` (the library default): the project's own :func:`captioner.vocab.tokenize`
+  (NFKC, lower-case, runs of letters/digits with inner apostrophes, everything else
+  dropped), the one the vocabulary is built with; it needs no Java and no downloaded data.
+* ``"ptb"``: coco-caption's Stanford PTB tokenizer plus punctuation removal
+  (:mod:`captioner.metrics.ptb`, Java), so that scores equal coco-caption's.
+* ``"auto"``: ``"ptb"`` when Java and the jar are there, else ``"ours"``
+  (:func:`resolve_tokenizer` says which, and why).
+* any function from ``str`` to ``list[str]``.
+
+docs/metrics.md lists how the two tokenizers differ.
 """
 
 from __future__ import annotations
@@ -13,9 +20,36 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 from captioner.errors import CaptionerError
+from captioner.metrics import ptb
 from captioner.vocab import tokenize
 
 Tokenizer = Callable[[str], list[str]]
+TOKENIZERS = ("auto", "ptb", "ours")
+TOKENIZER_DESCRIPTIONS = {
+    "ptb": ptb.PTB_DESCRIPTION,
+    "ours": "captioner.vocab.tokenize (NFKC, lower case, words of letters and digits)",
+}
+
+
+def resolve_tokenizer(name: str) -> tuple[str, str | None]:
+    """``("ptb" | "ours", note)`` for a tokenizer name from :data:`TOKENIZERS`.
+
+    ``"auto"`` gives ``"ptb"`` when it can run here, else ``"ours"`` with a one-line note
+    saying why; an explicit ``"ptb"`` that cannot run raises :class:`CaptionerError`.
+    """
+    if name not in TOKENIZERS:
+        raise CaptionerError(f"unknown tokenizer {name!r}; choose from {', '.join(TOKENIZERS)}")
+    if name == "ours":
+        return "ours", None
+    reason = ptb.ptb_unavailable_reason()
+    if reason is None:
+        return "ptb", None
+    if name == "ptb":
+        raise CaptionerError(f"--tokenizer ptb cannot run: {reason}")
+    return "ours", (
+        "note: tokenizer 'ours', not coco-caption's PTB (it needs Java: apt-get install default-jre-headless); "
+        "scores may differ slightly from published ones"
+    )
 
 
 def _examples(ids: list) -> str:
@@ -52,10 +86,12 @@ class TokenizedCorpus:
 def tokenize_corpus(
     predictions: Mapping[Hashable, str],
     references: Mapping[Hashable, Sequence[str]],
-    tokenizer: Tokenizer = tokenize,
+    tokenizer: Tokenizer | str = tokenize,
 ) -> TokenizedCorpus:
     """Check that predictions and references cover the same images, then tokenize both.
 
+    ``tokenizer`` is a function or a name from :data:`TOKENIZERS` (``"ptb"`` runs
+    Java once for the whole corpus; :class:`CaptionerError` when it cannot run).
     Images keep the order of ``references``. Raises :class:`CaptionerError` (naming the
     offending image ids) when an image lacks a prediction or references, a prediction has
     no references, or a caption is not a string.
@@ -75,7 +111,9 @@ def tokenize_corpus(
             + "; ".join(parts)
             + ". Score the same split the captions were made for."
         )
-    ids, hyps, refs = [], [], []
+    ids: list[Hashable] = []
+    texts: list[str] = []  # each image's prediction, then its references
+    counts: list[int] = []
     for image_id, ref_list in references.items():
         pred = predictions[image_id]
         if not isinstance(pred, str):
@@ -90,6 +128,24 @@ def tokenize_corpus(
             if not isinstance(r, str):
                 raise CaptionerError(f"a reference of image {image_id!r} is {type(r).__name__}, expected a string")
         ids.append(image_id)
-        hyps.append(tokenizer(pred))
-        refs.append([tokenizer(r) for r in ref_list])
+        texts += [pred, *ref_list]
+        counts.append(len(ref_list))
+    tokens = _tokenize_all(texts, tokenizer)
+    hyps, refs, at = [], [], 0
+    for n in counts:
+        hyps.append(tokens[at])
+        refs.append(tokens[at + 1 : at + 1 + n])
+        at += 1 + n
     return TokenizedCorpus(ids, hyps, refs)
+
+
+def _tokenize_all(texts: list[str], tokenizer: Tokenizer | str) -> list[list[str]]:
+    if isinstance(tokenizer, str):
+        name, _ = resolve_tokenizer(tokenizer)
+        if name == "ptb":
+            try:
+                return ptb.ptb_tokenize(texts)
+            except ptb.TokenizerUnavailable as e:
+                raise CaptionerError(f"coco-caption's PTB tokenizer failed: {e}") from None
+        tokenizer = tokenize
+    return [tokenizer(t) for t in texts]
