@@ -74,8 +74,8 @@ def cider_d(
 
     # document frequency: in how many images' reference sets an n-gram occurs
     df: Counter = Counter()
-    for refs in ref_counts:
-        df.update(set().union(*refs))
+    for image_refs in ref_counts:
+        df.update(set().union(*image_refs))
     log_n = math.log(float(len(ref_counts)))
     idf = {ngram: log_n - math.log(max(1.0, float(d))) for ngram, d in df.items()}
 
