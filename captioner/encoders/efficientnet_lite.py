@@ -147,7 +147,7 @@ class EfficientNetLite(nn.Module):
         x = self.blocks(x)  # (B, 320, H/32, W/32)
         x = self.head(x)  # (B, 1280, H/32, W/32)
         x = self.pool(x).flatten(1)  # (B, 1280)
-        if self.classifier is not None:
+        if self.classifier is not None and self.dropout is not None:
             x = self.classifier(self.dropout(x))  # (B, num_classes)
         return x
 
@@ -169,8 +169,9 @@ def lukemelas_name(name: str) -> str:
     }
     if parts[0] == "classifier":
         return ".".join(["_fc", *parts[1:]])
-    if tuple(parts[:2]) in top:
-        return ".".join([top[tuple(parts[:2])], *parts[2:]])
+    first_two = (parts[0], parts[1] if len(parts) > 1 else "")
+    if first_two in top:
+        return ".".join([top[first_two], *parts[2:]])
     if parts[0] == "blocks":
         idx, layer, kind, rest = parts[1], parts[2], parts[3], parts[4:]
         inner = {
@@ -202,15 +203,15 @@ def adapt_state(state: StateDict, with_classifier: bool) -> StateDict:
     out: StateDict = {}
     used: set[str] = set()
     problems: list[str] = []
-    for ours, ref in reference.items():
-        theirs = lukemelas_name(ours)
+    for our_name, ref in reference.items():
+        theirs = lukemelas_name(our_name)
         if theirs not in state:
-            problems.append(f"missing {theirs} (for {ours})")
+            problems.append(f"missing {theirs} (for {our_name})")
             continue
         if tuple(state[theirs].shape) != tuple(ref.shape):
-            problems.append(f"{theirs} {tuple(state[theirs].shape)} != {ours} {tuple(ref.shape)}")
+            problems.append(f"{theirs} {tuple(state[theirs].shape)} != {our_name} {tuple(ref.shape)}")
             continue
-        out[ours] = state[theirs]
+        out[our_name] = state[theirs]
         used.add(theirs)
     leftover = [k for k in state if k not in used and not (not with_classifier and k.startswith("_fc."))]
     problems += [f"unexpected {k}" for k in leftover]

@@ -189,7 +189,7 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            obj = load_file(str(path), device="cpu")
+            obj: object = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickle with code in it, wrong format, ...
@@ -199,7 +199,7 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
         ) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
+            obj = obj[wrapper]  # a training checkpoint that wraps the weights
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise EncoderWeightsError(f"{path}: not a state dict (a mapping from parameter names to tensors)")
     return dict(obj)
