@@ -249,7 +249,7 @@ def encoder_limit(model, seconds: float = 3.0, batch_sizes: Sequence[int] = (8, 
     size = model.input_size
     candidates: dict[str, Callable] = {f"model.encode ({model.encoder_backend})": model.encode}
     try:
-        from captioner.fast import OnnxEncoder
+        from captioner.runtime.onnx import OnnxEncoder
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         for threads in sorted({cores, 1}, reverse=True):

@@ -13,7 +13,7 @@ decoded one at a time (batch 1, a lone request) and in a batch of 32 (a loaded s
 a folder run). Variants (``--variants``):
 
 * ``pytorch``: the plain PyTorch decoder (the reference; ``fast=False``);
-* ``onnxruntime``: the generation step on ONNX Runtime, one thread (``captioner.fast``,
+* ``onnxruntime``: the generation step on ONNX Runtime, one thread (``captioner.runtime.onnx_decoder``,
   the default path);
 * ``int8``: ``torch.ao.quantization.quantize_dynamic`` on the LSTM and linear layers, with
   the share of captions identical to the reference (``agree``; random decoders have tiny
@@ -32,7 +32,7 @@ import warnings
 import torch
 
 from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.fast import build_fast_decoder
+from captioner.runtime.onnx_decoder import build_onnx_decoder
 
 from . import common
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         fp32 = CaptionDecoder(DecoderConfig(vocab_size=V, feature_dim=1280, max_length=args.max_length)).eval()
         decoders = {"pytorch": fp32, "no-onednn": fp32}
         if "onnxruntime" in args.variants:
-            decoders["onnxruntime"], reason = build_fast_decoder(fp32)
+            decoders["onnxruntime"], reason = build_onnx_decoder(fp32)
             if decoders["onnxruntime"] is None:
                 raise SystemExit(f"error: {reason}")
         if "int8" in args.variants:

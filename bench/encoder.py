@@ -9,7 +9,7 @@ Candidates, all on the same weights and the same random (B, 3, 224, 224) input:
 * ``eager channels_last``: the same with channels-last memory format;
 * ``torchscript``: ``torch.jit.trace`` + ``torch.jit.freeze`` (batch-norm folded) +
   ``optimize_for_inference``, channels-last;
-* ``onnxruntime``: ``captioner.fast.OnnxEncoder`` (the default path), intra-op threads =
+* ``onnxruntime``: ``captioner.runtime.onnx.OnnxEncoder`` (the default path), intra-op threads =
   torch threads, no busy-waiting;
 * ``onnxruntime 1 thread``: the same session pinned to one thread.
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     common.apply_threads(args)
     from captioner.encoders import build_encoder
-    from captioner.fast import OnnxEncoder
+    from captioner.runtime.onnx import OnnxEncoder
 
     info = common.machine_info()
     common.header("encoder: backends", info)

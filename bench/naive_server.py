@@ -36,7 +36,7 @@ def create_app(model: Captioner) -> FastAPI:
     async def caption(file: UploadFile = File(...), beam_size: int = 1) -> dict:
         data = await file.read()
         image = Image.open(io.BytesIO(data)).convert("RGB")  # full-size decode
-        x = model.preprocessor(image).unsqueeze(0)  # (1, 3, 224, 224)
+        x = model.preprocessing(image).unsqueeze(0)  # (1, 3, 224, 224)
         with torch.no_grad():
             features = model.encoder(x)  # (1, 1280), eager PyTorch
         result = model.generate(features, beam_size=beam_size)[0]

@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from captioner.decoder import CaptionDecoder, DecoderConfig
     from captioner.encoders import build_encoder
-    from captioner.fast import build_fast_encoder
     from captioner.images import load_image
+    from captioner.runtime.onnx import build_onnx_encoder
     from captioner.vocab import Vocabulary
 
     info = common.machine_info()
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     cached_epoch = min(cached_times)
 
     # ------------------------------------------------------------ recompute epochs (extrapolated)
-    fast_encoder, reason = build_fast_encoder(encoder, preprocess.crop_size)
+    fast_encoder, reason = build_onnx_encoder(encoder, preprocess.crop_size)
     forwards = {"eager pytorch": encoder}
     if fast_encoder is not None:
         forwards["onnxruntime"] = fast_encoder

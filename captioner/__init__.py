@@ -1,10 +1,21 @@
-"""Image captioning: a pretrained CNN feeding an LSTM decoder ("Show and Tell" family)."""
+"""Image captioning: a pretrained CNN feeding an LSTM decoder ("Show and Tell" family).
 
-from .decoder import CaptionDecoder, DecoderConfig
+The public names below are imported on first use, so ``import captioner`` (and the
+``captioner`` command's ``--help`` and argument errors) do not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .errors import CaptionerError, CheckpointError, ImageLoadError
-from .images import load_image
-from .model import Captioner, CaptionResult
-from .vocab import Vocabulary, tokenize
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .decoder import CaptionDecoder, DecoderConfig
+    from .images import load_image
+    from .model import Captioner, CaptionResult
+    from .vocab import Vocabulary, tokenize
 
 __version__ = "0.1.0"
 
@@ -21,3 +32,22 @@ __all__ = [
     "load_image",
     "tokenize",
 ]
+
+_LAZY = {
+    "CaptionDecoder": ".decoder",
+    "DecoderConfig": ".decoder",
+    "load_image": ".images",
+    "Captioner": ".model",
+    "CaptionResult": ".model",
+    "Vocabulary": ".vocab",
+    "tokenize": ".vocab",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'captioner' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value

@@ -5,16 +5,23 @@ Verbs from the other packages (``train``, ``data``, ``serve``, ``evaluate``, ...
 discovered through the ``captioner.commands`` entry-point group, so this package never
 imports ``training`` or ``service``: each entry point names a ``register(subparsers)``
 function that adds its verb and sets ``func`` to a handler returning the exit code.
+
+Start-up stays fast: only the verb on the command line is imported (torch is imported by
+the handlers, not by parsing), so ``--help`` and argument errors answer at once. Numeric
+options are checked against the ranges in :mod:`captioner.options`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 from .errors import CaptionerError
+from .options import BATCH_SIZE, BEAM_SIZE, LENGTH_PENALTY, MAX_LENGTH, WORKERS
 
 EPILOG = """examples:
   captioner caption photo.jpg                 caption one image with the shipped model
@@ -25,6 +32,23 @@ EPILOG = """examples:
   captioner evaluate --checkpoint runs/scenes/best --data data/scenes --split test
 
 Run `captioner VERB --help` for the options of each verb."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument error is one line (what is wrong, e.g. the allowed range) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+#: One-line summaries of the project's plugin verbs, for ``captioner --help`` without
+#: importing them (each verb's own ``--help`` comes from its module).
+VERB_SUMMARIES = {
+    "data": "make the built-in scenes dataset; statistics of caption datasets",
+    "evaluate": "score captions against references (BLEU, CIDEr-D, ROUGE-L, METEOR, SPICE, scene accuracy)",
+    "serve": "start the HTTP captioning service (upload page, JSON API, metrics)",
+    "train": "train a caption model (cached features, resumable, torchrun-ready)",
+}
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -40,28 +64,34 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_generation_options(p: argparse.ArgumentParser) -> None:
+    """--beam-size / --max-length / --length-penalty, each checked against its range in
+    :mod:`captioner.options` (out of range: one line naming the range, exit status 2)."""
     p.add_argument(
-        "--beam-size", "-k", type=int, default=1, metavar="K", help="beam width; 1 means greedy decoding (default: 1)"
+        "--beam-size",
+        "-k",
+        type=BEAM_SIZE.argparse,
+        default=1,
+        metavar="K",
+        help=f"beam width, {BEAM_SIZE.describe()}; 1 means greedy decoding (default: 1)",
     )
     p.add_argument(
         "--max-length",
-        type=int,
+        type=MAX_LENGTH.argparse,
         default=None,
         metavar="N",
-        help="maximum number of words per caption (default: the model's setting)",
+        help=f"maximum number of words per caption, {MAX_LENGTH.describe()} (default: the model's setting)",
     )
     p.add_argument(
         "--length-penalty",
-        type=float,
+        type=LENGTH_PENALTY.argparse,
         default=0.0,
         metavar="ALPHA",
-        help="beam search length penalty alpha, ((5+len)/6)^alpha; 0 disables (default: 0)",
+        help=f"beam search length penalty alpha, ((5+len)/6)^alpha, {LENGTH_PENALTY.describe()}; "
+        "0 disables (default: 0)",
     )
 
 
 def _caption_files(args: argparse.Namespace) -> int:
-    import torch
-
     from .errors import ImageLoadError
     from .model import Captioner
 
@@ -89,14 +119,13 @@ def _caption_files(args: argparse.Namespace) -> int:
         else:
             print(f"{name}\t{result.caption}" if len(args.images) > 1 else result.caption)
         sys.stdout.flush()
-    del torch
     return 1 if failures else 0
 
 
 def _caption_folder(args: argparse.Namespace) -> int:
     """Folder mode: every image under the PATHs into --out, resumable (captioner.folder)."""
-    from .folder import DistEnv, run_sharded
     from .model import Captioner
+    from .sharded import DistEnv, run_sharded
 
     env = DistEnv.from_environ()
     device = args.device
@@ -130,8 +159,6 @@ def _caption_folder(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    import os
-
     if args.out is not None:
         return _caption_folder(args)
     folders = [p for p in args.images if os.path.isdir(p)]
@@ -160,8 +187,11 @@ def cmd_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(load: set[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line. ``load``: the plugin verbs to import and register in full
+    (None: all of them); the others known in :data:`VERB_SUMMARIES` are only listed, so
+    ``captioner --help`` and ``captioner caption ...`` never import a plugin's module."""
+    parser = Parser(
         prog="captioner",
         description="Caption images with a CNN encoder and a recurrent decoder: caption files, "
         "serve over HTTP, train on your data, evaluate with BLEU/CIDEr.",
@@ -212,14 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="output format (default: csv when FILE ends in .csv, else jsonl)",
     )
     g.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
-    g.add_argument("--batch-size", "-b", type=int, default=16, metavar="B", help="images per model call (default: 16)")
+    g.add_argument(
+        "--batch-size",
+        "-b",
+        type=BATCH_SIZE.argparse,
+        default=16,
+        metavar="B",
+        help=f"images per model call, {BATCH_SIZE.describe()} (default: 16)",
+    )
     g.add_argument(
         "--workers",
         "-w",
-        type=int,
+        type=WORKERS.argparse,
         default=2,
         metavar="W",
-        help="threads decoding images ahead of the model; 0 decodes in the main thread (default: 2)",
+        help=f"threads decoding images ahead of the model, {WORKERS.describe()}; "
+        "0 decodes in the main thread (default: 2)",
     )
     g.add_argument(
         "--errors",
@@ -239,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_encoders)
 
     for ep in sorted(entry_points(group="captioner.commands"), key=lambda e: e.name):
+        if load is not None and ep.name not in load and ep.name in VERB_SUMMARIES:
+            # Listed without importing it: its module may import torch (seconds).
+            sub.add_parser(ep.name, help=VERB_SUMMARIES[ep.name], add_help=False)
+            continue
         try:
             register = ep.load()
         except Exception as e:  # a broken plugin must not break every other verb
@@ -248,8 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def verb_of(argv: list[str]) -> str | None:
+    """The verb in a command line (its first word that is not an option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb = verb_of(argv)
+    parser = build_parser(load={verb} if verb else set())
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -5,9 +5,11 @@
     >>> model.caption(["cat.jpg", open("dog.png", "rb").read()])
     ['a cat on a blue background', 'two dogs on a green background']
 
-Every front end (HTTP service, folder captioning, evaluation) goes through the same three
-calls: :meth:`Captioner.preprocess` (bytes -> normalised tensor), :meth:`Captioner.encode`
-(tensors -> features) and :meth:`Captioner.generate` (features -> captions).
+Every front end (HTTP service, folder captioning, evaluation, training) goes through the
+one image path in :mod:`captioner.pipeline`; on a model that is three calls:
+:meth:`Captioner.preprocess` (source -> input tensor: decode, then the model's
+:attr:`Captioner.preprocessing`), :meth:`Captioner.encode` (tensors -> features) and
+:meth:`Captioner.generate` (features -> captions).
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import torch
 from torch import Tensor
 
 from . import checkpoint as ckpt_mod
-from . import fast as fast_mod
+from . import pipeline, runtime
 from .decoder import CaptionDecoder
 from .errors import CaptionerError, CheckpointError
-from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, load_image
+from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource
 from .vocab import Vocabulary
 
 
@@ -88,13 +90,14 @@ class Captioner:
         self.encoder = encoder.to(self.device).eval()
         self.decoder = decoder.to(self.device).eval()
         self.vocab = vocab
-        self.preprocessor = preprocess if preprocess is not None else encoder.spec.preprocess
+        # The Preprocess recipe (image -> input tensor); its dict form is in config.json.
+        self.preprocessing = preprocess if preprocess is not None else encoder.spec.preprocess
         self.metadata = metadata or {}
         self.path = path
         self.model_id = model_id or self.metadata.get("model_id") or "untrained"
-        # ONNX Runtime encoder and decoder step (captioner.fast): built on first use, or at
+        # ONNX Runtime encoder and decoder step (captioner.runtime): built on first use, or at
         # once by load(). fast=None -> env CAPTIONER_FAST decides (default on).
-        self._fast = fast_mod.FastPath(fast_mod.fast_requested(fast))
+        self._fast = runtime.OnnxPath(runtime.fast_requested(fast))
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -104,7 +107,7 @@ class Captioner:
         """Load a checkpoint folder; no path loads the shipped default weights.
 
         ``fast`` (default: env ``CAPTIONER_FAST``, on unless ``0``) runs the encoder and the
-        decoder step with ONNX Runtime on CPUs (see :mod:`captioner.fast`); it is prepared
+        decoder step with ONNX Runtime on CPUs (see :mod:`captioner.runtime`); it is prepared
         here, so the first image pays no export. ``fast=False`` keeps plain PyTorch."""
         from .encoders import Preprocess, build_encoder, get_spec
 
@@ -158,7 +161,7 @@ class Captioner:
     def save(self, directory: str | os.PathLike, metadata: dict | None = None, fp16: bool = False) -> Path:
         """Write this model as a checkpoint folder (decoder weights only: the encoder is frozen
         unless it was fine-tuned, in which case pass through training's own save)."""
-        preprocess = self.preprocessor.to_dict() if hasattr(self.preprocessor, "to_dict") else {}
+        preprocess = self.preprocessing.to_dict() if hasattr(self.preprocessing, "to_dict") else {}
         return ckpt_mod.save_checkpoint(
             directory,
             decoder=self.decoder,
@@ -173,18 +176,18 @@ class Captioner:
     # ------------------------------------------------------------------ the three steps
     @property
     def input_size(self) -> int:
-        return int(getattr(self.preprocessor, "crop_size", 224))
+        return int(getattr(self.preprocessing, "crop_size", 224))
 
-    def load_image(
+    def decode(
         self,
         image: ImageSource,
         name: str | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ):
-        """Safe decode to RGB, with JPEG draft decoding at about the model's input size."""
-        size = int(getattr(self.preprocessor, "resize_size", self.input_size))
-        return load_image(image, name=name, draft_size=(size, size), max_pixels=max_pixels, max_bytes=max_bytes)
+        """Safe decode to RGB with the pipeline's JPEG draft rule (:func:`captioner.pipeline.decode`)."""
+        limits = pipeline.Limits(max_pixels=max_pixels, max_bytes=max_bytes)
+        return pipeline.decode(image, self.preprocessing, name=name, limits=limits)
 
     def preprocess(
         self,
@@ -193,8 +196,10 @@ class Captioner:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> Tensor:
-        """Path, bytes or PIL image -> normalised tensor (3, H, W). Raises ImageLoadError."""
-        return self.preprocessor(self.load_image(image, name=name, max_pixels=max_pixels, max_bytes=max_bytes))
+        """Path, bytes or PIL image -> normalised input tensor (3, H, W): decode, then
+        :attr:`preprocessing` (:func:`captioner.pipeline.prepare`). Raises ImageLoadError."""
+        limits = pipeline.Limits(max_pixels=max_pixels, max_bytes=max_bytes)
+        return pipeline.prepare(image, self.preprocessing, name=name, limits=limits)
 
     @property
     def fast(self) -> bool:
@@ -215,7 +220,7 @@ class Captioner:
     def encode(self, batch: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, F) features; ONNX Runtime when the fast path is on and
         available, else the PyTorch encoder (the reference; both agree within
-        ``captioner.fast.FEATURE_TOLERANCE``)."""
+        ``captioner.runtime.onnx.FEATURE_TOLERANCE``)."""
         fast = self._fast.encoder(self.encoder, self.input_size, self.device)
         if fast is not None and fast.accepts(batch):
             return fast(batch)  # (B, F)
@@ -261,8 +266,8 @@ class Captioner:
         results: list[CaptionResult] = []
         for i in range(0, len(images), max(1, batch_size)):
             chunk = images[i : i + batch_size]
-            batch = torch.stack([self.preprocess(im) for im in chunk])  # (B, 3, H, W)
-            results.extend(self.generate(self.encode(batch), beam_size, max_length, length_penalty))
+            features = pipeline.encode_batch(self, [self.preprocess(im) for im in chunk])  # (B, F)
+            results.extend(self.generate(features, beam_size, max_length, length_penalty))
         return results
 
     def caption(self, images, beam_size: int = 1, max_length: int | None = None, batch_size: int = 32) -> list[str]:
@@ -276,7 +281,7 @@ class Captioner:
             "encoder": {
                 "name": self.encoder.spec.name,
                 "feature_dim": self.decoder.config.feature_dim,
-                "preprocess": self.preprocessor.to_dict() if hasattr(self.preprocessor, "to_dict") else {},
+                "preprocess": self.preprocessing.to_dict() if hasattr(self.preprocessing, "to_dict") else {},
             },
             "runtime": self._fast.status(),
             "decoder": self.decoder.config.to_dict(),

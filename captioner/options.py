@@ -7,7 +7,7 @@ imports nothing heavy (no torch), so argument errors stay fast.
 Use :meth:`Range.argparse` as an ``argparse`` ``type=``, :meth:`Range.check` anywhere else::
 
     p.add_argument("--beam-size", type=BEAM_SIZE.argparse, default=1)
-    BEAM_SIZE.check(value)        # -> value, or ValueError("beam size must be an integer from 1 to 20")
+    BEAM_SIZE.check(value)        # -> value, or OptionError("beam size must be an integer from 1 to 20, got 0")
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+
+from .errors import CaptionerError
 
 __all__ = [
     "BATCH_SIZE",
@@ -24,8 +26,14 @@ __all__ = [
     "RANGES",
     "TEMPERATURE",
     "WORKERS",
+    "CaptionOptions",
+    "OptionError",
     "Range",
 ]
+
+
+class OptionError(CaptionerError, ValueError):
+    """An option value outside its allowed range; the message names the range."""
 
 
 @dataclass(frozen=True)
@@ -58,26 +66,26 @@ class Range:
         return above and value <= self.high
 
     def check(self, value: float) -> float:
-        """``value`` when allowed (as ``int`` for integer options), else ``ValueError(self.message())``."""
+        """``value`` when allowed (as ``int`` for integer options), else :class:`OptionError`."""
         if not self.contains(value):
-            raise ValueError(self.message())
+            raise OptionError(f"{self.message()}, got {value!r}")
         return int(value) if self.integer else float(value)
 
     def parse(self, text: str) -> float:
-        """Parse command-line text; ``ValueError`` naming the range when it is not allowed."""
+        """Parse command-line text; :class:`OptionError` naming the range when it is not allowed."""
         try:
             value = int(text) if self.integer else float(text)
         except ValueError:
-            raise ValueError(f"{self.message()}, got {text!r}") from None
+            raise OptionError(f"{self.message()}, got {text!r}") from None
         if not self.contains(value):
-            raise ValueError(f"{self.message()}, got {text}")
+            raise OptionError(f"{self.message()}, got {text}")
         return value
 
     def argparse(self, text: str) -> float:
         """An ``argparse`` ``type=`` function: argparse prints the one line and exits 2."""
         try:
             return self.parse(text)
-        except ValueError as e:
+        except OptionError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
 
@@ -96,3 +104,20 @@ RANGES: dict[str, Range] = {
     "batch_size": BATCH_SIZE,
     "workers": WORKERS,
 }
+
+
+@dataclass(frozen=True)
+class CaptionOptions:
+    """How to generate captions: beam size (1 = greedy), word limit (None = the model's
+    setting) and beam-search length penalty. Construction checks every value against its
+    :class:`Range` and raises :class:`OptionError` (a ``ValueError``) naming the allowed range."""
+
+    beam_size: int = 1
+    max_length: int | None = None
+    length_penalty: float = 0.0
+
+    def __post_init__(self) -> None:
+        BEAM_SIZE.check(self.beam_size)
+        if self.max_length is not None:
+            MAX_LENGTH.check(self.max_length)
+        LENGTH_PENALTY.check(self.length_penalty)

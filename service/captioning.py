@@ -25,9 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from captioner import Captioner
+from captioner import Captioner, pipeline
 from captioner.errors import ImageLoadError
-from captioner.images import load_image
 
 from .batcher import Batcher, BatcherStopped
 from .errors import APIError, image_error
@@ -80,8 +79,6 @@ class CaptionService:
         self.settings = settings
         self.metrics = metrics
         self.default_max_length = int(model.decoder.config.max_length)
-        pre = model.preprocessor
-        self._draft = getattr(pre, "draft_size", None) or (model.input_size, model.input_size)
         self._pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="captioner-decode")
         self.batcher = Batcher(
             self._run_batch,
@@ -152,11 +149,8 @@ class CaptionService:
         """Runs in the decode pool: bytes -> (3, H, W), or ImageLoadError."""
         if time.monotonic() > deadline:  # the request gave up while this waited for a thread
             raise TimeoutError
-        s = self.settings
-        image = load_image(
-            upload.data, name=label, max_pixels=s.max_pixels, max_bytes=s.max_body_bytes, draft_size=tuple(self._draft)
-        )
-        return self.model.preprocessor(image)  # (3, H, W)
+        limits = pipeline.Limits(max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_body_bytes)
+        return pipeline.prepare(upload.data, self.model.preprocessing, name=label, limits=limits)  # (3, H, W)
 
     def _run_batch(self, x: Tensor, opts: GenerationOptions) -> list:
         """Runs in the batcher thread: (B, 3, H, W) -> B CaptionResults."""

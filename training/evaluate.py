@@ -7,7 +7,7 @@ system's predictions.
 Two ways in, one way out:
 
 * **model mode** (:func:`caption_split`): the split's images go through the same batched,
-  pipelined path as folder captioning (:func:`captioner.folder.caption_stream`);
+  pipelined path as folder captioning (:func:`captioner.pipeline.caption_stream`);
   unreadable images are reported and left out of the scores.
 * **predictions mode** (:func:`load_predictions` + :func:`match_predictions`): captions
   from any system, in the COCO results format (``[{"image_id": 42, "caption": "..."}]``),
@@ -247,7 +247,8 @@ def caption_split(
     batched and pipelined; images that cannot be read are returned in ``failed``."""
     from tqdm import tqdm
 
-    from captioner.folder import ImageItem, caption_stream
+    from captioner.options import CaptionOptions
+    from captioner.pipeline import ImageItem, caption_stream
 
     items = [ImageItem(str(i), Path(item.image_path)) for i, item in enumerate(dataset.items)]
     pairs: list[tuple[CaptionedImage, str]] = []
@@ -258,9 +259,7 @@ def caption_split(
         items,
         batch_size=batch_size,
         workers=workers,
-        beam_size=beam_size,
-        max_length=max_length,
-        length_penalty=length_penalty,
+        options=CaptionOptions(beam_size, max_length, length_penalty),
     )
     bar = tqdm(
         total=len(items),

@@ -27,8 +27,13 @@ One cache is a single safetensors file (no pickle)::
         metadata["identity"]  JSON: encoder name, preprocess, weights digest
         metadata["index"]     JSON: one image key per row, in row order
 
-Writes go to a temporary file that is renamed into place, so the features and their
-index always agree, even after an interrupted run.
+Writes go to a temporary file that is fsynced and renamed into place
+(:func:`captioner.fsio.atomic_write`), so the features and their index always agree, even
+after an interrupted run.
+
+Images are decoded and preprocessed by :mod:`captioner.pipeline`, the path serving uses
+(JPEGs in draft mode included), so the decoder trains on the features it is served with.
+The pipeline's decode rule is part of the identity.
 
 Images that cannot be read (missing, truncated, not an image) are reported by name in
 :attr:`CacheReport.failed` and get no row; the training loop drops their captions and
@@ -40,9 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,37 +55,45 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from captioner.errors import CaptionerError, ImageLoadError
-from captioner.images import load_image
+from captioner.cache import weights_digest
+from captioner.errors import CaptionerError
+from captioner.fsio import atomic_write_path
+from captioner.pipeline import Failure, ordered_map, try_prepare
+from captioner.runtime.torchscript import best_forward
+
+__all__ = [
+    "CacheReport",
+    "FeatureCache",
+    "FeatureTable",
+    "encode_images",
+    "encoder_identity",
+    "image_key",
+    "weights_digest",
+]
 
 FORMAT = "captioner-feature-cache/1"
+# How images become input tensors (captioner.pipeline). Part of the cache identity: bump it
+# when the pipeline changes the pixels (2: JPEGs decoded in draft mode, as when serving).
+DECODE_RULE = "pipeline/2"
 KEY_MODES = ("stat", "content")
 
 
 # ---------------------------------------------------------------------------- identities
-def weights_digest(module: nn.Module) -> str:
-    """SHA-256 over every tensor of ``module.state_dict()`` (names, shapes, dtypes, bytes).
-
-    About 30 ms for EfficientNet-Lite0; it identifies the weights whatever file or
-    download they came from.
-    """
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def encoder_identity(encoder: nn.Module, name: str | None = None, preprocess: dict | None = None) -> dict:
-    """Everything a cached feature depends on besides the image: name, preprocess, weights."""
+    """Everything a cached feature depends on besides the image: name, preprocess, the
+    pipeline's decode rule, weights (:func:`captioner.cache.weights_digest`)."""
     spec = getattr(encoder, "spec", None)
     if name is None:
         name = getattr(spec, "name", None) or type(encoder).__name__
     if preprocess is None:
         pp = getattr(spec, "preprocess", None)
         preprocess = pp.to_dict() if hasattr(pp, "to_dict") else {}
-    return {"encoder": str(name), "preprocess": preprocess, "weights_sha256": weights_digest(encoder)}
+    return {
+        "encoder": str(name),
+        "preprocess": preprocess,
+        "decode": DECODE_RULE,
+        "weights_sha256": weights_digest(encoder),
+    }
 
 
 def identity_hash(identity: dict) -> str:
@@ -162,84 +173,6 @@ class FeatureTable:
 
 
 # ---------------------------------------------------------------------------- the encoder pass
-def fast_forward(encoder: nn.Module, example: Tensor, check: bool = True) -> Callable[[Tensor], Tensor]:
-    """A faster inference callable for ``encoder`` on CPU, checked against the eager module.
-
-    Traces and freezes the module (``torch.jit.trace`` + ``torch.jit.freeze`` folds the
-    batch norms into the convolutions) and uses channels-last memory. Falls back to the
-    eager module when tracing fails or the traced outputs differ from the eager ones by
-    more than 1e-3 (relative).
-    """
-    encoder = encoder.eval()
-    example = example.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        eager = encoder(example).float()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # jit deprecation notices and shape-constant tracer notes
-            traced = torch.jit.freeze(torch.jit.trace(encoder, example, check_trace=False))
-            for _ in range(2):  # the first calls optimise the graph
-                out = traced(example).float()
-    except Exception:  # any tracing problem: the eager module is always correct
-        return encoder
-    if check:
-        err = (out - eager).abs().max().item() / max(eager.abs().max().item(), 1e-6)
-        if not err < 1e-3:
-            return encoder
-    return traced
-
-
-class _Images(torch.utils.data.Dataset):
-    """Decodes and preprocesses images; an unreadable one yields its error instead."""
-
-    def __init__(self, paths: Sequence[str], preprocess: Callable) -> None:
-        self.paths = paths
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        path = self.paths[i]
-        try:
-            return i, self.preprocess(load_image(path, name=path)), None
-        except ImageLoadError as e:
-            return i, None, e.reason
-        except (OSError, ValueError, RuntimeError) as e:  # a preprocessing failure on an odd image
-            return i, None, f"{type(e).__name__}: {e}"
-
-
-def _collate(items):
-    return items
-
-
-def fastest_forward(
-    encoder: nn.Module, example: Tensor, *, backend: str = "auto", log: Callable[[str], None] | None = None
-) -> tuple[Callable[[Tensor], Tensor], str]:
-    """The fastest checked way to run ``encoder`` on CPU batches like ``example``: (callable, name).
-
-    ``backend``: "auto" tries ONNX Runtime (``captioner.fast``: the same weights, exported
-    and self-checked against the eager module; about 2.5x eager PyTorch at batch 1 on a
-    busy 2-core CPU), then a frozen TorchScript trace (:func:`fast_forward`, about 1.8x),
-    then eager PyTorch. "torch" skips ONNX Runtime; "eager" uses the module as it is.
-    """
-    if backend == "eager" or example.device.type != "cpu":
-        return encoder, "eager"
-    if backend == "auto":
-        try:
-            from captioner.fast import build_fast_encoder
-
-            fast, reason = build_fast_encoder(encoder, example.size(-1), device="cpu")
-        except Exception as e:  # the fast path is an optimisation, never a requirement
-            fast, reason = None, f"{type(e).__name__}: {e}"
-        if fast is not None:
-            return fast, "onnxruntime"
-        if log is not None:
-            log(f"feature cache: ONNX Runtime path unavailable ({reason}); using TorchScript")
-    forward = fast_forward(encoder, example)
-    return forward, "torchscript" if forward is not encoder else "eager"
-
-
 def encode_images(
     encoder: nn.Module,
     preprocess: Callable,
@@ -255,45 +188,56 @@ def encode_images(
 ) -> tuple[dict[int, Tensor], list[tuple[int, str]]]:
     """Run the frozen encoder over ``paths``. Returns ({index: feature (F,)}, [(index, reason)]).
 
-    ``trace=False`` runs the eager module (needed while fine-tuning, when the weights
-    change between calls); otherwise :func:`fastest_forward` picks the backend. Batches
-    are small on purpose: on a busy 2-core CPU EfficientNet-Lite0 runs faster per image at
-    batch 1-4 than at batch 32 (see docs/training.md).
+    Images become input tensors through the one image path (:func:`captioner.pipeline.try_prepare`,
+    the same decode and JPEG draft rule as serving), prepared by ``num_workers`` threads
+    ahead of the encoder (0: in this thread). ``trace=False`` runs the eager module
+    (needed while fine-tuning, when the weights change between calls); otherwise
+    :func:`captioner.runtime.torchscript.best_forward` picks the backend. Batches are small
+    on purpose (docs/training.md has the measurements).
     """
     from tqdm.auto import tqdm
 
     device = torch.device(device)
     encoder = encoder.eval().to(device)
-    loader = torch.utils.data.DataLoader(
-        _Images(list(paths), preprocess),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=_collate,
-    )
     feats: dict[int, Tensor] = {}
     failed: list[tuple[int, str]] = []
     forward: Callable[[Tensor], Tensor] | None = None
     name = "eager"
+    batch: list[tuple[int, Tensor]] = []
+
+    def prep(i: int) -> Tensor | Failure:
+        return try_prepare(paths[i], preprocess, name=paths[i])
+
+    def run() -> None:
+        nonlocal forward, name
+        x = torch.stack([t for _, t in batch]).to(device)  # (B, 3, H, W)
+        if forward is None:
+            if trace and device.type == "cpu":
+                forward, name = best_forward(encoder, x, backend=backend)
+                bar.set_postfix_str(name)
+            else:
+                forward = encoder
+        if name == "torchscript":  # traced with channels-last memory
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            f = forward(x).float().cpu()  # (B, F)
+        for (i, _), row in zip(batch, f):
+            feats[i] = row.clone()
+        bar.update(len(batch))
+        batch.clear()
+
+    prefetch = max(2 * batch_size, 4 * num_workers)
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
-        for items in loader:
-            good = [(i, x) for i, x, _ in items if x is not None]
-            failed.extend((i, err) for i, x, err in items if x is None)
-            if good:
-                x = torch.stack([t for _, t in good]).to(device)  # (B, 3, H, W)
-                if forward is None:
-                    if trace and device.type == "cpu":
-                        forward, name = fastest_forward(encoder, x, backend=backend)
-                        bar.set_postfix_str(name)
-                    else:
-                        forward = encoder
-                if name == "torchscript":  # traced with channels-last memory
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.inference_mode():
-                    f = forward(x).float().cpu()  # (B, F)
-                for (i, _), row in zip(good, f):
-                    feats[i] = row.clone()
-            bar.update(len(items))
+        for i, got in ordered_map(prep, range(len(paths)), num_workers, prefetch):
+            if isinstance(got, Failure):
+                failed.append((i, got.reason))
+                bar.update(1)
+                continue
+            batch.append((i, got))  # (3, H, W)
+            if len(batch) >= batch_size:
+                run()
+        if batch:
+            run()
     return feats, failed
 
 
@@ -347,23 +291,8 @@ class FeatureCache:
         return feats.float(), index, True
 
     def _write(self, feats: Tensor, index: list[dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        try:
-            save_file(
-                {"features": feats.contiguous()},
-                tmp,
-                metadata={
-                    "format": FORMAT,
-                    "identity": json.dumps(self.identity, sort_keys=True),
-                    "index": json.dumps(index),
-                },
-            )
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        metadata = {"format": FORMAT, "identity": json.dumps(self.identity, sort_keys=True), "index": json.dumps(index)}
+        atomic_write_path(self.path, lambda tmp: save_file({"features": feats.contiguous()}, tmp, metadata=metadata))
 
     # -------------------------------------------------------------- public API
     def build(self, paths: Sequence[str | os.PathLike], *, progress: bool = True) -> tuple[FeatureTable, CacheReport]:

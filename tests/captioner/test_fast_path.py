@@ -17,14 +17,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from captioner import Captioner
-from captioner import fast as fast_mod
+from captioner import Captioner, runtime
 from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.encoders import Preprocess, build_encoder
+from captioner.runtime import onnx as onnx_mod
+from captioner.runtime import onnx_decoder
 from captioner.vocab import Vocabulary
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-TOL = fast_mod.FEATURE_TOLERANCE
+TOL = onnx_mod.FEATURE_TOLERANCE
 
 
 def photos() -> list[bytes]:
@@ -48,8 +49,8 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def _hermetic_cache(cache_dir, monkeypatch):
     """Every test exports into its own module's cache, never the user's ~/.cache."""
-    monkeypatch.setenv(fast_mod.CACHE_ENV, str(cache_dir))
-    monkeypatch.delenv(fast_mod.FAST_ENV, raising=False)
+    monkeypatch.setenv(onnx_mod.CACHE_ENV, str(cache_dir))
+    monkeypatch.delenv(runtime.FAST_ENV, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def lite0_dir(tmp_path_factory) -> Path:
 def lite0_pair(lite0_dir, cache_dir):
     """The same checkpoint loaded twice: fast (ONNX Runtime) and plain PyTorch."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(fast_mod.CACHE_ENV, str(cache_dir))
+        mp.setenv(onnx_mod.CACHE_ENV, str(cache_dir))
         fast = Captioner.load(lite0_dir, device="cpu")
     plain = Captioner.load(lite0_dir, device="cpu", fast=False)
     return fast, plain
@@ -157,13 +158,13 @@ def tiny_captioner(seed: int = 0, **kwargs) -> Captioner:
 
 def count_exports(monkeypatch) -> list[int]:
     calls: list[int] = []
-    real = fast_mod.export_onnx
+    real = onnx_mod.export_onnx
 
     def counting(encoder, size):
         calls.append(size)
         return real(encoder, size)
 
-    monkeypatch.setattr(fast_mod, "export_onnx", counting)
+    monkeypatch.setattr(onnx_mod, "export_onnx", counting)
     return calls
 
 
@@ -171,18 +172,18 @@ def test_switched_off_by_argument_or_environment(monkeypatch):
     exports = count_exports(monkeypatch)
     x = torch.randn(2, 3, 32, 32)
     assert tiny_captioner(fast=False).encode(x).shape == (2, 16)
-    monkeypatch.setenv(fast_mod.FAST_ENV, "0")
+    monkeypatch.setenv(runtime.FAST_ENV, "0")
     model = tiny_captioner()
     assert model.encode(x).shape == (2, 16)
     assert model.encoder_backend == "pytorch" and exports == []
-    monkeypatch.setenv(fast_mod.FAST_ENV, "1")
+    monkeypatch.setenv(runtime.FAST_ENV, "1")
     model = tiny_captioner()
     model.encode(x)
     assert model.encoder_backend == "onnxruntime" and exports == [32]
 
 
 def test_graph_cache_is_reused_and_a_damaged_entry_is_exported_again(monkeypatch, tmp_path):
-    monkeypatch.setenv(fast_mod.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(onnx_mod.CACHE_ENV, str(tmp_path))
     exports = count_exports(monkeypatch)
     x = torch.randn(3, 3, 32, 32)
     first = tiny_captioner(seed=1)
@@ -233,7 +234,7 @@ def test_falls_back_with_a_logged_reason_when_onnxruntime_is_missing(monkeypatch
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # import raises ImportError
     model = tiny_captioner(seed=6)
     x = torch.randn(2, 3, 32, 32)
-    with caplog.at_level(logging.WARNING, logger="captioner.fast"):
+    with caplog.at_level(logging.WARNING, logger="captioner.runtime"):
         features = model.encode(x)
     with torch.inference_mode():
         assert torch.equal(features, model.encoder(x))
@@ -250,10 +251,10 @@ def test_a_failing_export_falls_back_once_not_on_every_batch(monkeypatch, caplog
         calls.append(size)
         raise RuntimeError("unsupported operator")
 
-    monkeypatch.setattr(fast_mod, "export_onnx", broken)
+    monkeypatch.setattr(onnx_mod, "export_onnx", broken)
     model = tiny_captioner(seed=7)
     x = torch.randn(1, 3, 32, 32)
-    with caplog.at_level(logging.WARNING, logger="captioner.fast"):
+    with caplog.at_level(logging.WARNING, logger="captioner.runtime"):
         for _ in range(3):
             assert model.encode(x).shape == (1, 16)
     assert calls == [32] and model.encoder_backend == "pytorch"
@@ -264,14 +265,14 @@ def test_a_disagreeing_graph_is_refused(monkeypatch):
     """The self-check compares against the eager encoder: a graph of other weights must fail it."""
     model = tiny_captioner(seed=8)
     wrong = TinyEncoder().eval()
-    real = fast_mod.export_onnx
-    monkeypatch.setattr(fast_mod, "export_onnx", lambda encoder, size: real(wrong, size))
-    fast, reason = fast_mod.build_fast_encoder(model.encoder, 32, cache_dir=False)
+    real = onnx_mod.export_onnx
+    monkeypatch.setattr(onnx_mod, "export_onnx", lambda encoder, size: real(wrong, size))
+    fast, reason = onnx_mod.build_onnx_encoder(model.encoder, 32, cache_dir=False)
     assert fast is None and "disagrees with PyTorch" in reason
 
 
 def test_non_cpu_devices_keep_pytorch():
-    fast, reason = fast_mod.build_fast_encoder(TinyEncoder(), 32, device="cuda")
+    fast, reason = onnx_mod.build_onnx_encoder(TinyEncoder(), 32, device="cuda")
     assert fast is None and "for CPUs" in reason
 
 
@@ -292,7 +293,7 @@ def test_fast_decoder_step_matches_pytorch(cell, layers, init_state):
             max_length=7,
         )
     ).eval()
-    fast, reason = fast_mod.build_fast_decoder(decoder)
+    fast, reason = onnx_decoder.build_onnx_decoder(decoder)
     assert fast is not None, reason
     features = torch.randn(5, 16) * 3
     with torch.inference_mode():
@@ -326,11 +327,11 @@ def test_decoder_weights_changed_or_training_mode_use_pytorch():
 def test_encoder_threads_follow_torch_or_the_environment(monkeypatch):
     model = tiny_captioner(seed=11)
     assert model._fast.encoder(*_encoder_args(model)).threads == torch.get_num_threads()
-    monkeypatch.setenv(fast_mod.THREADS_ENV, "1")
+    monkeypatch.setenv(onnx_mod.THREADS_ENV, "1")
     model = tiny_captioner(seed=12)
     assert model._fast.encoder(*_encoder_args(model)).threads == 1
-    monkeypatch.setenv(fast_mod.THREADS_ENV, "many")  # not a number: ignored with a warning
-    assert fast_mod.encoder_threads() == torch.get_num_threads()
+    monkeypatch.setenv(onnx_mod.THREADS_ENV, "many")  # not a number: ignored with a warning
+    assert onnx_mod.encoder_threads() == torch.get_num_threads()
 
 
 def _encoder_args(model: Captioner) -> tuple:

@@ -8,12 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from captioner.training.features import FeatureCache, encode_images, fast_forward, weights_digest
+from captioner.training.features import FeatureCache, encode_images, weights_digest
 from PIL import Image
 from torch import nn
 
 from captioner.encoders import Preprocess
 from captioner.errors import CaptionerError
+from captioner.runtime.torchscript import traced_forward
 
 
 class TinyEncoder(nn.Module):
@@ -172,10 +173,10 @@ def test_cache_file_is_safetensors_with_json_index(tmp_path):
     assert json.loads(meta["identity"])["encoder"] == "tiny"
 
 
-def test_fast_forward_matches_eager():
+def test_traced_forward_matches_eager():
     enc = TinyEncoder().eval()
     x = torch.randn(3, 3, 32, 32)
-    fast = fast_forward(enc, x)
+    fast = traced_forward(enc, x)
     with torch.inference_mode():
         assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), enc(x), atol=1e-5)
         assert fast(torch.randn(1, 3, 32, 32)).shape == (1, 8)  # another batch size still works

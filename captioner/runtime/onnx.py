@@ -1,0 +1,304 @@
+"""The ONNX Runtime encoder: the same weights as the PyTorch encoder, run by ONNX Runtime.
+
+The CNN encoder is almost all of the work of captioning an image on a CPU, and eager
+PyTorch runs EfficientNet-Lite0's many small depthwise convolutions poorly (on a 2-core
+machine about 64 images/s at batch 1 but only about 25 images/s at batch 32). ONNX
+Runtime runs the *same weights* with batch-norm folded into the convolutions, fused
+activations and kernels made for depthwise work: about 178 images/s at batch 32 on that
+machine (docs/performance.md has the full table).
+
+How it is built (once per set of weights)::
+
+    Encoder (eval, frozen) --torch.onnx.export--> ONNX graph (dynamic batch, fixed H x W)
+        --> onnxruntime.InferenceSession (CPU, all graph optimisations, intra-op threads =
+            $CAPTIONER_ENCODER_THREADS or torch.get_num_threads(), no busy-waiting so the
+            image-decoding threads keep the CPU)
+        --> self-check: its features for a fixed input must match the eager encoder's
+            within FEATURE_TOLERANCE, or the fast path is not used
+        --> cache file <cache>/onnx/<encoder>-<size>-<digest>.onnx (+ .sha256 of its content;
+            digest = weights + tool versions): the next load of the same weights reads the
+            checked graph back and skips both the export and the check.
+
+The decoder's generation step (embedding, LSTM/GRU/RNN cell, output layer, log-softmax)
+is exported the same way into a one-thread session (:mod:`captioner.runtime.onnx_decoder`, built in
+memory: it is small) and self-checked; greedy, beam search and sampling keep running in
+``captioner.decoder`` and only call it. Eager PyTorch loses most on exactly these tiny
+per-step operations when the CPU is shared (see docs/performance.md).
+
+The eager PyTorch modules stay the reference: :class:`~captioner.model.Captioner` falls
+back to them, with a logged reason, whenever this path is unavailable (``onnxruntime`` not
+installed, the export fails, the self-check fails, a CUDA device, an input of another
+size) or switched off (``Captioner.load(..., fast=False)`` or ``CAPTIONER_FAST=0``).
+
+Environment:
+
+* ``CAPTIONER_FAST``: ``0``/``false``/``off`` turns the fast path off (default on).
+* ``CAPTIONER_ENCODER_THREADS``: intra-op threads of the encoder session (default: torch's
+  thread count, e.g. ``captioner serve --torch-threads``), read when it is built.
+* ``CAPTIONER_CACHE_DIR`` (or ``CAPTIONER_CACHE``): the cache folder; exported graphs go
+  to its ``onnx/`` (default ``$XDG_CACHE_HOME/captioner`` or ``~/.cache/captioner``). An
+  unwritable cache only costs a re-export (a few seconds) at every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..cache import CACHE_ENV, default_cache_dir, weights_digest
+from ..fsio import atomic_write_bytes
+
+log = logging.getLogger("captioner.runtime")
+
+THREADS_ENV = "CAPTIONER_ENCODER_THREADS"
+ONNX_OPSET = 17
+# Bump when the export recipe changes, so cached graphs from an older recipe are not reused.
+EXPORT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far the fast path's features may drift from the eager reference.
+
+    Both run the same float32 weights; they differ only by the order of floating-point
+    operations (folded batch-norm, other convolution algorithms), which moves the 1280
+    pooled features (magnitudes up to ~10) by about 1e-5.
+    """
+
+    max_abs: float = 1e-3  # largest absolute difference of any feature
+    min_cosine: float = 0.99999  # smallest cosine similarity of a feature vector pair
+
+    def check(self, reference: Tensor, fast: Tensor) -> tuple[bool, float, float]:
+        """(within tolerance, max abs difference, min cosine) for two (B, F) feature batches."""
+        diff = float((reference.float() - fast.float()).abs().max())
+        cos = float(torch.nn.functional.cosine_similarity(reference.float(), fast.float(), dim=1).min())
+        return diff <= self.max_abs and cos >= self.min_cosine, diff, cos
+
+
+FEATURE_TOLERANCE = Tolerance()
+
+
+def encoder_threads() -> int:
+    """Intra-op threads for the encoder session: ``$CAPTIONER_ENCODER_THREADS``, else torch's
+    thread count (what ``--torch-threads`` and ``torch.set_num_threads`` set)."""
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            log.warning("ignoring %s=%r: not a whole number", THREADS_ENV, env)
+    return torch.get_num_threads()
+
+
+def graph_digest(module: nn.Module, input_size: int) -> str:
+    """A hex digest naming an exported graph: the module's weights (:func:`captioner.cache.weights_digest`),
+    its class, the input size and the versions of the tools that write the graph."""
+    extra = (
+        f"format={EXPORT_FORMAT}|opset={ONNX_OPSET}|torch={torch.__version__}|size={input_size}|{type(module).__name__}"
+    )
+    return weights_digest(module, extra)
+
+
+def export_onnx(encoder: nn.Module, input_size: int) -> bytes:
+    """The encoder as an ONNX graph: input ``images`` (B, 3, S, S) float32 -> ``features`` (B, F).
+
+    Uses the TorchScript-based exporter (``dynamo=False``): it needs no extra package and
+    traces this network exactly (its 'SAME' padding depends only on the fixed input size).
+    """
+    example = torch.zeros(1, 3, input_size, input_size)  # (1, 3, S, S)
+    buf = io.BytesIO()
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer and deprecation chatter, not actionable by users
+            torch.onnx.export(
+                encoder,
+                (example,),
+                buf,
+                input_names=["images"],
+                output_names=["features"],
+                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+                opset_version=ONNX_OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    finally:
+        encoder.train(was_training)
+    return buf.getvalue()
+
+
+def _hash_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _read_verified(path: Path) -> bytes | None:
+    """The cached graph at ``path`` if its content hash matches the one recorded when it was
+    stored (after passing the self-check); None when absent, unreadable or different."""
+    try:
+        graph = path.read_bytes()
+        recorded = _hash_path(path).read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+    if hashlib.sha256(graph).hexdigest() != recorded:
+        log.info("the cached encoder graph %s does not match its recorded hash; exporting again", path)
+        return None
+    return graph
+
+
+class OnnxEncoder:
+    """An encoder run by ONNX Runtime: callable ``(B, 3, S, S)`` tensor -> ``(B, F)`` float32 tensor.
+
+    Build it with :func:`build_onnx_encoder` (which checks it against the eager encoder);
+    :class:`~captioner.runtime.OnnxPath` rebuilds it when the encoder's weights change.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        input_size: int,
+        *,
+        threads: int | None = None,
+        cache_dir: Path | bool | None = None,
+        spinning: bool = False,
+    ) -> None:
+        import onnxruntime as ort  # optional dependency: ImportError tells the caller to fall back
+
+        self.input_size = int(input_size)
+        self.feature_dim = int(getattr(encoder, "feature_dim", 0)) or None
+        self.threads = int(threads if threads is not None else encoder_threads())
+        digest = graph_digest(encoder, self.input_size)
+        name = getattr(getattr(encoder, "spec", None), "name", type(encoder).__name__)
+        self.cache_path: Path | None = None
+        graph: bytes | None = None
+        if cache_dir is not False:
+            folder = (default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)) / "onnx"  # type: ignore[arg-type]
+            self.cache_path = folder / f"{name}-{self.input_size}-{digest[:20]}.onnx"
+            graph = _read_verified(self.cache_path)
+        # A graph from the cache passed the self-check when it was written (its content hash
+        # is recorded next to it); a fresh export has not yet.
+        self.verified = graph is not None
+        if graph is None:
+            graph = export_onnx(encoder, self.input_size)
+        self._graph: bytes | None = graph
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = max(1, self.threads)
+        options.inter_op_num_threads = 1
+        # Busy-waiting worker threads would take CPU from the threads that decode images in
+        # parallel with inference (service, folder captioning); measured no slower without.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.log_severity_level = 3  # errors only
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.graph_bytes = len(graph)
+        if self.verified:
+            self._graph = None
+
+    def save_to_cache(self) -> None:
+        """Store the freshly exported graph (call after it passed the self-check), so the next
+        load of the same weights skips the export and the check. Failure only costs time."""
+        if self._graph is None or self.cache_path is None:
+            return
+        try:
+            atomic_write_bytes(self.cache_path, self._graph)
+            atomic_write_bytes(_hash_path(self.cache_path), hashlib.sha256(self._graph).hexdigest().encode())
+        except OSError as e:  # read-only home, full disk: the graph stays in memory only
+            log.info(
+                "cannot cache the encoder graph at %s (%s); set %s to a writable folder to skip the export next time",
+                self.cache_path,
+                e,
+                CACHE_ENV,
+            )
+            self.cache_path = None
+        self._graph = None
+
+    def accepts(self, x: Tensor) -> bool:
+        """Whether this graph can run ``x``: a CPU float (B, 3, S, S) batch of the exported size."""
+        return x.dim() == 4 and tuple(x.shape[1:]) == (3, self.input_size, self.input_size) and x.device.type == "cpu"
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """(B, 3, S, S) -> (B, F) float32 features."""
+        if x.size(0) == 0:
+            return torch.zeros(0, self.feature_dim or 0)
+        arr = np.ascontiguousarray(x.detach().to(torch.float32).numpy())  # (B, 3, S, S)
+        (out,) = self.session.run(["features"], {"images": arr})  # (B, F)
+        return torch.from_numpy(out)
+
+    def describe(self) -> dict:
+        return {
+            "backend": self.backend,
+            "threads": self.threads,
+            "input_size": self.input_size,
+            "graph_mb": round(self.graph_bytes / 2**20, 1),
+            "cache": str(self.cache_path) if self.cache_path else None,
+        }
+
+
+def build_onnx_encoder(
+    encoder: nn.Module,
+    input_size: int,
+    *,
+    device: torch.device | str = "cpu",
+    threads: int | None = None,
+    cache_dir: Path | bool | None = None,
+    tolerance: Tolerance = FEATURE_TOLERANCE,
+) -> tuple[OnnxEncoder | None, str]:
+    """Build the ONNX Runtime encoder and check it against ``encoder``.
+
+    Returns ``(fast encoder, "")``, or ``(None, reason)`` when the fast path cannot be used;
+    the reason is a sentence for the log. Never raises for an unavailable fast path.
+    """
+    if torch.device(device).type != "cpu":
+        return None, f"the model runs on {device}; the ONNX Runtime path is for CPUs"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None, "onnxruntime is not installed (pip install onnxruntime)"
+    try:
+        fast = OnnxEncoder(encoder, input_size, threads=threads, cache_dir=cache_dir)
+    except Exception as e:  # exporter or runtime cannot handle this network
+        return (
+            None,
+            f"building the ONNX Runtime encoder failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+        )
+    if fast.verified:
+        return fast, ""
+    ok, diff, cos, error = self_check(encoder, fast, tolerance)
+    if error:
+        return None, f"the ONNX Runtime encoder failed its self-check run ({error})"
+    if not ok:
+        return None, (
+            f"the ONNX Runtime encoder disagrees with PyTorch (max abs diff {diff:.2e}, min cosine "
+            f"{cos:.6f}; allowed {tolerance.max_abs:g} / {tolerance.min_cosine})"
+        )
+    fast.save_to_cache()
+    return fast, ""
+
+
+def self_check(
+    encoder: nn.Module, fast: OnnxEncoder, tolerance: Tolerance = FEATURE_TOLERANCE
+) -> tuple[bool, float, float, str]:
+    """Run both encoders on a fixed image-like input: (within tolerance, max abs diff, min
+    cosine, error message or "")."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, fast.input_size, fast.input_size, generator=gen).clamp_(-1.0, 1.0)  # (2, 3, S, S)
+    try:
+        with torch.inference_mode():
+            reference = encoder(x).float()  # (2, F)
+        got = fast(x)  # (2, F)
+    except Exception as e:
+        return False, float("nan"), float("nan"), f"{type(e).__name__}: {e}"
+    ok, diff, cos = tolerance.check(reference, got)
+    return ok, diff, cos, ""
