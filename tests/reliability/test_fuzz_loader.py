@@ -61,13 +61,19 @@ def seeds() -> list[bytes]:
         encode(base.convert("F"), "TIFF"),
         encode(base, "PPM"),
         exif_jpeg(6, 24, 16),
-        encode(base, "ICO"),
-        encode(base, "TGA"),
-        encode(base, "PCX"),
+        encode(base, "AVIF"),
+        encode(base, "HEIF"),
     ]
 
 
+def refused_seeds() -> dict[str, bytes]:
+    """Valid files of formats the loader does not accept (Pillow could read them)."""
+    base = picture(24, 16, seed=3)
+    return {fmt: encode(base, fmt) for fmt in ("ICO", "TGA", "PCX", "QOI", "SGI")}
+
+
 SEEDS = seeds()
+REFUSED = refused_seeds()
 
 
 def check(data: bytes) -> None:
@@ -115,7 +121,7 @@ def test_arbitrary_bytes_after_a_real_magic_number(tail: bytes) -> None:
 @st.composite
 def mutated(draw) -> bytes:
     """A seed image with a few random edits: overwrite, cut, insert, duplicate a slice."""
-    data = bytearray(draw(st.sampled_from(SEEDS)))
+    data = bytearray(draw(st.sampled_from(SEEDS + list(REFUSED.values()))))
     for _ in range(draw(st.integers(1, 8))):
         kind = draw(st.sampled_from(["overwrite", "overwrite", "cut", "insert", "duplicate", "zero_run"]))
         n = len(data)
@@ -147,3 +153,15 @@ def test_the_seeds_are_valid() -> None:
     """The mutation seeds themselves decode (else the fuzzing above would prove little)."""
     for data in SEEDS:
         assert load_image(data, max_pixels=MAX_PIXELS).mode == "RGB"
+
+
+def test_seeds_of_other_formats_are_refused_by_name() -> None:
+    """Formats outside the allow-list are refused (415) naming the format, never decoded."""
+    for fmt, data in REFUSED.items():
+        with pytest.raises(ImageLoadError) as e:
+            load_image(data, name=f"seed.{fmt.lower()}", max_pixels=MAX_PIXELS)
+        assert e.value.code == "unsupported", (fmt, e.value.reason)
+        # TGA has no magic number (its first bytes can read as a CUR header), the others do
+        named = "images are not accepted" if fmt == "TGA" else f"{fmt} images are not accepted"
+        assert named in e.value.reason, e.value.reason
+        assert "JPEG, PNG" in e.value.reason
