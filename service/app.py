@@ -2,11 +2,12 @@
 
 Shared resources live on ``app.state``: ``settings`` (:class:`Settings`), ``metrics``
 (:class:`Metrics`, its own Prometheus registry) and ``service`` (:class:`CaptionService`:
-the model, the decode pool and the batcher). Routers stay thin and read them from there.
+the model, the decode pool and the batcher). Routers stay thin and receive them as typed
+dependencies (:mod:`service.deps`); responses are the models of :mod:`service.schemas`.
 
 Run it with ``captioner serve`` (recommended: loads the model first, prints where to
 point a browser, drains on SIGTERM), or with plain uvicorn:
-``uvicorn --factory service.app:create_app`` (settings from the ``CAPTIONER_*`` environment).
+``uvicorn --factory captioner.service.app:create_app`` (settings from the ``CAPTIONER_*`` environment).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 from fastapi import FastAPI
@@ -23,6 +25,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from captioner import Captioner, __version__
@@ -38,11 +41,27 @@ log = logging.getLogger("service")
 
 class ObservabilityMiddleware:
     """Counts and times every HTTP request by route template (``/v1/captions``, never the raw
-    path, so unknown URLs cannot blow up the label set) and adds safety headers."""
+    path, so unknown URLs cannot blow up the label set) and adds safety headers.
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    ``routes`` are the app's routes: a request that no API route claimed (``/openapi.json``,
+    a file under ``/static`` or ``/docs-assets``) is labelled by the route or mount that
+    serves it; only a request that nothing serves is ``<unmatched>``."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
+        self.routes = routes
+
+    def route_label(self, scope: Scope, original: Scope) -> str:
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        if isinstance(path, str) and path:
+            return path
+        for candidate in self.routes:
+            match, _ = candidate.matches(original)
+            if match is Match.FULL:
+                return str(getattr(candidate, "path", "")) or "<unmatched>"
+        return "<unmatched>"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,15 +83,14 @@ class ObservabilityMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        # Routing rewrites parts of the scope (a mount's root_path): match against a copy.
+        original: Scope = {k: scope.get(k) for k in ("type", "path", "root_path", "method")}
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             self.metrics.in_flight.dec()
-            route = scope.get("route")
-            label = getattr(route, "path", None) or (
-                "/static" if scope.get("path", "").startswith("/static/") else "<unmatched>"
-            )
+            label = self.route_label(scope, original)
             self.metrics.requests.labels(label, scope.get("method", ""), str(status)).inc()
             self.metrics.latency.labels(label).observe(time.perf_counter() - start)
 
@@ -109,7 +127,8 @@ def create_app(settings: Settings | None = None, model: Captioner | None = None)
         service = CaptionService(loaded, settings, metrics)
         service.start()
         backend = str(getattr(loaded, "encoder_backend", "pytorch"))  # onnxruntime on the fast CPU path
-        metrics.model_info.labels(loaded.model_id, loaded.encoder.spec.name, str(loaded.device), backend).set(1)
+        encoder_name = str(getattr(getattr(loaded.encoder, "spec", None), "name", "unknown"))
+        metrics.model_info.labels(loaded.model_id, encoder_name, str(loaded.device), backend).set(1)
         app.state.service = service
         log.info("model %s ready on %s", loaded.model_id, loaded.device)
         try:
@@ -123,16 +142,19 @@ def create_app(settings: Settings | None = None, model: Captioner | None = None)
         title="captioner",
         version=__version__,
         summary="Caption images over HTTP: a CNN encoder feeding a recurrent decoder, with dynamic batching.",
-        description="POST images to `/v1/captions` (multipart `file` parts or a raw `image/*` body). "
+        description="POST images to `/v1/captions` (multipart `file` parts, or one image as the raw "
+        "`image/*` body). Every option is checked: out of range, not a plain ASCII number, or an unknown "
+        "query parameter is a 422 that says what is allowed. "
         'Every error is JSON `{"error": code, "detail": text}`. See docs/service.md.',
         lifespan=lifespan,
         docs_url=None,  # served below from the bundled Swagger UI: no CDN, works offline
+        redoc_url=None,  # FastAPI's ReDoc page would load its script from a CDN
     )
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(page.router)
-    app.include_router(captions.router)
+    app.include_router(captions.build_router(settings))
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     install_offline_docs(app)
@@ -144,17 +166,18 @@ def create_app(settings: Settings | None = None, model: Captioner | None = None)
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, routes=app.router.routes)
     return app
 
 
 def install_offline_docs(app: FastAPI) -> None:
-    """/docs with Swagger UI's script and stylesheet from the ``swagger-ui-bundle`` package,
-    so the API reference renders on machines without internet access."""
+    """/docs with Swagger UI 5 (it reads the OpenAPI 3.1 document FastAPI writes), its script
+    and stylesheet served from the ``fastapi-offline`` package: no CDN, works offline."""
+    import fastapi_offline
     from fastapi.openapi.docs import get_swagger_ui_html
-    from swagger_ui_bundle import swagger_ui_path
 
-    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    assets = Path(fastapi_offline.__file__).resolve().parent / "static"
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
@@ -163,7 +186,7 @@ def install_offline_docs(app: FastAPI) -> None:
             title="captioner API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js",
             swagger_css_url="/docs-assets/swagger-ui.css",
-            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            swagger_favicon_url="/docs-assets/favicon.png",
         )
 
 

@@ -31,6 +31,7 @@ from captioner.errors import ImageLoadError
 from .batcher import Batcher, BatcherStopped
 from .errors import APIError, image_error
 from .metrics import Metrics
+from .schemas import CaptionItem
 from .settings import Settings
 from .uploads import Upload
 
@@ -58,17 +59,8 @@ class ItemResult:
     status: int = 200
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"index": self.index, "filename": self.filename}
-        if self.error is None:
-            out.update(
-                caption=self.caption,
-                score=round(float(self.score or 0.0), 4),
-                time_ms=round(self.time_ms, 1),
-                batch_size=self.batch_size,
-            )
-        else:
-            out.update(error=self.error, detail=self.detail, time_ms=round(self.time_ms, 1))
-        return out
+        """This result as its entry in the response (the shape is :class:`CaptionItem`'s)."""
+        return CaptionItem.from_result(self).model_dump(mode="json")
 
 
 class CaptionService:

@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from captioner.errors import CaptionerError
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 DESCRIPTION = """Start the HTTP captioning service (FastAPI on uvicorn).
 
@@ -28,8 +32,88 @@ EPILOG = """examples:
   curl -F file=@photo.jpg http://127.0.0.1:8000/v1/captions"""
 
 
+#: The flags' groups in ``--help``, by setting name; every setting has a flag (a test checks it).
+FLAG_GROUPS: dict[str, tuple[str, ...]] = {
+    "where to listen": ("host", "port"),
+    "model": ("checkpoint", "device", "torch_threads"),
+    "batching": ("max_batch_size", "max_wait_ms", "queue_size", "decode_workers"),
+    "limits": (
+        "max_files",
+        "max_body_bytes",
+        "max_pixels",
+        "request_timeout_s",
+        "body_timeout_s",
+        "max_beam_size",
+        "max_length_limit",
+        "default_beam_size",
+    ),
+    "security and lifecycle": ("api_key", "cors_origins", "drain_seconds", "log_level"),
+}
+#: Flag names and metavars where the setting's own name would read badly.
+FLAG_NAMES = {
+    "request_timeout_s": "--request-timeout",
+    "body_timeout_s": "--body-timeout",
+    "cors_origins": "--cors-origin",
+}
+SHORT_FLAGS = {"checkpoint": "-c"}
+METAVARS = {
+    "port": "PORT",
+    "checkpoint": "DIR",
+    "api_key": "KEY",
+    "cors_origins": "ORIGIN",
+    "max_body_bytes": "BYTES",
+    "max_wait_ms": "MS",
+    "drain_seconds": "S",
+    "max_beam_size": "K",
+    "default_beam_size": "K",
+}
+HELP_NOTES = {
+    "api_key": "prefer the environment variable: flags are visible to other users of the machine",
+    "cors_origins": "repeat the flag for several; the variable is comma-separated",
+    "torch_threads": "with several replicas on one machine give each cores/replicas",
+}
+
+
+def flag_name(name: str) -> str:
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+def _shown_default(value: object) -> str | None:
+    if value is None or (isinstance(value, list) and not value):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
+        return f"{value:,}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _add_setting_flag(group: argparse._ArgumentGroup, name: str) -> None:
+    """One flag from one :class:`Settings` field: its type, default and description."""
+    from .settings import LOG_LEVELS, Settings
+
+    field = Settings.model_fields[name]
+    annotation = str(field.annotation)
+    default = None if field.default_factory is not None else field.default
+    shown = _shown_default(default)
+    notes = [f"env CAPTIONER_{name.upper()}"] + ([f"default {shown}"] if shown else [])
+    help_text = f"{field.description} ({'; '.join(notes)})"
+    if name in HELP_NOTES:
+        help_text += f"; {HELP_NOTES[name]}"
+    kwargs: dict[str, object] = {"dest": name, "help": help_text.replace("%", "%%")}
+    if "list" in annotation:
+        kwargs["action"] = "append"
+    elif name == "log_level":
+        kwargs["choices"] = LOG_LEVELS
+    else:
+        kwargs["type"] = float if "float" in annotation else int if "int" in annotation else str
+    if name != "log_level":
+        numeric = kwargs["type"] in (int, float) if "type" in kwargs else False
+        kwargs["metavar"] = METAVARS.get(name, "S" if name.endswith("_s") else "N" if numeric else name.upper())
+    flags = [flag_name(name)] + ([SHORT_FLAGS[name]] if name in SHORT_FLAGS else [])
+    group.add_argument(*flags, **kwargs)  # type: ignore[arg-type]
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``serve`` verb to the ``captioner`` command line."""
+    """Add the ``serve`` verb to the ``captioner`` command line, one flag per setting."""
     p = subparsers.add_parser(
         "serve",
         help="start the HTTP captioning service (upload page, JSON API, metrics)",
@@ -37,144 +121,77 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    g = p.add_argument_group("where to listen")
-    g.add_argument("--host", help="interface to bind; 0.0.0.0 for all (env CAPTIONER_HOST, default 127.0.0.1)")
-    g.add_argument("--port", type=int, help="TCP port, 0 for any free one (env CAPTIONER_PORT, default 8000)")
-
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--checkpoint",
-        "-c",
-        metavar="DIR",
-        help="checkpoint folder (env CAPTIONER_CHECKPOINT; default: the shipped weights)",
-    )
-    g.add_argument("--device", help="cpu, cuda or cuda:N (env CAPTIONER_DEVICE; default: cuda when available)")
-    g.add_argument(
-        "--torch-threads",
-        type=int,
-        metavar="N",
-        help="threads torch uses for the model (env CAPTIONER_TORCH_THREADS; default: torch's choice, "
-        "one per core; with several replicas on one machine give each cores/replicas)",
-    )
-
-    g = p.add_argument_group("batching")
-    g.add_argument("--max-batch-size", type=int, metavar="N", help="most images per model run (default 16)")
-    g.add_argument(
-        "--max-wait-ms",
-        type=float,
-        metavar="MS",
-        help="how long a batch may wait to fill while the model is busy (default 5; an idle model starts at once)",
-    )
-    g.add_argument(
-        "--queue-size",
-        type=int,
-        metavar="N",
-        help="most images accepted and not yet captioned; more gets 503 + Retry-After (default 128)",
-    )
-    g.add_argument("--decode-workers", type=int, metavar="N", help="threads decoding uploads (default 2)")
-
-    g = p.add_argument_group("limits")
-    g.add_argument("--max-files", type=int, metavar="N", help="most images per request (default 16)")
-    g.add_argument("--max-body-bytes", type=int, metavar="BYTES", help="largest request body (default 32 MiB)")
-    g.add_argument(
-        "--max-pixels",
-        type=int,
-        metavar="N",
-        help="largest image, width x height, checked before decoding (default 40000000)",
-    )
-    g.add_argument(
-        "--request-timeout",
-        type=float,
-        metavar="S",
-        dest="request_timeout_s",
-        help="seconds a request may take, queueing included; then 504 (default 30)",
-    )
-    g.add_argument(
-        "--body-timeout",
-        type=float,
-        metavar="S",
-        dest="body_timeout_s",
-        help="seconds a client may take to send its request body; then 408 (default 60)",
-    )
-    g.add_argument("--max-beam-size", type=int, metavar="K", help="largest beam a request may ask for (default 5)")
-    g.add_argument(
-        "--max-length-limit", type=int, metavar="N", help="largest max_length a request may ask for (default 50)"
-    )
-    g.add_argument("--default-beam-size", type=int, metavar="K", help="beam size when a request gives none (default 1)")
-
-    g = p.add_argument_group("security and lifecycle")
-    g.add_argument(
-        "--api-key",
-        metavar="KEY",
-        help="require 'Authorization: Bearer KEY' on /v1/* (prefer env CAPTIONER_API_KEY: flags are "
-        "visible to other users of the machine)",
-    )
-    g.add_argument(
-        "--cors-origin",
-        action="append",
-        dest="cors_origins",
-        metavar="ORIGIN",
-        help="allow browser calls from this origin (repeatable; env CAPTIONER_CORS_ORIGINS, "
-        "comma-separated; default: CORS off)",
-    )
-    g.add_argument(
-        "--drain-seconds",
-        type=float,
-        metavar="S",
-        help="after SIGTERM keep serving this long with /readyz at 503 before shutting down (default 0)",
-    )
-    g.add_argument(
-        "--log-level",
-        choices=["critical", "error", "warning", "info", "debug"],
-        help="uvicorn log level (default info)",
-    )
+    for title, names in FLAG_GROUPS.items():
+        group = p.add_argument_group(title)
+        for name in names:
+            _add_setting_flag(group, name)
     p.set_defaults(func=cmd_serve)
 
 
-SETTING_FLAGS = (
-    "host",
-    "port",
-    "checkpoint",
-    "device",
-    "torch_threads",
-    "max_batch_size",
-    "max_wait_ms",
-    "queue_size",
-    "decode_workers",
-    "max_files",
-    "max_body_bytes",
-    "max_pixels",
-    "request_timeout_s",
-    "body_timeout_s",
-    "max_beam_size",
-    "max_length_limit",
-    "default_beam_size",
-    "api_key",
-    "cors_origins",
-    "drain_seconds",
-    "log_level",
-)
+class SettingsError(CaptionerError):
+    """The flags or ``CAPTIONER_*`` variables do not make valid settings (a usage error: exit 2)."""
 
 
-def settings_from_args(args: argparse.Namespace):
+def allowed_range(name: str) -> str | None:
+    """The range a numeric setting allows, in words (``from 1 to 1024``), from its Field bounds."""
+    from .settings import Settings
+
+    bounds: dict[str, float] = {}
+    for item in Settings.model_fields[name].metadata:
+        for key in ("ge", "gt", "le", "lt"):
+            if getattr(item, key, None) is not None:
+                bounds[key] = getattr(item, key)
+    low = f"from {bounds['ge']:g}" if "ge" in bounds else (f"greater than {bounds['gt']:g}" if "gt" in bounds else "")
+    high = f"to {bounds['le']:g}" if "le" in bounds else (f"below {bounds['lt']:g}" if "lt" in bounds else "")
+    if not low and not high:
+        return None
+    if low and not high:
+        return low.replace("from", "at least", 1)
+    return f"{low} {high}".strip()
+
+
+def _problem(err: dict) -> str:
+    """One validation error in the words of the setting, its flag and its variable."""
+    loc = [str(p) for p in err.get("loc", ())]
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if not loc:
+        return msg
+    name = loc[0]
+    where = f"{name} ({flag_name(name)}, CAPTIONER_{name.upper()})"
+    allowed = allowed_range(name) if name in _model_fields() else None
+    if allowed and str(err.get("type", "")).startswith(("greater_than", "less_than")):
+        return f"{where} must be {allowed}, got {err.get('input')}"
+    return f"{where}: {msg}"
+
+
+def _model_fields() -> dict[str, object]:
+    from .settings import Settings
+
+    return dict(Settings.model_fields)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags that were given."""
     from pydantic import ValidationError
 
     from .settings import Settings
 
-    overrides = {k: getattr(args, k) for k in SETTING_FLAGS if getattr(args, k, None) is not None}
+    overrides = {k: getattr(args, k) for k in Settings.model_fields if getattr(args, k, None) is not None}
     try:
         return Settings(**overrides)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors())
-        raise CaptionerError(
-            f"invalid service settings: {problems} (check the flags and CAPTIONER_* variables)"
-        ) from None
+        problems = "; ".join(_problem(dict(err)) for err in e.errors())
+        raise SettingsError(f"invalid service settings: {problems}") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Load the model, bind the port, print where to go, serve until SIGTERM/SIGINT."""
-    settings = settings_from_args(args)
+    """Load the model, bind the port, print where to go, serve until SIGTERM/SIGINT.
+    Invalid settings: one line on stderr and exit status 2, before anything is loaded."""
+    try:
+        settings = settings_from_args(args)
+    except SettingsError as e:
+        print(f"captioner serve: error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
         format="%(levelname)s:     %(name)s: %(message)s",

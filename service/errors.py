@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from captioner.errors import ImageLoadError
@@ -24,8 +24,8 @@ log = logging.getLogger("service")
 class ErrorBody(BaseModel):
     """The body of every error response."""
 
-    error: str  # stable machine-readable code, e.g. "unsupported_image"
-    detail: str  # what went wrong and what to do, for humans
+    error: str = Field(description="stable machine-readable code, e.g. unsupported_image")
+    detail: str = Field(description="what went wrong and what to do, for humans")
 
 
 class APIError(Exception):
@@ -102,7 +102,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{_location(tuple(e.get('loc', ())))}: {e.get('msg', 'invalid')}" for e in exc.errors()]
+        problems = [
+            f"{_location(tuple(e.get('loc', ())))}: {str(e.get('msg', 'invalid')).removeprefix('Value error, ')}"
+            for e in exc.errors()
+        ]
         return error_response(422, "invalid_request", "; ".join(problems) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)

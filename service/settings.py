@@ -14,12 +14,19 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from captioner.images import DEFAULT_MAX_PIXELS
+from captioner.options import BEAM_SIZE, MAX_LENGTH
+
+#: uvicorn's log levels, quietest first.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 class Settings(BaseSettings):
     """Configuration of one service process (see docs/service.md for the whole table)."""
 
-    model_config = SettingsConfigDict(env_prefix="CAPTIONER_", extra="ignore", validate_default=True)
+    # hide_input_in_errors: a refused API key must not be echoed into logs.
+    model_config = SettingsConfigDict(
+        env_prefix="CAPTIONER_", extra="ignore", validate_default=True, hide_input_in_errors=True
+    )
 
     # where to listen
     host: str = Field("127.0.0.1", description="interface to bind; 0.0.0.0 to accept connections from other machines")
@@ -50,12 +57,20 @@ class Settings(BaseSettings):
     )
     body_timeout_s: float = Field(60.0, gt=0, description="time limit for receiving a request body; then 408")
     request_timeout_s: float = Field(30.0, gt=0, description="time limit for one request, queueing included; then 504")
-    max_beam_size: int = Field(5, ge=1, le=50, description="largest beam size a request may ask for")
-    max_length_limit: int = Field(50, ge=1, le=500, description="largest max_length a request may ask for")
-    default_beam_size: int = Field(1, ge=1, description="beam size when the request gives none (1 = greedy)")
+    max_beam_size: int = Field(5, ge=1, le=int(BEAM_SIZE.high), description="largest beam size a request may ask for")
+    max_length_limit: int = Field(
+        50, ge=1, le=int(MAX_LENGTH.high), description="largest max_length (words) a request may ask for"
+    )
+    default_beam_size: int = Field(
+        1, ge=1, le=int(BEAM_SIZE.high), description="beam size when the request gives none (1 = greedy)"
+    )
 
     # security
-    api_key: SecretStr | None = Field(None, description="when set, /v1/* requires 'Authorization: Bearer <key>'")
+    api_key: SecretStr | None = Field(
+        None,
+        description="when set, /v1/* requires 'Authorization: Bearer <key>'; printable ASCII, no "
+        "whitespace at either end (an empty value means no key)",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed to call the API from a browser; empty = CORS off"
     )
@@ -67,7 +82,7 @@ class Settings(BaseSettings):
         description="after SIGTERM: keep serving this long while /readyz says "
         "503 (so a load balancer stops sending), then finish in-flight requests and exit",
     )
-    log_level: str = Field("info", description="uvicorn log level: critical, error, warning, info, debug")
+    log_level: str = Field("info", description="uvicorn log level: " + ", ".join(LOG_LEVELS))
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -78,9 +93,22 @@ class Settings(BaseSettings):
 
     @field_validator("api_key", mode="before")
     @classmethod
-    def _empty_key_is_none(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip():
+    def _usable_key(cls, value: object) -> object:
+        """An empty key means none; a key no client could send is refused, never ignored."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(text, str):
+            return value
+        if text == "":
             return None
+        if not text.strip():
+            raise ValueError("the API key is only whitespace, which would turn authentication off; set a real key")
+        if text != text.strip():
+            raise ValueError("the API key starts or ends with whitespace, which clients cannot send; remove it")
+        if not all(0x20 <= ord(ch) <= 0x7E for ch in text):
+            raise ValueError(
+                "the API key has a character outside printable ASCII (a control or non-ASCII character), "
+                "which an HTTP header cannot carry reliably; use letters, digits and punctuation"
+            )
         return value
 
     @field_validator("checkpoint", "device", mode="before")
@@ -92,8 +120,8 @@ class Settings(BaseSettings):
     @classmethod
     def _log_level(cls, value: str) -> str:
         value = value.lower()
-        if value not in {"critical", "error", "warning", "info", "debug", "trace"}:
-            raise ValueError("log_level must be one of critical, error, warning, info, debug, trace")
+        if value not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         return value
 
     @model_validator(mode="after")

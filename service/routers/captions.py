@@ -1,147 +1,131 @@
-"""``POST /v1/captions`` and ``GET /v1/model``: the versioned API (needs the API key when one is set)."""
+"""``POST /v1/captions`` and ``GET /v1/model``: the versioned API (needs the API key when one is set).
 
-from __future__ import annotations
+The router is built per app (:func:`build_router`) so the documented ranges of the options
+are this server's own (``max_beam_size``, ``max_length_limit``, ``request_timeout_s``).
+"""
 
+# No ``from __future__ import annotations``: the endpoint's parameter annotations use this
+# server's limits (closure variables), so they must be evaluated where they are written.
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import WithJsonSchema
 
 from ..auth import require_api_key
-from ..captioning import CaptionService
-from ..errors import APIError, ErrorBody
-from ..uploads import read_uploads
-
-router = APIRouter(prefix="/v1", tags=["captions"], dependencies=[Depends(require_api_key)])
-
-
-class CaptionItem(BaseModel):
-    """One image of the request: a caption, or an error for this image alone."""
-
-    index: int = Field(description="position of the image in the request, from 0")
-    filename: str | None = Field(description="the uploaded file name, cleaned (echoed only, never used as a path)")
-    caption: str | None = Field(None, description="the caption (absent when this image failed)")
-    score: float | None = Field(None, description="log-probability of the caption under the model")
-    time_ms: float = Field(description="time spent on this image: decoding, queueing and the model")
-    batch_size: int | None = Field(None, description="images in the model batch this one ran in")
-    error: str | None = Field(None, description="error code when this image failed")
-    detail: str | None = Field(None, description="what went wrong with this image")
-
-
-class CaptionResponse(BaseModel):
-    model_id: str
-    beam_size: int
-    max_length: int
-    succeeded: int
-    failed: int
-    time_ms: float
-    results: list[CaptionItem]
-
-
-UPLOAD_BODY: dict[str, Any] = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "file": {
-                        "type": "array",
-                        "items": {"type": "string", "format": "binary"},
-                        "description": "one or more images (repeat the 'file' part)",
-                    },
-                    "beam_size": {"type": "integer"},
-                    "max_length": {"type": "integer"},
-                },
-                "required": ["file"],
-            }
-        },
-        "image/*": {"schema": {"type": "string", "format": "binary"}},
-    },
-}
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": text}
-    for status, text in {
-        400: "malformed multipart body (invalid_multipart)",
-        401: "API key missing or wrong (unauthorized)",
-        413: "body_too_large, too_many_files, or the only image is image_too_large",
-        415: "unsupported_media_type, or the only image is unsupported_image",
-        422: "invalid_option / invalid_request / no_image / unknown_field, or every image failed",
-        503: "queue_full or not_ready; see Retry-After",
-        504: "timeout",
-    }.items()
-}
-
-
-def _service(request: Request) -> CaptionService:
-    return request.app.state.service
-
-
-def _int_option(name: str, query_value: int | None, form: dict[str, str]) -> int | None:
-    if name not in form:
-        return query_value
-    try:
-        return int(form[name])
-    except ValueError:
-        raise APIError(422, "invalid_option", f"{name} must be an integer, got {form[name]!r}") from None
-
-
-@router.post(
-    "/captions",
-    response_model=CaptionResponse,
-    responses=ERRORS,
-    openapi_extra={"requestBody": UPLOAD_BODY},
-    summary="Caption one or more images",
+from ..captioning import ItemResult
+from ..deps import ServiceDep
+from ..errors import ErrorBody
+from ..params import (
+    ascii_int,
+    ascii_number,
+    beam_range,
+    check_range,
+    form_number,
+    length_range,
+    reject_unknown_query,
+    timeout_range,
 )
-async def create_captions(
-    request: Request,
-    beam_size: Annotated[int | None, Query(description="beam width, 1 = greedy (default: the server's)")] = None,
-    max_length: Annotated[int | None, Query(description="most words per caption (default: the model's)")] = None,
-    timeout: Annotated[
-        float | None, Query(gt=0, description="seconds this request may take, at most the server's limit")
-    ] = None,
-    filename: Annotated[str | None, Query(description="name to echo for a raw image body")] = None,
-) -> JSONResponse:
-    """Multipart with one or more ``file`` parts, or one image as the raw body (``image/*``).
+from ..public import public_model_info
+from ..schemas import CaptionFailure, CaptionItem, CaptionResponse, ModelInfo
+from ..settings import Settings
+from ..uploads import FILE_FIELDS, OPTION_FIELDS, read_uploads
 
-    200 when at least one image got a caption (failed images carry ``error`` and
-    ``detail`` in their entry); when every image failed, the status of their error (or
-    422 when they differ) with ``{"error", "detail"}`` and the same ``results`` list.
-    """
-    started = time.monotonic()
-    service = _service(request)
-    s = service.settings
-    uploads, form = await read_uploads(
-        request, max_body_bytes=s.max_body_bytes, max_files=s.max_files, body_timeout_s=s.body_timeout_s
-    )
-    opts = service.options(_int_option("beam_size", beam_size, form), _int_option("max_length", max_length, form))
-    if "timeout" in form:
-        try:
-            timeout = float(form["timeout"])
-        except ValueError:
-            raise APIError(
-                422, "invalid_option", f"timeout must be a number of seconds, got {form['timeout']!r}"
-            ) from None
-        if not timeout > 0:
-            raise APIError(422, "invalid_option", "timeout must be > 0 seconds")
-    limit = s.request_timeout_s if timeout is None else min(timeout, s.request_timeout_s)
+#: The name the documentation leads with; the other accepted names are aliases of it.
+MAIN_FILE_FIELD = "file"
 
-    items = await service.caption(uploads, opts, limit)
-    ok = sum(1 for it in items if it.error is None)
-    body: dict[str, Any] = {
-        "model_id": service.model.model_id,
-        "beam_size": opts.beam_size,
-        "max_length": opts.max_length,
-        "succeeded": ok,
-        "failed": len(items) - ok,
-        "time_ms": round((time.monotonic() - started) * 1000.0, 1),
-        "results": [it.to_json() for it in items],
+
+def upload_body(settings: Settings) -> dict[str, Any]:
+    """The request body in OpenAPI terms, from the names :mod:`service.uploads` accepts."""
+    files: dict[str, Any] = {
+        name: {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "description": f"one or more images, at most {settings.max_files} (repeat the '{name}' part)"
+            if name == MAIN_FILE_FIELD
+            else f"another accepted name for '{MAIN_FILE_FIELD}'",
+        }
+        for name in sorted(FILE_FIELDS, key=lambda n: (n != MAIN_FILE_FIELD, n))
     }
+    options = {
+        "beam_size": option_schema("integer", beam_range(settings).low, beam_range(settings).high),
+        "max_length": option_schema("integer", length_range(settings).low, length_range(settings).high),
+        "timeout": timeout_schema(settings),
+    }
+    assert set(options) == set(OPTION_FIELDS), "every form option accepted by the upload reader is documented"
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        **files,
+                        **{k: {**v, "description": "as the query parameter"} for k, v in options.items()},
+                    },
+                    "additionalProperties": False,
+                    "description": f"images as parts named {', '.join(repr(n) for n in files)}; "
+                    "options as form fields (a field of any other name is refused with 422 unknown_field)",
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+
+
+def option_schema(kind: str, low: float, high: float) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "minimum": int(low) if kind == "integer" else low,
+        "maximum": int(high) if kind == "integer" else high,
+    }
+
+
+def timeout_schema(settings: Settings) -> dict[str, Any]:
+    return {"type": "number", "exclusiveMinimum": 0, "maximum": settings.request_timeout_s}
+
+
+ERROR_TEXTS: dict[int, str] = {
+    400: "malformed multipart body (invalid_multipart), bad Content-Length (bad_request)",
+    401: "API key missing or wrong (unauthorized)",
+    408: "the body did not arrive in time (body_timeout)",
+    413: "body_too_large, too_many_files, or the only image is image_too_large",
+    415: "unsupported_media_type, or the only image is unsupported_image",
+    422: "invalid_option / invalid_request / unknown_parameter / no_image / unknown_field, or every image failed",
+    503: "queue_full or not_ready; see Retry-After",
+    504: "timeout",
+}
+#: Statuses whose body may also carry the per-image ``results`` (every image failed).
+IMAGE_FAILURE_STATUSES = (413, 415, 422)
+
+
+def error_responses() -> dict[int | str, dict[str, Any]]:
+    return {
+        status: {
+            "model": CaptionFailure | ErrorBody if status in IMAGE_FAILURE_STATUSES else ErrorBody,
+            "description": text,
+        }
+        for status, text in ERROR_TEXTS.items()
+    }
+
+
+def build_response(model_id: str, opts: Any, items: list[ItemResult], started: float) -> CaptionResponse | JSONResponse:
+    """200 with a :class:`CaptionResponse` when an image got a caption, else the failure."""
+    entries = [CaptionItem.from_result(it) for it in items]
+    ok = sum(1 for it in items if it.error is None)
+    fields: dict[str, Any] = dict(
+        model_id=model_id,
+        beam_size=opts.beam_size,
+        max_length=opts.max_length,
+        succeeded=ok,
+        failed=len(items) - ok,
+        time_ms=round((time.monotonic() - started) * 1000.0, 1),
+        results=entries,
+    )
     if ok:
-        return JSONResponse(body)
+        return CaptionResponse(**fields)
     statuses = {it.status for it in items}
     codes = {it.error for it in items}
     status = statuses.pop() if len(statuses) == 1 else 422
@@ -151,10 +135,75 @@ async def create_captions(
         if len(items) == 1
         else f"none of the {len(items)} images could be captioned: " + "; ".join(str(it.detail) for it in items)
     )
-    return JSONResponse({"error": code, "detail": detail, **body}, status_code=status)
+    failure = CaptionFailure(error=str(code), detail=str(detail), **fields)
+    return JSONResponse(failure.model_dump(mode="json"), status_code=status)
 
 
-@router.get("/model", summary="The loaded model and this server's limits")
-async def model_info(request: Request) -> dict[str, Any]:
-    """Encoder, decoder settings, vocabulary size, training data and metrics from the checkpoint."""
-    return _service(request).describe()
+def build_router(settings: Settings) -> APIRouter:
+    """The /v1 routes, documented with this server's limits."""
+    router = APIRouter(
+        prefix="/v1", tags=["captions"], dependencies=[Depends(require_api_key), Depends(reject_unknown_query)]
+    )
+    beams, lengths, timeouts = beam_range(settings), length_range(settings), timeout_range(settings)
+
+    @router.post(
+        "/captions",
+        response_model=CaptionResponse,
+        responses=error_responses(),
+        openapi_extra={"requestBody": upload_body(settings)},
+        summary="Caption one or more images",
+    )
+    async def create_captions(
+        request: Request,
+        service: ServiceDep,
+        beam_size: Annotated[
+            int | None,
+            Query(description=f"beam width, 1 = greedy (default {settings.default_beam_size})"),
+            ascii_int("beam_size"),
+            WithJsonSchema(option_schema("integer", beams.low, beams.high)),
+        ] = None,
+        max_length: Annotated[
+            int | None,
+            Query(description="most words per caption (default: the model's own)"),
+            ascii_int("max_length"),
+            WithJsonSchema(option_schema("integer", lengths.low, lengths.high)),
+        ] = None,
+        timeout: Annotated[
+            float | None,
+            Query(description=f"seconds this request may take (default and most: {settings.request_timeout_s:g})"),
+            ascii_number("timeout"),
+            WithJsonSchema(timeout_schema(settings)),
+        ] = None,
+        filename: Annotated[str | None, Query(description="name to echo for a raw image body")] = None,
+    ) -> CaptionResponse | JSONResponse:
+        """Multipart with one or more ``file`` parts, or one image as the raw body (``image/*``).
+
+        200 when at least one image got a caption (failed images carry ``error`` and
+        ``detail`` in their entry); when every image failed, the status of their error (or
+        422 when they differ) with ``{"error", "detail"}`` and the same ``results`` list.
+        """
+        started = time.monotonic()
+        s = service.settings
+        ranges = {"beam_size": beams, "max_length": lengths, "timeout": timeouts}
+        given: dict[str, float | None] = {"beam_size": beam_size, "max_length": max_length, "timeout": timeout}
+        for name, allowed in ranges.items():
+            check_range(given[name], allowed)  # before reading the body: a bad option costs nothing
+        uploads, form = await read_uploads(
+            request, max_body_bytes=s.max_body_bytes, max_files=s.max_files, body_timeout_s=s.body_timeout_s
+        )
+        for name, allowed in ranges.items():  # a form field wins over the query parameter
+            if name in form:
+                given[name] = form_number(name, form[name], allowed)
+                check_range(given[name], allowed)
+        beam, length, limit = (given[name] for name in ranges)
+        opts = service.options(None if beam is None else int(beam), None if length is None else int(length))
+        items = await service.caption(uploads, opts, s.request_timeout_s if limit is None else limit)
+        return build_response(service.model.model_id, opts, items, started)
+
+    @router.get("/model", response_model=ModelInfo, summary="The loaded model and this server's limits")
+    async def model_info(service: ServiceDep) -> dict[str, Any]:
+        """Encoder, decoder settings, vocabulary size, training data and metrics from the checkpoint
+        (absolute paths of the machine that trained it reduced to their last part), and this server's limits."""
+        return public_model_info(service.describe())
+
+    return router

@@ -1,0 +1,144 @@
+"""The shapes of the API's responses, in one place.
+
+Handlers return these models and FastAPI both validates what leaves the server and
+documents it in ``/openapi.json``, so the schema cannot drift from the real responses.
+
+Per image, :class:`CaptionItem` is built from the engine's result by
+:meth:`CaptionItem.from_result`, which copies every field the two share. A new per-caption
+fact (a confidence, an out-of-domain flag, labels, attention) is two typed lines: an
+optional field here and the same attribute on :class:`service.captioning.ItemResult`.
+Optional fields that are ``None`` are left out of the JSON (``exclude_if``: a failed image
+has no ``caption``; a caption has no ``error``); ``filename`` is always there (null when
+the client gave none).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import ErrorBody
+
+
+def omitted_when_none(value: object) -> bool:
+    """``exclude_if`` of the optional fields: a field that does not apply is left out."""
+    return value is None
+
+
+class CaptionItem(BaseModel):
+    """One image of the request: a caption, or an error for this image alone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int = Field(description="position of the image in the request, from 0")
+    filename: str | None = Field(
+        None,
+        description="the uploaded file name, cleaned (echoed only, never used as a path); null when none was given",
+    )
+    caption: str | None = Field(
+        None, exclude_if=omitted_when_none, description="the caption (absent when this image failed)"
+    )
+    score: float | None = Field(
+        None,
+        exclude_if=omitted_when_none,
+        description="log-probability of the caption (and its end token) under the model",
+    )
+    time_ms: float = Field(description="time spent on this image: decoding, queueing and the model")
+    batch_size: int | None = Field(
+        None, exclude_if=omitted_when_none, description="images in the model batch this one ran in"
+    )
+    error: str | None = Field(
+        None, exclude_if=omitted_when_none, description="error code when this image failed (absent on success)"
+    )
+    detail: str | None = Field(
+        None, exclude_if=omitted_when_none, description="what went wrong with this image (absent on success)"
+    )
+
+    @classmethod
+    def from_result(cls, result: Any) -> CaptionItem:
+        """The response entry of one engine result (any object with these attributes)."""
+        values = {name: getattr(result, name) for name in cls.model_fields if hasattr(result, name)}
+        if values.get("score") is not None:
+            values["score"] = round(float(values["score"]), 4)
+        values["time_ms"] = round(float(values.get("time_ms") or 0.0), 1)
+        if values.get("error") is not None:  # a failed image reports no partial caption
+            values.update(caption=None, score=None, batch_size=None)
+        return cls(**values)
+
+
+class CaptionResponse(BaseModel):
+    """200: at least one image got a caption."""
+
+    model_id: str = Field(description="the loaded model (as in /v1/model)")
+    beam_size: int = Field(description="the beam size used (1 = greedy)")
+    max_length: int = Field(description="the most words a caption could have")
+    succeeded: int = Field(description="images that got a caption")
+    failed: int = Field(description="images that failed (their entries carry error and detail)")
+    time_ms: float = Field(description="time spent on the whole request")
+    results: list[CaptionItem] = Field(description="one entry per image, in request order")
+
+
+class CaptionFailure(CaptionResponse):
+    """No image got a caption: the error shape plus the same per-image ``results``."""
+
+    error: str = Field(description="the images' common error code, or all_failed when they differ")
+    detail: str = Field(description="what went wrong")
+
+
+class ServiceLimits(BaseModel):
+    """This server's configuration, as a client needs it."""
+
+    model_config = ConfigDict(extra="allow")  # a new limit shows (and the schema test asks to document it)
+
+    max_batch_size: int
+    max_wait_ms: float
+    queue_size: int
+    max_files: int
+    max_body_bytes: int
+    max_pixels: int
+    request_timeout_s: float
+    max_beam_size: int
+    max_length_limit: int
+    default_beam_size: int
+    default_max_length: int
+    torch_threads: int
+    auth_required: bool
+
+
+class ModelInfo(BaseModel):
+    """``GET /v1/model``: what the model is, and this server's limits. No absolute paths."""
+
+    model_config = ConfigDict(protected_namespaces=(), extra="allow")
+
+    model_id: str
+    encoder: dict[str, Any] = Field(description="backbone name, feature size and preprocessing")
+    runtime: dict[str, Any] = Field(description="which runtime runs the encoder and decoder, and why")
+    decoder: dict[str, Any] = Field(description="the decoder's configuration")
+    vocab_size: int
+    device: str
+    metadata: dict[str, Any] = Field(
+        description="from the checkpoint: training data, configuration and metrics (paths reduced to their last part)"
+    )
+    service: ServiceLimits
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok")
+
+
+class Ready(BaseModel):
+    status: str = Field(description="ready")
+    model_id: str
+
+
+__all__ = [
+    "CaptionFailure",
+    "CaptionItem",
+    "CaptionResponse",
+    "ErrorBody",
+    "Health",
+    "ModelInfo",
+    "Ready",
+    "ServiceLimits",
+]
