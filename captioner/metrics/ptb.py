@@ -34,7 +34,7 @@ PUNCTUATIONS = frozenset(
     ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
 )
 PTB_DESCRIPTION = (
-    "coco-caption's PTB tokenizer (Stanford CoreNLP 3.4.1, -preserveLines -lowerCase, punctuation removed)"
+    "coco-caption's: Stanford PTBTokenizer of CoreNLP 3.4.1, -preserveLines -lowerCase, punctuation removed"
 )
 PTB_TIMEOUT_S = 600.0  # whole run; 30,000 captions take a few seconds
 _LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")

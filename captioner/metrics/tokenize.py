@@ -27,7 +27,7 @@ Tokenizer = Callable[[str], list[str]]
 TOKENIZERS = ("auto", "ptb", "ours")
 TOKENIZER_DESCRIPTIONS = {
     "ptb": ptb.PTB_DESCRIPTION,
-    "ours": "captioner.vocab.tokenize (NFKC, lower case, words of letters and digits)",
+    "ours": "the project's: captioner.vocab.tokenize, NFKC, lower case, words of letters and digits",
 }
 
 
