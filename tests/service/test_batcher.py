@@ -1,4 +1,11 @@
-"""The dynamic batcher on its own, with a fake model that records the batches it sees."""
+"""The dynamic batcher on its own, with a fake model that records the batches it sees.
+
+No test sleeps to "hold" the worker: the fake model blocks on an event (``gate``) and
+signals another (``entered``) when a batch reaches it, so each test knows exactly where
+the worker is before it queues more images. Time appears only as generous limits on
+waiting for a result (far above what the rule under test allows, far below the rule's
+alternative, e.g. a max_wait of 600 s), so a slow machine cannot fail them.
+"""
 
 from __future__ import annotations
 
@@ -9,38 +16,59 @@ import pytest
 import torch
 from captioner.service.batcher import Batcher, BatcherStopped
 
+WAIT_S = 60.0  # how long a test waits for something that takes milliseconds when correct
+
 
 class FakeModel:
-    """run_batch that records (batch size, key) and answers each image with its own value."""
+    """run_batch that records (batch size, key) and answers each image with its own value.
 
-    def __init__(self, delay: float = 0.0, fail_key=None) -> None:
-        self.delay = delay
+    ``gate`` (set by default) holds the worker inside a batch while cleared; ``entered``
+    is set each time a batch reaches the model."""
+
+    def __init__(self, fail_key=None) -> None:
         self.fail_key = fail_key
         self.batches: list[tuple[int, object]] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()
 
     def __call__(self, x: torch.Tensor, key):
         assert x.dim() == 4  # (B, 3, H, W)
-        self.gate.wait(10)
         self.batches.append((x.size(0), key))
-        time.sleep(self.delay)
+        self.entered.set()
+        assert self.gate.wait(WAIT_S), "the test never released the model"
         if key == self.fail_key:
             raise RuntimeError("model exploded")
         return [f"{key}:{int(v)}" for v in x[:, 0, 0, 0].tolist()]
+
+    def hold(self) -> None:
+        """The next batch to reach the model stays there until ``gate`` is set."""
+        self.gate.clear()
+        self.entered.clear()
+
+    def wait_entered(self) -> None:
+        assert self.entered.wait(WAIT_S), "no batch reached the model"
 
 
 def img(v: float) -> torch.Tensor:
     return torch.full((3, 2, 2), float(v))  # (3, H, W)
 
 
+def wait_until(predicate, what: str) -> None:
+    """Poll a condition of the batcher's own state (no fixed sleep)."""
+    deadline = time.monotonic() + WAIT_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.001)
+
+
 def test_idle_model_runs_a_lone_image_at_once():
     model = FakeModel()
-    b = Batcher(model, max_batch_size=8, max_wait_s=5.0).start()  # a long max wait must not apply when idle
+    # A max wait of 600 s must not apply when the worker is idle: if it did, the result
+    # would not come within WAIT_S.
+    b = Batcher(model, max_batch_size=8, max_wait_s=600.0).start()
     try:
-        t = time.monotonic()
-        result, info = b.submit(img(3), "k").result(timeout=5)
-        assert time.monotonic() - t < 2.0
+        result, info = b.submit(img(3), "k").result(timeout=WAIT_S)
         assert result == "k:3" and info.size == 1
     finally:
         b.stop(5)
@@ -50,14 +78,14 @@ def test_images_queued_while_busy_share_a_batch_and_results_go_back_in_order():
     model = FakeModel()
     b = Batcher(model, max_batch_size=4, max_wait_s=0.0).start()
     try:
-        model.gate.clear()  # hold the worker inside the first batch
+        model.hold()
         first = b.submit(img(0), "k")
-        time.sleep(0.1)
+        model.wait_entered()  # the worker is inside the first batch
         futures = [b.submit(img(i), "k") for i in range(1, 10)]  # queue up while busy
         assert b.depth == 9
         model.gate.set()
-        assert first.result(5)[0] == "k:0"
-        assert [f.result(5)[0] for f in futures] == [f"k:{i}" for i in range(1, 10)]
+        assert first.result(WAIT_S)[0] == "k:0"
+        assert [f.result(WAIT_S)[0] for f in futures] == [f"k:{i}" for i in range(1, 10)]
         assert [n for n, _ in model.batches] == [1, 4, 4, 1]  # never above max_batch_size
     finally:
         b.stop(5)
@@ -67,13 +95,13 @@ def test_only_compatible_options_are_batched_together_oldest_first():
     model = FakeModel()
     b = Batcher(model, max_batch_size=16, max_wait_s=0.0).start()
     try:
-        model.gate.clear()
+        model.hold()
         b.submit(img(0), "greedy")
-        time.sleep(0.1)
+        model.wait_entered()
         keys = ["beam3", "greedy", "beam3", "greedy", "greedy"]
         futures = [b.submit(img(i), k) for i, k in enumerate(keys, 1)]
         model.gate.set()
-        assert [f.result(5)[0] for f in futures] == [f"{k}:{i}" for i, k in enumerate(keys, 1)]
+        assert [f.result(WAIT_S)[0] for f in futures] == [f"{k}:{i}" for i, k in enumerate(keys, 1)]
         assert model.batches == [(1, "greedy"), (2, "beam3"), (3, "greedy")]
     finally:
         b.stop(5)
@@ -81,19 +109,35 @@ def test_only_compatible_options_are_batched_together_oldest_first():
 
 def test_busy_worker_waits_up_to_max_wait_for_a_fuller_batch():
     model = FakeModel()
-    b = Batcher(model, max_batch_size=4, max_wait_s=5.0).start()
+    b = Batcher(model, max_batch_size=4, max_wait_s=600.0).start()
     try:
-        model.gate.clear()
-        b.submit(img(0), "k")
-        time.sleep(0.05)
+        model.hold()
+        first = b.submit(img(0), "k")
+        model.wait_entered()
         b.submit(img(1), "k")
-        model.gate.set()  # the worker comes back busy: it waits for more images to arrive
-        time.sleep(0.1)
-        t = time.monotonic()
+        model.gate.set()  # the worker comes back busy: it takes image 1 and waits for more
+        first.result(WAIT_S)
+        wait_until(lambda: b.depth == 0, "the worker took image 1 into its next batch")
         late = [b.submit(img(i), "k") for i in (2, 3, 4)]
-        [f.result(5) for f in late]
-        assert time.monotonic() - t < 4.0  # a full batch starts without waiting out max_wait
-        assert [n for n, _ in model.batches] == [1, 4]
+        # A full batch starts without waiting out max_wait (600 s): else no result in WAIT_S.
+        assert [f.result(WAIT_S)[0] for f in late] == ["k:2", "k:3", "k:4"]
+        assert [n for n, _ in model.batches] == [1, 4]  # image 1 waited for the late ones
+    finally:
+        b.stop(5)
+
+
+def test_a_batch_that_does_not_fill_runs_after_max_wait():
+    model = FakeModel()
+    b = Batcher(model, max_batch_size=4, max_wait_s=0.05).start()
+    try:
+        model.hold()
+        first = b.submit(img(0), "k")
+        model.wait_entered()
+        second = b.submit(img(1), "k")
+        model.gate.set()
+        assert first.result(WAIT_S)[0] == "k:0"
+        assert second.result(WAIT_S)[0] == "k:1"  # nobody else came: it ran alone
+        assert [n for n, _ in model.batches] == [1, 1]
     finally:
         b.stop(5)
 
@@ -102,31 +146,40 @@ def test_cancelled_images_are_skipped_and_a_failing_batch_fails_only_its_images(
     model = FakeModel(fail_key="bad")
     b = Batcher(model, max_batch_size=8, max_wait_s=0.0).start()
     try:
-        model.gate.clear()
+        model.hold()
         b.submit(img(0), "ok")
-        time.sleep(0.1)
+        model.wait_entered()
         gone = b.submit(img(1), "ok")
         kept = b.submit(img(2), "ok")
         bad = b.submit(img(3), "bad")
         assert gone.cancel()
         model.gate.set()
-        assert kept.result(5)[0] == "ok:2"
+        assert kept.result(WAIT_S)[0] == "ok:2"
         with pytest.raises(RuntimeError, match="exploded"):
-            bad.result(5)
+            bad.result(WAIT_S)
         assert (1, "ok") in model.batches and (2, "ok") not in model.batches  # the cancelled one never ran
-        assert b.submit(img(4), "ok").result(5)[0] == "ok:4"  # the worker survived the failure
+        assert b.submit(img(4), "ok").result(WAIT_S)[0] == "ok:4"  # the worker survived the failure
     finally:
         b.stop(5)
 
 
 def test_stop_drains_the_queue_then_refuses_new_images():
-    model = FakeModel(delay=0.01)
+    model = FakeModel()
     b = Batcher(model, max_batch_size=2, max_wait_s=0.0).start()
-    model.gate.clear()
+    model.hold()
     futures = [b.submit(img(i), "k") for i in range(5)]
-    threading.Timer(0.1, model.gate.set).start()
-    assert b.stop(10)
+    model.wait_entered()  # the first batch is in the model, the rest still queued
+    stopper = threading.Thread(target=b.stop, args=(WAIT_S,))
+    stopper.start()
+    wait_until(lambda: not b.running, "stop() marked the batcher as stopping")
+    with pytest.raises(BatcherStopped):
+        b.submit(img(9), "k")  # refused while the queue is still draining
+    assert not all(f.done() for f in futures)
+    model.gate.set()
+    stopper.join(WAIT_S)
+    assert not stopper.is_alive()
     assert [f.result(0)[0] for f in futures] == [f"k:{i}" for i in range(5)]
+    assert sum(n for n, _ in model.batches) == 5 and max(n for n, _ in model.batches) <= 2
     with pytest.raises(BatcherStopped):
         b.submit(img(9), "k")
 
