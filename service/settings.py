@@ -56,6 +56,21 @@ class Settings(BaseSettings):
         DEFAULT_MAX_PIXELS, ge=1, description="largest image (width x height), checked before decoding"
     )
     body_timeout_s: float = Field(60.0, gt=0, description="time limit for receiving a request body; then 408")
+    max_buffered_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="most request-body bytes held in memory across all requests; "
+        "an upload that does not fit gets 503 + Retry-After before its body is read",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, le=16 * 1024 * 1024, description="largest request line + headers; then 431"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="time limit for receiving a request line and headers; then 408 and close"
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="most open connections; one more is answered 503 + Retry-After and closed"
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="time limit for one request, queueing included; then 504")
     max_beam_size: int = Field(5, ge=1, le=int(BEAM_SIZE.high), description="largest beam size a request may ask for")
     max_length_limit: int = Field(
@@ -130,6 +145,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"queue_size ({self.queue_size}) must be at least max_files ({self.max_files}), "
                 "or a full-size request could never be accepted"
+            )
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_buffered_bytes ({self.max_buffered_bytes}) must be at least max_body_bytes "
+                f"({self.max_body_bytes}), or a full-size body could never be accepted"
             )
         if self.default_beam_size > self.max_beam_size:
             raise ValueError(
