@@ -73,12 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     common.apply_threads(args)
-    from captioner.training.features import FeatureCache
-
     from captioner.decoder import CaptionDecoder, DecoderConfig
     from captioner.encoders import build_encoder
     from captioner.images import load_image
     from captioner.runtime.onnx import build_onnx_encoder
+    from captioner.training.features import FeatureCache
     from captioner.vocab import Vocabulary
 
     info = common.machine_info()
