@@ -427,3 +427,166 @@ def test_documented_ptb_tokenizer_behaviour_is_true(tmp_path, monkeypatch):
     out = ptbtokenizer.PTBTokenizer().tokenize(captions)
     for i, (caption, ptb, _) in enumerate(TOKENIZER_CASES):
         assert out[i] == [ptb], caption
+
+
+# ----------------------------------------------------------------------------- tokenizer="ptb": coco-caption's numbers
+
+# Punctuation, capitals, contractions, hyphens, numbers, brackets and non-ASCII letters.
+PARITY_PREDS = {
+    1: "A man doesn't like the black-and-white photo.",
+    2: "Two dogs (a puppy and its mother) play on the GRASS!",
+    3: "It's 5:30pm; the price is $3.50...",
+    4: "Ein Café in São Paulo, naïve & hübsch.",
+    5: "A 2-year-old girl can't ride her bike",
+    6: "",
+    7: "Three cats on a sofa, aren't they?",
+    8: "\"Rock 'n' roll\" -- a guitar on 100,000 seats",
+}
+PARITY_REFS = {
+    1: ["A man does not like the black and white photo.", "The man dislikes an old photo!", "a man, a photo"],
+    2: ["Two dogs play on the grass.", "A puppy and its mother play (outside).", "two dogs playing on grass"],
+    3: ["It is 5:30 pm and the price is $3.50.", "A price tag: $3.50"],
+    4: ["A café in São Paulo.", "Ein hübsches Café in São Paulo", "a naïve café"],
+    5: ["A two-year-old girl can't ride a bike.", "A little girl on her bike", "a girl rides a bike"],
+    6: ["An empty street at night."],
+    7: ["Three cats sleep on a sofa.", "Cats on a couch, aren't they cute?"],
+    8: ["A guitar on stage at a rock 'n' roll concert", "100,000 seats and a guitar", "Rock-n-roll!"],
+}
+
+
+@pytest.fixture
+def coco_ptb(tmp_path, monkeypatch):
+    """pycocoevalcap's own PTBTokenizer, with its jar copied out of site-packages (it
+    writes its temporary file beside the jar)."""
+    from pycocoevalcap.tokenizer import ptbtokenizer
+
+    jar = os.path.join(os.path.dirname(ptbtokenizer.__file__), ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
+    shutil.copy(jar, tmp_path / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
+    monkeypatch.setattr(ptbtokenizer, "__file__", str(tmp_path / "ptbtokenizer.py"))
+    return ptbtokenizer.PTBTokenizer()
+
+
+@pytest.mark.skipif(not _have_meteor(), reason="coco's PTB tokenizer and METEOR are Java programs")
+def test_ptb_tokenizer_scores_equal_pycocoevalcaps_pipeline(coco_ptb):
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    ours = score_captions(PARITY_PREDS, PARITY_REFS, metrics=("bleu", "cider", "rouge", "meteor"), tokenizer="ptb")
+    assert ours.tokenizer == "ptb" and "meteor" not in ours.skipped
+
+    # COCOEvalCap.evaluate(): tokenize gts and res with PTBTokenizer, then each scorer (SPICE left out)
+    gts = coco_ptb.tokenize({i: [{"caption": c} for c in refs] for i, refs in PARITY_REFS.items()})
+    res = coco_ptb.tokenize({i: [{"caption": c}] for i, c in PARITY_PREDS.items()})
+    assert res[1] == ["a man does n't like the black-and-white photo"] and res[6] == [""]
+    ids = list(PARITY_REFS)
+    bleu, bleu_img = Bleu(4).compute_score(gts, res, verbose=0)
+    meteor, meteor_img = Meteor().compute_score(gts, res)
+    rouge, rouge_img = Rouge().compute_score(gts, res)
+    cider, cider_img = Cider().compute_score(gts, res)
+    expected = {f"bleu_{k + 1}": (bleu[k], bleu_img[k]) for k in range(4)}
+    expected |= {"meteor": (meteor, meteor_img), "rouge_l": (rouge, rouge_img), "cider_d": (cider, cider_img)}
+    for name, (corpus, per_image) in expected.items():
+        assert ours[name] == pytest.approx(corpus, abs=1e-9), name
+        assert [ours.per_image[name][i] for i in ids] == pytest.approx(list(per_image), abs=1e-9), name
+    # and the tokenisation matters: ours gives other numbers on this corpus
+    plain = score_captions(PARITY_PREDS, PARITY_REFS, metrics=("bleu", "cider"), tokenizer="ours")
+    assert abs(plain["cider_d"] - ours["cider_d"]) > 1e-3 and plain.tokenizer == "ours"
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="coco's PTB tokenizer is a Java program")
+def test_ptb_tokenize_keeps_one_line_per_caption():
+    from captioner.metrics.ptb import ptb_tokenize
+
+    texts = ["A dog.", "two\rlines\u2028here", "", "Café, São Paulo!", "", ""]
+    assert ptb_tokenize(texts) == [["a", "dog"], ["two", "lines", "here"], [], ["café", "são", "paulo"], [], []]
+    assert ptb_tokenize([]) == []
+
+
+def test_without_java_auto_falls_back_to_our_tokenizer_and_ptb_says_why(tmp_path, monkeypatch):
+    from captioner.metrics.tokenize import resolve_tokenizer
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no `java`
+    name, note = resolve_tokenizer("auto")
+    assert name == "ours" and "Java" in note and "default-jre-headless" in note and "\n" not in note
+    with pytest.raises(CaptionerError, match=r"--tokenizer ptb cannot run: Java is not installed"):
+        resolve_tokenizer("ptb")
+    with pytest.raises(CaptionerError, match="Java is not installed"):
+        score_captions(PARITY_PREDS, PARITY_REFS, metrics=("bleu",), tokenizer="ptb")
+    auto = score_captions(PARITY_PREDS, PARITY_REFS, metrics=("bleu", "cider"), tokenizer="auto")
+    ours = score_captions(PARITY_PREDS, PARITY_REFS, metrics=("bleu", "cider"), tokenizer=tokenize)
+    assert auto.tokenizer == "ours" and dict(auto) == dict(ours)
+    with pytest.raises(CaptionerError, match="unknown tokenizer"):
+        resolve_tokenizer("spacy")
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+def synthetic_corpus(n: int, seed: int = 0) -> tuple[dict, dict]:
+    """n images whose predictions share some words with their references."""
+    rng = random.Random(seed)
+    words = WORDS[:14]
+    preds, refs = {}, {}
+    for i in range(n):
+        ref = [[rng.choice(words) for _ in range(rng.randint(4, 10))] for _ in range(3)]
+        hyp = ref[0][: rng.randint(2, len(ref[0]))] + [rng.choice(words) for _ in range(rng.randint(0, 4))]
+        preds[i] = " ".join(hyp)
+        refs[i] = [" ".join(r) for r in ref]
+    return preds, refs
+
+
+def _fast_scores(preds, refs):
+    return score_captions(preds, refs, metrics=("bleu", "cider", "rouge"), tokenizer="ours", nltk_cross_check=False)
+
+
+def test_resampled_bleu_and_rouge_are_those_of_the_resampled_corpus():
+    from captioner.metrics.bootstrap import ImageStats, corpus_values, resample_counts
+
+    preds, refs = synthetic_corpus(40)
+    scores = _fast_scores(preds, refs)
+    counts = next(resample_counts(40, 3, seed=5))  # (3, 40)
+    values = corpus_values(ImageStats.from_scores(scores), counts)
+    for r in range(3):
+        drawn = [i for i in range(40) for _ in range(int(counts[r, i]))]
+        hyps = [tokenize(preds[i]) for i in drawn]
+        rs = [[tokenize(x) for x in refs[i]] for i in drawn]
+        bleu = coco_bleu(hyps, rs).corpus
+        for k in range(4):
+            assert values[f"bleu_{k + 1}"][r] == pytest.approx(bleu[k], rel=1e-12)
+        assert values["rouge_l"][r] == pytest.approx(rouge_l(hyps, rs).corpus, rel=1e-12)
+        # CIDEr-D keeps the full set's IDF: the mean of the drawn images' scores
+        assert values["cider_d"][r] == pytest.approx(sum(scores.per_image["cider_d"][i] for i in drawn) / 40)
+
+
+def test_bootstrap_interval_contains_the_value_shrinks_with_size_and_follows_the_seed():
+    from captioner.metrics.bootstrap import ImageStats, intervals
+
+    widths = {}
+    for n in (30, 600):
+        scores = _fast_scores(*synthetic_corpus(n, seed=n))
+        stats = ImageStats.from_scores(scores)
+        found = intervals(stats, resamples=400, seed=1)
+        assert set(found) == set(scores.metrics)
+        for name, (lo, hi) in found.items():
+            assert lo <= scores[name] <= hi, (n, name)
+            assert lo < hi
+        widths[n] = {name: hi - lo for name, (lo, hi) in found.items()}
+        assert intervals(stats, resamples=400, seed=1) == found
+        assert intervals(stats, resamples=400, seed=2) != found
+    for name in widths[30]:
+        assert widths[600][name] < widths[30][name] / 2, name  # about 1/sqrt(20) as wide
+
+
+def test_paired_bootstrap_same_system_and_a_fixed_sentence():
+    from captioner.metrics.bootstrap import ImageStats, paired_bootstrap
+
+    preds, refs = synthetic_corpus(60, seed=3)
+    good = _fast_scores(preds, refs)
+    fixed = _fast_scores({i: "a dog on the grass" for i in preds}, refs)
+    sg, sf = ImageStats.from_scores(good), ImageStats.from_scores(fixed)
+    same = paired_bootstrap(sg, sg, good.metrics, good.metrics, resamples=500, seed=0)
+    for d in same.values():
+        assert d.difference == 0.0 and d.interval == (0.0, 0.0) and d.p_value == 1.0
+    worse = paired_bootstrap(sf, sg, fixed.metrics, good.metrics, resamples=500, seed=0)
+    for name, d in worse.items():
+        assert d.difference == pytest.approx(fixed[name] - good[name]) and d.difference < 0, name
+        assert d.interval[1] < 0 and d.p_value < 0.01, name
