@@ -159,6 +159,12 @@ def _caption_folder(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
+    if args.engine == "ray":  # captioner.engines: Ray Data, an optional extra
+        from .engines import run_ray_command
+
+        return run_ray_command(args)
+    if args.format == "parquet" or (args.out or "").lower().endswith(".parquet"):
+        raise CaptionerError("Parquet output needs --engine ray; the local engine writes JSONL or CSV")
     if args.out is not None:
         return _caption_folder(args)
     folders = [p for p in args.images if os.path.isdir(p)]
@@ -237,9 +243,9 @@ def build_parser(load: set[str] | None = None) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--format",
-        choices=("jsonl", "csv"),
+        choices=("jsonl", "csv", "parquet"),
         default=None,
-        help="output format (default: csv when FILE ends in .csv, else jsonl)",
+        help="output format (default: from FILE: .csv csv, .parquet parquet (a folder, --engine ray), else jsonl)",
     )
     g.add_argument("--recursive", "-r", action="store_true", help="descend into sub-folders")
     g.add_argument(
@@ -267,6 +273,9 @@ def build_parser(load: set[str] | None = None) -> argparse.ArgumentParser:
         "(default: next to --out, e.g. captions.errors.jsonl)",
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    from .engines import add_engine_options
+
+    add_engine_options(p)
     p.set_defaults(func=cmd_caption)
 
     p = sub.add_parser("info", help="describe a checkpoint (encoder, decoder, vocabulary, metrics)")
