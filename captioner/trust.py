@@ -1,0 +1,486 @@
+"""How far to trust a caption: calibrated confidence and the out-of-domain flag.
+
+Two statistics travel with a checkpoint, fitted once on data the decoder did not learn from
+(``captioner calibrate``, or training's last step; see :mod:`captioner.training.trust_fit`)::
+
+    CKPT/trust.json          calibration (a monotone map, JSON), domain facts, what the model was trained on
+    CKPT/trust.safetensors   the training features' mean and whitening directions
+
+**Confidence.** A caption's *statistic* (by default its ``score``, the summed
+log-probability of its words and ``<end>``; the lowest or the mean word log-probability
+are the alternatives) is mapped to [0, 1] by a logistic curve (Platt scaling; an isotonic
+step function is the other choice) fitted on held-out captions against whether each was
+exactly right. So "0.9" means: of held-out captions with
+that confidence, about 90 % were right.
+
+**Out of domain.** The pooled CNN features ``f`` (B, F) of the training images are
+summarised by their mean and a shrinkage covariance: Ledoit-Wolf shrinkage toward a scaled
+identity, kept as its top ``rank`` eigen-directions plus one shared variance for the rest.
+An image's ``domain_distance`` is its Mahalanobis distance under that covariance, divided
+by sqrt(F) so that a typical training image is near 1; the threshold is a high quantile
+(99.5 % by default) of the distances of held-out images. ``in_domain`` is
+``distance <= threshold``.
+
+A checkpoint without these files still loads and captions; its results carry ``None`` for
+the fields it cannot fill (said once in the log).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+TRUST_CONFIG = "trust.json"
+TRUST_WEIGHTS = "trust.safetensors"
+TRUST_FORMAT = "captioner-trust/1"
+STATISTICS = ("min_token_logprob", "mean_token_logprob", "score")
+DEFAULT_STATISTIC = "score"
+DEFAULT_QUANTILE = 0.995
+DEFAULT_RANK = 512  # of 1280 for Lite0: 2.6 MB; measured as good as all 1280 (docs/trust.md)
+
+
+# ---------------------------------------------------------------------- the per-caption statistic
+def caption_statistic(token_logprobs: Tensor, statistic: str = DEFAULT_STATISTIC) -> float:
+    """One number per caption from the log-probs of its words and ``<end>`` (T,)."""
+    if token_logprobs.numel() == 0:
+        return 0.0
+    if statistic == "min_token_logprob":
+        return float(token_logprobs.min())
+    if statistic == "mean_token_logprob":
+        return float(token_logprobs.mean())
+    if statistic == "score":
+        return float(token_logprobs.sum())
+    raise ValueError(f"unknown statistic {statistic!r}; choose one of {', '.join(STATISTICS)}")
+
+
+def isotonic_fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pool-adjacent-violators: the non-decreasing step function of ``x`` closest to ``y``
+    in squared error. Returns the blocks' (mean x, mean y), x increasing."""
+    order = np.argsort(x, kind="stable")
+    xs, ys = np.asarray(x, float)[order], np.asarray(y, float)[order]
+    means: list[float] = []  # per block: mean y, mean x, weight
+    centres: list[float] = []
+    weights: list[float] = []
+    for xi, yi in zip(xs, ys):
+        means.append(yi)
+        centres.append(xi)
+        weights.append(1.0)
+        while len(means) > 1 and means[-2] >= means[-1]:
+            w = weights[-2] + weights[-1]
+            means[-2] = (means[-2] * weights[-2] + means[-1] * weights[-1]) / w
+            centres[-2] = (centres[-2] * weights[-2] + centres[-1] * weights[-1]) / w
+            weights[-2] = w
+            del means[-1], centres[-1], weights[-1]
+    return np.array(centres), np.array(means)
+
+
+def platt_fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> tuple[float, float]:
+    """Logistic regression of 0/1 ``y`` on one statistic ``x`` (Newton's method, a little L2
+    on the standardised slope): P(right) = sigmoid(slope * x + intercept)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    mu, sd = float(x.mean()), float(x.std()) or 1.0
+    a = np.c_[np.ones_like(x), (x - mu) / sd]  # (N, 2)
+    w = np.zeros(2)
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(a @ w)))
+        grad = a.T @ (p - y) + l2 * np.array([0.0, w[1]])
+        hess = (a * (p * (1 - p))[:, None]).T @ a + l2 * np.diag([1e-9, 1.0])
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    slope = float(w[1] / sd)
+    return slope, float(w[0] - slope * mu)
+
+
+METHODS = ("platt", "isotonic")
+
+
+@dataclass
+class Calibration:
+    """A monotone map from a caption statistic to the chance the caption is right: a
+    logistic curve (``platt``, the default: two numbers, steady on a few hundred captions)
+    or a monotone step function (``isotonic``, needs thousands)."""
+
+    statistic: str
+    method: str = "platt"
+    slope: float = 0.0  # platt: P = sigmoid(slope * statistic + intercept)
+    intercept: float = 0.0
+    knots_x: list[float] = field(default_factory=list)  # isotonic: increasing statistic values
+    knots_y: list[float] = field(default_factory=list)  # isotonic: non-decreasing probabilities
+    target: str = "exact_match"  # what "right" meant when fitting: scene_correct | exact_match
+    captions: int = 0  # how many held-out captions it was fitted on
+    accuracy: float = 0.0  # their rate of being right
+    decoding: dict = field(default_factory=dict)  # the generation settings of those captions
+
+    @classmethod
+    def fit(
+        cls,
+        stats: np.ndarray,
+        correct: np.ndarray,
+        statistic: str = DEFAULT_STATISTIC,
+        method: str = "platt",
+        **facts,
+    ) -> Calibration:
+        """Fit ``correct`` (0/1) on ``stats``, one value each per held-out caption."""
+        stats, correct = np.asarray(stats, float), np.asarray(correct, float)
+        if stats.shape != correct.shape or stats.ndim != 1 or len(stats) < 2:
+            raise ValueError("calibration needs at least two held-out captions, one statistic and one 0/1 each")
+        if method not in METHODS:
+            raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
+        common = dict(captions=len(stats), accuracy=float(correct.mean()), **facts)
+        if method == "platt":
+            slope, intercept = platt_fit(stats, correct)
+            return cls(statistic, "platt", slope=max(slope, 0.0), intercept=intercept, **common)
+        xs, ys = isotonic_fit(stats, correct)
+        return cls(
+            statistic,
+            "isotonic",
+            knots_x=[float(v) for v in xs],
+            knots_y=[float(min(max(v, 0.0), 1.0)) for v in ys],
+            **common,
+        )
+
+    def confidence(self, stats: np.ndarray | list[float]) -> np.ndarray:
+        """Probabilities in [0, 1] for caption statistics."""
+        x = np.asarray(stats, float)
+        if self.method == "platt":
+            z = np.clip(self.slope * x + self.intercept, -50.0, 50.0)
+            return 1.0 / (1.0 + np.exp(-z))
+        return np.clip(np.interp(x, self.knots_x, self.knots_y), 0.0, 1.0)  # flat beyond the ends
+
+    def to_dict(self) -> dict:
+        out = {
+            "statistic": self.statistic,
+            "method": self.method,
+            "target": self.target,
+            "captions": self.captions,
+            "accuracy": self.accuracy,
+            "decoding": self.decoding,
+        }
+        if self.method == "platt":
+            out.update(slope=self.slope, intercept=self.intercept)
+        else:
+            out.update(knots_x=self.knots_x, knots_y=self.knots_y)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Calibration:
+        cal = cls(
+            statistic=str(data["statistic"]),
+            method=str(data.get("method", "platt")),
+            slope=float(data.get("slope", 0.0)),
+            intercept=float(data.get("intercept", 0.0)),
+            knots_x=[float(v) for v in data.get("knots_x", [])],
+            knots_y=[float(v) for v in data.get("knots_y", [])],
+            target=str(data.get("target", "exact_match")),
+            captions=int(data.get("captions", 0)),
+            accuracy=float(data.get("accuracy", 0.0)),
+            decoding=dict(data.get("decoding") or {}),
+        )
+        if cal.statistic not in STATISTICS or cal.method not in METHODS:
+            raise ValueError(f"unknown statistic {cal.statistic!r} or method {cal.method!r}")
+        if cal.method == "platt" and not (math.isfinite(cal.slope) and math.isfinite(cal.intercept) and cal.slope >= 0):
+            raise ValueError("a platt calibration needs a finite slope >= 0 and a finite intercept")
+        if cal.method == "isotonic":
+            if not cal.knots_x or len(cal.knots_x) != len(cal.knots_y):
+                raise ValueError("knots_x and knots_y must be non-empty and of the same length")
+            if any(b < a for a, b in zip(cal.knots_x, cal.knots_x[1:])) or any(
+                b < a or not 0.0 <= a <= 1.0 for a, b in zip(cal.knots_y, [*cal.knots_y[1:], 1.0])
+            ):
+                raise ValueError("the calibration knots must be increasing, with probabilities in [0, 1]")
+        return cal
+
+
+# ---------------------------------------------------------------------- the domain model
+def ledoit_wolf(x: Tensor) -> tuple[Tensor, Tensor, float]:
+    """Mean (F,), shrunk covariance (F, F) and shrinkage in [0, 1] of samples ``x`` (N, F).
+
+    Ledoit & Wolf (2004): (1 - a) S + a (tr S / F) I with the ``a`` that minimises the
+    expected Frobenius error; computed in float64."""
+    x = x.double()
+    n, f = x.shape
+    mean = x.mean(0)  # (F,)
+    xc = x - mean  # (N, F)
+    s = xc.T @ xc / n  # (F, F) sample covariance
+    mu = float(torch.trace(s)) / f
+    delta = float(((s - mu * torch.eye(f, dtype=s.dtype)) ** 2).sum()) / f
+    sq = xc**2  # (N, F)
+    beta = float((sq.T @ sq).sum() / n - (s**2).sum()) / (n * f)  # variance of the S estimate
+    a = 0.0 if delta <= 0 else min(max(beta / delta, 0.0), 1.0)
+    cov = (1.0 - a) * s + a * mu * torch.eye(f, dtype=s.dtype)
+    return mean, cov, a
+
+
+@dataclass
+class DomainModel:
+    """Where the training images' features lie; distances of new features to them."""
+
+    mean: Tensor  # (F,)
+    directions: Tensor  # (F, R) orthonormal top eigen-directions of the shrunk covariance
+    variances: Tensor  # (R,) their variances
+    rest_variance: float  # the shared variance of every other direction
+    threshold: float  # distances above it are out of domain
+    quantile: float = DEFAULT_QUANTILE  # of held-out distances, where the threshold was set
+    shrinkage: float = 0.0
+    images: int = 0  # training images summarised
+    held_out: int = 0  # images the threshold came from
+
+    @classmethod
+    def fit(cls, features: Tensor, rank: int = DEFAULT_RANK, shrinkage: float | None = None) -> DomainModel:
+        """Summarise training features (N, F); the threshold is set by :meth:`set_threshold`."""
+        if features.dim() != 2 or features.size(0) < 2:
+            raise ValueError("the domain model needs at least two feature rows (N, F)")
+        mean, cov, a = ledoit_wolf(features)
+        if shrinkage is not None:  # a fixed shrinkage instead of Ledoit-Wolf's estimate
+            f = cov.size(0)
+            s = (cov - a * (torch.trace(cov) / f) * torch.eye(f, dtype=cov.dtype)) / max(1.0 - a, 1e-12)
+            a = float(shrinkage)
+            cov = (1 - a) * s + a * (torch.trace(s) / f) * torch.eye(f, dtype=s.dtype)
+        evals, evecs = torch.linalg.eigh(cov)  # ascending
+        r = min(int(rank), cov.size(0) - 1)
+        top_vals, top_vecs = evals[-r:].flip(0), evecs[:, -r:].flip(1)  # (R,), (F, R)
+        rest = float(evals[:-r].clamp_min(1e-12).mean())
+        return cls(
+            mean.float(),
+            top_vecs.float().contiguous(),
+            top_vals.clamp_min(1e-12).float(),
+            rest,
+            threshold=math.inf,
+            shrinkage=a,
+            images=int(features.size(0)),
+        )
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.mean.numel())
+
+    def distance(self, features: Tensor) -> Tensor:
+        """Mahalanobis distance / sqrt(F) of each row of ``features`` (B, F) -> (B,)."""
+        if features.dim() != 2 or features.size(1) != self.feature_dim:
+            raise ValueError(f"features must have shape (B, {self.feature_dim}), got {tuple(features.shape)}")
+        x = features.detach().float().cpu() - self.mean  # (B, F)
+        proj = x @ self.directions  # (B, R)
+        inside = (proj**2 / self.variances).sum(1)  # (B,)
+        outside = ((x**2).sum(1) - (proj**2).sum(1)).clamp_min(0) / self.rest_variance  # (B,)
+        return ((inside + outside) / self.feature_dim).sqrt()  # (B,)
+
+    def set_threshold(self, held_out: Tensor, quantile: float = DEFAULT_QUANTILE) -> float:
+        """Threshold = the ``quantile`` of the distances of held-out features (N, F)."""
+        if not 0.5 <= quantile < 1.0:
+            raise ValueError("quantile must be in [0.5, 1)")
+        d = self.distance(held_out)
+        self.threshold = float(torch.quantile(d.double(), quantile))
+        self.quantile, self.held_out = float(quantile), int(d.numel())
+        return self.threshold
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {
+            "domain.mean": self.mean.contiguous(),
+            "domain.directions": self.directions.contiguous(),
+            "domain.variances": self.variances.contiguous(),
+        }
+
+    def facts(self) -> dict:
+        return {
+            "threshold": self.threshold,
+            "quantile": self.quantile,
+            "rest_variance": self.rest_variance,
+            "shrinkage": self.shrinkage,
+            "rank": int(self.variances.numel()),
+            "feature_dim": self.feature_dim,
+            "images": self.images,
+            "held_out": self.held_out,
+            "distance": "Mahalanobis distance / sqrt(feature_dim) under the shrunk training covariance",
+        }
+
+
+# ---------------------------------------------------------------------- both, in a checkpoint
+@dataclass
+class TrustStats:
+    """Everything a checkpoint knows about how far to trust its captions."""
+
+    calibration: Calibration | None = None
+    domain: DomainModel | None = None
+    trained_on: str = ""  # one sentence for people: what the training images were
+
+    def confidence(self, stats: list[float]) -> list[float] | None:
+        if self.calibration is None:
+            return None
+        return [float(v) for v in self.calibration.confidence(stats)]
+
+    def describe(self) -> dict:
+        return {
+            "trained_on": self.trained_on,
+            "calibration": None
+            if self.calibration is None
+            else {k: v for k, v in self.calibration.to_dict().items() if not k.startswith("knots")},
+            "domain": None if self.domain is None else self.domain.facts(),
+        }
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # readable like the rest of the checkpoint
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_trust(folder: str | os.PathLike, trust: TrustStats) -> Path:
+    """Write ``trust.json`` (and ``trust.safetensors`` when there is a domain model) into a
+    checkpoint folder, each file replaced atomically. Returns the JSON path."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: not a checkpoint folder")
+    config = {
+        "format": TRUST_FORMAT,
+        "trained_on": trust.trained_on,
+        "calibration": None if trust.calibration is None else trust.calibration.to_dict(),
+        "domain": None if trust.domain is None else trust.domain.facts(),
+    }
+    if trust.domain is not None:
+        tensors = trust.domain.tensors()
+        _write_atomic(folder / TRUST_WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": TRUST_FORMAT}))
+    text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    _write_atomic(folder / TRUST_CONFIG, lambda p: p.write_text(text, encoding="utf-8"))
+    return folder / TRUST_CONFIG
+
+
+_said_missing: set[str] = set()
+
+
+def load_trust(folder: str | os.PathLike) -> TrustStats:
+    """The trust statistics of a checkpoint folder; empty (every field None) when it has none,
+    which is said once per folder in the log. Damaged files raise :class:`CheckpointError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    path = folder / TRUST_CONFIG
+    if not path.exists():
+        if str(folder) not in _said_missing:
+            _said_missing.add(str(folder))
+            log.info(
+                "%s has no confidence calibration or domain statistics (%s): captions carry no "
+                "confidence or out-of-domain flag; add them with `captioner calibrate`",
+                folder,
+                TRUST_CONFIG,
+            )
+        return TrustStats()
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict) or config.get("format") != TRUST_FORMAT:
+            raise ValueError(f"expected format {TRUST_FORMAT!r}")
+        calibration = Calibration.from_dict(config["calibration"]) if config.get("calibration") else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid trust statistics ({e})") from None
+    domain = None
+    facts = config.get("domain")
+    if facts:
+        try:
+            t = load_file(str(folder / TRUST_WEIGHTS), device="cpu")
+            domain = DomainModel(
+                t["domain.mean"].float(),
+                t["domain.directions"].float(),
+                t["domain.variances"].float(),
+                float(facts["rest_variance"]),
+                threshold=float(facts["threshold"]),
+                quantile=float(facts.get("quantile", DEFAULT_QUANTILE)),
+                shrinkage=float(facts.get("shrinkage", 0.0)),
+                images=int(facts.get("images", 0)),
+                held_out=int(facts.get("held_out", 0)),
+            )
+        except (FileNotFoundError, SafetensorError, OSError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{folder / TRUST_WEIGHTS}: invalid domain statistics ({e})") from None
+        d, r = domain.directions.shape
+        if domain.mean.shape != (d,) or domain.variances.shape != (r,):
+            raise CheckpointError(f"{folder / TRUST_WEIGHTS}: domain tensors do not fit together")
+    return TrustStats(calibration=calibration, domain=domain, trained_on=str(config.get("trained_on") or ""))
+
+
+# ---------------------------------------------------------------------- filling in results
+def annotate(model, features: Tensor, results: list, labels: int = 0) -> None:
+    """Fill ``confidence``, ``in_domain``, ``domain_distance`` and ``labels`` of a batch's
+    results (a :class:`captioner.Captioner`'s, for its features (B, F)) in place.
+
+    Fields the checkpoint cannot fill stay ``None``: no calibration, no domain model, or
+    (``labels`` > 0) a backbone without an ImageNet classifier or a fine-tuned one."""
+    trust: TrustStats = model.trust
+    if trust.calibration is not None:
+        v = model.vocab
+        logps = model.decoder.token_logprobs(features, [r.tokens for r in results], v.start_id, v.end_id)
+        stats = [caption_statistic(lp, trust.calibration.statistic) for lp in logps]
+        for r, c in zip(results, trust.calibration.confidence(stats).tolist()):
+            r.confidence = round(float(c), 4)
+    if trust.domain is not None:
+        distances = trust.domain.distance(features).tolist()  # (B,)
+        for r, d in zip(results, distances):
+            r.domain_distance = round(float(d), 4)
+            r.in_domain = bool(d <= trust.domain.threshold)
+    if labels > 0:
+        head = model.label_head()
+        if head is not None:
+            for r, row in zip(results, head.top_k(features, labels)):
+                r.labels = row
+
+
+def out_of_domain_summary(flags: list[bool | None]) -> str | None:
+    """ "3 of 12 images look unlike the training data", or None when none do (or none is known)."""
+    known = [f for f in flags if f is not None]
+    unlike = sum(1 for f in known if not f)
+    if not unlike:
+        return None
+    total = len(flags)
+    return f"{unlike} of {total} image{'s' if total != 1 else ''} look{'s' if unlike == 1 else ''} unlike the training data"
+
+
+def describe_result(result, trained_on: str = "") -> str:
+    """The words beside an out-of-domain caption: "outside what this model was trained on
+    (emoji scenes); the CNN sees: tabby cat 42 %, tiger cat 21 %"; empty when in domain."""
+    if result.in_domain is not False:
+        return ""
+    short = trained_on.split(":")[0] if trained_on else ""
+    text = "outside what this model was trained on" + (f" ({short})" if short else "")
+    if result.labels:
+        text += "; the CNN sees: " + ", ".join(str(label) for label in result.labels)
+    return text
+
+
+TRUST_FIELDS = ("confidence", "in_domain", "domain_distance", "labels")
+
+
+def result_fields(result) -> dict:
+    """The trust fields of one result as JSON-ready values (labels as name/probability dicts)."""
+    labels = result.labels
+    return {
+        "confidence": result.confidence,
+        "in_domain": result.in_domain,
+        "domain_distance": result.domain_distance,
+        "labels": None if labels is None else [label.to_dict() for label in labels],
+    }
+
+
+def labels_text(labels: list | None) -> str:
+    """Labels for one line or a CSV cell: "tabby 42 %; tiger cat 21 %" (empty for none)."""
+    return "; ".join(str(label) for label in labels or [])
