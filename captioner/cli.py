@@ -124,22 +124,15 @@ def _caption_files(args: argparse.Namespace) -> int:
 
 def _caption_folder(args: argparse.Namespace) -> int:
     """Folder mode: every image under the PATHs into --out, resumable (captioner.folder)."""
+    from .folder import caption_folder
     from .model import Captioner
-    from .sharded import DistEnv, run_sharded
 
-    env = DistEnv.from_environ()
-    device = args.device
-    if device is None and env.distributed:
-        import torch
-
-        device = f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu"
-    model = Captioner.load(args.checkpoint, device=device)
+    model = Captioner.load(args.checkpoint, device=args.device)
     try:
-        summary = run_sharded(
+        summary = caption_folder(
             model,
             args.images,
             args.out,
-            env,
             fmt=args.format,
             recursive=args.recursive,
             batch_size=args.batch_size,
@@ -153,8 +146,7 @@ def _caption_folder(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; the captions so far are in {args.out}: rerun the same command to resume", file=sys.stderr)
         return 130
-    if env.rank == 0:
-        print(summary.line(), file=sys.stderr)
+    print(summary.line(), file=sys.stderr)
     return 0
 
 
@@ -218,13 +210,13 @@ def build_parser(load: set[str] | None = None) -> argparse.ArgumentParser:
         "(one line per image: file path relative to the folder, caption, score), written as it goes. "
         "Rerunning with the same --out skips the images already there, so an interrupted run resumes. "
         "Unreadable, corrupt or non-image files are listed in the errors file with the reason and the run "
-        "goes on (exit status 0 once the run completes). Under torchrun each process captions its share "
-        "of the files and rank 0 merges the parts into --out.",
+        "goes on (exit status 0 once the run completes). With --engine ray the same run goes through Ray "
+        "Data, on a local Ray or a cluster, and also takes globs, manifests and URIs (docs/scale.md).",
         epilog="examples:\n"
         "  captioner caption photo.jpg\n"
         "  captioner caption photos/ --out captions.jsonl --recursive\n"
         "  captioner caption photos/ --out captions.csv --batch-size 32 --workers 4\n"
-        "  torchrun --nproc_per_node=4 -m captioner caption photos/ --out captions.jsonl --recursive",
+        "  captioner caption photos/ s3://bucket/more --out captions.parquet --engine ray --ray-address auto",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="PATH", help="image files and/or folders (folders need --out)")

@@ -6,7 +6,7 @@ The run has three stages, pipelined so that the model never waits for the disk:
 
 1. **walk**: :func:`find_images` lists the files with an image extension (hidden files
    and folders skipped, symbolic-link loops detected by the real path of every folder
-   entered) and sorts them, so every run and every ``torchrun`` rank sees the same list;
+   entered) and sorts them, so every run sees the same list;
 2. **decode**: a pool of ``workers`` threads reads, decodes and preprocesses images ahead
    of the model through a bounded queue (Pillow and numpy release the GIL while they
    decode and resize, so threads scale without pickling tensors between processes);
@@ -20,7 +20,8 @@ files already captioned and skips them. Files that cannot be captioned (corrupt,
 not an image, unreadable) go to an errors file, one JSON object per line with ``path`` and
 ``reason``; that file describes the latest run, because failed files are retried each time.
 
-Beyond one process: under ``torchrun`` see :mod:`captioner.sharded`.
+Beyond one machine: ``--engine ray`` (:mod:`captioner.engines.ray_engine`, docs/scale.md)
+writes the same rows from a Ray cluster.
 
 Where the parts live: walking in :mod:`captioner.walk`, decoding and batching in
 :mod:`captioner.pipeline` (shared with evaluation and the service), the output and errors
@@ -41,7 +42,6 @@ from .errors import CaptionerError
 from .options import CaptionOptions
 from .outputs import FORMATS, LineWriter, default_errors_path, format_for, read_records
 from .pipeline import ImageItem, caption_stream, check_batching
-from .sharded import DistEnv, merge_parts, part_path, run_sharded
 from .walk import FileProblem, find_images
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -49,7 +49,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "FORMATS",
-    "DistEnv",
     "FileProblem",
     "FolderSummary",
     "ImageItem",
@@ -59,10 +58,7 @@ __all__ = [
     "default_errors_path",
     "find_images",
     "format_for",
-    "merge_parts",
-    "part_path",
     "read_records",
-    "run_sharded",
 ]
 
 
@@ -78,9 +74,6 @@ class FolderSummary:
     seconds: float
     out: str
     errors: str
-    rank: int = 0
-    world_size: int = 1
-    merged: bool = False
     extra: dict = field(default_factory=dict)
 
     @property
@@ -110,24 +103,17 @@ def caption_folder(
     max_length: int | None = None,
     length_penalty: float = 0.0,
     errors: str | os.PathLike | None = None,
-    rank: int = 0,
-    world_size: int = 1,
     progress: bool | None = None,
     on_result: Callable[[dict], None] | None = None,
 ) -> FolderSummary:
     """Caption every image under ``paths`` into ``out`` (see the module docstring).
 
-    With ``world_size`` > 1 this process captions only its shard (every ``world_size``-th
-    file from ``rank``) into its part file and errors part file; merging is
-    :func:`merge_parts`, called once every rank has finished (``run_sharded`` does both).
     ``progress``: ``None`` shows a bar when stderr is a terminal.
     """
     from tqdm import tqdm
 
     check_batching(batch_size, workers)
     options = CaptionOptions(beam_size, max_length, length_penalty)
-    if not 0 <= rank < world_size:
-        raise CaptionerError(f"rank {rank} is outside world size {world_size}")
     fmt = format_for(out, fmt)
     out = Path(out)
     errors = Path(errors) if errors is not None else default_errors_path(out)
@@ -136,19 +122,9 @@ def caption_folder(
     items, problems = find_images(paths, recursive=recursive)
     found = len(items)
 
-    sharded = world_size > 1
-    if sharded:
-        items = items[rank::world_size]
-        problems = problems[rank::world_size]
-        out_file, err_file = part_path(out, rank, world_size), part_path(errors, rank, world_size)
-    else:
-        out_file, err_file = out, errors
-
-    writer = LineWriter(out_file, fmt)
+    writer = LineWriter(out, fmt)
     done_keys = {r["file"] for r in writer.open_for_resume()}
-    if sharded and out.exists():  # an earlier merged run: read only, rank 0 rewrites it later
-        done_keys |= {r["file"] for r in read_records(out, fmt)}
-    err_writer = LineWriter(err_file, "jsonl")
+    err_writer = LineWriter(errors, "jsonl")
     err_writer.open_fresh()
 
     todo = [it for it in items if it.key not in done_keys]
@@ -195,7 +171,7 @@ def caption_folder(
         writer.close()
         err_writer.close()
     seconds = time.perf_counter() - start
-    if failed == 0 and not sharded:
+    if failed == 0:
         errors.unlink(missing_ok=True)  # an empty errors file would only confuse
     return FolderSummary(
         found=found,
@@ -203,8 +179,6 @@ def caption_folder(
         skipped=skipped,
         failed=failed,
         seconds=seconds,
-        out=str(out_file),
-        errors=str(err_file),
-        rank=rank,
-        world_size=world_size,
+        out=str(out),
+        errors=str(errors),
     )

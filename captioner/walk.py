@@ -2,7 +2,7 @@
 
 :func:`find_images` lists the files with an image extension (hidden files and folders
 skipped, symbolic-link loops detected by the real path of every folder entered) and sorts
-them, so every run, and every process of a sharded run, sees the same list.
+them, so every run sees the same list (and a rerun can skip what an earlier one wrote).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Folder captioning: the walk, the errors file, crash-safe resumable output, torchrun shards."""
+"""Folder captioning: the walk, the errors file, crash-safe resumable output."""
 
 from __future__ import annotations
 
@@ -21,18 +21,14 @@ from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.encoders import build_encoder
 from captioner.errors import CaptionerError
 from captioner.folder import (
-    LineWriter,
     caption_folder,
     default_errors_path,
     find_images,
-    merge_parts,
-    part_path,
     read_records,
 )
 from captioner.vocab import Vocabulary
 
 PYTHON = sys.executable
-REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -238,61 +234,3 @@ def test_killed_run_resumes_without_duplicate_or_partial_lines(model, model_dir,
     assert after[:3] == before
     # what the killed process wrote is what the model says
     assert [r["caption"] for r in before] == model.caption([folder / r["file"] for r in before])
-
-
-# ---------------------------------------------------------------------------- torchrun
-def test_merge_parts_sorts_dedupes_and_removes_parts(tmp_path):
-    out, errors = tmp_path / "c.jsonl", tmp_path / "c.errors.jsonl"
-    for rank, keys in enumerate([["a.jpg", "c.jpg"], ["b.jpg", "a.jpg"]]):
-        w = LineWriter(part_path(out, rank, 2), "jsonl")
-        w.open_for_resume()
-        for k in keys:
-            w.write({"file": k, "caption": f"{k} by {rank}", "score": -1.0})
-        w.close()
-    part_path(errors, 1, 2).write_text('{"path": "z.jpg", "reason": "bad"}\n')
-    assert merge_parts(out, errors, 2, "jsonl", order=["c.jpg", "b.jpg", "a.jpg"]) == 3
-    assert [(r["file"], r["caption"]) for r in read_records(out, "jsonl")] == [
-        ("c.jpg", "c.jpg by 0"),
-        ("b.jpg", "b.jpg by 1"),
-        ("a.jpg", "a.jpg by 0"),
-    ]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.errors.jsonl", "c.jsonl"]
-
-
-def test_torchrun_two_processes_shard_and_merge(model, model_dir, tmp_path):
-    folder = tmp_path / "shards"
-    for i in range(5):
-        save_image(folder / ("sub" if i % 2 else "") / f"{i}.jpg", 200 + i)
-    (folder / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    out = tmp_path / "merged.jsonl"
-    cmd = [
-        PYTHON,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "captioner",
-        "caption",
-        str(folder),
-        "--out",
-        str(out),
-        "-c",
-        str(model_dir),
-        "--recursive",
-        "--batch-size",
-        "2",
-        "--workers",
-        "1",
-        "-q",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "captioned 5, skipped 0" in proc.stderr and "failed 1" in proc.stderr
-    records = read_records(out, "jsonl")
-    assert [r["file"] for r in records] == ["0.jpg", "2.jpg", "4.jpg", "sub/1.jpg", "sub/3.jpg"]
-    assert [json.loads(line)["path"] for line in lines_of(default_errors_path(out))] == ["bad.jpg"]
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["merged.errors.jsonl", "merged.jsonl"]
-    # the shards captioned exactly what one process would
-    assert [r["caption"] for r in records] == model.caption([folder / r["file"] for r in records])
