@@ -41,7 +41,7 @@ _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7: no leng
 
 
 def _too_slow(label: str, what: str) -> ImageLoadError:
-    return ImageLoadError(label, f"{what}: such a file is slow to decode, so it is refused", "too_large")
+    return ImageLoadError(label, f"{what} (slow to decode, so refused)", "too_large")
 
 
 def _check_jpeg(data: bytes, label: str) -> None:
@@ -133,7 +133,6 @@ def check_after_open(im: Image.Image, data: bytes, label: str) -> None:
     if pixels > MAX_PY_DECODER_PIXELS or len(data) > MAX_PY_DECODER_BYTES:
         raise _too_slow(
             label,
-            f"{im.format} image of {im.width}x{im.height} pixels and {len(data)} bytes in an encoding Pillow "
-            f"decodes in pure Python ({slow[0]}); such images are accepted up to {MAX_PY_DECODER_PIXELS:,} "
-            f"pixels and {MAX_PY_DECODER_BYTES:,} bytes",
+            f"{im.format} of {im.width}x{im.height} pixels and {len(data)} bytes in an encoding decoded in "
+            f"pure Python ({slow[0]}), accepted up to {MAX_PY_DECODER_PIXELS} pixels and {MAX_PY_DECODER_BYTES} bytes",
         )

@@ -94,7 +94,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 MODES_16_32 = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 
 
-def _label(source: ImageSource, name: str | None) -> str:
+def source_label(source: ImageSource, name: str | None) -> str:
     if name:
         return name
     if isinstance(source, (str, os.PathLike)):
@@ -104,7 +104,7 @@ def _label(source: ImageSource, name: str | None) -> str:
     return "<bytes>"
 
 
-def _read(source: ImageSource, label: str, max_bytes: int) -> bytes:
+def read_source(source: ImageSource, label: str, max_bytes: int) -> bytes:
     """The bytes of a path or buffer, refusing empty and oversized ones before reading."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -134,7 +134,7 @@ def _read(source: ImageSource, label: str, max_bytes: int) -> bytes:
 
 def _open(source: ImageSource, label: str, max_bytes: int) -> tuple[Image.Image, bytes]:
     """Open lazily (header only), with the accepted formats' plugins only."""
-    data = _read(source, label, max_bytes)
+    data = read_source(source, label, max_bytes)
     check_before_open(data, label)
     im: Image.Image | None
     try:
@@ -211,7 +211,7 @@ def sniff_format(data: bytes) -> str | None:
 
 def probe_image_size(source: ImageSource, name: str | None = None) -> tuple[int, int]:
     """(width, height) from the header alone; raises ImageLoadError."""
-    label = _label(source, name)
+    label = source_label(source, name)
     if isinstance(source, Image.Image):
         return source.size
     im, _ = _open(source, label, DEFAULT_MAX_BYTES)
@@ -235,10 +235,10 @@ def _high_depth_to_l(im: Image.Image, reduce_to: tuple[int, int] | None) -> Imag
     if im.mode.startswith("I;16"):
         width, height = im.size
         out = np.empty((height, width), dtype=np.uint8)  # (H, W)
-        band = max(1, (1 << 22) // max(1, width))  # about 8 MB of 16-bit samples per band
+        band = max(1, (1 << 19) // max(1, width))  # about 1 MB of 16-bit samples per band
         for top in range(0, height, band):
             rows = np.asarray(im.crop((0, top, width, min(height, top + band))))  # (h, W) uint16
-            out[top : top + rows.shape[0]] = rows // 257
+            np.floor_divide(rows, 257, out=out[top : top + rows.shape[0]], casting="unsafe")
         small = Image.fromarray(out, "L")
         factor = _reduce_factor(small.size, reduce_to)
         return small.reduce(factor) if factor > 1 else small
@@ -300,7 +300,7 @@ def load_image(
     the largest integer factor that keeps them at least this big. Pass the model's input
     size. 8-bit images of other formats are returned at full size.
     """
-    label = _label(source, name)
+    label = source_label(source, name)
     if isinstance(source, Image.Image):
         im = source
         if im.width * im.height > min(max_pixels, HARD_MAX_PIXELS):

@@ -2,25 +2,38 @@
 
     from hostile import hostile_images
     for s in hostile_images():
-        s.name, s.filename, s.data, s.expect     # "ok" | "bad" | "any"
+        s.name, s.filename, s.data, s.outcomes, s.answers, s.expect
 
-Every sample says what a correct loader must do with it:
+Every sample says what a correct loader must do with it, written here per file from what
+the file *is* (never asked of the loader under test): ``outcomes`` is the set of
+acceptable :class:`~captioner.errors.ImageLoadError` codes, or ``"ok"`` for "decoded";
+``answers`` the (HTTP status, error code) pairs the service may give for it, by the API's
+documented mapping (``STATUS``). Most samples have exactly one outcome:
 
-* ``ok``  - a valid image, however odd (1x1, 10000x20, CMYK, 16-bit, palette, LA,
-  EXIF-rotated, animated, ...): it must be captioned. ``size`` is the (width, height)
-  the loader must return when it is known (EXIF orientation swaps the sides).
-* ``bad`` - not an image, or one that must be refused: empty, random bytes, text named
-  ``.jpg``, truncated files, a valid header over a garbage body, decompression bombs
-  (a tiny file whose header declares billions of pixels, for PNG, GIF, JPEG, WebP, BMP
-  and TIFF): it must be refused with a clear error, never a crash.
-* ``any`` - randomly mutated valid images: accepting or refusing are both fine, crashing
-  or hanging is not.
+* ``ok`` - a valid image, however odd (1x1, 10000x20, CMYK, 16-bit, palette, LA,
+  EXIF-rotated, animated, HEIC, AVIF, RLE BMP, ...): it must be captioned. ``size`` is
+  the (width, height) the loader must return without a draft size, when known (EXIF
+  orientation swaps the sides).
+* ``too_large`` (413) - decompression bombs (a tiny file whose header declares billions
+  of pixels, for PNG, GIF, JPEG, WebP, BMP and TIFF), real pixels over the limit, and
+  files that are small but slow to decode (many JPEG scans or segments, many PNG chunks,
+  many TIFF strips, a large RLE BMP).
+* ``unsupported`` (415) - not an image (text, HTML, random bytes, ...) or an image format
+  the service does not accept (ICO and ICNS with an oversized embedded PNG, gzip FITS, QOI).
+* ``unreadable`` (422) - truncated files, a valid magic number over a garbage body, bad
+  CRCs, zero dimensions; ``empty`` (422) - zero bytes.
+* several outcomes - randomly mutated valid images (accepting or refusing are both fine,
+  crashing or hanging is not), and a magic number over random header fields (a random
+  size field may declare a huge image: 413 or 422).
+
+``expect`` summarises: ``"ok"``, ``"bad"`` (must be refused) or ``"any"``.
 
 The same corpus feeds the HTTP service tests (each sample one request), the folder
-captioning tests (each sample one file) and the image-loader fuzz tests (as seeds).
-``MAX_PIXELS`` is the pixel limit the tests give the service; besides lying headers, two
-samples carry real compressed pixel data, one under it (9 Mpx) and one over it and over
-the loader's 40 Mpx default (42 Mpx), so the folder runs (default limit) agree.
+captioning tests (each sample one file), the loader's own corpus test and the fuzz tests
+(as seeds). ``MAX_PIXELS`` is the pixel limit the tests give the service; besides lying
+headers, two samples carry real compressed pixel data, one under it (9 Mpx) and one over
+it and over the loader's 40 Mpx default (42 Mpx), so the folder runs (default limit) agree.
+The ``*_attack`` builders also make the full-size attack files of bench/loader_attacks.py.
 """
 
 from __future__ import annotations
@@ -36,6 +49,16 @@ from PIL import Image
 
 #: The pixel limit the reliability tests give the service and the loader.
 MAX_PIXELS = 16_000_000
+#: The documented answer of the API for each loader outcome (docs/service.md): status, error code.
+STATUS: dict[str, tuple[int, str | None]] = {
+    "ok": (200, None),
+    "too_large": (413, "image_too_large"),
+    "unsupported": (415, "unsupported_image"),
+    "unreadable": (422, "unreadable_image"),
+    "empty": (422, "empty_image"),
+}
+ANY = frozenset({"ok", "too_large", "unsupported", "unreadable"})
+REFUSED_SOMEHOW = frozenset({"too_large", "unreadable"})  # a random header: huge size or garbage
 
 
 @dataclass(frozen=True)
@@ -45,13 +68,31 @@ class Sample:
     name: str
     ext: str
     data: bytes
-    expect: str  # "ok" | "bad" | "any"
+    outcomes: frozenset[str]  # acceptable ImageLoadError codes, "ok" for decoded
     note: str = ""
     size: tuple[int, int] | None = None  # (width, height) the loader must return, when known
 
     @property
     def filename(self) -> str:
         return f"{self.name}{self.ext}"
+
+    @property
+    def expect(self) -> str:
+        """``"ok"`` (must be decoded), ``"bad"`` (must be refused) or ``"any"``."""
+        if self.outcomes == {"ok"}:
+            return "ok"
+        return "any" if "ok" in self.outcomes else "bad"
+
+    @property
+    def answers(self) -> frozenset[tuple[int, str | None]]:
+        """The (status, error code) pairs the service may answer for this file."""
+        return frozenset(STATUS[o] for o in self.outcomes)
+
+
+def sample(name: str, ext: str, data: bytes, outcome: str | frozenset[str], note: str = "", size=None) -> Sample:
+    outcomes = frozenset({outcome}) if isinstance(outcome, str) else outcome
+    assert outcomes <= set(STATUS), outcomes
+    return Sample(name, ext, data, outcomes, note, size)
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -96,12 +137,12 @@ def png_16bit_rgb(width: int, height: int, seed: int = 0) -> bytes:
     return raw_png(width, height, 16, 2, rows)
 
 
-def png_zeros(width: int, height: int) -> bytes:
-    """A real PNG of ``width`` x ``height`` black 1-bit pixels; zlib makes it tiny.
-
-    Compressed in a stream, so building a 400-megapixel one needs no big buffer.
+def png_zeros(width: int, height: int, bit_depth: int = 1, channels: int = 1) -> bytes:
+    """A real PNG of ``width`` x ``height`` black pixels (``channels`` 1: grey, 3: RGB, 4: RGBA,
+    of ``bit_depth`` bits each); zlib makes it tiny. Compressed in a stream, so building a
+    400-megapixel one needs no big buffer.
     """
-    row = b"\x00" + b"\x00" * ((width + 7) // 8)
+    row = b"\x00" + b"\x00" * ((width * channels * bit_depth + 7) // 8)
     comp = zlib.compressobj(9)
     parts = []
     rows_per_chunk = max(1, (1 << 20) // len(row))
@@ -111,7 +152,8 @@ def png_zeros(width: int, height: int) -> bytes:
         parts.append(comp.compress(row * n))
         done += n
     parts.append(comp.flush())
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    color_type = {1: 0, 3: 2, 4: 6}[channels]
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"".join(parts)) + png_chunk(b"IEND", b"")
     )
@@ -230,6 +272,103 @@ def tiff_with_size(width: int, height: int) -> bytes:
     return bytes(out)
 
 
+def ico_attack(png: bytes) -> bytes:
+    """An ICO whose one entry says 256x256 but holds ``png`` (Pillow decodes it while opening)."""
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return struct.pack("<HHH", 0, 1, 1) + entry + png
+
+
+def icns_attack(png: bytes) -> bytes:
+    """An ICNS with one 1024x1024 ("ic10") entry holding ``png`` of any size."""
+    body = b"ic10" + struct.pack(">I", 8 + len(png)) + png
+    return b"icns" + struct.pack(">I", 8 + len(body)) + body
+
+
+def fits_gzip_attack(width: int, height: int) -> bytes:
+    """A gzip-compressed FITS image of zeros (Pillow decodes it pixel by pixel in Python)."""
+
+    def unit(cards: list[str]) -> bytes:
+        text = "".join(c.ljust(80) for c in [*cards, "END"])
+        return text.ljust(-(-len(text) // 2880) * 2880).encode("ascii")
+
+    primary = unit(
+        ["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    0"]
+    )
+    ext = unit(
+        [
+            "XTENSION= 'BINTABLE'",
+            "BITPIX  =                    8",
+            "NAXIS   =                    2",
+            "NAXIS1  =                    0",
+            "NAXIS2  =                    0",
+            "ZIMAGE  =                    T",
+            "ZCMPTYPE= 'GZIP_1  '",
+            "ZBITPIX =                    8",
+            "ZNAXIS  =                    2",
+            f"ZNAXIS1 = {width:20d}",
+            f"ZNAXIS2 = {height:20d}",
+        ]
+    )
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing
+    row = b"\x00" * (width * 4)
+    data = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    return primary + ext + data
+
+
+def bmp_rle8_attack(width: int, height: int) -> bytes:
+    """An 8-bit RLE BMP whose rows are one pixel and an end-of-line: Pillow's RLE decoder
+    (pure Python) pads the rest of each row one byte at a time, so 4 bytes cost ``width`` steps."""
+    pixels = b"".join(bytes([1, y % 256, 0, 0]) for y in range(height)) + b"\x00\x01"  # end of bitmap
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(pixels), 2835, 2835, 256, 0)
+    palette = b"".join(bytes([i, i, i, 0]) for i in range(256))
+    offset = 14 + 40 + len(palette)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
+
+
+def tiff_strips_attack(strips: int) -> bytes:
+    """An uncompressed 8-bit grey TIFF, 1 pixel wide, one row per strip (one Python step each)."""
+    assert strips > 1, "the offsets are written as arrays"
+    entries = [
+        (256, 4, 1, 1),
+        (257, 4, 1, strips),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, strips, 0),
+        (277, 3, 1, 1),
+        (278, 4, 1, 1),
+        (279, 4, strips, 0),
+    ]
+    ifd = 8
+    offsets_at = ifd + 2 + 12 * len(entries) + 4
+    counts_at = offsets_at + 4 * strips
+    data_at = counts_at + 4 * strips
+    out = bytearray(b"II*\x00" + struct.pack("<I", ifd) + struct.pack("<H", len(entries)))
+    for tag, typ, count, value in entries:
+        value = {273: offsets_at, 279: counts_at}.get(tag, value)
+        if typ == 3:
+            out += struct.pack("<HHIHH", tag, typ, count, value, 0)
+        else:
+            out += struct.pack("<HHII", tag, typ, count, value)
+    out += struct.pack("<I", 0)
+    out += (data_at + np.arange(strips, dtype="<u4")).astype("<u4").tobytes()
+    out += np.ones(strips, dtype="<u4").tobytes()
+    out += bytes(range(256)) * (strips // 256) + bytes(range(strips % 256))
+    return bytes(out)
+
+
+def jpeg_segments_attack(segments: int) -> bytes:
+    """A small valid JPEG with ``segments`` empty COM segments after SOI (each parsed in Python)."""
+    data = encode(picture(64, 48), "JPEG", quality=80)
+    return data[:2] + b"\xff\xfe\x00\x02" * segments + data[2:]
+
+
+def png_chunks_attack(chunks: int) -> bytes:
+    """A small valid PNG with ``chunks`` empty ancillary chunks before IDAT (each read in Python)."""
+    data = encode(picture(64, 48), "PNG")
+    return data[:33] + png_chunk(b"zzZz", b"") * chunks + data[33:]
+
+
 def exif_jpeg(orientation: int, width: int = 60, height: int = 40) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -261,7 +400,7 @@ def valid_odd_images() -> list[Sample]:
     s: list[Sample] = []
 
     def add(name: str, ext: str, data: bytes, note: str, size: tuple[int, int] | None = None) -> None:
-        s.append(Sample(name, ext, data, "ok", note, size))
+        s.append(sample(name, ext, data, "ok", note, size))
 
     for fmt, ext in (
         ("PNG", ".png"),
@@ -337,22 +476,25 @@ def invalid_inputs(seed: int = 0) -> list[Sample]:
     base = picture()
     s: list[Sample] = []
 
-    def add(name: str, ext: str, data: bytes, note: str) -> None:
-        s.append(Sample(name, ext, data, "bad", note))
+    def add(name: str, ext: str, data: bytes, outcome: str | frozenset[str], note: str) -> None:
+        s.append(sample(name, ext, data, outcome, note))
 
-    add("zero_bytes_jpg", ".jpg", b"", "empty file")
-    add("zero_bytes_png", ".png", b"", "empty file")
+    add("zero_bytes_jpg", ".jpg", b"", "empty", "empty file")
+    add("zero_bytes_png", ".png", b"", "empty", "empty file")
     for n in (1, 2, 16, 1000, 100_000):
-        add(f"random_{n}_bytes", ".jpg", rng.randbytes(n), f"{n} random bytes")
-    add("text_named_jpg", ".jpg", b"this is a text file, not a picture\n" * 10, "text named .jpg")
-    add("html_named_png", ".png", b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>", "HTML")
-    add("svg_named_png", ".png", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "SVG")
-    add("json_named_jpg", ".jpg", b'{"caption": "not an image"}', "JSON")
-    add("pdf_named_jpg", ".jpg", b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n", "PDF header")
-    add("zip_named_png", ".png", b"PK\x03\x04" + rng.randbytes(200), "ZIP header")
-    add("elf_named_gif", ".gif", b"\x7fELF\x02\x01\x01" + rng.randbytes(200), "ELF header")
-    add("utf16_text_jpg", ".jpg", "not an image".encode("utf-16"), "UTF-16 text")
-    add("nul_bytes_png", ".png", b"\x00" * 4096, "4096 NUL bytes")
+        add(f"random_{n}_bytes", ".jpg", rng.randbytes(n), "unsupported", f"{n} random bytes")
+    add("text_named_jpg", ".jpg", b"this is a text file, not a picture\n" * 10, "unsupported", "text named .jpg")
+    html = b"<!doctype html><html><body><img src=x onerror=alert(1)></body></html>"
+    add("html_named_png", ".png", html, "unsupported", "HTML")
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
+    add("svg_named_png", ".png", svg, "unsupported", "SVG")
+    add("json_named_jpg", ".jpg", b'{"caption": "not an image"}', "unsupported", "JSON")
+    pdf = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n"
+    add("pdf_named_jpg", ".jpg", pdf, "unsupported", "PDF header")
+    add("zip_named_png", ".png", b"PK\x03\x04" + rng.randbytes(200), "unsupported", "ZIP header")
+    add("elf_named_gif", ".gif", b"\x7fELF\x02\x01\x01" + rng.randbytes(200), "unsupported", "ELF header")
+    add("utf16_text_jpg", ".jpg", "not an image".encode("utf-16"), "unsupported", "UTF-16 text")
+    add("nul_bytes_png", ".png", b"\x00" * 4096, "unsupported", "4096 NUL bytes")
 
     full = {
         "jpg": encode(picture(96, 64), "JPEG", quality=90),
@@ -365,9 +507,10 @@ def invalid_inputs(seed: int = 0) -> list[Sample]:
     for ext, data in full.items():  # cut at several points, from inside the header to near the end
         for frac in (0.02, 0.1, 0.5, 0.9):
             cut = max(1, int(len(data) * frac))
-            add(f"truncated_{ext}_{int(frac * 100)}pct", f".{ext}", data[:cut], f"first {cut} of {len(data)} bytes")
+            note = f"first {cut} of {len(data)} bytes"
+            add(f"truncated_{ext}_{int(frac * 100)}pct", f".{ext}", data[:cut], "unreadable", note)
         # a few bytes off the end: whether the pixels survive depends on the format
-        s.append(Sample(f"truncated_{ext}_end", f".{ext}", data[:-5], "any", "the last 5 bytes cut off"))
+        add(f"truncated_{ext}_end", f".{ext}", data[:-5], frozenset({"ok", "unreadable"}), "the last 5 bytes cut off")
     headers = {
         "jpg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00",
         "png": b"\x89PNG\r\n\x1a\n",
@@ -377,49 +520,99 @@ def invalid_inputs(seed: int = 0) -> list[Sample]:
         "tif": b"II*\x00\x08\x00\x00\x00",
     }
     for ext, head in headers.items():  # a valid magic number over a garbage body
+        # GIF, BMP and TIFF keep the image size in the bytes that are now random
+        outcome = REFUSED_SOMEHOW if ext in ("gif", "bmp", "tif") else "unreadable"
         for n in (64, 5000):
-            add(f"header_{ext}_garbage_{n}", f".{ext}", head + rng.randbytes(n), f"{ext} magic + {n} random bytes")
+            note = f"{ext} magic + {n} random bytes"
+            add(f"header_{ext}_garbage_{n}", f".{ext}", head + rng.randbytes(n), outcome, note)
     # the real header of a valid file, then garbage instead of pixel data
     add(
         "png_real_ihdr_garbage_idat",
         ".png",
         full["png"][:33] + png_chunk(b"IDAT", rng.randbytes(300)) + png_chunk(b"IEND", b""),
+        "unreadable",
         "valid IHDR, IDAT of random bytes",
     )
-    add("png_bad_crc", ".png", full["png"][:29] + b"\x00\x00\x00\x00" + full["png"][33:], "IHDR CRC zeroed")
-    add("png_zero_width", ".png", png_with_header(0, 10), "IHDR width 0")
+    bad_crc = full["png"][:29] + b"\x00\x00\x00\x00" + full["png"][33:]
+    add("png_bad_crc", ".png", bad_crc, "unreadable", "IHDR CRC zeroed")
+    add("png_zero_width", ".png", png_with_header(0, 10), "unreadable", "IHDR width 0")
     jpg = full["jpg"]
     sos = jpg.find(b"\xff\xda")
     add(
         "jpg_real_headers_garbage_scan",
         ".jpg",
         jpg[: sos + 14] + rng.randbytes(2000) + b"\xff\xd9",
+        "unreadable",
         "valid tables and SOS, random entropy data",
     )
-    add("jpg_zero_height_sof", ".jpg", jpeg_with_sof(16, 0), "SOF height 0")
+    add("jpg_zero_height_sof", ".jpg", jpeg_with_sof(16, 0), "unreadable", "SOF height 0")
 
     # decompression bombs: tiny files declaring huge images
-    add("bomb_png_100k_x_100k", ".png", png_with_header(100_000, 100_000), "PNG header 1e10 pixels")
-    add("bomb_png_2g_x_1", ".png", png_with_header(2**31 - 1, 1), "PNG header 2^31-1 x 1")
-    add("bomb_png_real_zeros", ".png", png_zeros(20_000, 20_000), "400 Mpx of real zlib-compressed zeros")
+    add("bomb_png_100k_x_100k", ".png", png_with_header(100_000, 100_000), "too_large", "PNG header 1e10 pixels")
+    add("bomb_png_2g_x_1", ".png", png_with_header(2**31 - 1, 1), "too_large", "PNG header 2^31-1 x 1")
+    add("bomb_png_real_zeros", ".png", png_zeros(20_000, 20_000), "too_large", "400 Mpx of real zlib-compressed zeros")
     add(
         "bomb_png_over_limit",
         ".png",
         png_zeros(7000, 6000),
+        "too_large",
         "42 Mpx of real pixels, over the test limit and the 40 Mpx default",
     )
-    add("bomb_gif_65535", ".gif", gif_with_screen(65535, 65535), "GIF screen 65535x65535")
-    add("bomb_jpeg_sof_65500", ".jpg", jpeg_with_sof(65500, 65500), "JPEG SOF 65500x65500")
-    add("bomb_jpeg_sof_wide", ".jpg", jpeg_with_sof(65535, 4000), "JPEG SOF 65535x4000")
-    add("bomb_webp_vp8l_16384", ".webp", webp_lossless_with_size(16384, 16384), "VP8L 16384x16384")
-    add("bomb_webp_vp8x_canvas", ".webp", webp_vp8x_canvas(16384, 16384), "VP8X canvas 16384x16384")
-    add("bomb_jpeg_scans", ".jpg", jpeg_scan_bomb(), "progressive JPEG with 200 scans")
-    add("bomb_bmp_100k", ".bmp", bmp_with_size(100_000, 100_000), "BMP header 100000x100000")
-    add("bomb_bmp_negative", ".bmp", bmp_with_size(50_000, -50_000), "BMP top-down 50000x50000")
-    add("bomb_tiff_100k", ".tif", tiff_with_size(100_000, 100_000), "TIFF tags 100000x100000")
-    add("bomb_tiff_long_strip", ".tif", tiff_with_size(4_000_000_000, 1), "TIFF 4e9 x 1")
+    add("bomb_gif_65535", ".gif", gif_with_screen(65535, 65535), "too_large", "GIF screen 65535x65535")
+    add("bomb_jpeg_sof_65500", ".jpg", jpeg_with_sof(65500, 65500), "too_large", "JPEG SOF 65500x65500")
+    add("bomb_jpeg_sof_wide", ".jpg", jpeg_with_sof(65535, 4000), "too_large", "JPEG SOF 65535x4000")
+    add("bomb_webp_vp8l_16384", ".webp", webp_lossless_with_size(16384, 16384), "too_large", "VP8L 16384x16384")
+    add("bomb_webp_vp8x_canvas", ".webp", webp_vp8x_canvas(16384, 16384), "too_large", "VP8X canvas 16384x16384")
+    add("bomb_jpeg_scans", ".jpg", jpeg_scan_bomb(), "too_large", "progressive JPEG with 200 scans")
+    add("bomb_bmp_100k", ".bmp", bmp_with_size(100_000, 100_000), "too_large", "BMP header 100000x100000")
+    add("bomb_bmp_negative", ".bmp", bmp_with_size(50_000, -50_000), "too_large", "BMP top-down 50000x50000")
+    add("bomb_tiff_100k", ".tif", tiff_with_size(100_000, 100_000), "too_large", "TIFF tags 100000x100000")
+    add("bomb_tiff_long_strip", ".tif", tiff_with_size(4_000_000_000, 1), "too_large", "TIFF 4e9 x 1")
     del base
     return s
+
+
+def attack_files(full_size: bool = False) -> list[Sample]:
+    """Small files that cost far more to decode than their size suggests (issue-sized with
+    ``full_size``, for bench/loader_attacks.py; test-sized otherwise, same outcome)."""
+    big = full_size
+    s: list[Sample] = []
+
+    def add(name: str, ext: str, data: bytes, outcome: str, note: str) -> None:
+        s.append(sample(name, ext, data, outcome, note))
+
+    n = 10_000 if big else 2000  # the embedded PNG: 100 Mpx / 4 Mpx of RGBA zeros
+    png = png_zeros(n, n, bit_depth=8, channels=4)
+    add("ico_png_bomb", ".ico", ico_attack(png), "unsupported", f"ICO whose RGBA PNG is {n}x{n}")
+    add("icns_png_bomb", ".icns", icns_attack(png), "unsupported", f"ICNS whose RGBA PNG is {n}x{n}")
+    n = 6324 if big else 600
+    add("fits_gzip", ".fits", fits_gzip_attack(n, n), "unsupported", f"gzip FITS {n}x{n}")
+    add("qoi", ".qoi", encode(Image.new("RGB", (n, n), (9, 9, 9)), "QOI"), "unsupported", f"QOI {n}x{n}")
+    n = 6000 if big else 1200  # over MAX_PY_DECODER_PIXELS either way
+    add("bmp_rle8_large", ".bmp", bmp_rle8_attack(n, n), "too_large", f"RLE8 BMP {n}x{n}")
+    n = 2_000_000 if big else 100_000
+    add("tiff_many_strips", ".tif", tiff_strips_attack(n), "too_large", f"TIFF of {n} one-row strips")
+    n = 8_000_000 if big else 5000
+    add("jpeg_segment_flood", ".jpg", jpeg_segments_attack(n), "too_large", f"JPEG with {n} empty COM segments")
+    n = 2_500_000 if big else 70_000
+    add("png_chunk_flood", ".png", png_chunks_attack(n), "too_large", f"PNG with {n} empty ancillary chunks")
+    # legitimate ones of the same kinds: must still be decoded
+    s.append(sample("bmp_rle8_small", ".bmp", bmp_rle8_attack(64, 48), "ok", "RLE8 BMP 64x48", (64, 48)))
+    s.append(sample("tiff_1000_strips", ".tif", tiff_strips_attack(1000), "ok", "TIFF of 1000 strips", (1, 1000)))
+    w = 6300 if big else 3900  # 39.7 / 15.2 Mpx of 16-bit grey: under the limits, costly through float64
+    s.append(sample("png16_large", ".png", png_zeros(w, w, bit_depth=16), "ok", f"16-bit grey PNG {w}x{w}", (w, w)))
+    return s
+
+
+def new_format_images() -> list[Sample]:
+    """HEIC and AVIF photos (what phones write): accepted through the same loader."""
+    base = picture()
+    return [
+        sample("heic_photo", ".heic", encode(base, "HEIF", quality=90), "ok", "HEIC", (64, 48)),
+        sample("avif_photo", ".avif", encode(base, "AVIF", quality=90), "ok", "AVIF", (64, 48)),
+        sample("heic_truncated", ".heic", encode(base, "HEIF")[:200], "unreadable", "HEIC cut at 200 bytes"),
+        sample("avif_truncated", ".avif", encode(base, "AVIF")[:100], "unreadable", "AVIF cut at 100 bytes"),
+    ]
 
 
 def mutated_images(count: int = 24, seed: int = 1) -> list[Sample]:
@@ -437,13 +630,15 @@ def mutated_images(count: int = 24, seed: int = 1) -> list[Sample]:
     for i in range(count):
         ext = kinds[i % len(kinds)]
         data = mutate(seeds[ext], seed * 1000 + i, flips=1 + i % 12, keep_header=2)
-        out.append(Sample(f"mutated_{ext}_{i:02d}", f".{ext}", data, "any", "random bytes overwritten"))
+        out.append(sample(f"mutated_{ext}_{i:02d}", f".{ext}", data, ANY, "random bytes overwritten"))
     return out
 
 
 def hostile_images(seed: int = 0) -> list[Sample]:
     """The whole corpus (about 150 samples), in a fixed order."""
-    corpus = valid_odd_images() + invalid_inputs(seed) + mutated_images(seed=seed + 1)
+    corpus = (
+        valid_odd_images() + new_format_images() + invalid_inputs(seed) + attack_files() + mutated_images(seed=seed + 1)
+    )
     names = [s.name for s in corpus]
     assert len(names) == len(set(names)), "sample names must be unique"
     return corpus
