@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -70,7 +71,7 @@ class Captioner:
         decoder: CaptionDecoder,
         vocab: Vocabulary,
         *,
-        preprocess=None,
+        preprocess: pipeline.Preprocessing | None = None,
         metadata: dict | None = None,
         device: str | torch.device | None = None,
         model_id: str | None = None,
@@ -88,10 +89,16 @@ class Captioner:
             )
         self.device = pick_device(device)
         self.encoder = encoder.to(self.device).eval()
-        self.decoder = decoder.to(self.device).eval()
+        self.decoder: CaptionDecoder = decoder.to(self.device).eval()
         self.vocab = vocab
         # The Preprocess recipe (image -> input tensor); its dict form is in config.json.
-        self.preprocessing = preprocess if preprocess is not None else encoder.spec.preprocess
+        spec = getattr(encoder, "spec", None)  # the encoder's name and preprocessing (captioner.encoders)
+        if preprocess is None:
+            if spec is None:
+                raise CheckpointError("the encoder has no spec: pass its preprocessing as preprocess=")
+            preprocess = spec.preprocess
+        self.encoder_name: str = str(getattr(spec, "name", type(encoder).__name__))
+        self.preprocessing: pipeline.Preprocessing = preprocess
         self.metadata = metadata or {}
         self.path = path
         self.model_id = model_id or self.metadata.get("model_id") or "untrained"
@@ -166,7 +173,7 @@ class Captioner:
             directory,
             decoder=self.decoder,
             decoder_config=self.decoder.config,
-            encoder_name=self.encoder.spec.name,
+            encoder_name=self.encoder_name,
             preprocess=preprocess,
             vocab=self.vocab,
             metadata={**self.metadata, **(metadata or {})},
@@ -240,7 +247,7 @@ class Captioner:
         when a temperature is given."""
         features = features.to(self.device)
         v = self.vocab
-        decoder = self._fast.decoder(self.decoder, self.device) or self.decoder  # same weights, ORT step
+        decoder = cast(CaptionDecoder, self._fast.decoder(self.decoder, self.device) or self.decoder)  # ORT step
         if temperature is not None:
             ids, scores = decoder.sample(features, v.start_id, v.end_id, max_length, temperature, generator)
         elif beam_size <= 1:
@@ -279,7 +286,7 @@ class Captioner:
         return {
             "model_id": self.model_id,
             "encoder": {
-                "name": self.encoder.spec.name,
+                "name": self.encoder_name,
                 "feature_dim": self.decoder.config.feature_dim,
                 "preprocess": self.preprocessing.to_dict() if hasattr(self.preprocessing, "to_dict") else {},
             },

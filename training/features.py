@@ -86,8 +86,8 @@ def encoder_identity(encoder: nn.Module, name: str | None = None, preprocess: di
     if name is None:
         name = getattr(spec, "name", None) or type(encoder).__name__
     if preprocess is None:
-        pp = getattr(spec, "preprocess", None)
-        preprocess = pp.to_dict() if hasattr(pp, "to_dict") else {}
+        to_dict = getattr(getattr(spec, "preprocess", None), "to_dict", None)
+        preprocess = to_dict() if callable(to_dict) else {}
     return {
         "encoder": str(name),
         "preprocess": preprocess,
@@ -261,9 +261,14 @@ class FeatureCache:
         if key not in KEY_MODES:
             raise ValueError(f"unknown cache key mode {key!r}; choose one of {', '.join(KEY_MODES)}")
         self.encoder = encoder
-        spec = getattr(encoder, "spec", None)
-        self.preprocess = preprocess if preprocess is not None else spec.preprocess
-        pp_dict = self.preprocess.to_dict() if hasattr(self.preprocess, "to_dict") else {}
+        if preprocess is None:
+            spec = getattr(encoder, "spec", None)
+            if spec is None:
+                raise CaptionerError("the encoder has no spec: pass its preprocessing as preprocess=")
+            preprocess = spec.preprocess
+        self.preprocessing = preprocess  # a captioner.encoders.Preprocess (image -> input tensor)
+        to_dict = getattr(preprocess, "to_dict", None)
+        pp_dict = to_dict() if callable(to_dict) else {}
         self.identity = encoder_identity(encoder, name=name, preprocess=pp_dict)
         self.key = key
         self.batch_size = batch_size
@@ -325,7 +330,7 @@ class FeatureCache:
         if todo:
             new_feats, fails = encode_images(
                 self.encoder,
-                self.preprocess,
+                self.preprocessing,
                 todo,
                 batch_size=self.batch_size,
                 num_workers=self.num_workers,
@@ -358,9 +363,9 @@ class FeatureCache:
             self._write(feats, index)
 
         row_of = {}
-        for r, k in enumerate(index):
-            if k["path"] in keys and k == keys[k["path"]]:
-                row_of[k["path"]] = r
+        for r, entry in enumerate(index):
+            if entry["path"] in keys and entry == keys[entry["path"]]:
+                row_of[entry["path"]] = r
         return FeatureTable(feats, row_of, report.failed), report
 
     def load(self, paths: Sequence[str | os.PathLike]) -> FeatureTable:

@@ -19,12 +19,16 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
 from .onnx import OnnxEncoder, build_onnx_encoder, log
 from .onnx_decoder import build_onnx_decoder
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..decoder import CaptionDecoder
 
 FAST_ENV = "CAPTIONER_FAST"
 
@@ -93,7 +97,8 @@ class OnnxPath:
         if not self.enabled or decoder.training:
             return None
         with self._lock, torch.inference_mode(False):
-            return self._decoder.get(decoder, lambda: build_onnx_decoder(decoder, device=device), "the decoder step")
+            step = cast("CaptionDecoder", decoder)
+            return self._decoder.get(decoder, lambda: build_onnx_decoder(step, device=device), "the decoder step")
 
     def prepare(self, encoder: nn.Module, decoder: nn.Module, input_size: int, device: torch.device) -> bool:
         """Build both now (at load, so the first request pays nothing); True if the encoder is fast."""

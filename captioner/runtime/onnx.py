@@ -124,7 +124,7 @@ def export_onnx(encoder: nn.Module, input_size: int) -> bytes:
             torch.onnx.export(
                 encoder,
                 (example,),
-                buf,
+                buf,  # type: ignore[arg-type]  # export writes to any binary file object
                 input_names=["images"],
                 output_names=["features"],
                 dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},

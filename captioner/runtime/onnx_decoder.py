@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..decoder import CaptionDecoder
 from .onnx import ONNX_OPSET
 
 
@@ -20,13 +21,14 @@ class _StepGraph(nn.Module):
     """``CaptionDecoder.step`` with the state as plain tensors, for export: (words (N,),
     img (N, P), h (L, N, H)[, c (L, N, H)]) -> (log-probs (N, V), h'[, c'])."""
 
-    def __init__(self, decoder: nn.Module) -> None:
+    def __init__(self, decoder: CaptionDecoder) -> None:
         super().__init__()
         self.decoder = decoder
         self.lstm = decoder.config.cell == "lstm"
 
-    def forward(self, words: Tensor, img: Tensor, h: Tensor, c: Tensor | None = None):
-        logp, state = self.decoder.step(words, img, (h, c) if self.lstm else h)  # (N, V)
+    def forward(self, words: Tensor, img: Tensor, h: Tensor, c: Tensor | None = None) -> tuple:
+        state = (h, c) if self.lstm and c is not None else h
+        logp, state = self.decoder.step(words, img, state)  # (N, V)
         return (logp, *state) if self.lstm else (logp, state)
 
 
@@ -42,14 +44,14 @@ class OnnxDecoderStep:
 
     backend = "onnxruntime"
 
-    def __init__(self, decoder: nn.Module) -> None:
+    def __init__(self, decoder: CaptionDecoder) -> None:
         import onnxruntime as ort
 
         cfg = decoder.config
         self.lstm = cfg.cell == "lstm"
         self.layers, self.hidden = cfg.num_layers, cfg.hidden_dim
         n = 2  # export with a batch of 2 (1 can be specialised away); the batch axis is dynamic
-        example = (
+        example: tuple[Tensor, ...] = (
             torch.full((n,), 1, dtype=torch.long),
             torch.zeros(n, cfg.img_proj_dim),
             torch.zeros(cfg.num_layers, n, cfg.hidden_dim),
@@ -71,7 +73,7 @@ class OnnxDecoderStep:
                 torch.onnx.export(
                     _StepGraph(decoder),
                     example,
-                    buf,
+                    buf,  # type: ignore[arg-type]  # export writes to any binary file object
                     input_names=names,
                     output_names=outs,
                     dynamic_axes=axes,
@@ -109,7 +111,7 @@ class OnnxDecoderStep:
 
 
 def build_onnx_decoder(
-    decoder: nn.Module, *, device: torch.device | str = "cpu", max_abs: float = 1e-4
+    decoder: CaptionDecoder, *, device: torch.device | str = "cpu", max_abs: float = 1e-4
 ) -> tuple[nn.Module | None, str]:
     """A shallow copy of ``decoder`` whose ``step`` runs on ONNX Runtime (greedy, beam search
     and sampling all go through ``step``), checked against the eager step; or (None, reason).
@@ -147,6 +149,6 @@ def build_onnx_decoder(
     if not diff <= max_abs:
         return None, f"the ONNX Runtime decoder step disagrees with PyTorch (max abs diff {diff:.2e} > {max_abs:g})"
     fast = copy.copy(decoder)  # shares parameters and submodules; only `step` differs
-    fast.step = step  # an instance attribute: greedy / beam_search / sample call it
-    fast.onnx_step = step
+    fast.step = step  # type: ignore[method-assign]  # an instance attribute: greedy / beam_search / sample call it
+    fast.__dict__["onnx_step"] = step  # plain attribute (not a submodule): what replaced ``step``
     return fast, ""
