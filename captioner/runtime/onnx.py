@@ -246,6 +246,17 @@ class OnnxEncoder:
         }
 
 
+def unavailable_reason(device: torch.device | str) -> str:
+    """Why ONNX Runtime cannot run a model on ``device`` (a sentence for the log), or ""."""
+    if torch.device(device).type != "cpu":
+        return f"the model runs on {device}; the ONNX Runtime path is for CPUs"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return "onnxruntime is not installed (pip install onnxruntime)"
+    return ""
+
+
 def build_onnx_encoder(
     encoder: nn.Module,
     input_size: int,
@@ -260,12 +271,9 @@ def build_onnx_encoder(
     Returns ``(fast encoder, "")``, or ``(None, reason)`` when the fast path cannot be used;
     the reason is a sentence for the log. Never raises for an unavailable fast path.
     """
-    if torch.device(device).type != "cpu":
-        return None, f"the model runs on {device}; the ONNX Runtime path is for CPUs"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return None, "onnxruntime is not installed (pip install onnxruntime)"
+    reason = unavailable_reason(device)
+    if reason:
+        return None, reason
     try:
         fast = OnnxEncoder(encoder, input_size, threads=threads, cache_dir=cache_dir)
     except Exception as e:  # exporter or runtime cannot handle this network

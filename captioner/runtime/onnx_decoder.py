@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..decoder import CaptionDecoder
-from .onnx import ONNX_OPSET
+from .onnx import ONNX_OPSET, unavailable_reason
 
 
 class _StepGraph(nn.Module):
@@ -120,12 +120,9 @@ def build_onnx_decoder(
     """
     import copy
 
-    if torch.device(device).type != "cpu":
-        return None, f"the model runs on {device}; the ONNX Runtime path is for CPUs"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return None, "onnxruntime is not installed (pip install onnxruntime)"
+    reason = unavailable_reason(device)
+    if reason:
+        return None, reason
     try:
         step = OnnxDecoderStep(decoder)
     except Exception as e:
