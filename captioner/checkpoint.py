@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,11 +117,14 @@ def save_checkpoint(
     metadata: dict | None = None,
     encoder_state: dict[str, torch.Tensor] | None = None,
     dtype: torch.dtype | None = None,
+    extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically; returns its path.
 
     ``dtype=torch.float16`` stores floating-point weights in half precision (they are
-    converted back to float32 on load).
+    converted back to float32 on load). ``extra_files(folder)`` may add files of its own
+    (training's resume state) to the folder before it is put in place, so they appear
+    together with the checkpoint or not at all.
     """
     target = Path(directory)
     if decoder_config.vocab_size != len(vocab):
@@ -154,6 +158,8 @@ def save_checkpoint(
         )
         _write_json(tmp / VOCAB, vocab.to_dict())
         _write_json(tmp / METADATA, metadata or {})
+        if extra_files is not None:
+            extra_files(tmp)
         for p in tmp.iterdir():  # make sure every byte is on disk before the rename
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
@@ -251,3 +257,22 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
         encoder_state=encoder_state,
         path=path,
     )
+
+
+def read_metadata(directory: str | os.PathLike) -> dict:
+    """The ``metadata.json`` of a checkpoint folder ({} when it has none)."""
+    path = Path(directory) / METADATA
+    if not path.exists():
+        return {}
+    data = _read_json(path, "metadata")
+    return data if isinstance(data, dict) else {}
+
+
+def update_metadata(directory: str | os.PathLike, changes: dict) -> dict:
+    """Merge ``changes`` into a checkpoint's ``metadata.json`` (replaced atomically); returns it."""
+    path = Path(directory) / METADATA
+    data = {**read_metadata(directory), **changes}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _write_json(tmp, data)
+    os.replace(tmp, path)
+    return data

@@ -6,7 +6,7 @@
     torchrun --nproc_per_node=2 -m captioner.training.cli_train --data data/scenes --out runs/ddp
 
 Registered as the ``train`` entry point of the ``captioner.commands`` group. Every flag is
-one field of :class:`captioner.training.train.TrainConfig`; a JSON ``--config`` file may set any of
+one field of :class:`captioner.training.config.TrainConfig`; a JSON ``--config`` file may set any of
 them, and flags given on the command line win.
 """
 
@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import MISSING, fields
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from captioner.errors import CaptionerError
 
-from .train import FINE_TUNE, METRICS, SCHEDULES, TrainConfig
+from .config import CACHE_KEYS, FINE_TUNE, METRICS, SCHEDULES, TrainConfig
 
 DESCRIPTION = """Train a caption decoder (and optionally fine-tune the CNN) on a caption dataset.
 
@@ -87,25 +89,25 @@ HELP: dict[str, str] = {
     "zero_features": "ablation: train and evaluate with all-zero image features, to measure what the image adds",
     "device": "cpu, cuda or cuda:N (default: cuda when available)",
     "num_workers": "image-loading worker processes for caching and fine-tuning (default: 0)",
-    "threads": "torch CPU threads (default: torch's choice, usually one per core); on a CPU shared with other "
-    "work 1 can be several times faster",
+    "threads": "torch CPU threads (default: the cores other work leaves idle, i.e. cores minus the load "
+    "average, at least 1; on a busy small machine more threads than idle cores make training several times slower)",
     "progress": "progress bars (default: yes)",
     "plot": "write OUT/curves.png after every epoch (default: yes)",
 }
 
-CHOICES = {
+CHOICES: dict[str, tuple[str, ...]] = {
     "fine_tune": FINE_TUNE,
     "metric": METRICS,
     "schedule": SCHEDULES,
-    "cache_key": ("stat", "content"),
+    "cache_key": CACHE_KEYS,
     "cell": ("lstm", "gru", "rnn"),
     "format": ("auto", "coco", "flickr", "karpathy", "jsonl", "csv"),
 }
 SHORT = {"data": ["-d"], "out": ["-o"]}
 
 
-def _optional(kind):
-    def parse(text: str):
+def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
         return None if text.lower() in ("none", "") else kind(text)
 
     return parse
@@ -127,12 +129,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-config", action="store_true", help="print the effective settings as JSON and exit")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
-        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=HELP.get(f.name, ""))
+        kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=HELP.get(f.name, ""))
         if f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
-        base = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], str)
+        base: Callable[[str], Any] = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], str)
         if "None" in str(f.type):
             base = _optional(base)
         if f.name in CHOICES:
@@ -144,7 +145,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
             metavar=None if f.name in CHOICES else f.name.split("_")[-1].upper(),
             **kw,
         )
-        del default
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -191,9 +191,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"best checkpoint: {result.best_path} (epoch {result.best_epoch}); "
             f"features {result.feature_seconds:.0f}s + training {result.train_seconds:.0f}s"
         )
-    if result.test_metrics:
+    if result.test_metrics:  # printed here only: the trainer's log does not repeat it
         shown = {k: round(v, 4) for k, v in result.test_metrics.items() if isinstance(v, float)}
-        print("test: " + json.dumps(shown))
+        print(f"test (best checkpoint, epoch {result.best_epoch}): " + json.dumps(shown))
     return 0
 
 

@@ -11,7 +11,8 @@ The rules the loop follows:
 
 * the *global* batch size is a setting; each rank takes ``batch_size / world_size``
   examples per step, so a run on N processes sees the same batches (as a set, per step)
-  as a one-process run with the same seed (see :class:`captioner.training.train.Batcher`);
+  as a one-process run with the same seed (``torch.utils.data.DistributedSampler``, see
+  ``Trainer._batches`` in ``training/trainer.py``);
 * losses and metrics are summed across ranks with :meth:`DistContext.all_reduce_sum`;
 * only rank 0 writes files (feature cache, checkpoints, logs, plots); the others wait at
   a :meth:`DistContext.barrier` and then read what rank 0 wrote.

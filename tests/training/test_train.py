@@ -1,5 +1,9 @@
-"""The training loop on a tiny scenes dataset: it learns, it needs the image, it resumes
-exactly, it skips unreadable images with a report, and its settings are checked."""
+"""The training loop on tiny scenes datasets: it learns, it needs the image, it resumes
+exactly (and really resumes), it stops early, it picks the best epoch by the metric asked
+for, it holds out a validation split when there is none, it saves fp16, it fine-tunes the
+CNN, it skips unreadable images with a report, and its settings are checked.
+
+Every run is a tiny model on a few dozen images with one torch thread."""
 
 from __future__ import annotations
 
@@ -10,20 +14,25 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
+from captioner import Captioner
+from captioner.checkpoint import ENCODER_WEIGHTS, METADATA, WEIGHTS
+from captioner.errors import CaptionerError
+from captioner.training import runlog
+from captioner.training.plot import history_figure
 from captioner.training.scenes import generate_scenes
 from captioner.training.scenes.catalogue import CATEGORY_BY_NAME
 from captioner.training.train import (
     TrainConfig,
-    _flatten_optimizer,
-    _unflatten_optimizer,
+    auto_threads,
+    flatten_optimizer,
+    load_splits,
     lr_factor,
     resume_config,
     train,
+    unflatten_optimizer,
 )
-from safetensors.torch import load_file
-
-from captioner import Captioner
-from captioner.errors import CaptionerError
 
 KINDS = ("dog", "car", "apple", "cat")
 
@@ -58,9 +67,37 @@ def _cfg(tiny, out, **kw) -> TrainConfig:
         plot=False,
         device="cpu",
         seed=0,
+        threads=1,
     )
     base.update(kw)
     return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """8 train / 6 val / 4 test images of 4 kinds, and 12 train / 4 test with no val split."""
+    root = tmp_path_factory.mktemp("small")
+    kinds = [CATEGORY_BY_NAME[k] for k in KINDS]
+    generate_scenes(root / "data", {"train": 8, "val": 6, "test": 4}, seed=3, categories=kinds, progress=False)
+    generate_scenes(root / "noval", {"train": 12, "test": 4}, seed=1, categories=kinds, progress=False)
+    return root
+
+
+def _small_cfg(small, out, **kw) -> TrainConfig:
+    base = dict(
+        data=str(small / "data"),
+        cache_dir=str(small / "cache"),
+        embed_dim=32,
+        img_proj_dim=32,
+        hidden_dim=64,
+        batch_size=16,
+        dropout=0.0,
+        lr=1e-2,
+        warmup_steps=1,
+        schedule="constant",
+    )
+    base.update(kw)
+    return _cfg(small, out, **base)
 
 
 def _judge(rows, truth_file) -> dict[str, float]:
@@ -68,7 +105,9 @@ def _judge(rows, truth_file) -> dict[str, float]:
 
     truth = SceneTruth.load(truth_file)
     n = len(rows)
-    checks = [check_caption(r["caption"], truth.get(r["id"]), truth.words) for r in rows]
+    images = [truth.get(r["id"]) for r in rows]
+    assert all(image is not None for image in images)
+    checks = [check_caption(r["caption"], image, truth.words) for r, image in zip(rows, images) if image is not None]
     return {
         "background": sum(
             not {"wrong_background", "missing_background", "several_backgrounds"} & set(c.reasons) for c in checks
@@ -107,6 +146,7 @@ def test_tiny_run_learns_and_needs_the_image(tiny, tmp_path):
     assert meta["dataset"]["generator"]["seed"] == 3
     # the best checkpoint is a normal checkpoint: the vocabulary came from train captions
     model = Captioner.load(out / "best", device="cpu")
+    assert model.model_id == "real"  # the run's name, not "best-<hash>"
     assert set(model.vocab.itos[4:]) >= set(KINDS) | {"background"}
     image = sorted((tiny / "data" / "images" / "test").iterdir())[0]
     caption = model.caption([str(image)])[0]
@@ -132,13 +172,30 @@ def test_resume_after_interruption_gives_the_same_weights(tiny, tmp_path):
         train(_cfg(tiny, tmp_path / "cut", **cfg))
     with pytest.raises(CaptionerError, match="lr"):  # resuming must not change what is learned
         train(_cfg(tiny, tmp_path / "cut", **dict(cfg, lr=1e-3)), resume=True)
-    resumed = train(resume_config(tmp_path / "cut"), resume=True)
+    saved = json.loads((tmp_path / "cut" / "last" / "trainer_state.json").read_text())
+    executed: list[int] = []
+    resumed = train(
+        resume_config(tmp_path / "cut"), resume=True, on_epoch_end=lambda row: executed.append(row["epoch"])
+    )
 
-    a = load_file(str(tmp_path / "full" / "last" / "model.safetensors"))
-    b = load_file(str(tmp_path / "cut" / "last" / "model.safetensors"))
+    # It resumed rather than restarted: only epochs 2 and 3 ran, with only their steps, and
+    # epoch 1 is the interrupted run's own row (its timings too), not a recomputation.
+    steps_per_epoch = full.history[0]["step"]
+    assert executed == [2, 3]
+    assert resumed.steps_run == full.history[-1]["step"] - steps_per_epoch
+    assert resumed.history[0] == saved["history"][0]
+    assert resumed.history[0]["epoch_seconds"] != full.history[0]["epoch_seconds"]
+    # ... and it continued the optimizer where it stopped: the same weights as the full run
+    # (a fresh AdamW at epoch 2 would not give them).
+    a = load_file(str(tmp_path / "full" / "last" / WEIGHTS))
+    b = load_file(str(tmp_path / "cut" / "last" / WEIGHTS))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+    sa = load_file(str(tmp_path / "full" / "last" / "trainer_state.safetensors"))
+    sb = load_file(str(tmp_path / "cut" / "last" / "trainer_state.safetensors"))
+    for k in sa:
+        assert torch.allclose(sa[k], sb[k], atol=1e-6), k
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     for x, y in zip(full.history, resumed.history):
         assert math.isclose(x["train_loss"], y["train_loss"], rel_tol=1e-6)
@@ -173,6 +230,7 @@ def test_corrupt_training_image_is_skipped_with_a_report(tmp_path, capsys):
             progress=False,
             plot=False,
             device="cpu",
+            threads=1,
         )
     )
     assert [p for p, _ in result.skipped_images] == [str(bad.resolve())]
@@ -199,10 +257,10 @@ def test_optimizer_state_round_trips_without_pickle():
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     model(torch.randn(2, 4)).sum().backward()
     opt.step()
-    tensors, meta = _flatten_optimizer(opt)
+    tensors, meta = flatten_optimizer(opt)
     json.dumps(meta)  # everything that is not a tensor is plain JSON
     opt2 = torch.optim.AdamW(torch.nn.Linear(4, 3).parameters(), lr=0.1)
-    opt2.load_state_dict(_unflatten_optimizer(tensors, json.loads(json.dumps(meta))))
+    opt2.load_state_dict(unflatten_optimizer(tensors, json.loads(json.dumps(meta))))
     s1, s2 = opt.state_dict(), opt2.state_dict()
     for pid in s1["state"]:
         for k, v in s1["state"][pid].items():
@@ -271,11 +329,151 @@ def test_fine_tuning_trains_only_the_last_blocks_and_ships_them(tmp_path):
             progress=False,
             plot=False,
             device="cpu",
+            threads=1,
         )
     )
-    tuned = load_file(str(result.best_path / "encoder.safetensors"))
+    tuned = load_file(str(result.best_path / ENCODER_WEIGHTS))
     start = build_encoder("efficientnet_lite0").state_dict()
     changed = {k for k, v in start.items() if v.is_floating_point() and not torch.equal(v, tuned[k].float())}
     assert changed and all(k.startswith("trunk.head.") for k in changed), sorted(changed)[:5]
     model = Captioner.load(result.best_path, device="cpu")  # the fine-tuned CNN travels with the checkpoint
     assert torch.equal(model.encoder.state_dict()["trunk.head.conv.weight"], tuned["trunk.head.conv.weight"])
+
+
+def test_fine_tune_all_trains_the_whole_cnn_but_not_its_batch_norm_statistics(tmp_path):
+    from captioner.encoders import build_encoder
+
+    data = tmp_path / "data"
+    kinds = [CATEGORY_BY_NAME[k] for k in ("dog", "car")]
+    generate_scenes(data, {"train": 4, "val": 2, "test": 0}, seed=4, categories=kinds, progress=False)
+    result = train(
+        TrainConfig(
+            data=str(data),
+            out=str(tmp_path / "ft"),
+            fine_tune="all",
+            encoder_lr=1e-2,
+            epochs=1,
+            batch_size=10,
+            hidden_dim=32,
+            embed_dim=16,
+            img_proj_dim=16,
+            warmup_steps=1,
+            progress=False,
+            plot=False,
+            device="cpu",
+            threads=1,
+        )
+    )
+    tuned = load_file(str(result.best_path / ENCODER_WEIGHTS))
+    start = build_encoder("efficientnet_lite0").state_dict()
+    changed = {k for k, v in start.items() if v.is_floating_point() and not torch.equal(v, tuned[k].float())}
+    assert {"trunk.stem.conv.weight", "trunk.head.conv.weight"} <= changed  # first and last layers
+    assert not {k for k in changed if "running_" in k}  # batch-norm statistics stay frozen
+    assert len(changed) > len(start) // 3
+
+
+def test_early_stopping_and_the_best_epoch_by_val_loss(small, tmp_path, capsys):
+    out = tmp_path / "es"
+    result = train(_small_cfg(small, out, epochs=40, metric="val_loss", patience=2, evaluate_test=False))
+    vals = [row["val_loss"] for row in result.history]
+    # it stopped `patience` epochs after the best one, long before the 40 allowed
+    assert len(vals) == result.best_epoch + 2 < 40, vals
+    assert json.loads((out / "results.json").read_text())["stopped_early"] is True
+    assert "early stop: no better val_loss for 2 epochs" in capsys.readouterr().err
+    # the best epoch is the lowest validation loss, and OUT/best holds that epoch, not the last
+    assert result.best_epoch == 1 + vals.index(min(vals))
+    assert all(v > min(vals) for v in vals[result.best_epoch :])
+    meta = json.loads((out / "best" / METADATA).read_text())
+    assert (meta["epoch"], meta["selected_by"], meta["val"]["val_loss"]) == (result.best_epoch, "val_loss", min(vals))
+    best, last = load_file(str(out / "best" / WEIGHTS)), load_file(str(out / "last" / WEIGHTS))
+    assert any(not torch.equal(best[k], last[k]) for k in best)
+    assert [row["epoch"] for row in result.history if row["best"]][-1] == result.best_epoch
+
+
+def test_best_by_bleu_fp16_weights_and_a_held_out_val_split(small, tmp_path, capsys):
+    out = tmp_path / "fp16"
+    cfg = _small_cfg(
+        small, out, data=str(small / "noval"), epochs=5, metric="bleu_4", save_fp16=True, val_fraction=0.25
+    )
+    result = train(cfg)
+    assert "holding out 3 train images for validation" in capsys.readouterr().err
+    meta = json.loads((out / "best" / METADATA).read_text())
+    assert meta["dataset"]["splits"] == {"train": 9, "val": 3, "test": 4}
+    # best epoch: the highest BLEU-4, ties broken by the lower validation loss
+    scores = [(row["bleu_4"], -row["val_loss"]) for row in result.history]
+    assert result.best_epoch == 1 + scores.index(max(scores)) and meta["selected_by"] == "bleu_4"
+    # --save-fp16: OUT/best is half precision (OUT/last, which resumes, is not), and the test
+    # split was scored with those fp16 weights, as a user loads them
+    best, last = load_file(str(out / "best" / WEIGHTS)), load_file(str(out / "last" / WEIGHTS))
+    assert {v.dtype for v in best.values() if v.is_floating_point()} == {torch.float16}
+    assert {v.dtype for v in last.values() if v.is_floating_point()} == {torch.float32}
+    model = Captioner.load(out / "best", device="cpu", fast=False)
+    rows = [json.loads(x) for x in (out / "test_captions.jsonl").read_text().splitlines()]
+    assert model.caption([r["file"] for r in rows]) == [r["caption"] for r in rows]
+
+    # the held-out images are a deterministic part of train, disjoint from what trains
+    splits, _ = load_splits(cfg, lambda msg: None)
+    again, _ = load_splits(cfg, lambda msg: None)
+    other, _ = load_splits(TrainConfig(**dict(cfg.to_dict(), seed=5)), lambda msg: None)
+    train_paths, val_paths = set(splits["train"].paths), set(splits["val"].paths)
+    assert len(val_paths) == 3 and not train_paths & val_paths and len(train_paths | val_paths) == 12
+    assert again["val"].paths == splits["val"].paths and other["val"].paths != splits["val"].paths
+    with pytest.raises(CaptionerError, match="no val split"):
+        load_splits(TrainConfig(**dict(cfg.to_dict(), val_fraction=0.0)), lambda msg: None)
+
+
+def test_cli_run_prints_the_test_metrics_once_and_a_hint_when_it_learned_little(small, tmp_path, capsys):
+    import argparse
+
+    from captioner.training.cli_train import cmd_train, register
+
+    parser = argparse.ArgumentParser(prog="captioner")
+    register(parser.add_subparsers(dest="verb"))
+    run = tmp_path / "first-run"
+    flags = ["--data", str(small / "data"), "--out", str(run), "--cache-dir", str(small / "cache"), "--epochs", "1"]
+    flags += ["--hidden-dim", "32", "--embed-dim", "16", "--img-proj-dim", "16", "--threads", "1", "--no-progress"]
+    assert cmd_train(parser.parse_args(["train", *flags, "--no-plot", "--device", "cpu"])) == 0
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    assert printed.count("test (best checkpoint, epoch 1)") == 1 and "scene_accuracy" in captured.out
+    # one epoch on 8 images learns next to nothing: say so, with the recipe that works
+    assert "learned little" in captured.err and runlog.QUICK_RECIPE in captured.err
+    assert Captioner.load(run / "best", device="cpu", fast=False).model_id == "first-run"
+
+
+def test_weak_result_hint_only_when_the_result_is_far_below_sensible():
+    assert runlog.weak_result_hint({"scene_accuracy": 0.0, "cider_d": 0.4}, 200, 2) is not None
+    assert runlog.weak_result_hint({"scene_accuracy": 0.3, "cider_d": 3.0}, 1000, 8) is None
+    assert runlog.weak_result_hint({"cider_d": 0.02}, 500, 3) is not None  # not a scenes dataset
+    assert runlog.weak_result_hint({"cider_d": 0.9}, 500, 3) is None
+    assert runlog.weak_result_hint({}, 500, 3) is None
+
+
+def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
+    import captioner.training.config as config
+
+    monkeypatch.setattr(config, "_TORCH_DEFAULT_THREADS", 8)
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(config.os, "getloadavg", lambda: (3.2, 1.0, 1.0))
+    assert auto_threads() == 1  # a busy 2-core machine: one thread
+    monkeypatch.setattr(config.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    assert auto_threads() == 2  # idle: every core
+    monkeypatch.setattr(config.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(config.os, "getloadavg", lambda: (1.4, 1.0, 1.0))
+    assert auto_threads() == 8  # never more than torch's own default
+
+
+def test_curves_of_a_short_run_have_whole_epoch_ticks_and_plain_axes():
+    rows = [
+        {"epoch": 1, "lr": 2e-3, "train_loss": 4.1, "val_loss": 3.2, "bleu_4": 0.0, "cider_d": 0.0, "best": True},
+        {"epoch": 2, "lr": 2e-3, "train_loss": 2.8, "val_loss": 2.2, "bleu_4": 0.3, "cider_d": 0.6, "best": True},
+    ]
+    fig = history_figure(rows, "scene_accuracy")
+    fig.canvas.draw()
+    for ax in fig.axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2"]
+        low, high = ax.get_ylim()
+        assert low == 0 and high > 0
+        assert "e-1" not in ax.yaxis.get_offset_text().get_text()  # no 1e-13 offset on a flat curve
+    lr_axis = fig.axes[2]
+    assert lr_axis.get_ylim()[1] >= 2e-3

@@ -1,0 +1,190 @@
+"""The settings of a training run: :class:`TrainConfig`, checked when it is built.
+
+Every field is one ``captioner train`` flag (``training/cli_train.py`` derives them) and is
+saved as ``OUT/config.json`` and in every checkpoint's metadata.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from captioner.decoder import CELLS, DecoderConfig
+from captioner.errors import CaptionerError
+
+METRICS = ("auto", "scene_accuracy", "bleu_4", "cider_d", "val_loss")
+FINE_TUNE = ("none", "last", "all")
+SCHEDULES = ("cosine", "constant")
+CACHE_KEYS = ("stat", "content")
+#: Settings that must be >= 1.
+POSITIVE = (
+    "epochs",
+    "batch_size",
+    "min_count",
+    "max_words",
+    "embed_dim",
+    "hidden_dim",
+    "img_proj_dim",
+    "num_layers",
+    "encode_batch_size",
+    "fine_tune_blocks",
+)
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()  # before any run changed it
+
+#: Settings that may differ when resuming (they do not change what is learned).
+RESUME_OVERRIDABLE = (
+    "out",
+    "epochs",
+    "patience",
+    "device",
+    "num_workers",
+    "threads",
+    "progress",
+    "plot",
+    "evaluate_test",
+    "cache_dir",
+    "max_val_images",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (saved as OUT/config.json and in each checkpoint)."""
+
+    # --- data
+    data: str = ""  # dataset folder or caption file (any format of training.datasets)
+    format: str = "auto"  # auto | coco | flickr | karpathy | jsonl | csv
+    images_dir: str | None = None  # image folder when it is not next to the caption file
+    out: str = "runs/train"  # run folder: best/, last/, log.jsonl, curves.png
+    min_count: int = 1  # a word enters the vocabulary after this many uses in train captions
+    max_words: int = 30  # longer training captions are cut to this many words
+    val_fraction: float = 0.05  # held out of train when the dataset has no val split
+    max_val_images: int | None = None  # validate on the first N val images only (speed)
+    # --- encoder and feature cache
+    encoder: str = "efficientnet_lite0"
+    encoder_weights: str = "pretrained"  # pretrained | random | path to a state dict
+    cache_dir: str | None = None  # default: $CAPTIONER_CACHE or ~/.cache/captioner/features
+    cache_key: str = "stat"  # stat (path, size, mtime) | content (SHA-256 of the bytes)
+    encode_batch_size: int = 4  # small batches are fastest on a CPU (see docs/training.md)
+    fine_tune: str = "none"  # none (cached features) | last (last blocks) | all
+    fine_tune_blocks: int = 2  # with fine_tune=last: how many of the CNN's last blocks train
+    encoder_lr: float = 1e-4
+    # --- decoder (captioner.decoder.DecoderConfig)
+    cell: str = "lstm"  # lstm | gru | rnn
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    img_proj_dim: int = 256
+    num_layers: int = 1
+    dropout: float = 0.1
+    init_state: bool = True
+    # --- optimisation
+    epochs: int = 20
+    batch_size: int = 128  # global: split evenly over the processes of a torchrun launch
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    schedule: str = "cosine"  # cosine | constant (both after the linear warm-up)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05  # the cosine ends at lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    label_smoothing: float = 0.0
+    amp: bool = True  # autocast on CUDA (bf16 when supported, else fp16 + loss scaling)
+    seed: int = 0
+    # --- validation, early stopping, output
+    metric: str = "auto"  # auto: scene_accuracy with a scenes ground truth, else cider_d
+    patience: int = 5  # stop after this many epochs without a better validation metric
+    save_fp16: bool = False  # store the best checkpoint's weights in half precision
+    evaluate_test: bool = True  # score the best checkpoint on the test split at the end
+    zero_features: bool = False  # ablation: every image feature is zeros (what does the image add?)
+    device: str | None = None  # None: cuda when available, else cpu
+    num_workers: int = 0  # image-loading processes (feature caching and fine-tuning)
+    threads: int | None = None  # torch CPU threads; None: the idle cores (see auto_threads)
+    progress: bool = True
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        problem = self._problem()
+        if problem:
+            raise CaptionerError(f"invalid training setting: {problem}")
+
+    def _problem(self) -> str | None:
+        """The first thing wrong with these settings, or None."""
+        for name, allowed in (
+            ("cell", CELLS),
+            ("fine_tune", FINE_TUNE),
+            ("metric", METRICS),
+            ("schedule", SCHEDULES),
+            ("cache_key", CACHE_KEYS),
+        ):
+            if getattr(self, name) not in allowed:
+                return f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}"
+        for name in POSITIVE:
+            if int(getattr(self, name)) < 1:
+                return f"{name} must be >= 1"
+        if self.threads is not None and self.threads < 1:
+            return "threads must be >= 1"
+        for name in ("warmup_steps", "patience", "num_workers"):
+            if int(getattr(self, name)) < 0:
+                return f"{name} must be >= 0"
+        if not (self.lr > 0 and self.encoder_lr > 0):
+            return "learning rates must be > 0"
+        if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
+            return "dropout and label_smoothing must be in [0, 1)"
+        if self.zero_features and self.fine_tune != "none":
+            return "zero_features is an ablation of cached features; it cannot be combined with fine_tune"
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.min_lr_ratio <= 1:
+            return "val_fraction must be in [0, 1) and min_lr_ratio in [0, 1]"
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            return "grad_clip and weight_decay must be >= 0"
+        return None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CaptionerError(f"unknown training setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def decoder_config(self, vocab_size: int, feature_dim: int, max_length: int) -> DecoderConfig:
+        return DecoderConfig(
+            vocab_size=vocab_size,
+            feature_dim=feature_dim,
+            embed_dim=self.embed_dim,
+            hidden_dim=self.hidden_dim,
+            img_proj_dim=self.img_proj_dim,
+            cell=self.cell,
+            num_layers=self.num_layers,
+            dropout=self.dropout,
+            init_state=self.init_state,
+            max_length=max_length,
+        )
+
+
+def auto_threads() -> int:
+    """Torch CPU threads for a run that did not choose: the cores no other work is using.
+
+    Torch's own default (one thread per core) is right on an idle machine, but on a small
+    machine that is also running something else its threads wait for each other: on a busy
+    2-core CPU two threads made a short run several times slower than one. So the count is
+    the number of cores minus the 1-minute load average (rounded), at least 1, at most
+    torch's default (the value before any run changed it).
+    """
+    cores = os.cpu_count() or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except (AttributeError, OSError):  # no load average on this platform
+        busy = 0
+    return max(1, min(_TORCH_DEFAULT_THREADS, cores - busy))
+
+
+def default_cache_dir() -> Path:
+    """The feature cache folder: ``features/`` under :func:`captioner.cache.default_cache_dir`."""
+    from captioner.cache import default_cache_dir as cache_root
+
+    return cache_root() / "features"
