@@ -32,7 +32,8 @@ EPILOG = """examples:
   curl -F file=@photo.jpg http://127.0.0.1:8000/v1/captions"""
 
 
-#: The flags' groups in ``--help``, by setting name; every setting has a flag (a test checks it).
+#: The flags' groups in ``--help``, by setting name; a setting in no group still gets its flag,
+#: under "other settings" (a test checks that every setting has one).
 FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "where to listen": ("host", "port"),
     "model": ("checkpoint", "device", "torch_threads"),
@@ -43,6 +44,10 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         "max_pixels",
         "request_timeout_s",
         "body_timeout_s",
+        "max_buffered_bytes",
+        "max_header_bytes",
+        "header_timeout_s",
+        "max_connections",
         "max_beam_size",
         "max_length_limit",
         "default_beam_size",
@@ -62,6 +67,8 @@ METAVARS = {
     "api_key": "KEY",
     "cors_origins": "ORIGIN",
     "max_body_bytes": "BYTES",
+    "max_buffered_bytes": "BYTES",
+    "max_header_bytes": "BYTES",
     "max_wait_ms": "MS",
     "drain_seconds": "S",
     "max_beam_size": "K",
@@ -121,7 +128,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for title, names in FLAG_GROUPS.items():
+    from .settings import Settings
+
+    grouped = {name for names in FLAG_GROUPS.values() for name in names}
+    others = tuple(name for name in Settings.model_fields if name not in grouped)
+    for title, names in {**FLAG_GROUPS, "other settings": others}.items():
+        if not names:
+            continue
         group = p.add_argument_group(title)
         for name in names:
             _add_setting_flag(group, name)

@@ -120,6 +120,11 @@ class ModelInfo(BaseModel):
     metadata: dict[str, Any] = Field(
         description="from the checkpoint: training data, configuration and metrics (paths reduced to their last part)"
     )
+    trust: dict[str, Any] | None = Field(
+        None,
+        exclude_if=omitted_when_none,
+        description="what the per-caption trust fields rest on: the training data, calibration, the domain model",
+    )
     service: ServiceLimits
 
 

@@ -31,6 +31,16 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "yellow": (235, 215, 40),
 }
 API_KEY = "test-key-0123456789"
+#: What a real training run records, including the training machine's absolute paths
+#: (which /v1/model must not show).
+TRAINING_METADATA = {
+    "model_id": "test-colours",
+    "training_data": "plain noisy colour pictures",
+    "dataset": {"path": "/home/ann/datasets/colours", "format": "scenes"},
+    "train_config": {"data": "data/colours", "out": "runs/colours", "cache_dir": "/tmp/ann-cache/features"},
+    "run": {"command": "captioner train --data /home/ann/datasets/colours --out runs/colours --cache-dir C:\\cache\\x"},
+}
+SECRET_PATH_PARTS = ("/home/ann", "/tmp/ann-cache", "C:\\cache")
 STARTUP_TIMEOUT_S = 120.0
 
 
@@ -106,7 +116,7 @@ def build_checkpoint(out: Path) -> Path:
             decoder,
             vocab,
             device="cpu",
-            metadata={"model_id": "test-colours", "training_data": "plain noisy colour pictures"},
+            metadata=TRAINING_METADATA,
         )
         got = [r.caption for r in model.generate(feats)]
         assert got == captions, f"the test decoder did not learn the colours: {got}"

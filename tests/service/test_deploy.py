@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import yaml
+
 from captioner.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,3 +76,63 @@ def test_dockerfile_serves_the_default_weights_with_a_readiness_healthcheck():
     for line in re.findall(r"^COPY (.+)$", text, re.M):  # nothing the build copies may be ignored
         for copied in line.split()[:-1]:
             assert copied not in ignored and (ROOT / copied).exists(), copied
+
+
+def test_plain_uvicorn_factory_serves_with_settings_from_the_environment(checkpoint, tmp_path):
+    """``uvicorn --factory captioner.service.app:create_app``, as docs/service.md shows it: a real
+    uvicorn process, settings only from CAPTIONER_* variables, the model loaded at startup."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from servicekit import colour_image
+
+    log = tmp_path / "uvicorn.log"
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_VARS}
+    env.update(
+        CAPTIONER_CHECKPOINT=str(checkpoint),
+        CAPTIONER_TORCH_THREADS="1",
+        CAPTIONER_MAX_BEAM_SIZE="2",
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "captioner.service.app:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline, url = time.monotonic() + 180, None
+        while time.monotonic() < deadline and url is None:
+            assert proc.poll() is None, log.read_text()
+            m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", log.read_text())
+            url = m.group(1) if m else None
+            time.sleep(0.2)
+        assert url, log.read_text()
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while c.get("/readyz").status_code != 200:  # the model loads in the lifespan
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+            r = c.post("/v1/captions", files={"file": ("red.png", colour_image("red", 90))})
+            assert r.status_code == 200 and r.json()["results"][0]["caption"] == "a red picture", r.text
+            assert c.get("/v1/model").json()["service"]["max_beam_size"] == 2  # from the environment
+            assert c.post("/v1/captions", params={"beam_size": 3}, content=b"x").status_code == 422
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down cleanly, then exits 0 or re-raises the signal (newer versions do)
+        assert proc.wait(60) in (0, -signal.SIGTERM), log.read_text()
+        assert "Application shutdown complete" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert "Traceback" not in log.read_text()
