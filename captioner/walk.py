@@ -31,6 +31,82 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def _roots(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, bool]]:
+    """(path, is a folder) for every input; CaptionerError for one that is neither."""
+    if not paths:
+        raise CaptionerError("no input given; pass image files or folders")
+    roots: list[tuple[Path, bool]] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            roots.append((path, True))
+        elif path.is_file():
+            roots.append((path, False))
+        elif path.exists() or path.is_symlink():
+            raise CaptionerError(f"{path}: not a regular file or folder")
+        else:
+            raise CaptionerError(f"{path}: no such file or folder")
+    return roots
+
+
+class _Walk:
+    """What one walk has found so far: images by key, problems, folders entered."""
+
+    def __init__(self, base: str, recursive: bool) -> None:
+        self.base = base
+        self.recursive = recursive
+        self.found: dict[str, ImageItem] = {}
+        self.problems: list[FileProblem] = []
+        self.seen_dirs: set[str] = set()
+
+    def key_of(self, path: Path) -> str:
+        return Path(os.path.relpath(os.path.abspath(path), self.base)).as_posix()
+
+    def add_file(self, path: Path) -> None:
+        key = self.key_of(path)
+        self.found.setdefault(key, ImageItem(key, path))
+
+    def folder(self, root: Path) -> None:
+        """Depth-first, in name order; a folder already entered (by real path) is skipped."""
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            real = os.path.realpath(folder)
+            if real in self.seen_dirs:  # a link loop, or the same folder reached twice
+                continue
+            self.seen_dirs.add(real)
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as e:
+                self.problems.append(FileProblem(self.key_of(folder), f"cannot list folder ({e.strerror or e})"))
+                continue
+            subdirs = [sub for entry in entries if (sub := self.entry(entry)) is not None]
+            stack.extend(reversed(subdirs))
+
+    def entry(self, entry: os.DirEntry) -> Path | None:
+        """Take one folder entry; returns it when it is a sub-folder to enter."""
+        if _is_hidden(entry.name):
+            return None
+        try:
+            is_subdir = entry.is_dir(follow_symlinks=True)
+            is_file = entry.is_file(follow_symlinks=True)
+        except OSError:
+            is_subdir = is_file = False
+        path = Path(entry.path)
+        if is_subdir:
+            return path if self.recursive else None
+        if Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
+            return None
+        if is_file:
+            self.add_file(path)
+        elif entry.is_symlink() and not path.exists():
+            self.problems.append(FileProblem(self.key_of(path), "broken symbolic link"))
+        else:
+            self.problems.append(FileProblem(self.key_of(path), "not a regular file"))
+        return None
+
+
 def find_images(
     paths: Sequence[str | os.PathLike], recursive: bool = False
 ) -> tuple[list[ImageItem], list[FileProblem]]:
@@ -47,69 +123,13 @@ def find_images(
     that are not regular files, folders that cannot be listed). Raises
     :class:`CaptionerError` for an input that does not exist.
     """
-    if not paths:
-        raise CaptionerError("no input given; pass image files or folders")
-    roots: list[tuple[Path, bool]] = []
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            roots.append((path, True))
-        elif path.is_file():
-            roots.append((path, False))
-        elif path.exists() or path.is_symlink():
-            raise CaptionerError(f"{path}: not a regular file or folder")
-        else:
-            raise CaptionerError(f"{path}: no such file or folder")
-    bases = [os.path.abspath(r if is_dir else r.parent) for r, is_dir in roots]
-    base = os.path.commonpath(bases)
-
-    def key_of(path: Path) -> str:
-        return Path(os.path.relpath(os.path.abspath(path), base)).as_posix()
-
-    found: dict[str, ImageItem] = {}
-    problems: list[FileProblem] = []
-    seen_dirs: set[str] = set()
+    roots = _roots(paths)
+    walk = _Walk(os.path.commonpath([os.path.abspath(r if is_dir else r.parent) for r, is_dir in roots]), recursive)
     for root, is_dir in roots:
-        if not is_dir:
-            found.setdefault(key_of(root), ImageItem(key_of(root), root))
-            continue
-        stack = [root]
-        while stack:
-            folder = stack.pop()
-            real = os.path.realpath(folder)
-            if real in seen_dirs:  # a link loop, or the same folder reached twice
-                continue
-            seen_dirs.add(real)
-            try:
-                with os.scandir(folder) as it:
-                    entries = sorted(it, key=lambda e: e.name)
-            except OSError as e:
-                problems.append(FileProblem(key_of(folder), f"cannot list folder ({e.strerror or e})"))
-                continue
-            subdirs = []
-            for entry in entries:
-                if _is_hidden(entry.name):
-                    continue
-                try:
-                    is_subdir = entry.is_dir(follow_symlinks=True)
-                    is_file = entry.is_file(follow_symlinks=True)
-                except OSError:
-                    is_subdir = is_file = False
-                entry_path = Path(entry.path)
-                if is_subdir:
-                    if recursive:
-                        subdirs.append(entry_path)
-                    continue
-                if Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                key = key_of(entry_path)
-                if is_file:
-                    found.setdefault(key, ImageItem(key, entry_path))
-                elif entry.is_symlink() and not entry_path.exists():
-                    problems.append(FileProblem(key, "broken symbolic link"))
-                else:
-                    problems.append(FileProblem(key, "not a regular file"))
-            stack.extend(reversed(subdirs))  # depth-first, in name order
-    items = sorted(found.values(), key=lambda i: i.key)
-    problems.sort(key=lambda p: p.key)
+        if is_dir:
+            walk.folder(root)
+        else:
+            walk.add_file(root)
+    items = sorted(walk.found.values(), key=lambda i: i.key)
+    problems = sorted(walk.problems, key=lambda p: p.key)
     return items, problems
