@@ -127,8 +127,7 @@ def create_app(settings: Settings | None = None, model: Captioner | None = None)
         service = CaptionService(loaded, settings, metrics)
         service.start()
         backend = str(getattr(loaded, "encoder_backend", "pytorch"))  # onnxruntime on the fast CPU path
-        encoder_name = str(getattr(getattr(loaded.encoder, "spec", None), "name", "unknown"))
-        metrics.model_info.labels(loaded.model_id, encoder_name, str(loaded.device), backend).set(1)
+        metrics.model_info.labels(loaded.model_id, loaded.encoder_name, str(loaded.device), backend).set(1)
         app.state.service = service
         log.info("model %s ready on %s", loaded.model_id, loaded.device)
         try:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import WithJsonSchema
 
 from ..auth import require_api_key
-from ..captioning import ItemResult
+from ..captioning import GenerationOptions, ItemResult
 from ..deps import ServiceDep
 from ..errors import ErrorBody
 from ..params import (
@@ -111,7 +111,9 @@ def error_responses() -> dict[int | str, dict[str, Any]]:
     }
 
 
-def build_response(model_id: str, opts: Any, items: list[ItemResult], started: float) -> CaptionResponse | JSONResponse:
+def build_response(
+    model_id: str, opts: GenerationOptions, items: list[ItemResult], started: float
+) -> CaptionResponse | JSONResponse:
     """200 with a :class:`CaptionResponse` when an image got a caption, else the failure."""
     entries = [CaptionItem.from_result(it) for it in items]
     ok = sum(1 for it in items if it.error is None)

@@ -10,6 +10,7 @@ import asyncio
 import io
 import struct
 import zlib
+from typing import Any
 
 import httpx
 import pytest
@@ -163,7 +164,7 @@ def _multipart(*parts):
 TRUNCATED_PNG = colour_image("red", 1, size=(64, 64))[:120]
 
 # name -> (request kwargs, status, code); each is sent to the default server, followed by a good request.
-BAD_INPUTS = {
+BAD_INPUTS: dict[str, tuple[dict[str, Any], int, str]] = {
     "unknown route": (dict(method="GET", url="/v2/captions"), 404, "not_found"),
     "wrong method": (dict(method="DELETE", url="/v1/captions"), 405, "method_not_allowed"),
     "wrong content type": (

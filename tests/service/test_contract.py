@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +16,14 @@ from test_api import TRUNCATED_PNG, assert_caption, assert_error, scrape
 from captioner.service.uploads import FILE_FIELDS, OPTION_FIELDS
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
+JSON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "array": list,
+    "object": dict,
+}
 
 
 # ---------------------------------------------------------------------------- a schema walker
@@ -110,7 +118,7 @@ def test_operation_ids_are_unique_and_no_warning_is_logged(server):
 
 # ---------------------------------------------------------------------------- options
 # (request kwargs, status, code, words the detail must contain)
-OPTION_CASES = {
+OPTION_CASES: dict[str, tuple[dict[str, Any], int, str, str]] = {
     "beam size zero": (dict(params={"beam_size": 0}), 422, "invalid_option", "from 1 to 5"),
     "beam size negative": (dict(params={"beam_size": -3}), 422, "invalid_option", "from 1 to 5"),
     "beam size 200": (dict(params={"beam_size": 200}), 422, "invalid_option", "from 1 to 5"),

@@ -41,8 +41,11 @@ def test_compose_threads_match_the_cpu_limit():
 def test_compose_gives_time_to_drain_before_sigkill():
     env = compose()["services"]["captioner"]["environment"]
     grace = compose()["services"]["captioner"]["stop_grace_period"]
-    seconds = int(re.fullmatch(r"(\d+)s", grace).group(1))
-    timeout = float(re.search(r"(\d+)\}?$", str(env["CAPTIONER_REQUEST_TIMEOUT_S"])).group(1))
+    grace_match = re.fullmatch(r"(\d+)s", grace)
+    timeout_match = re.search(r"(\d+)\}?$", str(env["CAPTIONER_REQUEST_TIMEOUT_S"]))
+    assert grace_match and timeout_match, (grace, env["CAPTIONER_REQUEST_TIMEOUT_S"])
+    seconds = int(grace_match.group(1))
+    timeout = float(timeout_match.group(1))
     assert seconds > float(env["CAPTIONER_DRAIN_SECONDS"]) + timeout
 
 

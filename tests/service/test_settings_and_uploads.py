@@ -143,7 +143,7 @@ def test_every_setting_is_a_flag_with_its_default_and_description():
     actions = {a.dest: a for a in serve_parser()._actions if a.dest != "help"}
     assert set(actions) == set(Settings.model_fields)
     for name, field in Settings.model_fields.items():
-        text = actions[name].help % {}
+        text = (actions[name].help or "") % {}
         assert field.description and field.description in text, (name, text)
         assert f"env CAPTIONER_{name.upper()}" in text, (name, text)
         if field.default not in (None, [], ()) and field.default_factory is None:
@@ -156,7 +156,7 @@ def test_every_setting_is_a_flag_with_its_default_and_description():
                 else str(default)
             )
             assert f"default {shown}" in text, (name, text)
-    assert "default 40,000,000" in actions["max_pixels"].help  # numbers people can read
+    assert "default 40,000,000" in (actions["max_pixels"].help or "")  # numbers people can read
     assert actions["checkpoint"].option_strings == ["--checkpoint", "-c"]
     assert actions["request_timeout_s"].option_strings == ["--request-timeout"]
 
