@@ -35,7 +35,7 @@ th{background:#f0f0f0}
 #per-image th{cursor:pointer;user-select:none;position:sticky;top:0}
 #per-image th.sorted-asc::after{content:" \\25B2"}#per-image th.sorted-desc::after{content:" \\25BC"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.refs ul{margin:0;padding-left:16px}
+td.refs{min-width:280px}td.refs ul{margin:0;padding-left:16px}td.caption{min-width:180px}
 img.thumb{display:block;max-width:96px;max-height:96px}
 .note{color:#8a4b00}
 """

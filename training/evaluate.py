@@ -38,7 +38,7 @@ from pathlib import Path
 from captioner.errors import CaptionerError
 from captioner.metrics import DEFAULT_METRICS, CaptionScores, score_captions
 from captioner.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL, ImageStats, intervals
-from captioner.metrics.scene import SceneTruth, check_caption, find_scene_truth
+from captioner.metrics.scene import SceneTruth, find_scene_truth, scene_accuracy
 from captioner.metrics.tokenize import TOKENIZER_DESCRIPTIONS, resolve_tokenizer
 
 from .datasets import CaptionDataset, CaptionedImage, load_dataset
@@ -211,14 +211,14 @@ def score_pairs(
     if scene:
         truths = _scene_truths(dataset, {item.split for item, _ in pairs})
         if truths and all(item.split in truths for item, _ in pairs):
-            for i, (item, caption) in zip(ids, pairs):
-                truth = truths[item.split]
-                image = truth.get(item.image_id) or truth.get(_relative_name(item, dataset))
-                if image is None:
-                    raise CaptionerError(f"{item.image_path}: not in the scenes ground truth {truth.source}")
-                check = check_caption(caption, image, truth.words)
-                out.scene_checks[i] = (check.correct, check.details)
-                out.scene_errors.update(check.reasons)
+            for split, truth in truths.items():  # captioner.metrics.scene scores, per split
+                mine = [(i, item, caption) for i, (item, caption) in zip(ids, pairs) if item.split == split]
+                keys = {i: i if truth.get(i) else _relative_name(item, dataset) for i, item, _ in mine}
+                acc = scene_accuracy({keys[i]: caption for i, _, caption in mine}, truth, keep_wrong=len(mine))
+                wrong = {key: details for key, _, details in acc.wrong}
+                for i, _, _ in mine:
+                    out.scene_checks[i] = (keys[i] not in wrong, wrong.get(keys[i], []))
+                out.scene_errors.update(acc.reasons)
     return out
 
 

@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from captioner import Captioner
+from captioner.cli import main as cli_main
+from captioner.decoder import CaptionDecoder, DecoderConfig
+from captioner.encoders import build_encoder
+from captioner.errors import CaptionerError
 from captioner.training.datasets import load_dataset
 from captioner.training.evaluate import (
     evaluate_captions,
@@ -18,12 +24,6 @@ from captioner.training.evaluate import (
     match_predictions,
 )
 from captioner.training.scenes import generate_scenes
-
-from captioner import Captioner
-from captioner.cli import main as cli_main
-from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.encoders import build_encoder
-from captioner.errors import CaptionerError
 from captioner.vocab import Vocabulary
 
 FAST = ("bleu", "cider", "rouge")  # METEOR/SPICE start a JVM: covered by the metrics tests
@@ -235,3 +235,264 @@ def test_model_mode_captions_match_the_library(model_dir, scenes):
     captions = [r["caption"] for r in report["per_image"]]
     assert captions == model.caption([item.image_path for item in ds.items])
     assert report["source"]["model_id"] == model.model_id and report["failed"] == []
+
+
+# ---------------------------------------------------------------------------- matching a caption run
+@pytest.fixture(scope="module")
+def two_splits(tmp_path_factory) -> Path:
+    """Scenes with train and test: the file names 000000.jpg..000003.jpg exist in both folders."""
+    out = tmp_path_factory.mktemp("data2") / "scenes"
+    generate_scenes(out, {"train": 6, "test": 4}, seed=5, progress=False)
+    return out
+
+
+def test_captions_of_one_split_folder_match_that_folder(model_dir, two_splits, tmp_path, capsys):
+    # what a user does: caption the test images folder, then evaluate against the whole dataset
+    preds = tmp_path / "p.jsonl"
+    folder = two_splits / "images" / "test"
+    assert cli_main(["caption", str(folder), "--checkpoint", str(model_dir), "--out", str(preds)]) == 0
+    assert json.loads(preds.read_text().splitlines()[0])["file"] == "000000.jpg"  # relative to the folder
+    refs = load_dataset(two_splits, check_files=False)
+    matched = match_predictions(load_predictions(preds), refs)
+    assert [item.split for item, _ in matched.pairs] == ["test"] * 4 and not matched.ambiguous
+    assert matched.folder is not None and matched.folder.endswith("images/test") and matched.settled == 4
+    capsys.readouterr()
+    code = cli_main(
+        ["evaluate", "--predictions", str(preds), "--references", str(two_splits), "--metrics", "bleu,cider"]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "images scored: 4" in printed and "matched them in 'test'" in printed and "--split" in printed
+    # the same numbers as naming the split
+    by_split = evaluate_predictions(preds, load_dataset(two_splits, split="test", check_files=False), metrics=FAST)
+    report = evaluate_predictions(preds, refs, metrics=FAST)
+    assert report["metrics"] == by_split["metrics"]
+
+    # the train folder's captions: 6 names, 4 of them also in test -> train, the folder that holds all 6
+    train_preds = tmp_path / "train.jsonl"
+    names = sorted(p.name for p in (two_splits / "images" / "train").iterdir())
+    train_preds.write_text("".join(json.dumps({"file": n, "caption": "a cat"}) + "\n" for n in names))
+    m = match_predictions(load_predictions(train_preds), refs)
+    assert [item.split for item, _ in m.pairs] == ["train"] * 6 and m.settled == 4
+
+
+def test_when_nothing_matches_the_message_shows_both_sides_and_what_to_pass(two_splits, tmp_path):
+    refs = load_dataset(two_splits, check_files=False)
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text('{"file": "photo_17.jpg", "caption": "a cat"}\n{"file": "photo_18.jpg", "caption": "a dog"}\n')
+    with pytest.raises(CaptionerError) as e:
+        evaluate_predictions(wrong, refs, metrics=FAST)
+    msg = str(e.value)
+    assert "no prediction matched a reference image" in msg and "match no reference image" in msg
+    assert "wrong.jsonl:1 names 'photo_17.jpg'" in msg  # one prediction
+    assert "'test/000000.jpg' (image_id" in msg or "'train/000000.jpg' (image_id" in msg  # one reference
+    assert "relative to" in msg and str(two_splits / "images") in msg  # what to pass
+
+    # names that two equally full folders share: nothing settles them -> say --split
+    same = tmp_path / "same"
+    generate_scenes(same, {"train": 2, "test": 2}, seed=1, progress=False)
+    shared = tmp_path / "shared.jsonl"
+    shared.write_text('{"file": "000000.jpg", "caption": "a"}\n{"file": "000001.jpg", "caption": "b"}\n')
+    with pytest.raises(CaptionerError, match=r"share: pass --split \(one of (train, test|test, train)\)"):
+        evaluate_predictions(shared, load_dataset(same, check_files=False), metrics=FAST)
+
+
+# ---------------------------------------------------------------------------- --worst, --limit, option ranges
+def test_worst_keeps_the_k_lowest(refs, tmp_path):
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps([{"image_id": 1, "caption": "a dog on the grass"}, {"image_id": 2, "caption": "x"}]))
+    for k in (0, 1, 2, 5):
+        report = evaluate_predictions(preds, refs, metrics=FAST, worst_k=k, bootstrap=0)
+        lowest = sorted(report["per_image"], key=lambda r: r["scores"]["cider_d"])[:k]
+        assert [r["image_id"] for r in report["worst"]] == [r["image_id"] for r in lowest]
+    assert [r["image_id"] for r in evaluate_predictions(preds, refs, metrics=FAST, worst_k=1)["worst"]] == [2]
+
+
+def test_limit_and_worst_through_the_command_line(model_dir, scenes, tmp_path):
+    out = tmp_path / "r.json"
+    args = ["evaluate", "--checkpoint", str(model_dir), "--data", str(scenes), "--metrics", "bleu,cider", "-q"]
+    assert cli_main([*args, "--limit", "3", "--worst", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    first3 = [f"test/{p.name}" for p in sorted((scenes / "images" / "test").iterdir())[:3]]
+    assert report["images"] == 3 and [r["file"] for r in report["per_image"]] == first3
+    lowest = sorted(report["per_image"], key=lambda r: (r["scores"]["cider_d"], first3.index(r["file"])))
+    assert [r["file"] for r in report["worst"]] == [r["file"] for r in lowest[:2]]
+    assert cli_main([*args, "--limit", "1", "--worst", "0", "--bootstrap", "0", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["images"] == 1 and report["worst"] == [] and "intervals" not in report
+
+
+@pytest.mark.parametrize(
+    "option, value, words",
+    [
+        ("--limit", "0", "limit must be an integer from 1 to"),
+        ("--worst", "-1", "worst examples must be an integer from 0 to"),
+        ("--bootstrap", "-5", "bootstrap resamples must be an integer from 0 to 100000"),
+        ("--seed", "x", "seed must be an integer from 0 to"),
+        ("--tokenizer", "spacy", "invalid choice: 'spacy'"),
+    ],
+)
+def test_out_of_range_options_exit_2_with_one_line(refs, option, value, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["evaluate", "--predictions", "p.json", "--references", str(refs.source), option, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------- tokenizer, intervals, skipped lines
+def test_the_table_and_report_state_the_tokenizer_and_intervals(refs, tmp_path, capsys):
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps([{"image_id": i, "caption": c} for i, c in PREDS.items()]))
+    out = tmp_path / "r.json"
+    assert cli_main(["evaluate", "-p", str(preds), "--references", str(refs.source), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["tokenizer"]["name"] == "ptb" and printed.startswith("tokenizer: ptb = coco-caption's")
+    assert report["bootstrap"]["resamples"] == 1000 and report["bootstrap"]["level"] == 0.95
+    for name, value in report["metrics"].items():
+        lo, hi = report["intervals"][name]
+        assert lo <= value <= hi
+        assert f"{value:8.4f}  {lo:.4f}-{hi:.4f}" in printed
+    # a skipped metric is one short line pointing at the docs; the full reason stays in the report
+    if "spice" in report["skipped"]:
+        (line,) = [ln for ln in printed.splitlines() if ln.startswith("SPICE")]
+        assert len(line) < 100 and "docs/metrics.md#spice" in line
+        assert len(report["skipped"]["spice"]) > len(line)
+    assert all(len(ln) < 120 for ln in printed.splitlines() if "skipped" in ln)
+
+
+def test_without_java_the_table_says_our_tokenizer_in_one_line(refs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `java`
+    preds = tmp_path / "p.json"
+    preds.write_text(json.dumps([{"image_id": i, "caption": c} for i, c in PREDS.items()]))
+    assert cli_main(["evaluate", "-p", str(preds), "--references", str(refs.source)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("tokenizer: ours = the project's")
+    notes = [ln for ln in printed.splitlines() if "not coco-caption's PTB" in ln]
+    assert len(notes) == 1 and "default-jre-headless" in notes[0]
+    assert "METEOR           skipped  (needs Java" in printed
+    assert cli_main(["evaluate", "-p", str(preds), "--references", str(refs.source), "--tokenizer", "ptb"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --tokenizer ptb cannot run: Java is not installed") and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------- comparing two systems
+def test_compare_a_system_with_itself_and_with_a_fixed_sentence(scenes, tmp_path, capsys):
+    ds = load_dataset(scenes, split="test", check_files=False)
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"file": Path(i.image_path).name, "caption": i.captions[0]}) + "\n" for i in ds))
+    fixed = tmp_path / "fixed.jsonl"
+    fixed.write_text(
+        "".join(json.dumps({"file": Path(i.image_path).name, "caption": "a red background"}) + "\n" for i in ds)
+    )
+    args = ["evaluate", "--references", str(scenes), "--metrics", "bleu,cider,rouge"]
+
+    out = tmp_path / "same.json"
+    assert cli_main([*args, "--predictions", str(good), "--compare", str(good), "--out", str(out)]) == 0
+    same = json.loads(out.read_text())
+    assert same["format"] == "captioner-comparison/1" and same["images"] == len(ds)
+    assert set(same["metrics"]) >= {"bleu_4", "cider_d", "rouge_l", "scene_accuracy"}
+    for m in same["metrics"].values():
+        assert m["a"] == m["b"] and m["difference"] == 0.0 and m["p_value"] == 1.0
+    assert all(r["difference"] == 0.0 for r in same["differ_most"])
+
+    capsys.readouterr()
+    assert cli_main([*args, "--predictions", str(good), "--compare", str(fixed), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    worse = json.loads(out.read_text())
+    for name, m in worse["metrics"].items():
+        assert m["b"] < m["a"] and m["difference"] == pytest.approx(m["b"] - m["a"]), name
+        assert m["interval"][1] < 0 and m["p_value"] < 0.01, name
+    top = worse["differ_most"]
+    assert [abs(r["difference"]) for r in top] == sorted((abs(r["difference"]) for r in top), reverse=True)
+    assert top[0]["b"] == "a red background" and top[0]["a"] != top[0]["b"]
+    assert "B - A" in printed and "differ most" in printed and "tokenizer: ptb" in printed
+
+
+def test_compare_two_checkpoints(model_dir, scenes, tmp_path):
+    out = tmp_path / "c.json"
+    args = ["evaluate", "--checkpoint", str(model_dir), "--compare", str(model_dir), "--data", str(scenes)]
+    assert cli_main([*args, "--metrics", "bleu,cider", "--bootstrap", "200", "-q", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["images"] == 4 and report["sources"]["a"]["mode"] == report["sources"]["b"]["mode"] == "model"
+    assert all(m["difference"] == 0.0 and m["p_value"] == 1.0 for m in report["metrics"].values())
+    assert cli_main([*args, "--html", str(tmp_path / "x.html")]) == 1
+
+
+# ---------------------------------------------------------------------------- the HTML report in a browser
+@pytest.fixture
+def browser(tmp_path):
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as ChromeService
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.fail("the HTML report test needs headless Chromium and chromedriver (make system-deps installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1400"):
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    d = webdriver.Chrome(service=ChromeService(executable_path=driver), options=options)
+    d.set_page_load_timeout(60)
+    try:
+        yield d
+    finally:
+        d.quit()
+
+
+@pytest.mark.browser
+def test_html_report_shows_the_tables_sorted_and_thumbnails(scenes, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    ds = load_dataset(scenes, split="test")
+    preds = tmp_path / "p.jsonl"
+    lines = [
+        {"file": Path(i.image_path).name, "caption": i.captions[n % 2] if n else "a cat"} for n, i in enumerate(ds)
+    ]
+    preds.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    page = tmp_path / "report.html"
+    out = tmp_path / "report.json"
+    args = ["evaluate", "-p", str(preds), "--references", str(scenes), "--split", "test", "--metrics", "bleu,cider"]
+    assert cli_main([*args, "--html", str(page), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    text = page.read_text()
+    assert "http://" not in text and "https://" not in text and "<link" not in text  # self-contained
+
+    browser.get(page.as_uri())
+    metric_rows = browser.find_elements(By.CSS_SELECTOR, "#metrics tbody tr[data-metric]")
+    shown = {r.get_attribute("data-metric"): r.find_elements(By.TAG_NAME, "td") for r in metric_rows}
+    assert set(shown) == set(report["metrics"])
+    lo, hi = report["intervals"]["bleu_4"]
+    assert shown["bleu_4"][0].text == "BLEU-4" and shown["bleu_4"][2].text == f"{lo:.4f} - {hi:.4f}"
+    assert "tokenizer: ptb" in browser.find_element(By.ID, "tokenizer").text
+
+    def column(metric: str) -> list[str]:
+        heads = browser.find_elements(By.CSS_SELECTOR, "#per-image thead th")
+        col = [h.get_attribute("data-metric") for h in heads].index(metric)
+        return [
+            r.find_elements(By.TAG_NAME, "td")[col].text
+            for r in browser.find_elements(By.CSS_SELECTOR, "#per-image tbody tr")
+        ]
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#per-image tbody tr")
+    assert len(rows) == len(ds)
+    cider = [float(x) for x in column("cider_d")]
+    assert cider == sorted(cider) and rows[0].find_element(By.CSS_SELECTOR, "td.caption").text == "a cat"  # worst first
+    thumbs = browser.find_elements(By.CSS_SELECTOR, "#per-image img.thumb")
+    assert len(thumbs) == len(ds)
+    assert all(browser.execute_script("return arguments[0].naturalWidth", t) > 0 for t in thumbs)
+    assert rows[0].find_elements(By.CSS_SELECTOR, "td.refs li")[0].text in ds.items[0].captions
+
+    head = browser.find_element(By.CSS_SELECTOR, '#per-image th[data-metric="bleu_1"]')
+    head.click()
+    bleu = [float(x) for x in column("bleu_1")]
+    assert bleu == sorted(bleu) and "sorted-asc" in head.get_attribute("class")
+    head.click()
+    assert [float(x) for x in column("bleu_1")] == sorted(bleu, reverse=True)
+    shot = tmp_path / "report.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
