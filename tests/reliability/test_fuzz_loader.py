@@ -16,7 +16,8 @@ import os
 import time
 
 import pytest
-from hostile import animated, encode, exif_jpeg, picture, png_16bit_rgb
+from hostile import MAX_PIXELS as SERVICE_MAX_PIXELS
+from hostile import animated, encode, exif_jpeg, hostile_images, picture, png_16bit_rgb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -165,3 +166,28 @@ def test_seeds_of_other_formats_are_refused_by_name() -> None:
         named = "images are not accepted" if fmt == "TGA" else f"{fmt} images are not accepted"
         assert named in e.value.reason, e.value.reason
         assert "JPEG, PNG" in e.value.reason
+
+
+@pytest.mark.parametrize("draft", [None, (224, 224)], ids=["full-size", "draft"])
+def test_every_corpus_file_gets_the_outcome_written_in_the_corpus(draft) -> None:
+    """The corpus says per file what must happen (hostile.py, independent of the loader):
+    a bomb answered "unreadable" or a valid HEIC refused fails here."""
+    corpus = hostile_images()
+    wrong = []
+    for sample in corpus:
+        try:
+            im = load_image(sample.data, name=sample.filename, max_pixels=SERVICE_MAX_PIXELS, draft_size=draft)
+        except ImageLoadError as e:
+            assert e.name == sample.filename and e.reason
+            if e.code not in sample.outcomes:
+                wrong.append(
+                    f"{sample.filename} ({sample.note}): {e.code} ({e.reason}), expected {set(sample.outcomes)}"
+                )
+            continue
+        if "ok" not in sample.outcomes:
+            wrong.append(f"{sample.filename} ({sample.note}): decoded, expected {set(sample.outcomes)}")
+        elif draft is None and sample.size is not None and im.size != sample.size:
+            wrong.append(f"{sample.filename}: decoded at {im.size}, expected {sample.size}")
+    assert not wrong, "\n".join(wrong)
+    kinds = {o for s in corpus if len(s.outcomes) == 1 for o in s.outcomes}
+    assert kinds == {"ok", "too_large", "unsupported", "unreadable", "empty"}
