@@ -90,6 +90,30 @@ class FolderSummary:
         return text + f"; {self.seconds:.1f} s, {self.images_per_second:.1f} images/s"
 
 
+class _Failures:
+    """The errors file of a run, counting what it lists."""
+
+    def __init__(self, path: Path) -> None:
+        self.writer = LineWriter(path, "jsonl")
+        self.writer.open_fresh()
+        self.count = 0
+
+    def add(self, key: str, reason: str) -> None:
+        self.writer.write({"path": key, "reason": reason})
+        self.count += 1
+
+
+def _csv_safe(todo: list[ImageItem], failures: _Failures) -> list[ImageItem]:
+    """CSV lines cannot hold a line break (JSON escapes it): such names fail with the reason."""
+    keep = []
+    for it in todo:
+        if "\n" in it.key or "\r" in it.key:
+            failures.add(it.key, "the file name contains a line break, which CSV lines cannot hold; use --format jsonl")
+        else:
+            keep.append(it)
+    return keep
+
+
 def caption_folder(
     model: Captioner,
     paths: Sequence[str | os.PathLike],
@@ -120,46 +144,28 @@ def caption_folder(
     if out.resolve() == errors.resolve():
         raise CaptionerError(f"--errors and --out are the same file ({out}); pick another --errors")
     items, problems = find_images(paths, recursive=recursive)
-    found = len(items)
 
     writer = LineWriter(out, fmt)
     done_keys = {r["file"] for r in writer.open_for_resume()}
-    err_writer = LineWriter(errors, "jsonl")
-    err_writer.open_fresh()
-
+    failures = _Failures(errors)
     todo = [it for it in items if it.key not in done_keys]
     skipped = len(items) - len(todo)
-    done = failed = 0
-
-    def fail(key: str, reason: str) -> None:
-        nonlocal failed
-        err_writer.write({"path": key, "reason": reason})
-        failed += 1
-
     for p in problems:
-        fail(p.key, p.reason)
-
-    if fmt == "csv":  # CSV lines cannot hold a line break; JSON escapes it
-        for it in todo:
-            if "\n" in it.key or "\r" in it.key:
-                fail(it.key, "the file name contains a line break, which CSV lines cannot hold; use --format jsonl")
-        todo = [it for it in todo if "\n" not in it.key and "\r" not in it.key]
-    bar = tqdm(
-        total=len(todo),
-        unit="img",
-        desc="captioning",
-        disable=(None if progress is None else not progress),
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
+        failures.add(p.key, p.reason)
+    if fmt == "csv":
+        todo = _csv_safe(todo, failures)
+    disable = None if progress is None else not progress
+    bar = tqdm(total=len(todo), unit="img", desc="captioning", disable=disable, dynamic_ncols=True, file=sys.stderr)
+    done = 0
     start = time.perf_counter()
     try:
-        stream = caption_stream(model, todo, batch_size=batch_size, workers=workers, options=options)
-        for item, result, reason in stream:
+        for item, result, reason in caption_stream(
+            model, todo, batch_size=batch_size, workers=workers, options=options
+        ):
             bar.update(1)
             if result is None:
-                fail(item.key, reason or "unknown error")
-                bar.set_postfix(failed=failed, refresh=False)
+                failures.add(item.key, reason or "unknown error")
+                bar.set_postfix(failed=failures.count, refresh=False)
                 continue
             record = {"file": item.key, "caption": result.caption, "score": round(result.score, 4)}
             writer.write(record)
@@ -169,16 +175,15 @@ def caption_folder(
     finally:
         bar.close()
         writer.close()
-        err_writer.close()
-    seconds = time.perf_counter() - start
-    if failed == 0:
+        failures.writer.close()
+    if failures.count == 0:
         errors.unlink(missing_ok=True)  # an empty errors file would only confuse
     return FolderSummary(
-        found=found,
+        found=len(items),
         done=done,
         skipped=skipped,
-        failed=failed,
-        seconds=seconds,
+        failed=failures.count,
+        seconds=time.perf_counter() - start,
         out=str(out),
         errors=str(errors),
     )
