@@ -200,7 +200,19 @@ def build_parser(load: set[str] | None = None) -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"captioner {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    _add_caption_verb(sub)
 
+    p = sub.add_parser("info", help="describe a checkpoint (encoder, decoder, vocabulary, metrics)")
+    add_model_options(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("encoders", help="list the available CNN encoders")
+    p.set_defaults(func=cmd_encoders)
+    _add_plugin_verbs(sub, load)
+    return parser
+
+
+def _add_caption_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "caption",
         help="caption image files or whole folders",
@@ -270,13 +282,10 @@ def build_parser(load: set[str] | None = None) -> argparse.ArgumentParser:
     add_engine_options(p)
     p.set_defaults(func=cmd_caption)
 
-    p = sub.add_parser("info", help="describe a checkpoint (encoder, decoder, vocabulary, metrics)")
-    add_model_options(p)
-    p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("encoders", help="list the available CNN encoders")
-    p.set_defaults(func=cmd_encoders)
-
+def _add_plugin_verbs(sub: argparse._SubParsersAction, load: set[str] | None) -> None:
+    """The ``captioner.commands`` entry points: those in ``load`` (None: all) in full, the
+    project's others only listed."""
     for ep in sorted(entry_points(group="captioner.commands"), key=lambda e: e.name):
         if load is not None and ep.name not in load and ep.name in VERB_SUMMARIES:
             # Listed without importing it: its module may import torch (seconds).
@@ -288,7 +297,6 @@ def build_parser(load: set[str] | None = None) -> argparse.ArgumentParser:
             print(f"warning: command {ep.name!r} unavailable ({type(e).__name__}: {e})", file=sys.stderr)
             continue
         register(sub)
-    return parser
 
 
 def verb_of(argv: list[str]) -> str | None:
