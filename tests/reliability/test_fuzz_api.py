@@ -4,9 +4,10 @@ schemathesis reads the service's own OpenAPI document and sends schema-valid and
 schema-violating requests to every operation (coverage phase: boundary values of every
 parameter; fuzzing phase: random ones, including multipart bodies of random bytes and
 raw ``image/*`` bodies). The check is the issue's: no 5xx, ever, and the server keeps
-serving. One deliberate change to the schema it is given: the ``timeout`` query
-parameter (seconds the client allows) is held to 5..30 s, because a client that allows
-5e-324 s is answered 504 ``timeout`` by design, which is a 5xx this check would flag.
+serving. One deliberate change to the schema it is given: the ``timeout`` option
+(seconds the client allows; a query parameter and a form field) is held to 5..30 s,
+because a client that allows 5e-324 s is answered 504 ``timeout`` by design, which is a
+5xx this check would flag.
 
 Seed: ``RELIABILITY_FUZZ_SEED`` (default 1, so the suite is repeatable); examples per
 operation: ``RELIABILITY_FUZZ_EXAMPLES`` (default 40; about 10 s).
@@ -35,9 +36,11 @@ def schemathesis_bin() -> str:
 def fuzz_schema(server: Server, out: Path) -> Path:
     """The service's OpenAPI document with the client timeout held to 5..30 s."""
     schema = httpx.get(server.url + "/openapi.json", timeout=30).json()
-    params = schema["paths"]["/v1/captions"]["post"]["parameters"]
-    timeout = next(p for p in params if p["name"] == "timeout")
+    post = schema["paths"]["/v1/captions"]["post"]
+    timeout = next(p for p in post["parameters"] if p["name"] == "timeout")
     timeout["schema"] = {"type": "number", "minimum": 5, "maximum": 30}
+    form = post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+    form["timeout"] = {"type": "number", "minimum": 5, "maximum": 30}  # the same option as a form field
     out.write_text(json.dumps(schema))
     return out
 
