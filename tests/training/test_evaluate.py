@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -423,8 +424,6 @@ def test_compare_two_checkpoints(model_dir, scenes, tmp_path):
 # ---------------------------------------------------------------------------- the HTML report in a browser
 @pytest.fixture
 def browser(tmp_path):
-    import shutil
-
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as ChromeService
 
@@ -496,3 +495,60 @@ def test_html_report_shows_the_tables_sorted_and_thumbnails(scenes, tmp_path, br
     assert [float(x) for x in column("bleu_1")] == sorted(bleu, reverse=True)
     shot = tmp_path / "report.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------- --tokenizer ptb: coco-caption's numbers
+@pytest.mark.skipif(shutil.which("java") is None, reason="coco-caption's tokenizer and METEOR are Java programs")
+def test_tokenizer_ptb_equals_coco_eval_cap_on_the_same_files(tmp_path, monkeypatch, capsys):
+    from pycocoevalcap import eval as coco_eval
+    from pycocoevalcap.tokenizer import ptbtokenizer
+    from pycocotools.coco import COCO
+
+    # captions with punctuation, capitals, contractions, hyphens, numbers and non-ASCII letters
+    refs = {
+        1: ["A man doesn't like the black-and-white photo.", "The man dislikes an old photo!"],
+        2: ["Two dogs play on the GRASS (outside).", "two dogs playing on grass"],
+        3: ["It is 5:30 pm; the price is $3.50.", "A price tag: $3.50..."],
+        4: ["Ein Café in São Paulo.", "a naïve café, hübsch"],
+        5: ["A 2-year-old girl can't ride a bike.", "A little girl on her bike"],
+    }
+    preds = {
+        1: "a man doesn't like the photo",
+        2: "Two dogs (a puppy) play on grass!",
+        3: "It's 5:30pm, the price is $3.50",
+        4: "A café in São Paulo",
+        5: "a two-year-old girl rides her bike",
+    }
+    images = [{"id": i, "file_name": f"{i}.jpg"} for i in refs]
+    anns = [{"id": 10 * i + k, "image_id": i, "caption": c} for i, caps in refs.items() for k, c in enumerate(caps)]
+    ref_file, res_file = tmp_path / "captions_val.json", tmp_path / "results.json"
+    ref_file.write_text(json.dumps({"images": images, "annotations": anns}, ensure_ascii=False), encoding="utf-8")
+    res_file.write_text(json.dumps([{"image_id": i, "caption": c} for i, c in preds.items()], ensure_ascii=False))
+    out = tmp_path / "report.json"
+    args = ["evaluate", "-p", str(res_file), "--references", str(ref_file), "--tokenizer", "ptb", "--out", str(out)]
+    assert cli_main([*args, "--metrics", "bleu,meteor,rouge,cider", "--bootstrap", "0"]) == 0
+    ours = json.loads(out.read_text())
+
+    # coco-caption itself: COCOEvalCap.evaluate() on the same two files, SPICE left out (it needs CoreNLP)
+    class NoSpice:
+        def compute_score(self, gts, res):
+            return 0.0, [0.0] * len(gts)
+
+        def method(self):
+            return "SPICE"
+
+    jar = Path(ptbtokenizer.__file__).parent / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR
+    shutil.copy(jar, tmp_path / jar.name)  # PTBTokenizer writes its temporary file beside the jar
+    monkeypatch.setattr(ptbtokenizer, "__file__", str(tmp_path / "ptbtokenizer.py"))
+    monkeypatch.setattr(coco_eval, "Spice", NoSpice)
+    coco = COCO(str(ref_file))
+    evaluator = coco_eval.COCOEvalCap(coco, coco.loadRes(str(res_file)))
+    evaluator.evaluate()
+    names = {"Bleu_1": "bleu_1", "Bleu_2": "bleu_2", "Bleu_3": "bleu_3", "Bleu_4": "bleu_4"}
+    names |= {"METEOR": "meteor", "ROUGE_L": "rouge_l", "CIDEr": "cider_d"}
+    rows = {r["image_id"]: r for r in ours["per_image"]}
+    for theirs, name in names.items():
+        assert ours["metrics"][name] == pytest.approx(evaluator.eval[theirs], abs=1e-9), name
+        for image_id, per_image in evaluator.imgToEval.items():
+            assert rows[image_id]["scores"][name] == pytest.approx(per_image[theirs], abs=1e-9), (name, image_id)
+    assert ours["tokenizer"]["name"] == "ptb"
