@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from captioner import Captioner, __version__
 
+from .admission import AdmissionMiddleware
 from .captioning import CaptionService
 from .errors import error_response, install_error_handlers
 from .metrics import Metrics
@@ -157,6 +158,7 @@ def create_app(settings: Settings | None = None, model: Captioner | None = None)
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     install_offline_docs(app)
+    app.add_middleware(AdmissionMiddleware)  # queue and buffered-bytes checks before a body is read
     if settings.cors_origins:
         app.add_middleware(
             JSONCORSMiddleware,

@@ -8,13 +8,16 @@ For every image of a request::
 
 Decoding runs in a small thread pool and the model in the batcher's thread, so the event
 loop only moves bytes. A bad image becomes an error entry for that image alone.
-Admission control: a request is accepted only if all its images fit in ``queue_size``
-(images accepted and not yet finished); otherwise 503 with ``Retry-After``.
+Admission control, in two steps: before its body is read, a request must find the queue
+not full and its body's size must fit in ``max_buffered_bytes`` (:meth:`CaptionService.reserve_body`,
+called by :mod:`service.admission`); once its images are known, all of them must fit in
+``queue_size`` (images accepted and not yet finished). Otherwise 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import threading
 import time
@@ -63,6 +66,10 @@ class ItemResult:
         return CaptionItem.from_result(self).model_dump(mode="json")
 
 
+def _stamp_time(item: ItemResult, start: float, _future: object) -> None:
+    item.time_ms = (time.monotonic() - start) * 1000.0
+
+
 class CaptionService:
     """Owns the model, the decode pool and the batcher of one app."""
 
@@ -80,6 +87,7 @@ class CaptionService:
         )
         metrics.track_queue(lambda: self.batcher.depth)
         self._admitted = 0  # images accepted and not yet finished
+        self._buffered = 0  # request-body bytes reserved by requests being read or served
         self._lock = threading.Lock()
         self.draining = False
 
@@ -136,6 +144,38 @@ class CaptionService:
         with self._lock:
             self._admitted -= n
 
+    def _busy(self, code: str, why: str, n_images: int) -> APIError:
+        self.metrics.rejections.inc()
+        wait = max(1, min(60, math.ceil(self.batcher.estimated_wait_s(n_images))))
+        return APIError(503, code, f"{why}; retry in {wait} s", {"Retry-After": str(wait)})
+
+    def reserve_body(self, n_bytes: int) -> None:
+        """Before a request body is read (service.admission): 503 when the queue is full, or
+        when ``n_bytes`` more would pass ``max_buffered_bytes`` across all requests."""
+        s = self.settings
+        with self._lock:
+            if self._admitted >= s.queue_size:
+                raise self._busy(
+                    "queue_full", f"the server is busy ({self._admitted} images queued, room for {s.queue_size})", 1
+                )
+            if self._buffered + n_bytes > s.max_buffered_bytes:
+                raise self._busy(
+                    "busy",
+                    f"the server is receiving {self._buffered} bytes of other uploads and holds at most "
+                    f"{s.max_buffered_bytes}; this body of {n_bytes} bytes does not fit",
+                    1,
+                )
+            self._buffered += n_bytes
+
+    def release_body(self, n_bytes: int) -> None:
+        with self._lock:
+            self._buffered -= n_bytes
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Request-body bytes reserved now (service.admission)."""
+        return self._buffered
+
     # ------------------------------------------------------------------ the pipeline
     def _decode(self, upload: Upload, label: str, deadline: float) -> Tensor:
         """Runs in the decode pool: bytes -> (3, H, W), or ImageLoadError."""
@@ -169,7 +209,7 @@ class CaptionService:
         # One request's images enter the queue together, so they can share a batch.
         futures = self.batcher.submit_many([x for _, x in good], opts) if good else []
         for (item, _), f in zip(good, futures):  # stamp each image's own finishing time
-            f.add_done_callback(lambda _f, item=item: setattr(item, "time_ms", (time.monotonic() - start) * 1000.0))
+            f.add_done_callback(functools.partial(_stamp_time, item, start))
         try:
             outcomes = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
         except asyncio.CancelledError:

@@ -3,8 +3,11 @@
 The body is read chunk by chunk and refused with 413 as soon as it passes
 ``max_body_bytes`` (a declared ``Content-Length`` above the limit is refused before
 reading anything). Multipart bodies are then split by ``python-multipart``'s streaming
-parser; every part named ``file`` is one image. Uploaded file names are only ever echoed
-back, cleaned by :func:`clean_filename`; they never touch the file system.
+parser in a worker thread (a body of many small parts takes a while to split, and the
+event loop must keep answering ``/healthz`` meanwhile); every part named ``file`` is one
+image. A body of more than ``max_files`` images or ``MAX_OPTION_PARTS`` other parts is
+refused with 413 as soon as the parser reaches the part over the limit. Uploaded file names
+are only ever echoed back, cleaned by :func:`clean_filename`; they never touch the file system.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from .errors import APIError
 FILE_FIELDS = frozenset({"file", "files", "image", "images"})
 #: Multipart text fields accepted as generation options (same names as the query parameters).
 OPTION_FIELDS = frozenset({"beam_size", "max_length", "timeout"})
+#: Most option parts in one body (repeats included). The three options need three; the
+#: limit leaves room for clients that repeat them and stops bodies of endless tiny parts.
+MAX_OPTION_PARTS = 2048
 RAW_TYPES = ("image/", "application/octet-stream")
 MAX_FILENAME = 200
 
@@ -58,10 +64,9 @@ async def read_body(request: Request, limit: int, timeout_s: float | None = None
     it has not fully arrived within ``timeout_s`` seconds (a client trickling its body)."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        try:
-            declared_n = int(declared)
-        except ValueError:
-            raise APIError(400, "bad_request", f"invalid Content-Length header {declared!r}") from None
+        if not (declared.isascii() and declared.isdigit()):  # int() would take "-1", " 1_0", "٣"
+            raise APIError(400, "bad_request", f"invalid Content-Length header {declared[:40]!r}")
+        declared_n = int(declared)
         if declared_n > limit:
             raise APIError(413, "body_too_large", f"the request body is {declared_n} bytes; the limit is {limit} bytes")
     chunks: list[bytes] = []
@@ -95,7 +100,7 @@ def parse_multipart(body: bytes, content_type: str, max_files: int) -> tuple[lis
 
     uploads: list[Upload] = []
     options: dict[str, str] = {}
-    state: dict = {}
+    state: dict = {"option_parts": 0}
 
     def on_part_begin() -> None:
         state.update(headers={}, field=b"", value=b"", data=bytearray())
@@ -132,6 +137,13 @@ def parse_multipart(body: bytes, content_type: str, max_files: int) -> tuple[lis
                 )
             )
         elif name in OPTION_FIELDS:
+            state["option_parts"] = state.get("option_parts", 0) + 1
+            if state["option_parts"] > MAX_OPTION_PARTS:
+                raise APIError(
+                    413,
+                    "too_many_parts",
+                    f"more than {MAX_OPTION_PARTS} option fields in one request; send each option once",
+                )
             options[name] = bytes(state["data"]).decode("utf-8", errors="replace").strip()
         else:
             shown = clean_filename(name) or "(unnamed)"
@@ -167,7 +179,8 @@ async def read_uploads(
     media = ctype.split(";", 1)[0].strip().lower()
     if media == "multipart/form-data":
         body = await read_body(request, max_body_bytes, body_timeout_s)
-        uploads, options = parse_multipart(body, ctype, max_files)
+        uploads, options = await anyio.to_thread.run_sync(parse_multipart, body, ctype, max_files)
+        del body  # the parts hold their own copies
         if not uploads:
             raise APIError(
                 422, "no_image", "the multipart body has no 'file' part; attach images as -F file=@photo.jpg"

@@ -1,0 +1,229 @@
+"""Connection guards in front of the HTTP parser: header size, header time, connection count.
+
+uvicorn's httptools protocol (the fast C parser) has none of these: it buffers a request
+head of any size (one never-ending header line grows the process one byte per byte sent,
+before any API key is looked at), waits for a head forever, and accepts connections until
+the process runs out of file descriptors. :class:`GuardedHttpToolsProtocol` adds:
+
+* **a head size limit** (``max_header_bytes``: request line plus headers of one request).
+  The bytes fed to the parser while a head is incomplete are counted after each read; past
+  the limit the answer is 431 JSON and the connection is closed. The parser therefore
+  never holds more than the limit plus one read (256 KiB).
+* **a head time limit** (``header_timeout_s``): from the moment a connection opens, or its
+  previous response ends, the next request head must be complete within it; else 408 JSON
+  and close. This is what ends slowloris connections that send a header line every few
+  seconds (uvicorn's own keep-alive timeout stops counting at the first byte).
+* **a connection cap** (``max_connections``): a connection beyond it is answered 503 JSON
+  with ``Retry-After`` at once and closed, and a warning is logged (at most once per
+  ``LOG_EVERY_S`` seconds, with the count), so the process keeps file descriptors for its
+  own work and says why clients are refused.
+
+The body is guarded elsewhere (the size limit and ``body_timeout_s`` while it is read, and
+the admission gate before it is read: :mod:`service.admission`). A proxy in front still
+does what a single process cannot: per-client rate and connection limits (docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("service")
+
+LOG_EVERY_S = 60.0  # at most one warning per kind of refusal this often
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What one connection may cost before the parser has a whole request head."""
+
+    max_header_bytes: int = 64 * 1024
+    header_timeout_s: float = 10.0
+    max_connections: int = 1000
+
+
+class _RateLimitedLog:
+    """Counts refusals of one kind and logs a warning at most once per ``LOG_EVERY_S``."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.count = 0
+        self.logged_at = -LOG_EVERY_S
+
+    def __call__(self, **fields: Any) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.logged_at >= LOG_EVERY_S:
+            log.warning(self.message.format(count=self.count, **fields))
+            self.logged_at = now
+            self.count = 0
+
+
+def error_bytes(status: int, reason: str, code: str, detail: str, extra: dict[str, str] | None = None) -> bytes:
+    """A complete ``Connection: close`` HTTP/1.1 response with the service's JSON error body."""
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    head = [
+        f"HTTP/1.1 {status} {reason}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "connection: close",
+        *(f"{k}: {v}" for k, v in (extra or {}).items()),
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
+
+
+class HeadRefused(Exception):
+    """Raised from a parser callback to stop parsing a request this protocol has refused."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits of :class:`ConnectionLimits`.
+
+    Use :func:`guarded_protocol` to get a subclass bound to a set of limits; uvicorn
+    creates one instance per connection."""
+
+    limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    _refused_log: ClassVar[_RateLimitedLog]
+    _timeout_log: ClassVar[_RateLimitedLog]
+    _too_large_log: ClassVar[_RateLimitedLog]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True  # a request head may be arriving (no complete head since the last response)
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False  # answered and closing: nothing more is parsed or said
+
+    # ------------------------------------------------------------------ connection cap
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        cap = self.limits.max_connections
+        if len(self.connections) > cap:
+            self._refused_log(limit=cap)
+            self._in_head = False
+            transport.write(
+                error_bytes(
+                    503,
+                    "Service Unavailable",
+                    "too_many_connections",
+                    f"the server holds its limit of {cap} open connections; retry shortly",
+                    {"retry-after": "1"},
+                )
+            )
+            transport.close()
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    # ------------------------------------------------------------------ head time limit
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._in_head:
+            return
+        t = self.limits.header_timeout_s
+        self._timeout_log(seconds=t)
+        if self._head_bytes or self.headers:  # part of a request arrived: say why it ends
+            self.transport.write(
+                error_bytes(
+                    408,
+                    "Request Timeout",
+                    "header_timeout",
+                    f"the request line and headers did not arrive within {t:g} s",
+                )
+            )
+        self.transport.close()
+
+    # ------------------------------------------------------------------ head size limit
+    def data_received(self, data: bytes) -> None:
+        reading_head = self._in_head
+        super().data_received(data)
+        if not reading_head or not self._in_head or self.transport.is_closing():
+            return
+        self._head_bytes += len(data)
+        if self._head_bytes > self.limits.max_header_bytes:
+            self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        limit = self.limits.max_header_bytes
+        self._too_large_log(limit=limit)
+        self._in_head = False
+        self._refused = True
+        self.transport.write(
+            error_bytes(
+                431,
+                "Request Header Fields Too Large",
+                "headers_too_large",
+                f"the request line and headers exceed {limit} bytes",
+            )
+        )
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """What uvicorn answers a request its parser refuses, as the service's JSON error."""
+        if self._refused:  # the parser stopped because this protocol refused the head
+            return
+        self._in_head = False
+        self.transport.write(
+            error_bytes(400, "Bad Request", "bad_request", f"{msg.rstrip('.')}: the request is not valid HTTP/1.1")
+        )
+        self.transport.close()
+
+    # ------------------------------------------------------------------ parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        # A head that arrived in one read was not counted by data_received: count it here.
+        size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+        if size > self.limits.max_header_bytes:
+            self._refuse_head()
+            raise HeadRefused  # stops the parser; the app never sees this request
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:  # idle again: the next head is timed
+            self._in_head = True
+            self._head_bytes = 0
+            self._arm_head_timer()
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]:
+    """A :class:`GuardedHttpToolsProtocol` subclass bound to ``limits`` (for ``uvicorn.Config(http=...)``)."""
+    attrs = {
+        "limits": limits,
+        "_refused_log": _RateLimitedLog(
+            "refused {count} connection(s) beyond the limit of {limit} open connections (max_connections)"
+        ),
+        "_timeout_log": _RateLimitedLog(
+            "closed {count} connection(s) whose request head did not arrive within {seconds:g} s (header_timeout_s)"
+        ),
+        "_too_large_log": _RateLimitedLog(
+            "refused {count} request(s) whose request line and headers exceed {limit} bytes (max_header_bytes)"
+        ),
+    }
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), attrs)
