@@ -45,6 +45,7 @@ __all__ = [
     "Failure",
     "ImageItem",
     "Limits",
+    "Loader",
     "Preprocessing",
     "caption_stream",
     "decode",
@@ -59,6 +60,8 @@ __all__ = [
 #: Anything that turns an RGB PIL image into a (3, S, S) tensor; normally a
 #: :class:`~captioner.encoders.Preprocess` (which also says the JPEG draft size).
 Preprocessing = Callable[["Image.Image"], "torch.Tensor"]
+#: What decodes: :func:`captioner.images.load_image` or a function with its keywords.
+Loader = Callable[..., "Image.Image"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -102,11 +105,19 @@ def draft_size(preprocessing: object) -> tuple[int, int] | None:
 
 
 def decode(
-    source: ImageSource, preprocessing: object = None, *, name: str | None = None, limits: Limits = DEFAULT_LIMITS
+    source: ImageSource,
+    preprocessing: object = None,
+    *,
+    name: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    loader: Loader = load_image,
 ) -> Image.Image:
-    """Safe decode to RGB (:func:`captioner.images.load_image`) with the draft rule of
-    ``preprocessing``. Raises :class:`ImageLoadError`."""
-    return load_image(
+    """Safe decode to RGB with the draft rule of ``preprocessing``. Raises :class:`ImageLoadError`.
+
+    ``loader`` does the decoding: :func:`captioner.images.load_image` in this thread, or any
+    function with its keywords (``name``, ``max_pixels``, ``max_bytes``, ``draft_size``),
+    e.g. ``DecodePool.load`` (worker processes with a time budget)."""
+    return loader(
         source,
         name=name,
         max_pixels=limits.max_pixels,
@@ -125,10 +136,15 @@ def preprocess(image: Image.Image, preprocessing: Preprocessing, *, name: str = 
 
 
 def prepare(
-    source: ImageSource, preprocessing: Preprocessing, *, name: str | None = None, limits: Limits = DEFAULT_LIMITS
+    source: ImageSource,
+    preprocessing: Preprocessing,
+    *,
+    name: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    loader: Loader = load_image,
 ) -> torch.Tensor:
     """:func:`decode` then :func:`preprocess`: source -> (3, S, S). Raises :class:`ImageLoadError`."""
-    image = decode(source, preprocessing, name=name, limits=limits)
+    image = decode(source, preprocessing, name=name, limits=limits, loader=loader)
     return preprocess(image, preprocessing, name=name or "<image>")
 
 
