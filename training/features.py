@@ -1,9 +1,9 @@
 """The feature cache: the frozen CNN runs once per image, the features live on disk.
 
-Training the decoder from cached features is what makes training on a CPU practical: an
-EfficientNet-Lite0 forward pass costs about 15-40 ms per image here, a decoder step on a
-whole batch of cached features costs about as much. So each image is encoded once and
-every epoch reads a (N, F) matrix from memory.
+Training the decoder from cached features is what makes training on a CPU practical: one
+encoder forward pass per image costs about as much as a decoder step on a whole batch of
+cached features (docs/training.md has the measurements). So each image is encoded once
+and every epoch reads a (N, F) matrix from memory.
 
 What makes a cached feature valid
 ---------------------------------

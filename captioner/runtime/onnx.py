@@ -1,11 +1,10 @@
 """The ONNX Runtime encoder: the same weights as the PyTorch encoder, run by ONNX Runtime.
 
 The CNN encoder is almost all of the work of captioning an image on a CPU, and eager
-PyTorch runs EfficientNet-Lite0's many small depthwise convolutions poorly (on a 2-core
-machine about 64 images/s at batch 1 but only about 25 images/s at batch 32). ONNX
-Runtime runs the *same weights* with batch-norm folded into the convolutions, fused
-activations and kernels made for depthwise work: about 178 images/s at batch 32 on that
-machine (docs/performance.md has the full table).
+PyTorch runs EfficientNet-Lite0's many small depthwise convolutions poorly, worse at larger
+batches. ONNX Runtime runs the *same weights* with batch-norm folded into the
+convolutions, fused activations and kernels made for depthwise work, several times faster
+(docs/performance.md has the measured table).
 
 How it is built (once per set of weights)::
 
