@@ -26,6 +26,7 @@ from torch import Tensor
 
 from . import checkpoint as ckpt_mod
 from . import pipeline, runtime
+from . import trust as trust_mod
 from .decoder import CaptionDecoder
 from .errors import CaptionerError, CheckpointError
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource
@@ -60,6 +61,11 @@ class CaptionResult:
     caption: str
     score: float  # log-probability of the caption (words and <end>) under the model
     tokens: list[int] = field(default_factory=list)
+    # How far to trust it (captioner.trust); None where the checkpoint cannot tell.
+    confidence: float | None = None  # calibrated chance in [0, 1] that the caption is right
+    in_domain: bool | None = None  # whether the image looks like the training images
+    domain_distance: float | None = None  # its distance to them (in domain up to the threshold)
+    labels: list | None = None  # top ImageNet classes (captioner.encoders.Label), when asked for
 
 
 class Captioner:
@@ -105,6 +111,8 @@ class Captioner:
         # ONNX Runtime encoder and decoder step (captioner.runtime): built on first use, or at
         # once by load(). fast=None -> env CAPTIONER_FAST decides (default on).
         self._fast = runtime.OnnxPath(runtime.fast_requested(fast))
+        self.trust = trust_mod.TrustStats()  # calibration and domain statistics (load() reads them)
+        self._label_head: object = None  # built on the first request for labels; False: unavailable
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -162,6 +170,9 @@ class Captioner:
             path=folder,
             fast=fast,
         )
+        model.trust = trust_mod.load_trust(folder)
+        if ck.encoder_state is not None:
+            model._label_head = False  # a fine-tuned CNN no longer feeds its ImageNet classifier
         model.prepare_fast()
         return model
 
@@ -169,7 +180,7 @@ class Captioner:
         """Write this model as a checkpoint folder (decoder weights only: the encoder is frozen
         unless it was fine-tuned, in which case pass through training's own save)."""
         preprocess = self.preprocessing.to_dict() if hasattr(self.preprocessing, "to_dict") else {}
-        return ckpt_mod.save_checkpoint(
+        folder = ckpt_mod.save_checkpoint(
             directory,
             decoder=self.decoder,
             decoder_config=self.decoder.config,
@@ -179,6 +190,9 @@ class Captioner:
             metadata={**self.metadata, **(metadata or {})},
             dtype=torch.float16 if fp16 else None,
         )
+        if self.trust.calibration is not None or self.trust.domain is not None:
+            trust_mod.save_trust(folder, self.trust)
+        return folder
 
     # ------------------------------------------------------------------ the three steps
     @property
@@ -242,19 +256,44 @@ class Captioner:
         length_penalty: float = 0.0,
         temperature: float | None = None,
         generator: torch.Generator | None = None,
+        no_repeat_ngram_size: int | None = None,
+        labels: int = 0,
     ) -> list[CaptionResult]:
         """Captions for features (B, F): greedy (beam_size 1), beam search, or sampling
-        when a temperature is given."""
+        when a temperature is given; never a word three times in a row, and no repeated
+        n-gram (``no_repeat_ngram_size``, default :data:`captioner.decoder.DEFAULT_NO_REPEAT_NGRAM`;
+        0 switches it off). Each result carries its confidence and out-of-domain flag (when
+        the checkpoint has the statistics) and, with ``labels=K``, the backbone's top-K
+        ImageNet classes."""
         features = features.to(self.device)
         v = self.vocab
+        n = no_repeat_ngram_size
         decoder = cast(CaptionDecoder, self._fast.decoder(self.decoder, self.device) or self.decoder)  # ORT step
         if temperature is not None:
-            ids, scores = decoder.sample(features, v.start_id, v.end_id, max_length, temperature, generator)
+            ids, scores = decoder.sample(features, v.start_id, v.end_id, max_length, temperature, generator, n)
         elif beam_size <= 1:
-            ids, scores = decoder.greedy(features, v.start_id, v.end_id, max_length)
+            ids, scores = decoder.greedy(features, v.start_id, v.end_id, max_length, n)
         else:
-            ids, scores = decoder.beam_search(features, v.start_id, v.end_id, beam_size, max_length, length_penalty)
-        return [CaptionResult(v.decode(t), float(s), t) for t, s in zip(ids, scores.tolist())]
+            ids, scores = decoder.beam_search(features, v.start_id, v.end_id, beam_size, max_length, length_penalty, n)
+        results = [CaptionResult(v.decode(t), float(s), t) for t, s in zip(ids, scores.tolist())]
+        trust_mod.annotate(self, features, results, labels)
+        return results
+
+    def label_head(self):
+        """The backbone's ImageNet classifier on the features (:mod:`captioner.encoders.labels`),
+        built on first use; None when this model cannot name classes (said once in the log)."""
+        if self._label_head is None:
+            from .encoders import build_label_head, has_labels
+
+            name = self.encoder_name
+            try:
+                if not has_labels(name):
+                    raise CaptionerError(f"encoder {name} has no ImageNet classifier")
+                self._label_head = build_label_head(name).to(self.device)
+            except CaptionerError as e:
+                trust_mod.log.info("no labels for this model: %s", e)
+                self._label_head = False
+        return self._label_head or None
 
     # ------------------------------------------------------------------ convenience
     def caption_detailed(
@@ -295,4 +334,5 @@ class Captioner:
             "vocab_size": len(self.vocab),
             "device": str(self.device),
             "metadata": self.metadata,
+            "trust": self.trust.describe(),
         }

@@ -21,8 +21,10 @@ from .errors import CaptionerError
 __all__ = [
     "BATCH_SIZE",
     "BEAM_SIZE",
+    "LABELS",
     "LENGTH_PENALTY",
     "MAX_LENGTH",
+    "NO_REPEAT_NGRAM",
     "RANGES",
     "TEMPERATURE",
     "WORKERS",
@@ -95,6 +97,8 @@ LENGTH_PENALTY = Range("length penalty", 0.0, 5.0, integer=False)
 TEMPERATURE = Range("temperature", 0.0, 10.0, integer=False, low_open=True)
 BATCH_SIZE = Range("batch size", 1, 1024)
 WORKERS = Range("workers", 0, 64)
+NO_REPEAT_NGRAM = Range("no repeat ngram size", 0, 10)  # 0: off
+LABELS = Range("labels", 0, 20)  # top-K ImageNet classes of the backbone; 0: none
 
 RANGES: dict[str, Range] = {
     "beam_size": BEAM_SIZE,
@@ -103,21 +107,29 @@ RANGES: dict[str, Range] = {
     "temperature": TEMPERATURE,
     "batch_size": BATCH_SIZE,
     "workers": WORKERS,
+    "no_repeat_ngram_size": NO_REPEAT_NGRAM,
+    "labels": LABELS,
 }
 
 
 @dataclass(frozen=True)
 class CaptionOptions:
     """How to generate captions: beam size (1 = greedy), word limit (None = the model's
-    setting) and beam-search length penalty. Construction checks every value against its
+    setting), beam-search length penalty, no repeated n-gram (None = the decoder's default,
+    0 = off) and how many ImageNet labels to add (0 = none). Construction checks every value against its
     :class:`Range` and raises :class:`OptionError` (a ``ValueError``) naming the allowed range."""
 
     beam_size: int = 1
     max_length: int | None = None
     length_penalty: float = 0.0
+    no_repeat_ngram_size: int | None = None
+    labels: int = 0
 
     def __post_init__(self) -> None:
         BEAM_SIZE.check(self.beam_size)
         if self.max_length is not None:
             MAX_LENGTH.check(self.max_length)
         LENGTH_PENALTY.check(self.length_penalty)
+        if self.no_repeat_ngram_size is not None:
+            NO_REPEAT_NGRAM.check(self.no_repeat_ngram_size)
+        LABELS.check(self.labels)

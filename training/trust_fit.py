@@ -11,12 +11,13 @@
    one of the references (after tokenising).
 3. Write ``trust.json`` and ``trust.safetensors`` into the checkpoint folder.
 
-Training calls :func:`fit_trust` with the features it already cached, then
-:func:`captioner.trust.save_trust` on the checkpoint it keeps.
+Training calls :func:`trust_after_training` with the features it already cached and its
+validation split; it writes the statistics into the checkpoint it keeps.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -97,6 +98,58 @@ def correctness(dataset: CaptionDataset, items: Sequence[CaptionedImage]) -> tup
     return (lambda i, caption: tuple(tokenize(caption)) in refs[i]), "exact_match"
 
 
+def judge_split(split) -> tuple[Callable[[int, str], bool], str]:
+    """Like :func:`correctness` for training's split data (``paths``, ``captions``, ``ids``
+    and, for scenes, ``truth``: :class:`captioner.training.splits.SplitData`)."""
+    truth: SceneTruth | None = getattr(split, "truth", None)
+    if truth is not None:
+        scenes = truth
+
+        def scene_right(i: int, caption: str) -> bool:
+            image = scenes.get(split.ids[i]) or scenes.get(str(split.paths[i]))
+            if image is None:
+                raise CaptionerError(f"{split.paths[i]}: not in the scenes ground truth {scenes.source}")
+            return check_caption(caption, image, scenes.words).correct
+
+        return scene_right, "scene_correct"
+    refs = [{tuple(tokenize(c)) for c in caps} for caps in split.captions]
+    return (lambda i, caption: tuple(tokenize(caption)) in refs[i]), "exact_match"
+
+
+def trust_after_training(
+    checkpoint: str | os.PathLike,
+    model,
+    train_features: Tensor,
+    val_features: Tensor,
+    val_split,
+    *,
+    train_images: int | None = 10_000,
+    quantile: float = DEFAULT_QUANTILE,
+    rank: int = DEFAULT_RANK,
+) -> TrustStats:
+    """Training's last step: fit both statistics from the cached features of the training
+    split (N, F; at most ``train_images`` rows, evenly spread) and of the validation split
+    (M, F) with its references, and write them into ``checkpoint`` (the kept model's folder).
+    ``model`` is a :class:`captioner.Captioner` with the kept decoder."""
+    n = train_features.size(0)
+    rows = spread(list(range(n)), train_images)
+    judge, target = judge_split(val_split)
+    metadata_path = Path(checkpoint) / "metadata.json"
+    metadata = json.loads(metadata_path.read_text(encoding="utf-8")) if metadata_path.exists() else {}
+    trust = fit_trust(
+        model,
+        train_features[rows].float(),
+        val_features.float(),
+        judge,
+        target=target,
+        trained_on_text=trained_on(metadata),
+        quantile=quantile,
+        rank=rank,
+    )
+    save_trust(checkpoint, trust)
+    return trust
+
+
 def calibrate(
     model,
     features: Tensor,
@@ -147,7 +200,7 @@ def fit_trust(
     return TrustStats(calibration=calibration, domain=domain, trained_on=trained_on_text)
 
 
-def spread(items: Sequence[CaptionedImage], limit: int | None) -> list[CaptionedImage]:
+def spread(items: Sequence, limit: int | None) -> list:
     """At most ``limit`` items, evenly spread over the sequence (all of them for None)."""
     if limit is None or len(items) <= limit:
         return list(items)
