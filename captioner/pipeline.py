@@ -226,7 +226,12 @@ def caption_stream(
     def run_batch() -> list[tuple[ImageItem, CaptionResult | None, str | None]]:
         features = encode_batch(model, [t for _, t in batch])  # (B, F)
         results = model.generate(
-            features, beam_size=opts.beam_size, max_length=opts.max_length, length_penalty=opts.length_penalty
+            features,
+            beam_size=opts.beam_size,
+            max_length=opts.max_length,
+            length_penalty=opts.length_penalty,
+            no_repeat_ngram_size=opts.no_repeat_ngram_size,
+            labels=opts.labels,
         )
         out: list[tuple[ImageItem, CaptionResult | None, str | None]] = [
             (it, res, None) for (it, _), res in zip(batch, results)
