@@ -122,10 +122,9 @@ def log_rows(out: Path) -> list[dict]:
 def check_checkpoints(out: Path) -> list[str]:
     """Load every checkpoint folder in a run folder; returns their names. Raises on any
     folder that does not load completely."""
-    from captioner.training.train import read_last
-
     from captioner.checkpoint import load_checkpoint
     from captioner.decoder import CaptionDecoder
+    from captioner.training.train import read_last
 
     loaded = []
     for name in ("best", "last"):
