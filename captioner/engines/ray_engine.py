@@ -382,6 +382,7 @@ def caption_on_ray(
     skipped = len(found) - len(todo)
     done = 0
     plan: PoolPlan | None = None
+    stats = ""
     start = time.perf_counter()
     try:
         for p in problems:
@@ -442,6 +443,7 @@ def caption_on_ray(
                         done += 1
                         if on_result is not None:
                             on_result(record)
+                stats = ds.stats()  # Ray Data's per-stage times, for --verbose readers and benchmarks
             finally:
                 if started:
                     ray.shutdown()
@@ -452,7 +454,7 @@ def caption_on_ray(
         errors.unlink(missing_ok=True)  # an empty errors file would only confuse
     extra: dict = {"engine": "ray"}
     if plan is not None:
-        extra.update(actors=plan.actors, actor_cpus=plan.actor_cpus, actor_gpus=plan.actor_gpus)
+        extra.update(actors=plan.actors, actor_cpus=plan.actor_cpus, actor_gpus=plan.actor_gpus, ray_stats=stats)
     return FolderSummary(
         found=len(found),
         done=done,
