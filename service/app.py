@@ -35,7 +35,7 @@ from .captioning import CaptionService
 from .errors import error_response, install_error_handlers
 from .metrics import Metrics
 from .routers import captions, health, page
-from .settings import Settings
+from .settings import Settings, settings_from_environment
 
 log = logging.getLogger("service")
 
@@ -117,7 +117,7 @@ class JSONCORSMiddleware(CORSMiddleware):
 def create_app(settings: Settings | None = None, model: Captioner | None = None) -> FastAPI:
     """Build the app. Without ``model`` the checkpoint named by ``settings`` is loaded at
     startup (in a worker thread); a load error stops the server from starting."""
-    settings = settings or Settings()
+    settings = settings or settings_from_environment()
     metrics = Metrics()
 
     @asynccontextmanager

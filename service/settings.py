@@ -7,10 +7,11 @@ override the environment. Lists (``CAPTIONER_CORS_ORIGINS``) are comma-separated
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from captioner.images import DEFAULT_MAX_PIXELS
@@ -160,3 +161,18 @@ class Settings(BaseSettings):
     @property
     def max_wait_s(self) -> float:
         return self.max_wait_ms / 1000.0
+
+
+def settings_from_environment() -> Settings:
+    """Settings from the ``CAPTIONER_*`` variables alone (plain ``uvicorn --factory``). Invalid
+    ones stop the process before anything is loaded: one line on stderr, exit status 2."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        problems = "; ".join(
+            (f"CAPTIONER_{str(err['loc'][0]).upper()}: " if err.get("loc") else "")
+            + str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            for err in e.errors()
+        )
+        print(f"captioner: invalid service settings: {problems}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from captioner.service.settings import Settings
@@ -139,3 +140,19 @@ def test_plain_uvicorn_factory_serves_with_settings_from_the_environment(checkpo
             proc.kill()
             proc.wait(10)
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize("key, words", [("   ", "only whitespace"), ("s3cret\u00e9", "outside printable ASCII")])
+def test_plain_uvicorn_refuses_an_unusable_api_key_with_one_line(key, words):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_VARS}
+    env["CAPTIONER_API_KEY"] = key
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "captioner.service.app:create_app", "--port", "0"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and "CAPTIONER_API_KEY" in lines[0] and words in lines[0], lines
+    assert key.strip() not in lines[0] or not key.strip()
