@@ -44,6 +44,7 @@ class Parser(argparse.ArgumentParser):
 #: One-line summaries of the project's plugin verbs, for ``captioner --help`` without
 #: importing them (each verb's own ``--help`` comes from its module).
 VERB_SUMMARIES = {
+    "calibrate": "fit a checkpoint's confidence calibration and out-of-domain statistics",
     "data": "make the built-in scenes dataset; statistics of caption datasets",
     "evaluate": "score captions against references (BLEU, CIDEr-D, ROUGE-L, METEOR, SPICE, scene accuracy)",
     "serve": "start the HTTP captioning service (upload page, JSON API, metrics)",
@@ -187,8 +188,8 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 
 def build_parser(load: set[str] | None = None) -> argparse.ArgumentParser:
     """The whole command line. ``load``: the plugin verbs to import and register in full
-    (None: all of them); the others known in :data:`VERB_SUMMARIES` are only listed, so
-    ``captioner --help`` and ``captioner caption ...`` never import a plugin's module."""
+    (None: all of them); the others are only listed, so ``captioner --help`` and
+    ``captioner caption ...`` never import a plugin's module."""
     parser = Parser(
         prog="captioner",
         description="Caption images with a CNN encoder and a recurrent decoder: caption files, "
@@ -285,11 +286,12 @@ def _add_caption_verb(sub: argparse._SubParsersAction) -> None:
 
 def _add_plugin_verbs(sub: argparse._SubParsersAction, load: set[str] | None) -> None:
     """The ``captioner.commands`` entry points: those in ``load`` (None: all) in full, the
-    project's others only listed."""
+    others only listed (with their summary from :data:`VERB_SUMMARIES`), never imported."""
     for ep in sorted(entry_points(group="captioner.commands"), key=lambda e: e.name):
-        if load is not None and ep.name not in load and ep.name in VERB_SUMMARIES:
+        if load is not None and ep.name not in load:
             # Listed without importing it: its module may import torch (seconds).
-            sub.add_parser(ep.name, help=VERB_SUMMARIES[ep.name], add_help=False)
+            summary = VERB_SUMMARIES.get(ep.name, f"see `captioner {ep.name} --help`")
+            sub.add_parser(ep.name, help=summary, add_help=False)
             continue
         try:
             register = ep.load()
