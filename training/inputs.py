@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from captioner.errors import ImageLoadError
-from captioner.images import load_image
+from captioner.pipeline import Failure, try_prepare
 
 from .config import TrainConfig, default_cache_dir
 from .distributed import DistContext
@@ -87,12 +86,8 @@ def report_skipped(skipped: list[tuple[str, str]], out: Path, log: Callable[[str
 
 def image_or_error(path: str, preprocess: Callable[[Any], Tensor]) -> tuple[Tensor | None, str | None]:
     """(image tensor (3, H, W), None) or (None, why it could not be read)."""
-    try:
-        return preprocess(load_image(path, name=path)), None
-    except ImageLoadError as e:
-        return None, e.reason
-    except (OSError, ValueError, RuntimeError) as e:
-        return None, f"{type(e).__name__}: {e}"
+    got = try_prepare(path, preprocess, name=path)  # the one image path, as when serving
+    return (None, got.reason) if isinstance(got, Failure) else (got, None)
 
 
 class PairImages(torch.utils.data.Dataset):
