@@ -20,6 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from captioner import Captioner
+from captioner.decoder import CaptionDecoder, DecoderConfig
+from captioner.encoders import build_encoder
+from captioner.folder import caption_folder
 from captioner.service.captioning import CaptionService, GenerationOptions
 from captioner.service.metrics import Metrics
 from captioner.service.settings import Settings
@@ -27,12 +33,6 @@ from captioner.service.uploads import Upload
 from captioner.training.datasets import load_dataset
 from captioner.training.evaluate import caption_split
 from captioner.training.features import FeatureCache, encode_images
-from PIL import Image
-
-from captioner import Captioner
-from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.encoders import build_encoder
-from captioner.folder import caption_folder
 from captioner.vocab import Vocabulary
 
 SIZES = {"small.jpg": (640, 480), "large.jpg": (2000, 1500)}

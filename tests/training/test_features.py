@@ -8,13 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from captioner.training.features import FeatureCache, encode_images, weights_digest
 from PIL import Image
 from torch import nn
 
 from captioner.encoders import Preprocess
 from captioner.errors import CaptionerError
 from captioner.runtime.torchscript import traced_forward
+from captioner.training.features import FeatureCache, encode_images, weights_digest
 
 
 class TinyEncoder(nn.Module):
