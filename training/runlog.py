@@ -23,6 +23,7 @@ import torch
 from .config import TrainConfig
 from .resume import TrainerState
 
+RUN_CONFIG = "config.json"  # OUT/config.json: the run's settings (not a checkpoint file)
 LOG_JSONL = "log.jsonl"
 LOG_CSV = "log.csv"
 CURVES = "curves.png"

@@ -139,7 +139,7 @@ class Trainer:
             )
         if self.ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            runlog.write_json(out / "config.json", cfg.to_dict())
+            runlog.write_json(out / runlog.RUN_CONFIG, cfg.to_dict())
         self.ctx.barrier()
 
     def _load_data(self) -> None:

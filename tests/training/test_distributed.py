@@ -4,8 +4,8 @@ Fair comparison: the global batch is the same (16 = 2 x 8), the sampler gives th
 ranks the two interleaved halves of the one-process batch, dropout is off, and the loss
 is normalised by the token count of the *global* batch. The updates are then the same
 up to floating-point summation order, so the per-epoch losses must agree to 1e-4
-(relative; observed about 2e-6) and the final weights to 5e-4 (absolute; observed about
-3e-5, after Adam has amplified the rounding differences of weights whose gradients are
+(relative; observed 1.8e-6) and the final weights to 5e-4 (absolute; observed 1.4e-5,
+after Adam has amplified the rounding differences of weights whose gradients are
 near zero).
 """
 
@@ -19,11 +19,12 @@ import subprocess
 import sys
 
 import torch
+from safetensors.torch import load_file
+
 from captioner.training.distributed import DistContext, setup
 from captioner.training.scenes import generate_scenes
 from captioner.training.scenes.catalogue import CATEGORY_BY_NAME
 from captioner.training.train import TrainConfig, train
-from safetensors.torch import load_file
 
 SETTINGS = dict(
     epochs=3,
@@ -39,6 +40,7 @@ SETTINGS = dict(
     plot=False,
     device="cpu",
     seed=1,
+    threads=1,
 )
 
 
@@ -87,7 +89,8 @@ def test_two_processes_match_one_process(tmp_path):
         "captioner.training.cli_train",
         *flags,
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    # timeout: a hang guard only (the launch takes well under a minute on an idle machine)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes" in proc.stderr
     assert proc.stdout.count("best checkpoint:") == 1  # only rank 0 reports and writes
