@@ -20,10 +20,42 @@ import time
 from captioner.metrics import score_captions
 from captioner.metrics.bootstrap import ImageStats, intervals, paired_bootstrap
 
-WORDS = (
-    "a the man woman dog cat two on in with of is are sitting standing running grass street table red "
-    "blue green white black small large next to near front people group plate food"
-).split()
+WORDS = [
+    "a",
+    "the",
+    "man",
+    "woman",
+    "dog",
+    "cat",
+    "two",
+    "on",
+    "in",
+    "with",
+    "of",
+    "is",
+    "are",
+    "sitting",
+    "standing",
+    "running",
+    "grass",
+    "street",
+    "table",
+    "red",
+    "blue",
+    "green",
+    "white",
+    "black",
+    "small",
+    "large",
+    "next",
+    "to",
+    "near",
+    "front",
+    "people",
+    "group",
+    "plate",
+    "food",
+]
 
 
 def corpus(n: int, seed: int) -> tuple[dict, dict]:

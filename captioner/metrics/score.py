@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from captioner.errors import CaptionerError
 from captioner.metrics import meteor_spice
@@ -155,8 +156,8 @@ def score_tokenized(
 
 
 def score_captions(
-    predictions: Mapping[Hashable, str],
-    references: Mapping[Hashable, Sequence[str]],
+    predictions: Mapping[Any, str],  # image id (any hashable) -> caption
+    references: Mapping[Any, Sequence[str]],
     metrics: Sequence[str] = DEFAULT_METRICS,
     *,
     tokenizer: Tokenizer | str = tokenize,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from captioner.errors import CaptionerError
 from captioner.metrics import ptb
@@ -84,8 +85,8 @@ class TokenizedCorpus:
 
 
 def tokenize_corpus(
-    predictions: Mapping[Hashable, str],
-    references: Mapping[Hashable, Sequence[str]],
+    predictions: Mapping[Any, str],  # image id (any hashable) -> caption
+    references: Mapping[Any, Sequence[str]],
     tokenizer: Tokenizer | str = tokenize,
 ) -> TokenizedCorpus:
     """Check that predictions and references cover the same images, then tokenize both.

@@ -506,7 +506,9 @@ def test_without_java_auto_falls_back_to_our_tokenizer_and_ptb_says_why(tmp_path
 
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no `java`
     name, note = resolve_tokenizer("auto")
-    assert name == "ours" and "Java" in note and "default-jre-headless" in note and "\n" not in note
+    assert (
+        name == "ours" and note is not None and "Java" in note and "default-jre-headless" in note and "\n" not in note
+    )
     with pytest.raises(CaptionerError, match=r"--tokenizer ptb cannot run: Java is not installed"):
         resolve_tokenizer("ptb")
     with pytest.raises(CaptionerError, match="Java is not installed"):
