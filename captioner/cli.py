@@ -95,9 +95,12 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
 def _caption_files(args: argparse.Namespace) -> int:
     from .errors import ImageLoadError
     from .model import Captioner
+    from .options import DEFAULT_LABELS
+    from .trust import describe_result, out_of_domain_summary, result_fields
 
     model = Captioner.load(args.checkpoint, device=args.device)
     failures = 0
+    in_domain: list[bool | None] = []
     for name in args.images:
         try:
             tensor = model.preprocess(name)
@@ -110,16 +113,22 @@ def _caption_files(args: argparse.Namespace) -> int:
             beam_size=args.beam_size,
             max_length=args.max_length,
             length_penalty=args.length_penalty,
+            labels=DEFAULT_LABELS,
         )[0]
+        in_domain.append(result.in_domain)
         if args.json:
-            print(
-                json.dumps(
-                    {"file": name, "caption": result.caption, "score": round(result.score, 4)}, ensure_ascii=False
-                )
-            )
+            record = {"file": name, "caption": result.caption, "score": round(result.score, 4)}
+            print(json.dumps({**record, **result_fields(result)}, ensure_ascii=False))
         else:
-            print(f"{name}\t{result.caption}" if len(args.images) > 1 else result.caption)
+            # An image unlike the training data: "?" before its caption, and what the CNN sees.
+            text = result.caption
+            if result.in_domain is False:
+                text = f"? {text}  ({describe_result(result, model.trust.trained_on)})"
+            print(f"{name}\t{text}" if len(args.images) > 1 else text)
         sys.stdout.flush()
+    summary = out_of_domain_summary(in_domain)
+    if summary:
+        print(summary, file=sys.stderr)
     return 1 if failures else 0
 
 

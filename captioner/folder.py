@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import CaptionerError
-from .options import CaptionOptions
+from .options import DEFAULT_LABELS, CaptionOptions
 from .outputs import FORMATS, LineWriter, default_errors_path, format_for, read_records
 from .pipeline import ImageItem, caption_stream, check_batching
 from .walk import FileProblem, find_images
@@ -75,6 +75,7 @@ class FolderSummary:
     out: str
     errors: str
     extra: dict = field(default_factory=dict)
+    out_of_domain: int = 0  # images of this run that look unlike the training data
 
     @property
     def images_per_second(self) -> float:
@@ -87,7 +88,11 @@ class FolderSummary:
         text = f"captioned {self.done}, skipped {self.skipped} (already in {self.out}), failed {self.failed}"
         if self.failed:
             text += f" (see {self.errors})"
-        return text + f"; {self.seconds:.1f} s, {self.images_per_second:.1f} images/s"
+        text += f"; {self.seconds:.1f} s, {self.images_per_second:.1f} images/s"
+        from .trust import out_of_domain_summary
+
+        unlike = out_of_domain_summary([False] * self.out_of_domain + [True] * (self.done - self.out_of_domain))
+        return text + (f"\n{unlike}" if unlike else "")
 
 
 class _Failures:
@@ -129,6 +134,7 @@ def caption_folder(
     errors: str | os.PathLike | None = None,
     progress: bool | None = None,
     on_result: Callable[[dict], None] | None = None,
+    labels: int = DEFAULT_LABELS,
 ) -> FolderSummary:
     """Caption every image under ``paths`` into ``out`` (see the module docstring).
 
@@ -136,8 +142,10 @@ def caption_folder(
     """
     from tqdm import tqdm
 
+    from .trust import result_fields
+
     check_batching(batch_size, workers)
-    options = CaptionOptions(beam_size, max_length, length_penalty)
+    options = CaptionOptions(beam_size, max_length, length_penalty, labels=labels)
     fmt = format_for(out, fmt)
     out = Path(out)
     errors = Path(errors) if errors is not None else default_errors_path(out)
@@ -156,7 +164,7 @@ def caption_folder(
         todo = _csv_safe(todo, failures)
     disable = None if progress is None else not progress
     bar = tqdm(total=len(todo), unit="img", desc="captioning", disable=disable, dynamic_ncols=True, file=sys.stderr)
-    done = 0
+    done = unlike = 0
     start = time.perf_counter()
     try:
         for item, result, reason in caption_stream(
@@ -168,8 +176,10 @@ def caption_folder(
                 bar.set_postfix(failed=failures.count, refresh=False)
                 continue
             record = {"file": item.key, "caption": result.caption, "score": round(result.score, 4)}
+            record.update(result_fields(result))  # confidence, in_domain, domain_distance, labels
             writer.write(record)
             done += 1
+            unlike += result.in_domain is False
             if on_result is not None:
                 on_result(record)
     finally:
@@ -186,4 +196,5 @@ def caption_folder(
         seconds=time.perf_counter() - start,
         out=str(out),
         errors=str(errors),
+        out_of_domain=unlike,
     )

@@ -21,6 +21,7 @@ from .errors import CaptionerError
 __all__ = [
     "BATCH_SIZE",
     "BEAM_SIZE",
+    "DEFAULT_LABELS",
     "LABELS",
     "LENGTH_PENALTY",
     "MAX_LENGTH",
@@ -99,6 +100,7 @@ BATCH_SIZE = Range("batch size", 1, 1024)
 WORKERS = Range("workers", 0, 64)
 NO_REPEAT_NGRAM = Range("no repeat ngram size", 0, 10)  # 0: off
 LABELS = Range("labels", 0, 20)  # top-K ImageNet classes of the backbone; 0: none
+DEFAULT_LABELS = 3  # what the command line and folder runs add, shown beside out-of-domain captions
 
 RANGES: dict[str, Range] = {
     "beam_size": BEAM_SIZE,

@@ -21,18 +21,32 @@ from .errors import CaptionerError
 __all__ = ["CSV_HEADER", "FORMATS", "LineWriter", "default_errors_path", "encode_line", "format_for", "read_records"]
 
 FORMATS = ("jsonl", "csv")
-CSV_HEADER = ["file", "caption", "score"]
+# file, caption, score, then how far to trust the caption (captioner.trust; empty cells when
+# the checkpoint cannot tell). Files written before the trust columns keep their 3 columns.
+CSV_HEADER = ["file", "caption", "score", "confidence", "in_domain", "domain_distance", "labels"]
+LEGACY_CSV_HEADER = CSV_HEADER[:3]
 
 
-def encode_line(record: dict, fmt: str) -> bytes:
-    """One complete output line (ending in a newline) for ``record``."""
+def _csv_cell(value: object) -> object:
+    """None -> empty, booleans as true/false, labels as "tabby:0.42; tiger cat:0.21"."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "; ".join(f"{v['name']}:{v['probability']}" if isinstance(v, dict) else str(v) for v in value)
+    return value
+
+
+def encode_line(record: dict, fmt: str, columns: list[str] = CSV_HEADER) -> bytes:
+    """One complete output line (ending in a newline) for ``record`` (CSV: its ``columns``)."""
     if fmt == "jsonl":
         try:
             return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         except UnicodeEncodeError:  # a file name that is not valid UTF-8 (surrogate escapes)
             return (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([record[k] for k in CSV_HEADER])
+    csv.writer(buf, lineterminator="\n").writerow([_csv_cell(record.get(k)) for k in columns])
     return buf.getvalue().encode("utf-8", "surrogateescape")
 
 
@@ -93,13 +107,14 @@ def read_records(path: str | os.PathLike, fmt: str, *, ignore_partial: bool = Tr
     rows = list(csv.reader(io.StringIO(text, newline="")))
     if not rows:
         return records
-    if rows[0] != CSV_HEADER:
+    header = rows[0]
+    if header not in (CSV_HEADER, LEGACY_CSV_HEADER):
         raise CaptionerError(f"{path}: the first line is not the header {','.join(CSV_HEADER)}; {hint}")
     for n, row in enumerate(rows[1:], start=2):
         if not row:
             continue
-        if len(row) != len(CSV_HEADER):
-            raise CaptionerError(f"{path}: row {n} has {len(row)} fields, expected {len(CSV_HEADER)}; {hint}")
+        if len(row) != len(header):
+            raise CaptionerError(f"{path}: row {n} has {len(row)} fields, expected {len(header)}; {hint}")
         try:
             score = float(row[2])
         except ValueError:
@@ -118,6 +133,7 @@ class LineWriter:
     def __init__(self, path: Path, fmt: str) -> None:
         self.path = Path(path)
         self.fmt = fmt
+        self.columns = CSV_HEADER  # an earlier file's header when resuming it
         self._fd: int | None = None
 
     def open_for_resume(self) -> list[dict]:
@@ -128,6 +144,10 @@ class LineWriter:
             try:
                 records = read_records(self.path, self.fmt)  # validates before we touch it
                 _truncate_partial_line(self.path)
+                if self.fmt == "csv" and self.path.read_bytes().startswith(
+                    ",".join(LEGACY_CSV_HEADER).encode() + b"\n"
+                ):
+                    self.columns = LEGACY_CSV_HEADER  # keep an older file's three columns
             except OSError as e:
                 raise CaptionerError(f"{self.path}: cannot read the earlier output ({e.strerror or e})") from None
         else:
@@ -162,7 +182,7 @@ class LineWriter:
             ) from None
 
     def write(self, record: dict) -> None:
-        self._write_bytes(encode_line(record, self.fmt))
+        self._write_bytes(encode_line(record, self.fmt, self.columns))
 
     def close(self) -> None:
         if self._fd is not None:

@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -445,7 +446,7 @@ def annotate(model, features: Tensor, results: list, labels: int = 0) -> None:
                 r.labels = row
 
 
-def out_of_domain_summary(flags: list[bool | None]) -> str | None:
+def out_of_domain_summary(flags: Sequence[bool | None]) -> str | None:
     """ "3 of 12 images look unlike the training data", or None when none do (or none is known)."""
     known = [f for f in flags if f is not None]
     unlike = sum(1 for f in known if not f)

@@ -142,7 +142,7 @@ def test_csv_output_resumes_after_a_torn_line(model, tmp_path):
     first = caption_folder(model, [tmp_path / "in"], out, batch_size=8, progress=False)
     assert first.done == 3 and not default_errors_path(out).exists()  # no failures: no errors file
     text = out.read_text()
-    assert text.splitlines()[0] == "file,caption,score"
+    assert text.splitlines()[0] == "file,caption,score,confidence,in_domain,domain_distance,labels"
     rows = read_records(out, "csv")
     # simulate a crash that tore the last line: drop it and leave half of it
     lines = text.splitlines(keepends=True)

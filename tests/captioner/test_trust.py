@@ -272,3 +272,40 @@ def test_calibrate_writes_statistics_into_a_checkpoint(tmp_path: Path) -> None:
     m = Captioner.load(ckpt, fast=False)
     (r,) = m.caption_detailed([DATA / "coffee.jpg"])
     assert r.confidence is not None and r.in_domain is False
+
+
+def test_command_line_marks_unlike_images_and_outputs_carry_the_fields(tmp_path: Path, capsys) -> None:
+    from captioner.cli import main
+    from captioner.outputs import read_records
+    from captioner.training.scenes import generate_scenes
+
+    generate_scenes(tmp_path / "s", {"train": 0, "val": 0, "test": 2}, HELD_OUT_SEED, progress=False)
+    scenes = sorted((tmp_path / "s" / "images" / "test").glob("*.jpg"))
+    photos = [DATA / "chelsea.jpg", DATA / "coffee.jpg"]
+    assert main(["caption", *map(str, [*scenes, *photos])]) == 0
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert len(lines) == 4
+    assert not any("\t? " in line for line in lines[:2])  # scenes: no marker
+    for line in lines[2:]:
+        assert "\t? " in line and "outside what this model was trained on (emoji scenes); the CNN sees: " in line
+    assert "2 of 4 images look unlike the training data" in err
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in [*scenes, *photos]:
+        shutil.copy(p, folder / p.name)
+    for fmt in ("jsonl", "csv"):
+        out_file = tmp_path / f"captions.{fmt}"
+        assert main(["caption", str(folder), "--out", str(out_file), "--quiet"]) == 0
+        assert "2 of 4 images look unlike the training data" in capsys.readouterr().err
+        if fmt == "jsonl":
+            records = {r["file"]: r for r in read_records(out_file, "jsonl")}
+            assert records["coffee.jpg"]["in_domain"] is False and records["coffee.jpg"]["labels"][0]["name"]
+            assert records[scenes[0].name]["in_domain"] is True
+            assert 0 <= records[scenes[0].name]["confidence"] <= 1
+        else:
+            header, *rows = out_file.read_text().splitlines()
+            assert header == "file,caption,score,confidence,in_domain,domain_distance,labels"
+            coffee = next(r for r in rows if r.startswith("coffee.jpg"))
+            assert ",false," in coffee and "espresso:" in coffee
