@@ -56,7 +56,14 @@ class DrainingServer(uvicorn.Server):
             if self.drain_seconds <= 0:
                 self.should_exit = True
             return
-        super().handle_exit(sig, frame)
+        # Not uvicorn's handle_exit: it records the signal and raises it again after the
+        # shutdown, so a second SIGTERM would end the process with -15 instead of 0.
+        if not self.should_exit:  # second signal: skip the rest of the drain period
+            log.warning("received %s again: ending the drain period now", signal.Signals(sig).name)
+            self.should_exit = True
+        else:  # third: stop waiting for in-flight requests
+            log.warning("received %s a third time: exiting without waiting for requests", signal.Signals(sig).name)
+            self.force_exit = True
 
     async def on_tick(self, counter: int) -> bool:
         if self._exit_at is not None and time.monotonic() >= self._exit_at:

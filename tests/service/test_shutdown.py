@@ -1,5 +1,6 @@
 """Graceful shutdown: SIGTERM flips /readyz to 503 at once, the server keeps serving for
-its drain period, in-flight requests finish, and the process exits with status 0."""
+its drain period, in-flight requests finish, and the process exits with status 0. A
+second SIGTERM skips the rest of the drain period."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 import time
 
 import httpx
-from servicekit import colour_image
+from servicekit import colour_image, launch, wait_ready
 
 
 def in_flight(url: str) -> float:
@@ -30,6 +31,8 @@ def test_sigterm_drains_then_exits_cleanly(drainer):
     deadline = time.monotonic() + 10
     while in_flight(url) < 1 and time.monotonic() < deadline and worker.is_alive():
         time.sleep(0.01)
+    # Four images at one per batch: the request is still being served when the signal comes.
+    assert in_flight(url) >= 1 and worker.is_alive() and "in_flight" not in results
 
     drainer.proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 2
@@ -54,3 +57,28 @@ def test_sigterm_drains_then_exits_cleanly(drainer):
 
     assert drainer.proc.wait(60) == 0, drainer.log_text()
     assert "draining" in drainer.log_text()
+
+
+def test_a_second_sigterm_skips_the_drain_period(checkpoint, tmp_path):
+    """With a drain period of 600 s, the first SIGTERM starts draining (readyz 503) and a
+    second one ends it: the process exits 0 long before the period is over (the test
+    allows 60 s, a tenth of it, so a slow machine cannot fail it)."""
+    log = tmp_path / "drain600.log"
+    server = wait_ready(launch(checkpoint, log, "--drain-seconds", "600"), log)
+    try:
+        server.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        ready = httpx.get(server.url + "/readyz", timeout=10)
+        while ready.status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+            ready = httpx.get(server.url + "/readyz", timeout=10)
+        assert ready.status_code == 503, ready.text
+        assert server.proc.poll() is None  # still draining: the first signal alone does not end it
+        assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0, server.log_text()
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(10)
+    assert "draining" in server.log_text()
