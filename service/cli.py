@@ -55,11 +55,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "security and lifecycle": ("api_key", "cors_origins", "drain_seconds", "log_level"),
 }
 #: Flag names and metavars where the setting's own name would read badly.
-FLAG_NAMES = {
-    "request_timeout_s": "--request-timeout",
-    "body_timeout_s": "--body-timeout",
-    "cors_origins": "--cors-origin",
-}
+FLAG_NAMES = {"cors_origins": "--cors-origin"}
 SHORT_FLAGS = {"checkpoint": "-c"}
 METAVARS = {
     "port": "PORT",
@@ -82,7 +78,10 @@ HELP_NOTES = {
 
 
 def flag_name(name: str) -> str:
-    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+    """``max_batch_size`` -> ``--max-batch-size``; ``*_timeout_s`` -> ``--*-timeout`` (the help says seconds)."""
+    if name in FLAG_NAMES:
+        return FLAG_NAMES[name]
+    return "--" + name.removesuffix("_s" if name.endswith("_timeout_s") else "").replace("_", "-")
 
 
 def _shown_default(value: object) -> str | None:
