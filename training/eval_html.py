@@ -96,8 +96,9 @@ def _metric_rows(report: dict) -> list[str]:
     intervals = report.get("intervals", {})
     for name, value in report.get("metrics", {}).items():
         lo_hi = intervals.get(name)
-        interval = f"{lo_hi[0]:.4f} - {lo_hi[1]:.4f}" if lo_hi and None not in lo_hi else ""
-        shown = "n/a" if value is None else f"{value:.4f}"
+        fmt = "{:.1%}" if name == "scene_accuracy" else "{:.4f}"
+        interval = f"{fmt.format(lo_hi[0])} - {fmt.format(lo_hi[1])}" if lo_hi and None not in lo_hi else ""
+        shown = "n/a" if value is None else fmt.format(value)
         rows.append(
             f'<tr data-metric="{_e(name)}"><td>{_e(metric_label(name))}</td><td class="num">{shown}</td>'
             f'<td class="num">{interval}</td></tr>'
