@@ -1,5 +1,8 @@
 """Image preprocessing that travels with an encoder: PIL RGB image -> normalised tensor.
 
+(Decoding comes before it, in :mod:`captioner.pipeline`; a model holds its recipe as
+``Captioner.preprocessing``; a checkpoint stores it as a dict under ``"preprocess"``.)
+
 Every backbone was trained on images resized, centre-cropped and normalised in one
 particular way; feeding it anything else quietly costs accuracy. A :class:`Preprocess`
 records that recipe as plain data (it is stored in a checkpoint's ``config.json``) and
@@ -86,7 +89,8 @@ class Preprocess:
     @property
     def draft_size(self) -> tuple[int, int]:
         """(width, height) to pass to JPEG draft decoding: both sides stay >= resize_size,
-        so the shorter side can still be resized down to ``resize_size`` exactly."""
+        so the shorter side can still be resized down to ``resize_size`` exactly. The one
+        draft rule: :func:`captioner.pipeline.decode` reads it for every front end."""
         return (self.resize_size, self.resize_size)
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
