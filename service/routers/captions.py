@@ -53,7 +53,8 @@ def upload_body(settings: Settings) -> dict[str, Any]:
         "max_length": option_schema("integer", length_range(settings).low, length_range(settings).high),
         "timeout": timeout_schema(settings),
     }
-    assert set(options) == set(OPTION_FIELDS), "every form option accepted by the upload reader is documented"
+    if set(options) != set(OPTION_FIELDS):  # a form option the upload reader accepts must be documented here
+        raise RuntimeError(f"form options documented {sorted(options)} != accepted {sorted(OPTION_FIELDS)}")
     return {
         "required": True,
         "content": {
