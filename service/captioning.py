@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import threading
 import time
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor
 
 from captioner import Captioner, pipeline
+from captioner.decode_budget import DecodePool, DecodeTimeout
 from captioner.errors import ImageLoadError
 
 from .batcher import Batcher, BatcherStopped
@@ -37,6 +39,8 @@ from .metrics import Metrics
 from .schemas import CaptionItem
 from .settings import Settings
 from .uploads import Upload
+
+log = logging.getLogger("service")
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,9 @@ class CaptionService:
         self.metrics = metrics
         self.default_max_length = int(model.decoder.config.max_length)
         self._pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="captioner-decode")
+        # The pool's threads wait on decode processes that are killed when a decode outlives
+        # its request (captioner.decode_budget); preprocessing stays in the threads.
+        self._decoders = DecodePool(workers=settings.decode_workers, budget_s=settings.request_timeout_s)
         self.batcher = Batcher(
             self._run_batch,
             max_batch_size=settings.max_batch_size,
@@ -100,6 +107,7 @@ class CaptionService:
         self.draining = True
         self.batcher.stop(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._decoders.close()
 
     @property
     def ready(self) -> bool:
@@ -179,10 +187,20 @@ class CaptionService:
     # ------------------------------------------------------------------ the pipeline
     def _decode(self, upload: Upload, label: str, deadline: float) -> Tensor:
         """Runs in the decode pool: bytes -> (3, H, W), or ImageLoadError."""
-        if time.monotonic() > deadline:  # the request gave up while this waited for a thread
+        budget_s = deadline - time.monotonic()  # a decode may last as long as its request has left
+        if budget_s <= 0:  # the request gave up while this waited for a thread
             raise TimeoutError
+        loader = functools.partial(self._decoders.load, budget_s=budget_s)
         limits = pipeline.Limits(max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_body_bytes)
-        return pipeline.prepare(upload.data, self.model.preprocessing, name=label, limits=limits)  # (3, H, W)
+        try:
+            return pipeline.prepare(
+                upload.data, self.model.preprocessing, name=label, limits=limits, loader=loader
+            )  # (3, H, W)
+        except DecodeTimeout as e:
+            log.warning(
+                "stopped decoding %s after %.1f s, its request's time left (worker replaced)", label, e.budget_s
+            )
+            raise
 
     def _run_batch(self, x: Tensor, opts: GenerationOptions) -> list:
         """Runs in the batcher thread: (B, 3, H, W) -> B CaptionResults."""

@@ -391,3 +391,29 @@ def test_a_body_of_endless_small_parts_is_refused_and_healthz_keeps_answering(re
         f"\n{n_parts} option parts x 3 requests: /healthz answered {len(latencies)} times, slowest {max(latencies):.3f} s"
     )
     assert latencies and max(latencies) < 5.0, latencies
+
+
+def test_a_decode_that_outlives_its_request_is_stopped(rel_server: Server) -> None:
+    """A 16-megapixel PNG (small on the wire, seconds to decode and move) sent with a request
+    timeout of 0.05 s: the request gets 504, and the decode is stopped when the request's
+    time is up (its worker process killed and replaced) instead of running on; the server
+    then captions normally."""
+    import numpy as np
+    from PIL import Image
+
+    ramp = np.linspace(0, 255, 4000, dtype=np.float32)
+    pixels = np.stack([np.add.outer(ramp, ramp) / 2] * 3, axis=-1).astype(np.uint8)  # (H, W, 3)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format="PNG")
+    assert len(buf.getvalue()) < MAX_BODY_BYTES
+    log_before = len(rel_server.log_text())
+    with rel_server.client() as client:
+        r = client.post(
+            "/v1/captions", files={"file": ("ramp.png", buf.getvalue(), "image/png")}, params={"timeout": 0.05}
+        )
+        assert r.status_code in (413, 504), r.text[:300]
+        deadline = time.monotonic() + 30
+        while "stopped decoding ramp.png" not in rel_server.log_text()[log_before:] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "stopped decoding ramp.png" in rel_server.log_text()[log_before:], rel_server.log_text()[-2000:]
+        assert_serves(client)
