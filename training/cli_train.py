@@ -22,7 +22,7 @@ from typing import Any
 
 from captioner.errors import CaptionerError
 
-from .config import CACHE_KEYS, FINE_TUNE, METRICS, SCHEDULES, TrainConfig
+from .config import CACHE_KEYS, FINE_TUNE, METRICS, SCHEDULES, SettingError, TrainConfig
 
 DESCRIPTION = """Train a caption decoder (and optionally fine-tune the CNN) on a caption dataset.
 
@@ -166,8 +166,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    """Run ``captioner train``; a setting out of range is one line and exit status 2."""
+    try:
+        cfg = _config(args)
+    except SettingError as e:
+        print(f"captioner train: error: {e} (see captioner train --help)", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    return _run(cfg, args.resume)
 
+
+def _config(args: argparse.Namespace) -> TrainConfig:
     if args.resume:
         from .train import resume_config
 
@@ -175,15 +186,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         given = {k: v for k, v in vars(args).items() if k in names and k != "out"}
         if getattr(args, "config", None):
             raise CaptionerError("--resume reads the settings saved in OUT/last; do not pass --config")
-        cfg = resume_config(getattr(args, "out", TrainConfig.out), **given)
-    else:
-        cfg = config_from_args(args)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2))
-        return 0
+        return resume_config(getattr(args, "out", TrainConfig.out), **given)
+    return config_from_args(args)
+
+
+def _run(cfg: TrainConfig, resume: bool) -> int:
+    from .train import train
+
     if not cfg.data:
         raise CaptionerError("pass --data DATASET (for example a folder made by `captioner data scenes`)")
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=resume)
     if not result.is_main:
         return 0
     if result.best_path.exists():

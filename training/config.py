@@ -50,6 +50,10 @@ RESUME_OVERRIDABLE = (
 )
 
 
+class SettingError(CaptionerError):
+    """A training setting out of its allowed range or unknown (the CLI's exit status 2)."""
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run (saved as OUT/config.json and in each checkpoint)."""
@@ -107,7 +111,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         problem = self._problem()
         if problem:
-            raise CaptionerError(f"invalid training setting: {problem}")
+            raise SettingError(f"invalid training setting: {problem}")
 
     def _problem(self) -> str | None:
         """The first thing wrong with these settings, or None."""
@@ -148,7 +152,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise CaptionerError(f"unknown training setting(s): {', '.join(unknown)}")
+            raise SettingError(f"unknown training setting(s): {', '.join(unknown)}")
         return cls(**data)
 
     def decoder_config(self, vocab_size: int, feature_dim: int, max_length: int) -> DecoderConfig:

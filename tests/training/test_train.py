@@ -298,6 +298,11 @@ def test_cli_config_file_and_flags(tmp_path, capsys):
         cmd_train(args)
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--cell", "transformer"])
+    # a setting out of range: one line naming the range, exit status 2, nothing trained
+    capsys.readouterr()
+    assert cmd_train(parser.parse_args(["train", "--data", "somewhere", "--epochs", "0"])) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "epochs must be >= 1" in err
     shutil.rmtree(tmp_path / "none", ignore_errors=True)
 
 
