@@ -334,5 +334,6 @@ class Captioner:
             "vocab_size": len(self.vocab),
             "device": str(self.device),
             "metadata": self.metadata,
+            "trained_on": self.trust.trained_on or None,  # one sentence, for people
             "trust": self.trust.describe(),
         }

@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from torch import Tensor
 from captioner import Captioner, pipeline
 from captioner.decode_budget import DecodePool, DecodeTimeout
 from captioner.errors import ImageLoadError
+from captioner.options import LABELS
 
 from .batcher import Batcher, BatcherStopped
 from .errors import APIError, image_error
@@ -49,6 +50,9 @@ class GenerationOptions:
 
     beam_size: int
     max_length: int
+    # ImageNet labels to return per image; every batch computes the most (captioner.options.LABELS),
+    # so requests asking for different numbers still share a batch.
+    labels: int = field(default=0, compare=False)
 
 
 @dataclass
@@ -64,6 +68,10 @@ class ItemResult:
     error: str | None = None
     detail: str | None = None
     status: int = 200
+    confidence: float | None = None  # how far to trust the caption (captioner.trust)
+    in_domain: bool | None = None
+    domain_distance: float | None = None
+    labels: list[dict[str, Any]] | None = None  # [{"name", "probability"}], when asked for
 
     def to_json(self) -> dict[str, Any]:
         """This result as its entry in the response (the shape is :class:`CaptionItem`'s)."""
@@ -114,7 +122,7 @@ class CaptionService:
         return not self.draining and self.batcher.running
 
     # ------------------------------------------------------------------ options
-    def options(self, beam_size: int | None, max_length: int | None) -> GenerationOptions:
+    def options(self, beam_size: int | None, max_length: int | None, labels: int = 0) -> GenerationOptions:
         """Validate request options against the configured limits (422 when out of range)."""
         s = self.settings
         beam = s.default_beam_size if beam_size is None else beam_size
@@ -125,7 +133,7 @@ class CaptionService:
             raise APIError(
                 422, "invalid_option", f"max_length must be between 1 and {s.max_length_limit}, got {length}"
             )
-        return GenerationOptions(beam, length)
+        return GenerationOptions(beam, length, labels)
 
     # ------------------------------------------------------------------ admission
     def _admit(self, n: int) -> None:
@@ -205,7 +213,9 @@ class CaptionService:
     def _run_batch(self, x: Tensor, opts: GenerationOptions) -> list:
         """Runs in the batcher thread: (B, 3, H, W) -> B CaptionResults."""
         features = self.model.encode(x)  # (B, F)
-        return self.model.generate(features, beam_size=opts.beam_size, max_length=opts.max_length)
+        return self.model.generate(
+            features, beam_size=opts.beam_size, max_length=opts.max_length, labels=int(LABELS.high)
+        )
 
     async def _decode_one(self, index: int, upload: Upload, deadline: float) -> tuple[ItemResult, Tensor | None]:
         """Decode one upload off the event loop; a bad image becomes an error result."""
@@ -244,6 +254,10 @@ class CaptionService:
                 continue
             result, info = outcome
             item.caption, item.score, item.batch_size = result.caption, result.score, info.size
+            item.confidence, item.in_domain = result.confidence, result.in_domain
+            item.domain_distance = result.domain_distance
+            if opts.labels and result.labels:
+                item.labels = [label.to_dict() for label in result.labels[: opts.labels]]
         now = time.monotonic()
         items = [item for item, _ in decoded]
         for item in items:

@@ -26,6 +26,15 @@ def omitted_when_none(value: object) -> bool:
     return value is None
 
 
+class Label(BaseModel):
+    """One ImageNet class the encoder's own classifier sees in the image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="ImageNet class name, e.g. tabby")
+    probability: float = Field(ge=0, le=1, description="the classifier's probability")
+
+
 class CaptionItem(BaseModel):
     """One image of the request: a caption, or an error for this image alone."""
 
@@ -43,6 +52,31 @@ class CaptionItem(BaseModel):
         None,
         exclude_if=omitted_when_none,
         description="log-probability of the caption (and its end token) under the model",
+    )
+    confidence: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        exclude_if=omitted_when_none,
+        description="calibrated chance that the caption is right (of held-out captions with confidence 0.9, "
+        "about 90 % were); absent when the checkpoint has no calibration",
+    )
+    in_domain: bool | None = Field(
+        None,
+        exclude_if=omitted_when_none,
+        description="false when the image looks unlike the training images (the caption is then a guess; "
+        "see labels); absent when the checkpoint has no domain statistics",
+    )
+    domain_distance: float | None = Field(
+        None,
+        exclude_if=omitted_when_none,
+        description="distance of the image's features to the training images' (Mahalanobis / sqrt(F)); "
+        "in domain up to the threshold in /v1/model trust.domain.threshold",
+    )
+    labels: list[Label] | None = Field(
+        None,
+        exclude_if=omitted_when_none,
+        description="top ImageNet classes of the encoder's own classifier, when asked for with labels=K",
     )
     time_ms: float = Field(description="time spent on this image: decoding, queueing and the model")
     batch_size: int | None = Field(
@@ -63,7 +97,10 @@ class CaptionItem(BaseModel):
             values["score"] = round(float(values["score"]), 4)
         values["time_ms"] = round(float(values.get("time_ms") or 0.0), 1)
         if values.get("error") is not None:  # a failed image reports no partial caption
-            values.update(caption=None, score=None, batch_size=None)
+            values.update(
+                caption=None, score=None, batch_size=None, confidence=None, in_domain=None, domain_distance=None
+            )
+            values.update(labels=None)
         return cls(**values)
 
 
@@ -120,6 +157,7 @@ class ModelInfo(BaseModel):
     metadata: dict[str, Any] = Field(
         description="from the checkpoint: training data, configuration and metrics (paths reduced to their last part)"
     )
+    trained_on: str | None = Field(None, description="in one sentence, what the model was trained on")
     trust: dict[str, Any] | None = Field(
         None,
         exclude_if=omitted_when_none,
@@ -143,6 +181,7 @@ __all__ = [
     "CaptionResponse",
     "ErrorBody",
     "Health",
+    "Label",
     "ModelInfo",
     "Ready",
     "ServiceLimits",

@@ -13,6 +13,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import WithJsonSchema
 
+from captioner.options import LABELS
+
 from ..auth import require_api_key
 from ..captioning import GenerationOptions, ItemResult
 from ..deps import ServiceDep
@@ -52,6 +54,7 @@ def upload_body(settings: Settings) -> dict[str, Any]:
         "beam_size": option_schema("integer", beam_range(settings).low, beam_range(settings).high),
         "max_length": option_schema("integer", length_range(settings).low, length_range(settings).high),
         "timeout": timeout_schema(settings),
+        "labels": option_schema("integer", LABELS.low, LABELS.high),
     }
     if set(options) != set(OPTION_FIELDS):  # a form option the upload reader accepts must be documented here
         raise RuntimeError(f"form options documented {sorted(options)} != accepted {sorted(OPTION_FIELDS)}")
@@ -177,6 +180,12 @@ def build_router(settings: Settings) -> APIRouter:
             ascii_number("timeout"),
             WithJsonSchema(timeout_schema(settings)),
         ] = None,
+        labels: Annotated[
+            int | None,
+            Query(description="add the encoder's top-K ImageNet classes to each caption (default 0: none)"),
+            ascii_int("labels"),
+            WithJsonSchema(option_schema("integer", LABELS.low, LABELS.high)),
+        ] = None,
         filename: Annotated[str | None, Query(description="name to echo for a raw image body")] = None,
     ) -> CaptionResponse | JSONResponse:
         """Multipart with one or more ``file`` parts, or one image as the raw body (``image/*``).
@@ -187,8 +196,13 @@ def build_router(settings: Settings) -> APIRouter:
         """
         started = time.monotonic()
         s = service.settings
-        ranges = {"beam_size": beams, "max_length": lengths, "timeout": timeouts}
-        given: dict[str, float | None] = {"beam_size": beam_size, "max_length": max_length, "timeout": timeout}
+        ranges = {"beam_size": beams, "max_length": lengths, "timeout": timeouts, "labels": LABELS}
+        given: dict[str, float | None] = {
+            "beam_size": beam_size,
+            "max_length": max_length,
+            "timeout": timeout,
+            "labels": labels,
+        }
         for name, allowed in ranges.items():
             check_range(given[name], allowed)  # before reading the body: a bad option costs nothing
         uploads, form = await read_uploads(
@@ -198,8 +212,10 @@ def build_router(settings: Settings) -> APIRouter:
             if name in form:
                 given[name] = form_number(name, form[name], allowed)
                 check_range(given[name], allowed)
-        beam, length, limit = (given[name] for name in ranges)
-        opts = service.options(None if beam is None else int(beam), None if length is None else int(length))
+        beam, length, limit, k = (given[name] for name in ranges)
+        opts = service.options(
+            None if beam is None else int(beam), None if length is None else int(length), int(k or 0)
+        )
         items = await service.caption(uploads, opts, s.request_timeout_s if limit is None else limit)
         return build_response(service.model.model_id, opts, items, started)
 

@@ -309,3 +309,43 @@ def test_command_line_marks_unlike_images_and_outputs_carry_the_fields(tmp_path:
             assert header == "file,caption,score,confidence,in_domain,domain_distance,labels"
             coffee = next(r for r in rows if r.startswith("coffee.jpg"))
             assert ",false," in coffee and "espresso:" in coffee
+
+
+def _load_test_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_api_carries_the_trust_fields_and_labels(tmp_path: Path) -> None:
+    """A real ``captioner serve`` on a loopback port with the shipped weights."""
+    kit = _load_test_module("servicekit", ROOT / "tests" / "service" / "servicekit.py")
+    log = tmp_path / "serve.log"
+    server = kit.wait_ready(kit.launch(ROOT / "weights" / "default", log), log)
+    try:
+        with server.client() as c:
+            files = [
+                ("file", (p.name, p.read_bytes(), "image/jpeg")) for p in (DATA / "chelsea.jpg", DATA / "coffee.jpg")
+            ]
+            r = c.post("/v1/captions", params={"labels": 5}, files=files)
+            assert r.status_code == 200, r.text
+            cat, coffee = r.json()["results"]
+            for item in (cat, coffee):
+                assert item["in_domain"] is False and item["domain_distance"] > 0 and 0 <= item["confidence"] < 0.2
+                assert len(item["labels"]) == 5 and all(0 <= lab["probability"] <= 1 for lab in item["labels"])
+            assert {lab["name"] for lab in cat["labels"]} & CAT, cat["labels"]
+            assert {lab["name"] for lab in coffee["labels"]} & {"espresso", "cup"}, coffee["labels"]
+            plain = c.post("/v1/captions", files=files[:1]).json()["results"][0]
+            assert "labels" not in plain and plain["in_domain"] is False  # labels only when asked for
+            bad = c.post("/v1/captions", params={"labels": 21}, files=files[:1])
+            assert bad.status_code == 422 and "labels must be an integer from 0 to 20" in bad.json()["detail"]
+            info = c.get("/v1/model").json()
+            assert info["trained_on"].startswith("emoji scenes")
+            assert info["trust"]["domain"]["threshold"] > 0
+            schema = c.get("/openapi.json").json()["components"]["schemas"]["CaptionItem"]["properties"]
+            assert {"confidence", "in_domain", "domain_distance", "labels"} <= set(schema)
+    finally:
+        server.stop()
