@@ -341,6 +341,58 @@ def _checkpoint_preprocessing(checkpoint: str | None) -> dict:
     return recipe.to_dict()
 
 
+def _cluster_plan(settings: RaySettings, device: str | None, progress: bool) -> PoolPlan:
+    """The pool for the Ray this process is connected to."""
+    import ray
+
+    ray.data.DataContext.get_current().enable_progress_bars = progress
+    if not progress:  # --quiet: no bars and no per-run log lines either
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    resources = ray.cluster_resources()
+    cuda = device is None or device.startswith("cuda")
+    if device is not None and cuda and not resources.get("GPU"):
+        raise CaptionerError(f"--device {device} was asked for, but the Ray cluster has no GPUs")
+    plan = plan_pool(
+        resources.get("CPU", 0.0), resources.get("GPU", 0.0), settings.actors, settings.actor_cpus, use_gpus=cuda
+    )
+    if progress:
+        print(f"ray: {plan.describe()}", file=sys.stderr)
+    return plan
+
+
+@dataclass
+class _Run:
+    """What the driver counts while the results stream in."""
+
+    done: int = 0
+    seconds: float = 0.0
+    stats: str = ""
+
+
+def _stream_results(ds: Any, outputs: _Outputs, on_result: Callable[[dict], None] | None) -> _Run:
+    """Write each result row once (a repeat from a retried task is dropped)."""
+    run = _Run()
+    start = time.perf_counter()
+    handled: set[str] = set()
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for key, caption, score, reason in zip(batch["file"], batch["caption"], batch["score"], batch["reason"]):
+            key = str(key)
+            if key in handled:
+                continue
+            handled.add(key)
+            if reason:
+                outputs.fail(key, str(reason))
+                continue
+            record = {"file": key, "caption": str(caption), "score": float(score)}
+            outputs.write(record)
+            run.done += 1
+            if on_result is not None:
+                on_result(record)
+    run.seconds = time.perf_counter() - start  # the summary's rate: the pipeline, not the Ray start
+    run.stats = ds.stats()  # Ray Data's per-stage times, for readers of the summary and benchmarks
+    return run
+
+
 def caption_on_ray(
     sources: Sequence[str],
     out: str | os.PathLike,
@@ -368,7 +420,7 @@ def caption_on_ray(
         raise CaptionerError(RAY_INSTALL_HINT)
     BATCH_SIZE.check(batch_size)
     settings = settings or RaySettings()
-    options = options or CaptionOptions()
+    opts = options or CaptionOptions()
     fmt = output_format(out, fmt)
     out = Path(out)
     errors = Path(errors) if errors is not None else default_errors_path(out)
@@ -379,11 +431,7 @@ def caption_on_ray(
     outputs = _Outputs(out, fmt, errors)
     done_keys = outputs.open()
     todo = [s for s in found if s.key not in done_keys]
-    skipped = len(found) - len(todo)
-    done = 0
-    plan: PoolPlan | None = None
-    stats = ""
-    start = time.perf_counter()
+    run, plan = _Run(), None
     try:
         for p in problems:
             outputs.fail(p.key, p.reason)
@@ -399,68 +447,37 @@ def caption_on_ray(
 
             started = _start_ray(settings)
             try:
-                ray.data.DataContext.get_current().enable_progress_bars = progress
-                resources = ray.cluster_resources()
-                cuda = device is None or device.startswith("cuda")
-                plan = plan_pool(
-                    resources.get("CPU", 0.0),
-                    resources.get("GPU", 0.0),
-                    settings.actors,
-                    settings.actor_cpus,
-                    use_gpus=cuda,
-                )
-                if progress:
-                    print(f"ray: {plan.describe()}", file=sys.stderr)
-                actor_device = device or ("cuda" if plan.actor_gpus else "cpu")
+                plan = _cluster_plan(settings, device, progress)
                 actor_kwargs = {
                     "checkpoint": checkpoint,
-                    "device": actor_device,
+                    "device": device or ("cuda" if plan.actor_gpus else "cpu"),
                     "threads": plan.threads,
                     "options": {
-                        "beam_size": options.beam_size,
-                        "max_length": options.max_length,
-                        "length_penalty": options.length_penalty,
+                        "beam_size": opts.beam_size,
+                        "max_length": opts.max_length,
+                        "length_penalty": opts.length_penalty,
                     },
                 }
                 ds = _build_dataset(
                     writable, plan, preprocessing, batch_size, max_bytes or DEFAULT_MAX_BYTES, actor_kwargs
                 )
-                start = time.perf_counter()  # the summary's rate: the pipeline, not the Ray start
-                handled: set[str] = set()
-                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                    for key, caption, score, reason in zip(
-                        batch["file"], batch["caption"], batch["score"], batch["reason"]
-                    ):
-                        key = str(key)
-                        if key in handled:  # a retried task's repeat
-                            continue
-                        handled.add(key)
-                        if reason:
-                            outputs.fail(key, str(reason))
-                            continue
-                        record = {"file": key, "caption": str(caption), "score": float(score)}
-                        outputs.write(record)
-                        done += 1
-                        if on_result is not None:
-                            on_result(record)
-                stats = ds.stats()  # Ray Data's per-stage times, for --verbose readers and benchmarks
+                run = _stream_results(ds, outputs, on_result)
             finally:
                 if started:
                     ray.shutdown()
     finally:
         outputs.close()
-    seconds = time.perf_counter() - start
     if outputs.failed == 0:
         errors.unlink(missing_ok=True)  # an empty errors file would only confuse
     extra: dict = {"engine": "ray"}
     if plan is not None:
-        extra.update(actors=plan.actors, actor_cpus=plan.actor_cpus, actor_gpus=plan.actor_gpus, ray_stats=stats)
+        extra.update(actors=plan.actors, actor_cpus=plan.actor_cpus, actor_gpus=plan.actor_gpus, ray_stats=run.stats)
     return FolderSummary(
         found=len(found),
-        done=done,
-        skipped=skipped,
+        done=run.done,
+        skipped=len(found) - len(todo),
         failed=outputs.failed,
-        seconds=seconds,
+        seconds=run.seconds,
         out=str(out),
         errors=str(errors),
         extra=extra,
