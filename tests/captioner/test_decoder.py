@@ -252,3 +252,21 @@ def test_batched_beam_equals_one_at_a_time_with_ngram_blocking():
         one, one_score = dec.beam_search(feats[i : i + 1], vocab.start_id, vocab.end_id, beam_size=3, max_length=8)
         assert one[0] == ids[i]
         assert math.isclose(one_score.item(), scores[i].item(), abs_tol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_the_onnx_step_path_applies_the_same_rules(method):
+    """captioner.runtime swaps only ``step`` for ONNX Runtime; the rules live in the loops."""
+    from captioner.runtime.onnx_decoder import build_onnx_decoder
+
+    dec, vocab, feats = _repeater()
+    fast, reason = build_onnx_decoder(dec)
+    assert fast is not None, reason
+    s, e = vocab.start_id, vocab.end_id
+    for n in (0, 2):
+        if method == "greedy":
+            ref, got = dec.greedy(feats, s, e, 10, n), fast.greedy(feats, s, e, 10, n)
+        else:
+            ref, got = dec.beam_search(feats, s, e, 3, 10, 0.0, n), fast.beam_search(feats, s, e, 3, 10, 0.0, n)
+        assert got[0] == ref[0] and torch.allclose(got[1], ref[1], atol=1e-3)
+        assert not any(_has_run_of_three(i) for i in got[0])
