@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from .decoder import DecoderConfig
 from .errors import CheckpointError
+from .fsio import atomic_write_text
 from .vocab import Vocabulary
 
 FORMAT = "captioner-checkpoint/1"
@@ -270,9 +271,6 @@ def read_metadata(directory: str | os.PathLike) -> dict:
 
 def update_metadata(directory: str | os.PathLike, changes: dict) -> dict:
     """Merge ``changes`` into a checkpoint's ``metadata.json`` (replaced atomically); returns it."""
-    path = Path(directory) / METADATA
     data = {**read_metadata(directory), **changes}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_json(tmp, data)
-    os.replace(tmp, path)
+    atomic_write_text(Path(directory) / METADATA, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     return data

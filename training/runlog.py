@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from captioner.fsio import atomic_write
+
 from .config import TrainConfig
 from .resume import TrainerState
 
@@ -32,14 +34,9 @@ SKIPPED = "skipped_images.json"
 TEST_CAPTIONS = "test_captions.jsonl"
 
 
-def replace_atomically(path: Path, write: Callable[[Any], None], **open_kw: Any) -> None:
-    """Write ``path`` through a temporary sibling and rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", **open_kw) as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def replace_atomically(path: Path, write: Callable[[Any], object], **open_kw: Any) -> None:
+    """Write ``path`` (text) through a temporary sibling renamed into place (``captioner.fsio``)."""
+    atomic_write(path, write, binary=False, **open_kw)
 
 
 def write_json(path: Path, data: Any) -> None:
