@@ -104,6 +104,7 @@ class Trainer:
         self._epochs()
         test = self._test() if self.ctx.is_main else None
         if self.ctx.is_main:
+            self._write_trust()
             self._write_results(test)
             self._hint_if_weak(test)
         self.ctx.barrier()
@@ -454,6 +455,34 @@ class Trainer:
         ]
         runlog.write_jsonl(self.out / runlog.TEST_CAPTIONS, rows)  # for error analysis
         return metrics
+
+    def _write_trust(self) -> None:
+        """The kept model's confidence calibration and out-of-domain statistics
+        (:mod:`captioner.trust`), from the cached train and val features."""
+        if self.fine_tuning or not self.features or not (self.out / BEST).exists():
+            self.log(
+                "no confidence calibration or domain statistics: they need cached features (add them "
+                "later with `captioner calibrate`)"
+            )
+            return
+        from .trust_fit import trust_after_training
+
+        ck = load_checkpoint(self.out / BEST)
+        best = CaptionDecoder(ck.decoder_config)
+        best.load_state_dict(ck.decoder_state)
+        model = Captioner(self.encoder, best, ck.vocab, preprocess=self.preprocess, device=self.ctx.device, fast=False)
+        try:
+            trust = trust_after_training(
+                self.out / BEST, model, self.features["train"], self.features["val"], self.sources["val"]
+            )
+        except (ValueError, CaptionerError) as e:  # e.g. too few validation images
+            self.log(f"no confidence calibration or domain statistics: {e}")
+            return
+        assert trust.domain is not None and trust.calibration is not None
+        self.log(
+            f"trust statistics: out of domain past distance {trust.domain.threshold:.3f}; confidence "
+            f"calibrated on {trust.calibration.captions} val captions ({trust.calibration.accuracy:.1%} right)"
+        )
 
     def _write_results(self, test: dict | None) -> None:
         run = runlog.run_summary(self.state, self.feature_seconds, self.ctx.world_size)

@@ -147,6 +147,9 @@ def test_tiny_run_learns_and_needs_the_image(tiny, tmp_path):
     # the best checkpoint is a normal checkpoint: the vocabulary came from train captions
     model = Captioner.load(out / "best", device="cpu")
     assert model.model_id == "real"  # the run's name, not "best-<hash>"
+    # training's last step: the confidence calibration (on the 12 val captions) and domain statistics
+    assert model.trust.calibration is not None and model.trust.calibration.captions == 12
+    assert model.trust.domain is not None and model.trust.domain.images == 96
     assert set(model.vocab.itos[4:]) >= set(KINDS) | {"background"}
     image = sorted((tiny / "data" / "images" / "test").iterdir())[0]
     caption = model.caption([str(image)])[0]
