@@ -55,15 +55,21 @@ class AdmissionMiddleware:
             return
         app = scope.get("app")
         service = getattr(getattr(app, "state", None), "service", None)
-        n = None if service is None else body_reservation(Headers(scope=scope), service.settings.max_body_bytes)
+        headers_in = Headers(scope=scope)
+        n = None if service is None else body_reservation(headers_in, service.settings.max_body_bytes)
         if service is None or n is None:
             await self.app(scope, receive, send)
             return
         try:
             service.reserve_body(n)
         except APIError as e:
-            # Connection: close, or the unread body would be parsed as the next request.
-            headers = {**e.headers, "Connection": "close"}
+            headers = dict(e.headers)
+            if headers_in.get("expect", "").lower() == "100-continue":
+                # That client will not send its body, so the connection cannot carry another
+                # request. Any other client's body is read past and dropped by the HTTP parser
+                # (never buffered), and its connection stays open: closing it with the body
+                # unread would reset it, and the client might never see this answer.
+                headers["Connection"] = "close"
             await error_response(e.status, e.code, e.detail, headers)(scope, receive, send)
             return
         try:

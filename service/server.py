@@ -93,8 +93,34 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+#: File descriptors kept beside the connections: model files, decode workers' pipes, logs.
+SPARE_FDS = 128
+
+
+def ensure_fd_room(max_connections: int) -> None:
+    """Raise the soft limit on open files so ``max_connections`` fit beside ``SPARE_FDS``;
+    warn when the hard limit does not allow it (the connection cap would not be reached)."""
+    import resource
+
+    need = max_connections + SPARE_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < need:
+        log.warning(
+            "the open-file limit is %d: max_connections=%d cannot be reached; lower max_connections "
+            "to %d or raise the limit (ulimit -n)",
+            target,
+            max_connections,
+            max(1, target - SPARE_FDS),
+        )
+
+
 def serve(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
     """Serve ``app`` on an already bound socket until a signal ends it (see module docstring)."""
+    ensure_fd_room(settings.max_connections)
     limits = ConnectionLimits(
         max_header_bytes=settings.max_header_bytes,
         header_timeout_s=settings.header_timeout_s,
