@@ -2,7 +2,7 @@
 
     python bench/loader_attacks.py [--before REV] [--timeout 60] [--small] [--out FILE]
 
-Each file of ``attack_files(full_size=True)`` (tests/reliability/hostile.py: ICO/ICNS with
+Each file of ``attack_files(full_size=True)`` (tests/reliability/attacks.py: ICO/ICNS with
 an oversized embedded PNG, gzip FITS, QOI, RLE BMP, a TIFF of 2 million strips, a JPEG of
 8 million segments, a PNG of 2.5 million chunks, a 16-bit PNG of 6300x6300) is decoded in a
 fresh subprocess by ``load_image`` with the service's draft size (224x224): once with this
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "reliability"))
 
-from hostile import attack_files  # noqa: E402
+from attacks import attack_files  # noqa: E402
 
 PROBE = r"""
 import importlib.util, json, sys, time

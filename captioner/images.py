@@ -141,7 +141,7 @@ def _open(source: ImageSource, label: str, max_bytes: int) -> tuple[Image.Image,
         im = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except UnidentifiedImageError:
         fmt = sniff_format(data)
-        if fmt in ACCEPTED_FORMATS or fmt in ("JPEG", "WebP"):
+        if fmt in ACCEPTED_FORMATS or fmt == "WebP":  # sniff_format names WEBP "WebP"
             raise ImageLoadError(label, f"corrupt {fmt} data (the header cannot be parsed)") from None
         if fmt:
             raise ImageLoadError(
