@@ -119,7 +119,7 @@ def test_same_rows_as_local_then_resume_captions_nothing(ray_cluster, folder, lo
 def test_a_killed_actor_loses_and_repeats_nothing(ray_cluster, folder, local_run, tmp_path):
     """SIGKILL one of two actors after the first result: Ray restarts it and reruns its batch."""
     out = tmp_path / "captions.parquet"
-    killed: list[int] = []
+    killed: list[str] = []
     after_kill = 0
 
     def kill_one_actor(record: dict) -> None:
@@ -131,9 +131,8 @@ def test_a_killed_actor_loses_and_repeats_nothing(ray_cluster, folder, local_run
 
         actors = [a for a in state.actors().values() if "MapWorker" in a["ActorClassName"] and a["State"] == "ALIVE"]
         assert actors, "no captioning actor alive"
-        pid = int(actors[0]["Pid"])
-        os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
+        os.kill(int(actors[0]["Pid"]), signal.SIGKILL)
+        killed.append(actors[0]["ActorID"])
 
     summary = caption_on_ray(
         [str(folder)],
@@ -145,6 +144,9 @@ def test_a_killed_actor_loses_and_repeats_nothing(ray_cluster, folder, local_run
         on_result=kill_one_actor,
     )
     assert killed and after_kill > 0, "the actor must die while work is left"
+    from ray._private import state
+
+    assert state.actors(actor_id=killed[0])["NumRestarts"] >= 1  # Ray brought it back for the rest
     assert summary.extra["actors"] == 2 and summary.extra["actor_cpus"] == 0.5
     assert (summary.done, summary.failed) == (GOOD, len(BAD))
     records = read_parquet_records(out)
@@ -199,3 +201,25 @@ def test_cli_without_ray_says_how_to_install(folder, tmp_path, monkeypatch, caps
         cli_main(["caption", str(folder), "--engine", "ray", "--ray-actors", "0", "--out", str(tmp_path / "c.jsonl")])
     assert exit_info.value.code == 2
     assert "Ray actors must be an integer from 1 to 10000" in capsys.readouterr().err
+
+
+def test_parquet_parts_resume_after_a_crash(tmp_path):
+    from captioner.engines.parquet import ParquetParts
+
+    out = tmp_path / "captions.parquet"
+    first = ParquetParts(out, rows_per_part=2)
+    assert first.open_for_resume() == set()
+    for i in range(5):
+        first.write({"file": f"{i}.jpg", "caption": f"caption {i}", "score": -float(i)})
+    # killed here: two whole parts on disk, the fifth row only in memory, a half-written part left behind
+    (out / ".part-00002.parquet.tmp").write_bytes(b"PAR1 torn")
+    again = ParquetParts(out, rows_per_part=2)
+    assert again.open_for_resume() == {"0.jpg", "1.jpg", "2.jpg", "3.jpg"}
+    assert not list(out.glob(".part-*"))  # the torn part is gone
+    again.write({"file": "4.jpg", "caption": "caption 4", "score": -4.0})
+    again.close()
+    assert [r["file"] for r in read_parquet_records(out)] == [f"{i}.jpg" for i in range(5)]
+    assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    (out / "part-00003.parquet").write_text("not parquet")
+    with pytest.raises(CaptionerError, match="not a captions part"):
+        ParquetParts(out).open_for_resume()
