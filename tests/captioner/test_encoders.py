@@ -207,8 +207,8 @@ def test_user_state_dict_files_load(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     torch.save(full, path)
 
     encoder = build_encoder("resnet18", weights=path)
-    assert torch.equal(encoder.trunk.conv1.weight, full["conv1.weight"])
-    assert torch.equal(encoder.trunk.layer4[1].bn2.running_var, full["layer4.1.bn2.running_var"])
+    assert torch.equal(encoder.trunk.get_parameter("conv1.weight"), full["conv1.weight"])
+    assert torch.equal(encoder.trunk.get_buffer("layer4.1.bn2.running_var"), full["layer4.1.bn2.running_var"])
     assert not any(k.startswith("trunk.fc") for k in encoder.state_dict())
 
     # An encoder's own (trunk-only) state dict loads too, from safetensors or from memory.
@@ -217,15 +217,18 @@ def test_user_state_dict_files_load(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     trunk_path = tmp_path / "trunk.safetensors"
     save_file(encoder.state_dict(), str(trunk_path))
     again = build_encoder("resnet18", weights=trunk_path)
-    assert torch.equal(again.trunk.conv1.weight, full["conv1.weight"])
-    assert torch.equal(build_encoder("resnet18", weights=encoder.state_dict()).trunk.conv1.weight, full["conv1.weight"])
+    assert torch.equal(again.trunk.get_parameter("conv1.weight"), full["conv1.weight"])
+    assert torch.equal(
+        build_encoder("resnet18", weights=encoder.state_dict()).trunk.get_parameter("conv1.weight"),
+        full["conv1.weight"],
+    )
 
     # "pretrained" picks the file up from the torch hub cache when it is there.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     cached = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(path.read_bytes())
-    assert torch.equal(build_encoder("resnet18").trunk.conv1.weight, full["conv1.weight"])
+    assert torch.equal(build_encoder("resnet18").trunk.get_parameter("conv1.weight"), full["conv1.weight"])
 
     # Weights of another architecture are refused by name, not half-loaded.
     wrong = tmp_path / "wrong.pth"
@@ -324,7 +327,7 @@ def test_label_head_of_a_torchvision_backbone_is_its_own_classifier() -> None:
     torch.manual_seed(0)
     full = build_classifier("resnet18", weights="random")  # torchvision layout, with fc
     head = build_label_head("resnet18", weights=full.state_dict())
-    assert torch.equal(head.head.weight, full.fc.weight)
+    assert torch.equal(head.head.get_parameter("weight"), full.get_parameter("fc.weight"))
     encoder = build_encoder("resnet18", weights=full.state_dict())
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
