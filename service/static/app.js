@@ -1,14 +1,56 @@
 // The upload page: pick or drop images, each is POSTed to /v1/captions on its own
-// (the server batches concurrent requests), and its card shows the caption.
-// No framework, no CDN: this file is the whole client. Text from the server is always
-// inserted with textContent, never as HTML.
+// (the server batches concurrent requests), and its card shows the caption, how far to
+// trust it, and, for an image unlike the training data, what the CNN sees instead.
+// Cards stay in the order the files were picked. No framework, no CDN: this file is the
+// whole client. Text from the server is always inserted with textContent, never as HTML.
 "use strict";
 
 const MAX_PARALLEL = 4;
+const LABELS = 3; // ImageNet classes asked for per image (shown when an image is out of domain)
+// Confidence words: "high" from HIGH up, "medium" from MEDIUM up, else "low".
+const HIGH = 0.8;
+const MEDIUM = 0.5;
+// Error codes of a file that is not a readable image (its preview is replaced by a placeholder).
+const UNREADABLE = new Set(["unsupported_image", "unreadable_image", "empty_image"]);
+const CSV_COLUMNS = ["file", "caption", "score", "confidence", "in_domain", "domain_distance", "labels"];
+
 const $ = (id) => document.getElementById(id);
 const queue = [];
+const entries = []; // one per picked file, in picked order: {name, card, item}
 let running = 0;
 let maxBeam = 5;
+let trainedOn = ""; // "emoji scenes: ..." from /v1/model
+
+// ------------------------------------------------------------------ small helpers
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+const grouped = new Intl.NumberFormat("en");
+
+// 40000000 -> "40 million", 2500000 -> "2.5 million", 250000 -> "250,000".
+function formatCount(n) {
+  if (n >= 1e6 && Number.isInteger(n / 1e5)) return `${grouped.format(n / 1e6)} million`;
+  return grouped.format(n);
+}
+
+// Long numbers inside a server message, readable ("the limit of 40000000" -> "40 million");
+// sizes such as "1200x1000" are left as they are.
+function formatNumbers(text) {
+  return text.replace(/(?<![\w.,])\d{5,}(?![\w.,])/g, (digits) => formatCount(Number(digits)));
+}
+
+function formatBytes(n) {
+  const mib = n / 2 ** 20;
+  return mib >= 1 ? `${grouped.format(Math.round(mib * 10) / 10)} MiB` : `${grouped.format(n)} bytes`;
+}
+
+function percent(p) { return `${Math.round(p * 100)} %`; }
+
+function confidenceWord(c) { return c >= HIGH ? "high" : c >= MEDIUM ? "medium" : "low"; }
 
 function apiHeaders() {
   const key = sessionStorage.getItem("captioner-api-key") || $("api-key").value.trim();
@@ -17,47 +59,169 @@ function apiHeaders() {
 
 function setStatus(text) { $("status").textContent = text; }
 
+// ------------------------------------------------------------------ cards
+function placeholder(file) {
+  const box = el("div", "preview placeholder");
+  const ext = (file.name.match(/\.([A-Za-z0-9]{1,5})$/) || [])[1];
+  box.append(el("span", "ext", ext ? ext.toUpperCase() : "FILE"), el("span", "why", "no preview"));
+  return box;
+}
+
 function addCard(file) {
-  const li = document.createElement("li");
-  li.className = "card";
+  const li = el("li", "card");
   li.dataset.state = "pending";
-  const img = document.createElement("img");
-  img.alt = file.name;
+  const img = el("img", "preview");
+  img.alt = "";  // the file name is the card's text; the picture is its preview
   img.src = URL.createObjectURL(file);
   img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
-  img.addEventListener("error", () => URL.revokeObjectURL(img.src), { once: true });
-  const body = document.createElement("div");
-  body.className = "body";
-  const name = document.createElement("p");
-  name.className = "name";
-  name.textContent = file.name;
-  const caption = document.createElement("p");
-  caption.className = "caption";
-  caption.textContent = "captioning…";
-  const meta = document.createElement("p");
-  meta.className = "meta";
-  body.append(name, caption, meta);
+  img.addEventListener("error", () => { URL.revokeObjectURL(img.src); img.replaceWith(placeholder(file)); },
+    { once: true });
+  const body = el("div", "body");
+  body.append(el("p", "name", file.name), el("p", "caption", "captioning…"));
   li.append(img, body);
-  $("results").prepend(li);
+  $("results").append(li);
   return li;
 }
 
-function showResult(card, ok, captionText, metaText) {
-  card.dataset.state = ok ? "done" : "error";
-  card.querySelector(".caption").textContent = captionText;
-  card.querySelector(".meta").textContent = metaText;
+// [nodes before the caption (the out-of-domain badge and what the CNN sees), nodes after it (confidence)]
+function trustLines(item) {
+  const notes = [];
+  const after = [];
+  if (item.in_domain === false) {
+    const badge = el("p", "badge", "Unlike the training images");
+    const short = trainedOn.split(":")[0];
+    let text = "outside what this model was trained on" + (short ? ` (${short})` : "");
+    if (item.labels && item.labels.length) {
+      text += "; the CNN sees: " + item.labels.map((l) => `${l.name} ${percent(l.probability)}`).join(", ");
+    }
+    const box = el("div", "ood");
+    box.setAttribute("role", "note");
+    box.append(badge, el("p", "sees", text));
+    notes.push(box);
+  }
+  if (typeof item.confidence === "number") {
+    const row = el("p", "confidence");
+    row.dataset.level = confidenceWord(item.confidence);
+    const meter = el("meter");
+    Object.assign(meter, { min: 0, max: 1, low: MEDIUM, high: HIGH, optimum: 1, value: item.confidence });
+    meter.setAttribute("aria-hidden", "true"); // the words beside it say the same
+    row.append(el("span", "words", `${confidenceWord(item.confidence)} confidence · ${percent(item.confidence)}`), meter);
+    after.push(row);
+  }
+  return [notes, after];
 }
 
-async function captionOne(file, card) {
+function showCaption(card, item) {
+  card.dataset.state = "done";
+  if (item.in_domain === false) card.dataset.domain = "out";
+  const caption = card.querySelector(".caption");
+  caption.textContent = item.caption;
+  const [notes, confidence] = trustLines(item);
+  caption.before(...notes);
+  caption.after(...confidence);
+  const meta = el("p", "meta", `score ${item.score.toFixed(2)} · ${Math.round(item.time_ms)} ms`);
+  const copy = el("button", "copy", "Copy caption");
+  copy.type = "button";
+  copy.setAttribute("aria-label", `Copy the caption of ${card.querySelector(".name").textContent}`);
+  copy.addEventListener("click", () => copyCaption(copy, item.caption, caption));
+  const actions = el("div", "card-actions");
+  actions.append(copy);
+  card.querySelector(".body").append(meta, actions);
+}
+
+// The error sentence names the file once: the name line moves into it.
+function showError(card, detail, code) {
+  card.dataset.state = "error";
+  const name = card.querySelector(".name");
+  const text = name.textContent;
+  const message = detail.startsWith(text + ": ") ? detail.slice(text.length + 2) : detail;
+  const caption = card.querySelector(".caption");
+  caption.replaceChildren(name, document.createTextNode(` could not be captioned: ${formatNumbers(message)}`));
+  caption.setAttribute("role", "alert");
+  if (code) card.querySelector(".body").append(el("p", "meta", `error ${code}`));
+  // The server could not read it as an image: whatever the browser made of it is no preview.
+  const img = card.querySelector("img.preview");
+  if (img && UNREADABLE.has(code.split(" ").pop())) img.replaceWith(placeholder({ name: name.textContent }));
+}
+
+// ------------------------------------------------------------------ copy and download
+async function copyCaption(button, text, source) {
+  let done = false;
+  try {
+    await navigator.clipboard.writeText(text);
+    done = true;
+  } catch (err) {
+    // No clipboard API (a plain-http page that is not localhost) or no permission: the old way.
+    const area = el("textarea", "offscreen");
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    try { done = document.execCommand("copy"); } catch (e) { done = false; }
+    area.remove();
+  }
+  if (!done) window.getSelection().selectAllChildren(source);
+  button.textContent = done ? "Copied ✓" : "Press Ctrl+C to copy";
+  button.dataset.copied = String(done);
+  setStatus(done ? "caption copied" : "the caption is selected: press Ctrl+C (⌘C) to copy it");
+  setTimeout(() => { button.textContent = "Copy caption"; delete button.dataset.copied; }, 2500);
+}
+
+// One record per picked image, in picked order: a caption with its fields, or the error.
+function records() {
+  return entries.filter((e) => e.item).map(({ name, item }) => {
+    if (item.caption === undefined || item.caption === null) {
+      return { file: name, error: item.error || "error", detail: item.detail || "" };
+    }
+    const rec = { file: name, caption: item.caption, score: item.score };
+    for (const k of ["confidence", "in_domain", "domain_distance", "labels"]) if (k in item) rec[k] = item[k];
+    return rec;
+  });
+}
+
+function csvCell(value) {
+  if (value === undefined || value === null) return "";
+  if (Array.isArray(value)) value = value.map((l) => `${l.name}:${l.probability}`).join("; ");
+  const s = String(value);
+  return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
+
+// The CSV has the columns of `captioner caption --out captions.csv` (captioned images only).
+function csvText() {
+  const rows = records().filter((r) => r.caption !== undefined);
+  return [CSV_COLUMNS, ...rows.map((r) => CSV_COLUMNS.map((k) => r[k]))]
+    .map((row) => row.map(csvCell).join(",") + "\n").join("");
+}
+
+function download(name, type, text) {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = el("a");
+  a.href = url;
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
+
+function updateDownloads() {
+  const none = !entries.some((e) => e.item && e.item.caption !== undefined);
+  $("download-json").disabled = none;
+  $("download-csv").disabled = none;
+}
+
+// ------------------------------------------------------------------ requests
+async function captionOne(file, entry) {
+  const card = entry.card;
   const form = new FormData();
   form.append("file", file, file.name);
   const beam = Math.min(Math.max(parseInt($("beam-size").value, 10) || 1, 1), maxBeam);
   let response, body;
   try {
-    response = await fetch("/v1/captions?beam_size=" + beam, { method: "POST", body: form, headers: apiHeaders() });
+    const url = `/v1/captions?beam_size=${beam}&labels=${LABELS}`;
+    response = await fetch(url, { method: "POST", body: form, headers: apiHeaders() });
     body = await response.json();
   } catch (err) {
-    showResult(card, false, "network error: " + err.message, "");
+    showError(card, "network error: " + err.message, "");
     return;
   }
   if (response.status === 401) {
@@ -66,33 +230,78 @@ async function captionOne(file, card) {
   }
   const item = body && body.results && body.results[0];
   if (response.ok && item && item.caption !== undefined && item.caption !== null) {
-    showResult(card, true, item.caption, `score ${item.score.toFixed(2)} · ${Math.round(item.time_ms)} ms`);
+    entry.item = item;
+    showCaption(card, item);
   } else {
     const detail = (item && item.detail) || (body && body.detail) || response.statusText;
-    showResult(card, false, detail, `error ${response.status}: ${(item && item.error) || (body && body.error) || ""}`);
+    const code = (item && item.error) || (body && body.error) || "";
+    entry.item = { error: code || `http_${response.status}`, detail };
+    showError(card, detail, `${response.status}${code ? " " + code : ""}`);
   }
+}
+
+function summary() {
+  const done = entries.filter((e) => e.item);
+  const ok = done.filter((e) => e.item.caption !== undefined).length;
+  const failed = done.length - ok;
+  const unlike = done.filter((e) => e.item.in_domain === false).length;
+  let text = `${ok} of ${done.length} ${done.length === 1 ? "image" : "images"} captioned`;
+  if (failed) text += `, ${failed} failed`;
+  if (unlike) text += `; ${unlike} ${unlike === 1 ? "looks" : "look"} unlike the training data`;
+  return text;
 }
 
 function pump() {
   while (running < MAX_PARALLEL && queue.length) {
-    const [file, card] = queue.shift();
+    const [file, entry] = queue.shift();
     running += 1;
-    captionOne(file, card).finally(() => {
+    captionOne(file, entry).finally(() => {
       running -= 1;
-      setStatus(running || queue.length ? `${running + queue.length} image(s) in progress…` : "done");
+      updateDownloads();
+      setStatus(running || queue.length ? `${running + queue.length} image(s) in progress…` : summary());
       pump();
     });
   }
 }
 
+// Every picked file goes to the server, which says what it accepts (a photo format the
+// browser cannot preview may still be captioned; a text file gets the server's reason).
 function addFiles(files) {
-  const images = Array.from(files).filter((f) => f.type.startsWith("image/") || f.type === "");
-  if (!images.length) { setStatus("no image among the dropped files"); return; }
+  const picked = Array.from(files);
+  if (!picked.length) return;
   const key = $("api-key").value.trim();
   if (key) sessionStorage.setItem("captioner-api-key", key);
-  for (const f of images) queue.push([f, addCard(f)]);
-  setStatus(`${images.length} image(s) in progress…`);
+  for (const f of picked) {
+    const entry = { name: f.name, card: addCard(f), item: null };
+    entries.push(entry);
+    queue.push([f, entry]);
+  }
+  setStatus(`${running + queue.length} image(s) in progress…`);
   pump();
+}
+
+// ------------------------------------------------------------------ the model line
+function showModel(m) {
+  $("model").textContent = `model: ${m.model_id} (${m.encoder.name}, ${m.device})`;
+  trainedOn = m.trained_on || (m.metadata && m.metadata.training_data) || "";
+  const knows = $("knows");
+  if (trainedOn) {
+    const [head, ...rest] = trainedOn.replace(/\.$/, "").split(":");
+    // `a command` in the sentence shows as code
+    const tail = (rest.length ? ":" + rest.join(":") : "").split("`").map((t, i) => (i % 2 ? el("code", "", t) : t));
+    knows.replaceChildren("This model knows ", el("strong", "", head), ...tail,
+      ". Other pictures get a guess, marked as one.");
+  } else {
+    knows.textContent = "This model's checkpoint does not say what it was trained on.";
+  }
+  knows.hidden = false;
+  if (m.service) {
+    maxBeam = m.service.max_beam_size;
+    $("beam-size").max = String(maxBeam);
+    $("beam-size").value = String(m.service.default_beam_size);
+    $("limits").textContent =
+      `up to ${formatCount(m.service.max_pixels)} pixels and ${formatBytes(m.service.max_body_bytes)} per image`;
+  }
 }
 
 function setup() {
@@ -109,7 +318,16 @@ function setup() {
   // Dropping outside the drop zone must not navigate away from the page.
   window.addEventListener("dragover", (e) => e.preventDefault());
   window.addEventListener("drop", (e) => e.preventDefault());
-  $("clear").addEventListener("click", () => { $("results").replaceChildren(); setStatus(""); });
+  $("clear").addEventListener("click", () => {
+    $("results").replaceChildren();
+    entries.length = 0;
+    queue.length = 0;
+    updateDownloads();
+    setStatus("");
+  });
+  $("download-json").addEventListener("click", () =>
+    download("captions.json", "application/json", JSON.stringify(records(), null, 2) + "\n"));
+  $("download-csv").addEventListener("click", () => download("captions.csv", "text/csv", csvText()));
   $("options").addEventListener("submit", (e) => e.preventDefault());
 
   fetch("/v1/model", { headers: apiHeaders() })
@@ -117,14 +335,7 @@ function setup() {
       if (r.status === 401) { $("key-row").hidden = false; throw new Error("API key required"); }
       return r.json();
     })
-    .then((m) => {
-      $("model").textContent = `model: ${m.model_id} (${m.encoder.name}, ${m.device})`;
-      if (m.service) {
-        maxBeam = m.service.max_beam_size;
-        $("beam-size").max = String(maxBeam);
-        $("beam-size").value = String(m.service.default_beam_size);
-      }
-    })
+    .then(showModel)
     .catch((err) => { $("model").textContent = "model: " + err.message; });
 }
 
