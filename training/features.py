@@ -23,7 +23,7 @@ bytes). The cache is keyed by all four, so it is never used silently when one ch
 One cache is a single safetensors file (no pickle)::
 
     CACHE_DIR/<encoder>-<16 hex of the identity hash>.safetensors
-        tensor  "features"  (N, F) float32
+        tensor  "features"  (N, F) float32, or (N, L, F) float16 for a spatial encoder
         metadata["identity"]  JSON: encoder name, preprocess, weights digest
         metadata["index"]     JSON: one image key per row, in row order
 
@@ -34,6 +34,12 @@ after an interrupted run.
 Images are decoded and preprocessed by :mod:`captioner.pipeline`, the path serving uses
 (JPEGs in draft mode included), so the decoder trains on the features it is served with.
 The pipeline's decode rule is part of the identity.
+
+Spatial maps (the attention decoder's input, a :class:`captioner.encoders.SpatialEncoder`)
+are the L = h * w locations of the map before pooling (EfficientNet-Lite0 at 224 px: 7 x 7
+x 1280), stored in float16: 49 * 1280 * 2 = 125,440 bytes per image (49 times the pooled
+vector at half the width). Their identity says ``"output": "spatial"``, so they never mix
+with pooled caches.
 
 Images that cannot be read (missing, truncated, not an image) are reported by name in
 :attr:`CacheReport.failed` and get no row; the training loop drops their captions and
@@ -88,12 +94,15 @@ def encoder_identity(encoder: nn.Module, name: str | None = None, preprocess: di
     if preprocess is None:
         to_dict = getattr(getattr(spec, "preprocess", None), "to_dict", None)
         preprocess = to_dict() if callable(to_dict) else {}
-    return {
+    identity = {
         "encoder": str(name),
         "preprocess": preprocess,
         "decode": DECODE_RULE,
         "weights_sha256": weights_digest(encoder),
     }
+    if getattr(encoder, "spatial", False):  # maps (L, F) instead of pooled vectors (F,)
+        identity["output"] = "spatial"
+    return identity
 
 
 def identity_hash(identity: dict) -> str:
@@ -161,9 +170,10 @@ class CacheReport:
 
 @dataclass
 class FeatureTable:
-    """Features of the readable images: ``features[row_of[path]]`` is the image's (F,) vector."""
+    """Features of the readable images: ``features[row_of[path]]`` is the image's (F,) vector
+    (or its (L, F) map, for a spatial encoder)."""
 
-    features: Tensor  # (N, F) float32
+    features: Tensor  # (N, F) float32, or (N, L, F) float16 maps
     row_of: dict[str, int]  # resolved path -> row
     failed: list[tuple[str, str]]
 
@@ -186,7 +196,8 @@ def encode_images(
     progress: bool = True,
     desc: str = "encoding images",
 ) -> tuple[dict[int, Tensor], list[tuple[int, str]]]:
-    """Run the frozen encoder over ``paths``. Returns ({index: feature (F,)}, [(index, reason)]).
+    """Run the frozen encoder over ``paths``. Returns ({index: feature (F,)}, [(index, reason)]);
+    a spatial encoder's maps (L, F) are kept in float16.
 
     Images become input tensors through the one image path (:func:`captioner.pipeline.try_prepare`,
     the same decode and JPEG draft rule as serving), prepared by ``num_workers`` threads
@@ -204,6 +215,7 @@ def encode_images(
     forward: Callable[[Tensor], Tensor] | None = None
     name = "eager"
     batch: list[tuple[int, Tensor]] = []
+    out_dtype = torch.float16 if getattr(encoder, "spatial", False) else torch.float32
 
     def prep(i: int) -> Tensor | Failure:
         return try_prepare(paths[i], preprocess, name=paths[i])
@@ -220,7 +232,7 @@ def encode_images(
         if name == "torchscript":  # traced with channels-last memory
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            f = forward(x).float().cpu()  # (B, F)
+            f = forward(x).to(out_dtype).cpu()  # (B, F), or (B, L, F) maps
         for (i, _), row in zip(batch, f):
             feats[i] = row.clone()
         bar.update(len(batch))
@@ -270,6 +282,7 @@ class FeatureCache:
         to_dict = getattr(preprocess, "to_dict", None)
         pp_dict = to_dict() if callable(to_dict) else {}
         self.identity = encoder_identity(encoder, name=name, preprocess=pp_dict)
+        self.spatial = bool(getattr(encoder, "spatial", False))  # (N, L, F) float16 maps
         self.key = key
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -291,9 +304,15 @@ class FeatureCache:
             identity = json.loads(meta["identity"])
         except (SafetensorError, OSError, KeyError, ValueError, RuntimeError):
             return None, [], False
-        if meta.get("format") != FORMAT or identity != self.identity or feats.dim() != 2 or feats.size(0) != len(index):
+        dims = 3 if self.spatial else 2
+        if (
+            meta.get("format") != FORMAT
+            or identity != self.identity
+            or feats.dim() != dims
+            or feats.size(0) != len(index)
+        ):
             return None, [], False
-        return feats.float(), index, True
+        return (feats.half() if self.spatial else feats.float()), index, True
 
     def _write(self, feats: Tensor, index: list[dict]) -> None:
         metadata = {"format": FORMAT, "identity": json.dumps(self.identity, sort_keys=True), "index": json.dumps(index)}

@@ -5,6 +5,8 @@
     encoder = build_encoder("efficientnet_lite0")          # frozen, eval mode, ImageNet weights
     x = encoder.spec.preprocess.batch(pil_images)          # (B, 3, 224, 224)
     features = encoder(x)                                  # (B, 1280)
+    spatial = build_encoder("efficientnet_lite0", spatial=True)
+    maps = spatial(x)                                      # (B, 49, 1280): the 7 x 7 map, row-major
 
 ``list_encoders()`` names every registered backbone; ``get_spec(name)`` tells its feature
 size, preprocessing, weights source/licence and ImageNet accuracy without building it.
@@ -22,12 +24,14 @@ from .registry import (
     Encoder,
     EncoderSpec,
     EncoderWeightsError,
+    SpatialEncoder,
     UnknownEncoderError,
     build_classifier,
     build_encoder,
     get_spec,
     list_encoders,
     load_weights,
+    pooled,
     read_state_dict,
     register,
 )
@@ -41,6 +45,7 @@ __all__ = [
     "Label",
     "LabelHead",
     "Preprocess",
+    "SpatialEncoder",
     "UnknownEncoderError",
     "build_classifier",
     "build_encoder",
@@ -50,6 +55,7 @@ __all__ = [
     "imagenet_classes",
     "list_encoders",
     "load_weights",
+    "pooled",
     "read_state_dict",
     "register",
 ]

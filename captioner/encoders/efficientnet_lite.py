@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -142,11 +143,14 @@ class EfficientNetLite(nn.Module):
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the head's map before pooling (B, 1280, H/32, W/32)."""
         x = self.stem(x)  # (B, 32, H/2, W/2)
         x = self.blocks(x)  # (B, 320, H/32, W/32)
-        x = self.head(x)  # (B, 1280, H/32, W/32)
-        x = self.pool(x).flatten(1)  # (B, 1280)
+        return self.head(x)  # (B, 1280, H/32, W/32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.feature_map(x)).flatten(1)  # (B, 1280)
         if self.classifier is not None and self.dropout is not None:
             x = self.classifier(self.dropout(x))  # (B, num_classes)
         return x
@@ -270,6 +274,7 @@ EFFICIENTNET_LITE0 = register(
         imagenet_top1=75.1,
         num_params=4_652_008,
         classifier_head="classifier",  # dropout before it is the identity in eval mode
+        feature_map=lambda trunk, x: cast(EfficientNetLite, trunk).feature_map(x),  # (B, 1280, 7, 7) at 224 px
         notes=(
             "top-1 is tensorflow/tpu's figure for the original checkpoint at 224px; inputs are normalised "
             "as (x - 127) / 128, which this conversion expects (checked on photos in tests)"

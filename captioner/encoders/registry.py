@@ -77,6 +77,20 @@ class EncoderSpec:
     # Attribute of build(True)'s network that maps the pooled features (B, F) to the ImageNet
     # logits (B, 1000); None when the classifier is not a head on the pooled features.
     classifier_head: str | None = None
+    # The map before pooling: (trunk, images (B, 3, H, W)) -> (B, F, h, w); None when the
+    # backbone cannot give one. Its spatial mean is the pooled feature.
+    feature_map: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = field(
+        default=None, repr=False, compare=False
+    )
+    stride: int = 32  # input pixels per feature-map cell
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        """(h, w) of the feature map at the preprocessing's input size (7 x 7 at 224 px)."""
+        if self.feature_map is None:
+            return None
+        side = -(-self.preprocess.crop_size // self.stride)  # ceil: 'SAME' padding and ResNets agree
+        return side, side
 
     def facts(self) -> dict[str, object]:
         """JSON-ready summary (for `captioner encoders`, checkpoints, the service's /info)."""
@@ -91,6 +105,7 @@ class EncoderSpec:
             "num_params": self.num_params,
             "notes": self.notes,
             "labels": self.classifier_head is not None,
+            "grid": list(self.grid) if self.grid is not None else None,  # feature map (h, w); N = h * w
         }
 
 
@@ -107,11 +122,40 @@ class Encoder(nn.Module):
         self.spec = spec
         self.feature_dim = spec.feature_dim
 
+    spatial = False  # True for SpatialEncoder: (B, N, F) maps instead of (B, F)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)  # (B, 3, H, W) -> (B, F)
 
     def extra_repr(self) -> str:
         return f"name={self.spec.name!r}, feature_dim={self.feature_dim}"
+
+
+class SpatialEncoder(Encoder):
+    """The same trunk, stopped before the pooling: (B, 3, H, W) -> (B, N, F) with N = h * w
+    locations in row-major order (row 0 is the top of the image). The mean over N is the
+    pooled feature of :class:`Encoder`. What an attention decoder reads."""
+
+    spatial = True
+
+    def __init__(self, trunk: nn.Module, spec: EncoderSpec) -> None:
+        if spec.feature_map is None:
+            raise EncoderWeightsError(f"encoder {spec.name!r} cannot give a spatial feature map")
+        super().__init__(trunk, spec)
+        self._feature_map = spec.feature_map
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fmap = self._feature_map(self.trunk, x)  # (B, F, h, w)
+        return fmap.flatten(2).transpose(1, 2)  # (B, N, F)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", spatial=True"
+
+
+def pooled(features: torch.Tensor) -> torch.Tensor:
+    """Pooled features (B, F) of either kind of encoder output: (B, F) as is, the spatial
+    mean of maps (B, N, F) (what the global average pool gives), in float32."""
+    return features.float().mean(dim=1) if features.dim() == 3 else features.float()  # (B, F)
 
 
 # ---------------------------------------------------------------------- the registry
@@ -140,19 +184,21 @@ def get_spec(name: str) -> EncoderSpec:
 
 
 # ---------------------------------------------------------------------- building
-def build_encoder(name: str = DEFAULT_ENCODER, weights: WeightsArg = "pretrained") -> Encoder:
+def build_encoder(name: str = DEFAULT_ENCODER, weights: WeightsArg = "pretrained", spatial: bool = False) -> Encoder:
     """Build the named encoder with the requested weights, frozen and in eval mode.
 
     ``weights``: ``"pretrained"``, ``"random"``, a path to a state-dict file, or a state
-    dict (see the module docstring). Raises :class:`UnknownEncoderError` for an unknown
-    name and :class:`EncoderWeightsError` when the weights are missing or do not fit.
+    dict (see the module docstring). ``spatial=True`` returns the feature map before pooling,
+    (B, N, F) (a :class:`SpatialEncoder`; the spec's ``grid`` gives h x w = N). Raises
+    :class:`UnknownEncoderError` for an unknown name and :class:`EncoderWeightsError` when
+    the weights are missing or do not fit.
     """
     spec = get_spec(name)
     trunk = spec.build(False)
     if not (isinstance(weights, str) and weights == "random"):
         state, source = _resolve_weights(spec, weights)
         load_weights(trunk, spec.adapt_state(_strip_prefix(state, "trunk."), False), source)
-    encoder = Encoder(trunk, spec)
+    encoder = SpatialEncoder(trunk, spec) if spatial else Encoder(trunk, spec)
     encoder.eval()
     encoder.requires_grad_(False)
     return encoder

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,6 +59,14 @@ class TorchvisionBackbone:
             setattr(model, self.head, nn.Identity())  # forward now ends at the pooled (B, F)
         return model
 
+    def feature_map(self, trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> the last convolutional map before the global pool (B, F, H/32, W/32)."""
+        m: Any = trunk  # a torchvision network: attribute names per architecture
+        if self.name.startswith("resnet"):
+            x = m.maxpool(m.relu(m.bn1(m.conv1(x))))  # (B, 64, H/4, W/4)
+            return m.layer4(m.layer3(m.layer2(m.layer1(x))))  # (B, F, H/32, W/32)
+        return m.features(x)  # MobileNetV3, EfficientNet: (B, F, H/32, W/32)
+
     def pretrained_file(self) -> Path:
         path = self.cache_path()
         if not path.is_file():
@@ -98,6 +107,7 @@ class TorchvisionBackbone:
             num_params=self.num_params,
             notes=f"classifier '{self.head}' removed; features are the global average pool",
             classifier_head=self.head,  # every head in the table starts from the pooled features
+            feature_map=self.feature_map,
         )
 
 
