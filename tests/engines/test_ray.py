@@ -223,3 +223,29 @@ def test_parquet_parts_resume_after_a_crash(tmp_path):
     (out / "part-00003.parquet").write_text("not parquet")
     with pytest.raises(CaptionerError, match="not a captions part"):
         ParquetParts(out).open_for_resume()
+
+
+def test_decode_stage_reads_uris_through_pyarrow(folder, tmp_path):
+    """The decode task on its own: a file:// URI gives the same tensor as the local path;
+    a missing or too large file gives its reason, before anything is decoded."""
+    from captioner.encoders import Preprocess
+    from captioner.engines.ray_engine import prepare_batch
+    from captioner.pipeline import prepare
+
+    recipe = Captioner.load(device="cpu", fast=False).preprocessing
+    assert isinstance(recipe, Preprocess)
+    good = folder / "img01.jpg"
+    big = tmp_path / "big.jpg"
+    big.write_bytes(good.read_bytes() + bytes(1000))  # one byte over the limit is enough
+    locations = [f"file://{good}", f"file://{folder}/nope.jpg", f"file://{big}", str(folder / "empty.png")]
+    batch = {"key": np.array(list("abcd"), dtype=object), "location": np.array(locations, dtype=object)}
+    limit = good.stat().st_size
+    out = prepare_batch(batch, recipe.to_dict(), max_bytes=limit)
+    assert list(out["reason"]) == [
+        "",
+        "file not found",
+        f"file is {limit + 1000} bytes, more than the limit of {limit}",
+        "file is empty (0 bytes)",
+    ]
+    assert out["pixels"].shape == (4, 3, recipe.crop_size, recipe.crop_size)  # (N, 3, S, S)
+    assert np.array_equal(out["pixels"][0], prepare(good, recipe).numpy())
