@@ -91,7 +91,13 @@ def build_label_head(encoder_name: str, weights: WeightsArg = "pretrained") -> L
     spec = get_spec(encoder_name)
     if spec.classifier_head is None:
         raise EncoderWeightsError(f"encoder {spec.name!r} has no ImageNet classifier to give labels")
-    head = getattr(spec.build(True), spec.classifier_head)
+    with torch.device("meta"):  # shapes only: the trunk is never allocated
+        meta_head = getattr(spec.build(True), spec.classifier_head)
+    head = meta_head.to_empty(device="cpu")
+    for module in head.modules():  # fresh values for "random"; overwritten below otherwise
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
     if not (isinstance(weights, str) and weights == "random"):
         state, source = _resolve_weights(spec, weights)
         prefix = spec.classifier_head + "."
