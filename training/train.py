@@ -41,7 +41,11 @@ This module is the public face of training: the names below are imported from he
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from . import distributed
 from .config import FINE_TUNE, METRICS, RESUME_OVERRIDABLE, SCHEDULES, TrainConfig, auto_threads, default_cache_dir
+from .distributed import DistContext
 from .optim import TrainingModel, build_optimizer, encoder_units, epoch_seed, lr_factor, set_trainable_encoder
 from .resume import (
     STATE_FORMAT,
@@ -57,7 +61,7 @@ from .resume import (
     unflatten_optimizer,
 )
 from .splits import Pairs, SplitData, encode_captions, load_splits, make_pairs
-from .trainer import Trainer, TrainResult, train
+from .trainer import Trainer, TrainResult
 from .validation import caption_features, caption_metrics, teacher_forced_loss
 
 __all__ = [
@@ -97,3 +101,24 @@ __all__ = [
     "train",
     "unflatten_optimizer",
 ]
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    ctx: DistContext | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train a caption model as ``cfg`` says (see :class:`Trainer`).
+
+    ``resume=True`` continues the run in ``cfg.out`` from its ``last`` checkpoint.
+    ``on_epoch_end(row)`` is called (on every process) after each epoch with the log row.
+    """
+    own_ctx = ctx is None
+    context = ctx or distributed.setup(cfg.device)
+    try:
+        return Trainer(cfg, context, resume, on_epoch_end).run()
+    finally:
+        if own_ctx:
+            distributed.cleanup(context)

@@ -429,21 +429,25 @@ class Trainer:
             runlog.plot(self.out, self.history, self.metric)
 
     # ------------------------------------------------------------------ the end
+    def _best_model(self) -> Captioner:
+        """OUT/best as saved (fp16 included) on the run's encoder (its tuned weights loaded)."""
+        ck = load_checkpoint(self.out / BEST)
+        best = CaptionDecoder(ck.decoder_config)
+        best.load_state_dict(ck.decoder_state)
+        if self.fine_tuning and ck.encoder_state is not None:
+            self.encoder.load_state_dict(ck.encoder_state)
+        return Captioner(self.encoder, best, ck.vocab, preprocess=self.preprocess, device=self.ctx.device, fast=False)
+
     def _test(self) -> dict | None:
         """Score the best checkpoint, as saved (fp16 included), on the test split."""
         test = self.sources.get("test")
         if not self.cfg.evaluate_test or test is None or not len(test):
             return None
-        ck = load_checkpoint(self.out / BEST)
-        best = CaptionDecoder(ck.decoder_config)
-        best.load_state_dict(ck.decoder_state)
+        model = self._best_model()
         if self.fine_tuning:
-            if ck.encoder_state is not None:
-                self.encoder.load_state_dict(ck.encoder_state)
             feats = encode_live(self.encoder, test, self.preprocess, self.ctx.device, self.show)
         else:
             feats = self.features["test"]
-        model = Captioner(self.encoder, best, ck.vocab, preprocess=self.preprocess, device=self.ctx.device, fast=False)
         caps = caption_features(model, feats)
         metrics = caption_metrics(caps, test)
         metrics["images"] = len(caps)
@@ -467,10 +471,7 @@ class Trainer:
             return
         from .trust_fit import trust_after_training
 
-        ck = load_checkpoint(self.out / BEST)
-        best = CaptionDecoder(ck.decoder_config)
-        best.load_state_dict(ck.decoder_state)
-        model = Captioner(self.encoder, best, ck.vocab, preprocess=self.preprocess, device=self.ctx.device, fast=False)
+        model = self._best_model()
         try:
             trust = trust_after_training(
                 self.out / BEST, model, self.features["train"], self.features["val"], self.sources["val"]
@@ -498,26 +499,3 @@ class Trainer:
         hint = runlog.weak_result_hint(test or best, len(self.sources["train"]), self.state.epoch)
         if hint:
             self.log(hint)
-
-
-def train(
-    cfg: TrainConfig,
-    *,
-    resume: bool = False,
-    ctx: DistContext | None = None,
-    on_epoch_end: Callable[[dict], None] | None = None,
-) -> TrainResult:
-    """Train a caption model as ``cfg`` says (see :class:`Trainer`).
-
-    ``resume=True`` continues the run in ``cfg.out`` from its ``last`` checkpoint.
-    ``on_epoch_end(row)`` is called (on every process) after each epoch with the log row.
-    """
-    from . import distributed
-
-    own_ctx = ctx is None
-    context = ctx or distributed.setup(cfg.device)
-    try:
-        return Trainer(cfg, context, resume, on_epoch_end).run()
-    finally:
-        if own_ctx:
-            distributed.cleanup(context)
