@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from typing import NoReturn
 
 from .errors import CaptionerError
-from .options import BATCH_SIZE, BEAM_SIZE, LENGTH_PENALTY, MAX_LENGTH, WORKERS
+from .options import BATCH_SIZE, BEAM_SIZE, LENGTH_PENALTY, MAX_LENGTH, NO_REPEAT_NGRAM, WORKERS
 
 EPILOG = """examples:
   captioner caption photo.jpg                 caption one image with the shipped model
@@ -113,6 +113,7 @@ def _caption_files(args: argparse.Namespace) -> int:
             beam_size=args.beam_size,
             max_length=args.max_length,
             length_penalty=args.length_penalty,
+            no_repeat_ngram_size=args.no_repeat_ngram_size,
             labels=DEFAULT_LABELS,
         )[0]
         in_domain.append(result.in_domain)
@@ -150,6 +151,7 @@ def _caption_folder(args: argparse.Namespace) -> int:
             beam_size=args.beam_size,
             max_length=args.max_length,
             length_penalty=args.length_penalty,
+            no_repeat_ngram_size=args.no_repeat_ngram_size,
             errors=args.errors,
             progress=None if not args.quiet else False,
         )
@@ -244,6 +246,14 @@ def _add_caption_verb(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", metavar="PATH", help="image files and/or folders (folders need --out)")
     add_model_options(p)
     add_generation_options(p)
+    p.add_argument(
+        "--no-repeat-ngram-size",
+        type=NO_REPEAT_NGRAM.argparse,
+        default=None,
+        metavar="N",
+        help=f"never repeat an N-gram within a caption, {NO_REPEAT_NGRAM.describe()}; 0 switches it off "
+        "(default: 3; a word never comes three times in a row either way)",
+    )
     p.add_argument(
         "--json", action="store_true", help="print one JSON object per image (file, caption, score); without --out only"
     )

@@ -135,6 +135,7 @@ def caption_folder(
     progress: bool | None = None,
     on_result: Callable[[dict], None] | None = None,
     labels: int = DEFAULT_LABELS,
+    no_repeat_ngram_size: int | None = None,
 ) -> FolderSummary:
     """Caption every image under ``paths`` into ``out`` (see the module docstring).
 
@@ -145,7 +146,7 @@ def caption_folder(
     from .trust import result_fields
 
     check_batching(batch_size, workers)
-    options = CaptionOptions(beam_size, max_length, length_penalty, labels=labels)
+    options = CaptionOptions(beam_size, max_length, length_penalty, no_repeat_ngram_size, labels)
     fmt = format_for(out, fmt)
     out = Path(out)
     errors = Path(errors) if errors is not None else default_errors_path(out)
