@@ -287,6 +287,10 @@ def test_command_line_marks_unlike_images_and_outputs_carry_the_fields(tmp_path:
     for line in lines[2:]:
         assert "\t? " in line and "outside what this model was trained on (emoji scenes); the CNN sees: " in line
     assert "2 of 4 images look unlike the training data" in err
+    with pytest.raises(SystemExit) as stop:
+        main(["caption", "--no-repeat-ngram-size", "11", str(photos[0])])
+    assert stop.value.code == 2
+    assert "no repeat ngram size must be an integer from 0 to 10" in capsys.readouterr().err
 
     folder = tmp_path / "in"
     folder.mkdir()
