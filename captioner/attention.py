@@ -1,0 +1,234 @@
+"""The soft-attention decoder ("Show, Attend and Tell", Xu et al. 2015) and the decoder kinds.
+
+How the image enters
+--------------------
+The encoder's map before pooling, ``a`` (B, N, C) with N = h * w locations (a
+:class:`captioner.encoders.SpatialEncoder`; EfficientNet-Lite0 at 224 px: 49 x 1280), is
+normalised per location (LayerNorm). At every step the previous hidden state of the top
+layer chooses where to look::
+
+    e_ti     = v^T tanh(W_a a_i + W_ha h_{t-1})      # (B, N)  f_att, an MLP
+    alpha_t  = softmax_i(e_ti)                        # (B, N)  a distribution over locations
+    z_t      = sum_i alpha_ti a_i                     # (B, C)  the context
+    beta_t   = sigmoid(W_b h_{t-1})                   # (B, C)  the gate (one per channel)
+    x_t      = [ embed(w_{t-1}) ; W_ih (beta_t * z_t) ]   # (B, E + P)
+    h_t      = cell(x_t, h_{t-1})                     # LSTM (default), GRU or tanh RNN, L layers
+    p(w_t | w_<t, a) = softmax(W_out h_t)
+
+The initial state of every layer comes from the mean annotation vector,
+``h_0 = tanh(W_h mean_i a_i)`` (and ``c_0`` likewise for the LSTM). The loss adds the doubly
+stochastic regulariser ``lambda * sum_i (1 - sum_t alpha_ti)^2`` per caption (over its real
+steps, ``<end>`` included) to the summed token cross-entropy, so every location is looked at
+about as much over the caption.
+
+The decoder has the step interface of :class:`captioner.decoder.CaptionDecoder`
+(``_prepare(features) -> (memory, state)`` and ``step(words, memory, state) -> (log-probs,
+state)``, the memory indexed along its first axis), so greedy decoding, batched beam search,
+sampling, the no-repeat rules and ``token_logprobs`` are that module's code, unchanged.
+:meth:`AttentionDecoder.attention` gives the weights of every step of given captions (the
+maps of where the model looked for each word).
+
+Decoder kinds
+-------------
+``pooled`` (:class:`~captioner.decoder.CaptionDecoder`, the classic one, on (B, F) pooled
+features) and ``attention`` (this module, on (B, N, F) maps). A checkpoint's ``config.json``
+names the kind under ``decoder.kind`` (:func:`config_to_dict`); one without it is pooled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .decoder import CaptionDecoder, DecoderConfig, State
+
+DECODER_KINDS = ("pooled", "attention")
+
+
+@dataclass
+class AttentionConfig(DecoderConfig):
+    """The pooled decoder's settings plus the attention's. ``img_proj_dim`` is P, the size of
+    ``W_ih (beta_t * z_t)``; ``feature_dim`` is C, the channels of one location."""
+
+    attention_dim: int = 256  # A: hidden size of f_att
+    doubly_stochastic: float = 0.02  # lambda of the regulariser; 0 switches it off
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if int(self.attention_dim) < 1:
+            raise ValueError("attention_dim must be >= 1")
+        if not float(self.doubly_stochastic) >= 0.0:
+            raise ValueError("doubly_stochastic must be >= 0")
+
+
+def decoder_kind(config: DecoderConfig) -> str:
+    """``"attention"`` or ``"pooled"``: which decoder a configuration builds."""
+    return "attention" if isinstance(config, AttentionConfig) else "pooled"
+
+
+def config_to_dict(config: DecoderConfig) -> dict:
+    """The configuration as stored in a checkpoint: its kind, then its fields."""
+    return {"kind": decoder_kind(config), **config.to_dict()}
+
+
+def config_from_dict(data: dict) -> DecoderConfig:
+    """Inverse of :func:`config_to_dict`; a dict without ``kind`` is a pooled decoder's."""
+    settings = dict(data)
+    kind = settings.pop("kind", "pooled")
+    if kind not in DECODER_KINDS:
+        raise ValueError(f"unknown decoder kind {kind!r}; choose one of {', '.join(DECODER_KINDS)}")
+    return AttentionConfig.from_dict(settings) if kind == "attention" else DecoderConfig.from_dict(settings)
+
+
+def build_decoder(config: DecoderConfig) -> CaptionDecoder:
+    """The decoder a configuration describes (randomly initialised)."""
+    return AttentionDecoder(config) if isinstance(config, AttentionConfig) else CaptionDecoder(config)
+
+
+def _top_hidden(state: State) -> Tensor:
+    """The last layer's hidden state (B, H) of an (L, B, H) state (the LSTM's h of (h, c))."""
+    h = state[0] if isinstance(state, tuple) else state
+    return h[-1]  # (B, H)
+
+
+class AttentionDecoder(CaptionDecoder):
+    """Soft attention over the N locations of a feature map; see the module docstring."""
+
+    config: AttentionConfig
+
+    def __init__(self, config: DecoderConfig) -> None:
+        if not isinstance(config, AttentionConfig):
+            raise TypeError("AttentionDecoder needs an AttentionConfig")
+        nn.Module.__init__(self)  # its own layers; the generation code is inherited
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=0)
+        self.feat_norm = nn.LayerNorm(c.feature_dim)  # per location
+        self.att_feat = nn.Linear(c.feature_dim, c.attention_dim)  # W_a
+        self.att_hidden = nn.Linear(c.hidden_dim, c.attention_dim)  # W_ha
+        self.att_score = nn.Linear(c.attention_dim, 1)  # v
+        self.gate = nn.Linear(c.hidden_dim, c.feature_dim)  # W_b
+        self.img_proj = nn.Linear(c.feature_dim, c.img_proj_dim)  # W_ih for the gated context
+        rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[c.cell]
+        kwargs = {"nonlinearity": "tanh"} if c.cell == "rnn" else {}
+        self.rnn = rnn_cls(
+            c.embed_dim + c.img_proj_dim,
+            c.hidden_dim,
+            num_layers=c.num_layers,
+            batch_first=True,
+            dropout=c.dropout if c.num_layers > 1 else 0.0,
+            **kwargs,
+        )
+        if c.init_state:
+            self.init_h = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)
+            if c.cell == "lstm":
+                self.init_c = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)
+        self.drop = nn.Dropout(c.dropout)
+        self.out = nn.Linear(c.hidden_dim, c.vocab_size)
+
+    # ------------------------------------------------------------------ building blocks
+    def _prepare(self, features: Tensor) -> tuple[Tensor, State]:
+        """Memory and initial state from maps (B, N, C). The memory (B, N, C + A) holds the
+        normalised annotations and their attention keys ``W_a a_i`` (computed once)."""
+        c = self.config
+        if features.dim() != 3 or features.size(2) != c.feature_dim:
+            raise ValueError(
+                f"the attention decoder needs feature maps of shape (B, N, {c.feature_dim}), "
+                f"got {tuple(features.shape)}"
+            )
+        a = self.feat_norm(features.float())  # (B, N, C)
+        memory = torch.cat([a, self.att_feat(a)], dim=2)  # (B, N, C + A)
+        B, L, H = a.size(0), c.num_layers, c.hidden_dim
+        if not c.init_state:
+            h = a.new_zeros(L, B, H)  # (L, B, H)
+            return memory, ((h, torch.zeros_like(h)) if c.cell == "lstm" else h)
+        mean = a.mean(dim=1)  # (B, C): the mean annotation vector
+        h = torch.tanh(self.init_h(mean)).view(B, L, H).transpose(0, 1).contiguous()  # (L, B, H)
+        if c.cell == "lstm":
+            cs = torch.tanh(self.init_c(mean)).view(B, L, H).transpose(0, 1).contiguous()  # (L, B, H)
+            return memory, (h, cs)
+        return memory, h
+
+    def _attend(self, memory: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Gated context (B, C) and attention weights (B, N) from memory (B, N, C + A) and the
+        top layer's previous hidden state h (B, H)."""
+        a, keys = memory.split([self.config.feature_dim, self.config.attention_dim], dim=2)  # (B, N, C), (B, N, A)
+        e = self.att_score(torch.tanh(keys + self.att_hidden(h).unsqueeze(1))).squeeze(2)  # (B, N)
+        alpha = torch.softmax(e.float(), dim=1)  # (B, N)
+        z = torch.bmm(alpha.unsqueeze(1).to(a.dtype), a).squeeze(1)  # (B, C)
+        beta = torch.sigmoid(self.gate(h))  # (B, C)
+        return beta * z, alpha
+
+    def _cell(self, words: Tensor, memory: Tensor, state: State) -> tuple[Tensor, State, Tensor]:
+        """One step: previous words (B,) -> top hidden output (B, H), new state, weights (B, N)."""
+        context, alpha = self._attend(memory, _top_hidden(state))  # (B, C), (B, N)
+        x = torch.cat([self.drop(self.embed(words)), self.drop(self.img_proj(context))], dim=1)  # (B, E + P)
+        out, state = self.rnn(x.unsqueeze(1), state)  # (B, 1, H)
+        return out.squeeze(1), state, alpha
+
+    def step(self, words: Tensor, img: Tensor, state: State | None) -> tuple[Tensor, State]:
+        """One generation step: previous words (N,) -> log-probs (N, V), new state
+        (``img`` is the memory from ``_prepare``)."""
+        if state is None:
+            raise ValueError("the attention decoder's step needs the state from _prepare")
+        out, state, _ = self._cell(words, img, state)  # (N, H)
+        return F.log_softmax(self.out(out).float(), dim=-1), state  # (N, V)
+
+    # ------------------------------------------------------------------ teacher forcing
+    def forward_with_attention(self, features: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced logits (B, T-1, V) predicting tokens[:, 1:] and the attention weights
+        (B, T-1, N) of every step; features (B, N, C), tokens (B, T)."""
+        memory, state = self._prepare(features)  # (B, N, C + A)
+        outs, alphas = [], []
+        for t in range(tokens.size(1) - 1):
+            out, state, alpha = self._cell(tokens[:, t], memory, state)  # (B, H), (B, N)
+            outs.append(out)
+            alphas.append(alpha)
+        hidden = torch.stack(outs, dim=1)  # (B, T-1, H)
+        return self.out(self.drop(hidden)), torch.stack(alphas, dim=1)  # (B, T-1, V), (B, T-1, N)
+
+    def forward(self, features: Tensor, tokens: Tensor) -> Tensor:
+        """Teacher-forced logits (B, T-1, V), as :meth:`CaptionDecoder.forward`."""
+        return self.forward_with_attention(features, tokens)[0]
+
+    def loss(
+        self,
+        features: Tensor,
+        tokens: Tensor,
+        pad_id: int = 0,
+        label_smoothing: float = 0.0,
+        reduction: str = "mean",
+    ) -> Tensor:
+        """Summed token cross-entropy plus ``lambda * sum_i (1 - sum_t alpha_ti)^2`` per caption;
+        ``reduction="mean"`` divides that sum by the number of target tokens."""
+        if reduction not in ("mean", "sum"):
+            raise ValueError("reduction must be 'mean' or 'sum'")
+        logits, alphas = self.forward_with_attention(features, tokens)  # (B, T-1, V), (B, T-1, N)
+        target = tokens[:, 1:]  # (B, T-1)
+        ce = F.cross_entropy(
+            logits.flatten(0, 1).float(),  # (B*(T-1), V)
+            target.flatten(),
+            ignore_index=pad_id,
+            reduction="sum",
+            label_smoothing=label_smoothing,
+        )
+        real = (target != pad_id).unsqueeze(2)  # (B, T-1, 1): the caption's steps, <end> included
+        coverage = (alphas * real).sum(dim=1)  # (B, N): sum_t alpha_ti
+        total = ce + self.config.doubly_stochastic * ((1.0 - coverage) ** 2).sum()
+        return total / real.sum().clamp(min=1) if reduction == "mean" else total
+
+    @torch.no_grad()
+    def attention(self, features: Tensor, ids: list[list[int]], start_id: int, end_id: int) -> list[Tensor]:
+        """Where the model looked for each word of each caption and for its ``<end>``: row i is
+        (len(ids[i]) + 1, N) weights, each row a distribution over the N locations (row-major
+        over the encoder's grid). Call in eval mode; the captions are as generation returns them."""
+        if len(ids) != features.size(0):
+            raise ValueError(f"{len(ids)} captions for {features.size(0)} feature maps")
+        T = max((len(i) for i in ids), default=0) + 2
+        tokens = torch.zeros(len(ids), T, dtype=torch.long)  # (B, T), padded with 0
+        for b, row in enumerate(ids):
+            tokens[b, : len(row) + 2] = torch.tensor([start_id, *row, end_id], dtype=torch.long)
+        _, alphas = self.forward_with_attention(features, tokens.to(features.device))  # (B, T-1, N)
+        return [alphas[b, : len(row) + 1].cpu() for b, row in enumerate(ids)]
