@@ -99,6 +99,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False  # answered and closing: nothing more is parsed or said
+        self._message_done = True  # the parser has seen the end of the current request
 
     # ------------------------------------------------------------------ connection cap
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -136,7 +137,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing() or not self._in_head:
+        if self.transport.is_closing():
+            return
+        if not self._in_head:
+            if not self._message_done:  # the rest of an answered request's body never came
+                self.transport.close()
             return
         t = self.limits.header_timeout_s
         self._timeout_log(seconds=t)
@@ -191,6 +196,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._head_bytes = 0
+        self._message_done = False
+
+    def on_message_complete(self) -> None:
+        self._message_done = True
+        super().on_message_complete()
+        # An answer sent before its body had arrived (413, 503): the body has now been read
+        # past, and the connection waits for its next request head.
+        if self.cycle is not None and self.cycle.response_complete and not self.transport.is_closing():
+            self._await_next_head()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -206,10 +220,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:  # idle again: the next head is timed
-            self._in_head = True
-            self._head_bytes = 0
+        if not self._message_done:  # answered early; the rest of its body is read past, within the limit
             self._arm_head_timer()
+            return
+        if self.cycle is None or self.cycle.response_complete:  # no pipelined request started
+            self._await_next_head()
+
+    def _await_next_head(self) -> None:
+        """Idle again: the next request head is counted and timed from now."""
+        self._in_head = True
+        self._head_bytes = 0
+        self._arm_head_timer()
 
 
 def guarded_protocol(limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]:

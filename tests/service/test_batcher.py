@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+
 from captioner.service.batcher import Batcher, BatcherStopped
 
 WAIT_S = 60.0  # how long a test waits for something that takes milliseconds when correct
