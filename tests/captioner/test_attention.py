@@ -1,0 +1,221 @@
+"""The soft-attention decoder: its weights are distributions over locations at every step,
+beam search agrees with greedy and with itself one image at a time, the regulariser is the
+formula, it really uses *where* things are (a task a pooled decoder cannot do better than
+chance on), and spatial maps come out of the encoders and the feature cache as stated.
+
+Tiny models, one torch thread."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from captioner.attention import (
+    AttentionConfig,
+    AttentionDecoder,
+    build_decoder,
+    config_from_dict,
+    config_to_dict,
+    decoder_kind,
+)
+from captioner.decoder import CaptionDecoder, DecoderConfig
+
+START, END = 1, 2
+CELLS = ("lstm", "gru", "rnn")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _decoder(cell: str = "lstm", layers: int = 1, vocab: int = 14, channels: int = 8, **kw) -> AttentionDecoder:
+    torch.manual_seed(0)
+    cfg = AttentionConfig(
+        vocab_size=vocab,
+        feature_dim=channels,
+        embed_dim=16,
+        hidden_dim=24,
+        img_proj_dim=8,
+        attention_dim=12,
+        cell=cell,
+        num_layers=layers,
+        max_length=8,
+        **kw,
+    )
+    return AttentionDecoder(cfg).eval()
+
+
+def _maps(batch: int = 4, locations: int = 9, channels: int = 8, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, locations, channels, generator=torch.Generator().manual_seed(seed))  # (B, N, C)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layers", [1, 2])
+def test_attention_weights_are_distributions_at_every_step(cell, layers):
+    dec = _decoder(cell, layers)
+    feats = _maps()
+    ids, _ = dec.greedy(feats, START, END, no_repeat_ngram_size=0)
+    maps = dec.attention(feats, ids, START, END)
+    for row, weights in zip(ids, maps):
+        assert weights.shape == (len(row) + 1, feats.size(1))
+        assert bool((weights >= 0).all())
+        torch.testing.assert_close(weights.sum(dim=1), torch.ones(len(row) + 1))
+    # and in training mode (dropout on), under teacher forcing
+    dec.train()
+    tokens = torch.tensor([[START, 4, 5, 6, END], [START, 7, END, 0, 0]])
+    _, alphas = dec.forward_with_attention(feats[:2], tokens)  # (2, 4, N)
+    assert bool((alphas >= 0).all())
+    torch.testing.assert_close(alphas.sum(dim=2), torch.ones(2, 4))
+    # the weights depend on the image: not one fixed map
+    assert not torch.allclose(maps[0][0], maps[1][0])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_beam_of_one_is_greedy_and_batched_beam_is_one_image_at_a_time(cell):
+    dec = _decoder(cell, layers=2)
+    feats = _maps(batch=5)
+    g_ids, g_scores = dec.greedy(feats, START, END)
+    b_ids, b_scores = dec.beam_search(feats, START, END, beam_size=1)
+    assert b_ids == g_ids
+    torch.testing.assert_close(b_scores, g_scores)
+    ids, scores = dec.beam_search(feats, START, END, beam_size=3, length_penalty_alpha=0.6)
+    for i in range(feats.size(0)):
+        one_ids, one_scores = dec.beam_search(feats[i : i + 1], START, END, beam_size=3, length_penalty_alpha=0.6)
+        assert one_ids[0] == ids[i]
+        torch.testing.assert_close(one_scores[0], scores[i])
+
+
+def test_scores_are_the_models_log_probabilities_for_greedy_beam_and_sampling():
+    dec = _decoder("gru")
+    feats = _maps(batch=3)
+    runs = {
+        "greedy": dec.greedy(feats, START, END),
+        "beam": dec.beam_search(feats, START, END, beam_size=3),
+        "sample": dec.sample(feats, START, END, temperature=1.5, generator=torch.Generator().manual_seed(0)),
+    }
+    for name, (ids, scores) in runs.items():
+        per_word = dec.token_logprobs(feats, ids, START, END)
+        torch.testing.assert_close(torch.stack([p.sum() for p in per_word]), scores, msg=name)
+        for row in ids:  # the decoder's no-repeat rule holds for it too: no word three times running
+            assert all(not (a == b == c) for a, b, c in zip(row, row[1:], row[2:])), name
+
+
+def test_the_loss_is_cross_entropy_plus_the_doubly_stochastic_term():
+    lam = 0.3
+    dec = _decoder(doubly_stochastic=lam)
+    feats = _maps(batch=2)
+    tokens = torch.tensor([[START, 4, 5, 6, END], [START, 7, END, 0, 0]])
+    logits, alphas = dec.forward_with_attention(feats, tokens)  # (2, 4, V), (2, 4, N)
+    target = tokens[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=0, reduction="sum")
+    reg = 0.0
+    for b, steps in enumerate([4, 2]):  # caption b's real steps, <end> included
+        coverage = alphas[b, :steps].sum(dim=0)  # (N,)
+        reg += float(((1 - coverage) ** 2).sum().detach())
+    torch.testing.assert_close(dec.loss(feats, tokens, reduction="sum"), ce + lam * reg)
+    torch.testing.assert_close(dec.loss(feats, tokens), (ce + lam * reg) / 6)
+    off = _decoder(doubly_stochastic=0.0)
+    torch.testing.assert_close(off.loss(feats, tokens), CaptionDecoder.loss(off, feats, tokens))
+
+
+def test_wrong_feature_shape_is_refused_with_the_expected_shape():
+    dec = _decoder()
+    with pytest.raises(ValueError, match=r"\(B, N, 8\)"):
+        dec.greedy(torch.zeros(2, 8), START, END)  # pooled features: not a map
+    with pytest.raises(ValueError, match=r"\(B, N, 8\)"):
+        dec.greedy(torch.zeros(2, 9, 5), START, END)
+
+
+def test_config_records_the_kind_and_builds_the_right_decoder():
+    att = _decoder().config
+    data = config_to_dict(att)
+    assert data["kind"] == "attention" and data["attention_dim"] == 12
+    back = config_from_dict(data)
+    assert back == att and decoder_kind(back) == "attention"
+    assert isinstance(build_decoder(back), AttentionDecoder)
+    pooled = DecoderConfig(vocab_size=10, feature_dim=4)
+    assert config_to_dict(pooled)["kind"] == "pooled"
+    old = pooled.to_dict()  # a checkpoint written before kinds existed
+    assert config_from_dict(old) == pooled
+    assert type(build_decoder(pooled)) is CaptionDecoder
+    with pytest.raises(ValueError, match="unknown decoder kind"):
+        config_from_dict({**old, "kind": "transformer"})
+    with pytest.raises(ValueError, match="doubly_stochastic"):
+        AttentionConfig(vocab_size=10, feature_dim=4, doubly_stochastic=-1.0)
+
+
+# ---------------------------------------------------------------------- it uses space
+# Vocabulary of the synthetic task: "patch left" / "patch right".
+PATCH, LEFT, RIGHT = 3, 4, 5
+GRID = 3  # a 3 x 3 map, N = 9
+CHANNELS = 6
+
+
+def _where_task(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maps (n, 9, 6) with one bright patch in the left or the right column, and captions.
+
+    Channels 0 and 1 are the location's column and row (-1, 0, 1), as a CNN's padding makes
+    its features position-aware; channel 2 is the patch; the rest is noise. The patch is the
+    same vector on either side, so the pooled map (the mean over locations) carries nothing
+    about the side: its position channels average to 0 whatever the image.
+    """
+    g = torch.Generator().manual_seed(seed)
+    cols = torch.arange(GRID).repeat(GRID).float() - 1  # (9,)
+    rows = torch.arange(GRID).repeat_interleave(GRID).float() - 1  # (9,)
+    maps = 0.3 * torch.randn(n, GRID * GRID, CHANNELS, generator=g)  # (n, 9, C)
+    maps[:, :, 0], maps[:, :, 1] = cols, rows
+    right = torch.randint(0, 2, (n,), generator=g)  # (n,)
+    row = torch.randint(0, GRID, (n,), generator=g)  # (n,)
+    where = row * GRID + torch.where(right == 1, GRID - 1, 0)  # (n,) location of the patch
+    maps[torch.arange(n), where, 2] += 4.0
+    words = torch.where(right == 1, RIGHT, LEFT)
+    tokens = torch.stack([torch.full((n,), START), torch.full((n,), PATCH), words, torch.full((n,), END)], dim=1)
+    return maps, tokens  # (n, 9, C), (n, 4)
+
+
+def _fit(dec: CaptionDecoder, feats: torch.Tensor, tokens: torch.Tensor, steps: int) -> None:
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
+    dec.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        dec.loss(feats, tokens).backward()
+        opt.step()
+    dec.eval()
+
+
+def _side_accuracy(dec: CaptionDecoder, feats: torch.Tensor, tokens: torch.Tensor) -> float:
+    ids, _ = dec.greedy(feats, START, END, max_length=3)
+    said = torch.tensor([row[1] if len(row) > 1 else -1 for row in ids])
+    return float((said == tokens[:, 2]).float().mean())
+
+
+def test_attention_learns_where_the_patch_is_and_the_pooled_decoder_cannot():
+    train_maps, train_tokens = _where_task(256, seed=0)
+    test_maps, test_tokens = _where_task(400, seed=1)
+    small: dict[str, Any] = dict(
+        vocab_size=6, feature_dim=CHANNELS, embed_dim=16, hidden_dim=32, img_proj_dim=16, dropout=0.0
+    )
+    torch.manual_seed(0)
+    att = AttentionDecoder(AttentionConfig(**small, attention_dim=16, doubly_stochastic=0.0))
+    _fit(att, train_maps, train_tokens, steps=150)
+    torch.manual_seed(0)
+    pooled = CaptionDecoder(DecoderConfig(**small))
+    train_pooled = train_maps.mean(dim=1)  # (n, C): what global average pooling keeps
+    _fit(pooled, train_pooled, train_tokens, steps=150)
+
+    att_acc = _side_accuracy(att, test_maps, test_tokens)
+    pooled_acc = _side_accuracy(pooled, test_maps.mean(dim=1), test_tokens)
+    assert att_acc >= 0.95, att_acc
+    assert 0.38 <= pooled_acc <= 0.62, pooled_acc  # chance is 0.5 (400 images: +-0.12 is 5 sd)
+    # and the model looks at the patch when it names the side
+    ids, _ = att.greedy(test_maps[:50], START, END, max_length=3)
+    weights = att.attention(test_maps[:50], ids, START, END)
+    patch_at = test_maps[:50, :, 2].argmax(dim=1)  # (50,)
+    on_patch = torch.stack([w[1, p] for w, p in zip(weights, patch_at)])  # weight when choosing the side
+    assert float(on_patch.mean()) > 3 / (GRID * GRID)  # three times the uniform weight 1/9
