@@ -136,12 +136,13 @@ function showError(card, detail, code) {
   const text = name.textContent;
   const message = detail.startsWith(text + ": ") ? detail.slice(text.length + 2) : detail;
   const caption = card.querySelector(".caption");
-  caption.replaceChildren(name, document.createTextNode(` could not be captioned: ${formatNumbers(message)}`));
+  name.remove();
+  caption.replaceChildren(el("strong", "name", text), ` could not be captioned: ${formatNumbers(message)}`);
   caption.setAttribute("role", "alert");
   if (code) card.querySelector(".body").append(el("p", "meta", `error ${code}`));
   // The server could not read it as an image: whatever the browser made of it is no preview.
   const img = card.querySelector("img.preview");
-  if (img && UNREADABLE.has(code.split(" ").pop())) img.replaceWith(placeholder({ name: name.textContent }));
+  if (img && UNREADABLE.has(code.split(" ").pop())) img.replaceWith(placeholder({ name: text }));
 }
 
 // ------------------------------------------------------------------ copy and download
