@@ -79,7 +79,7 @@ def run_ray_command(args: argparse.Namespace) -> int:
         raise CaptionerError(RAY_INSTALL_HINT)
     if args.out is None:
         raise CaptionerError("--engine ray writes to a file or folder: add --out captions.jsonl (or .csv, .parquet)")
-    from ..options import CaptionOptions
+    from ..options import DEFAULT_LABELS, CaptionOptions
     from .ray_engine import RaySettings, caption_on_ray
 
     settings = RaySettings(
@@ -98,7 +98,9 @@ def run_ray_command(args: argparse.Namespace) -> int:
             recursive=args.recursive,
             path_column=args.path_column,
             batch_size=args.batch_size,
-            options=CaptionOptions(args.beam_size, args.max_length, args.length_penalty),
+            options=CaptionOptions(
+                args.beam_size, args.max_length, args.length_penalty, args.no_repeat_ngram_size, DEFAULT_LABELS
+            ),
             device=args.device,
             settings=settings,
             progress=not args.quiet,

@@ -2,7 +2,9 @@
 
 ``--out captions.parquet`` is a folder of part files (``part-00000.parquet``, ...), each
 with the columns of the JSONL output: ``file`` (string), ``caption`` (string), ``score``
-(float64). Any Parquet reader takes the folder as one table
+(float64), then the trust fields of :func:`captioner.trust.result_fields`: ``confidence``
+and ``domain_distance`` (float64), ``in_domain`` (bool), ``labels`` (a list of
+``{name, probability}``); null where the checkpoint cannot tell. Any Parquet reader takes the folder as one table
 (``pyarrow.parquet.read_table``, ``pandas.read_parquet``, ``ray.data.read_parquet``,
 Spark, DuckDB).
 
@@ -23,11 +25,28 @@ from pathlib import Path
 from ..errors import CaptionerError
 
 PART_NAME = re.compile(r"^part-(\d+)\.parquet$")
-COLUMNS = ("file", "caption", "score")
+COLUMNS = ("file", "caption", "score", "confidence", "in_domain", "domain_distance", "labels")
+
+
+def _schema():  # pyarrow is imported only when Parquet is written or read
+    import pyarrow as pa
+
+    label = pa.struct([("name", pa.string()), ("probability", pa.float64())])
+    return pa.schema(
+        [
+            ("file", pa.string()),
+            ("caption", pa.string()),
+            ("score", pa.float64()),
+            ("confidence", pa.float64()),
+            ("in_domain", pa.bool_()),
+            ("domain_distance", pa.float64()),
+            ("labels", pa.list_(label)),
+        ]
+    )
 
 
 class ParquetParts:
-    """Writes captions records (``file``, ``caption``, ``score``) as Parquet parts."""
+    """Writes captions records (``file``, ``caption``, ``score``, the trust fields) as Parquet parts."""
 
     def __init__(self, folder: str | os.PathLike, rows_per_part: int = 50_000, seconds_per_part: float = 60.0) -> None:
         self.folder = Path(folder)
@@ -66,7 +85,7 @@ class ParquetParts:
         return done
 
     def write(self, record: dict) -> None:
-        self._rows.append({k: record[k] for k in COLUMNS})
+        self._rows.append({k: record.get(k) for k in COLUMNS})
         full = len(self._rows) >= self.rows_per_part
         if full or time.monotonic() - self._last_flush >= self.seconds_per_part:
             self.flush()
@@ -79,8 +98,7 @@ class ParquetParts:
         self._last_flush = time.monotonic()
         if not self._rows:
             return
-        schema = pa.schema([("file", pa.string()), ("caption", pa.string()), ("score", pa.float64())])
-        table = pa.Table.from_pylist(self._rows, schema=schema)
+        table = pa.Table.from_pylist(self._rows, schema=_schema())
         name = f"part-{self._next:05d}.parquet"
         tmp = self.folder / f".{name}.tmp"
         try:
@@ -106,5 +124,5 @@ def read_parquet_records(folder: str | os.PathLike) -> list[dict]:
 
     records: list[dict] = []
     for part in ParquetParts(folder).parts():
-        records.extend(pq.read_table(part, columns=list(COLUMNS)).to_pylist())
+        records.extend(pq.read_table(part).to_pylist())
     return records

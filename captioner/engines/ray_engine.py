@@ -34,7 +34,9 @@ decode tasks are refused with the numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
 import logging
 import math
 import os
@@ -49,7 +51,7 @@ import numpy as np
 
 from ..errors import CaptionerError
 from ..folder import FolderSummary
-from ..options import CaptionOptions, Range
+from ..options import DEFAULT_LABELS, CaptionOptions, Range
 from ..outputs import LineWriter, default_errors_path, format_for
 from .parquet import ParquetParts
 from .sources import Source, list_sources, read_source
@@ -184,10 +186,13 @@ class CaptionActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        from ..trust import result_fields
+
         keys = batch["key"]
         reasons = [str(r) for r in batch["reason"]]
         captions = [""] * len(keys)
         scores = np.full(len(keys), np.nan)
+        trust = [""] * len(keys)  # JSON of captioner.trust.result_fields: plain data across Ray
         good = [i for i, r in enumerate(reasons) if not r]
         if good:
             opts = self.options
@@ -195,10 +200,16 @@ class CaptionActor:
                 pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good]))  # (G, 3, S, S)
                 features = self.model.encode(pixels)  # (G, F)
                 results = self.model.generate(
-                    features, beam_size=opts.beam_size, max_length=opts.max_length, length_penalty=opts.length_penalty
+                    features,
+                    beam_size=opts.beam_size,
+                    max_length=opts.max_length,
+                    length_penalty=opts.length_penalty,
+                    no_repeat_ngram_size=opts.no_repeat_ngram_size,
+                    labels=opts.labels,
                 )
                 for i, res in zip(good, results):
                     captions[i], scores[i] = res.caption, round(res.score, 4)
+                    trust[i] = json.dumps(result_fields(res))
             except Exception as e:  # one bad batch must not end a run of millions; it is retried next run
                 for i in good:
                     reasons[i] = f"captioning failed ({type(e).__name__}: {e})"
@@ -206,6 +217,7 @@ class CaptionActor:
             "file": keys,
             "caption": np.array(captions, dtype=object),
             "score": scores,
+            "trust": np.array(trust, dtype=object),
             "reason": np.array(reasons, dtype=object),
         }
 
@@ -365,6 +377,7 @@ class _Run:
     """What the driver counts while the results stream in."""
 
     done: int = 0
+    out_of_domain: int = 0
     seconds: float = 0.0
     stats: str = ""
 
@@ -375,7 +388,8 @@ def _stream_results(ds: Any, outputs: _Outputs, on_result: Callable[[dict], None
     start = time.perf_counter()
     handled: set[str] = set()
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for key, caption, score, reason in zip(batch["file"], batch["caption"], batch["score"], batch["reason"]):
+        rows = zip(batch["file"], batch["caption"], batch["score"], batch["trust"], batch["reason"])
+        for key, caption, score, trust, reason in rows:
             key = str(key)
             if key in handled:
                 continue
@@ -383,9 +397,10 @@ def _stream_results(ds: Any, outputs: _Outputs, on_result: Callable[[dict], None
             if reason:
                 outputs.fail(key, str(reason))
                 continue
-            record = {"file": key, "caption": str(caption), "score": float(score)}
-            outputs.write(record)
+            record = {"file": key, "caption": str(caption), "score": float(score), **json.loads(str(trust))}
+            outputs.write(record)  # the local tool's record: file, caption, score, then the trust fields
             run.done += 1
+            run.out_of_domain += record.get("in_domain") is False
             if on_result is not None:
                 on_result(record)
     run.seconds = time.perf_counter() - start  # the summary's rate: the pipeline, not the Ray start
@@ -420,7 +435,7 @@ def caption_on_ray(
         raise CaptionerError(RAY_INSTALL_HINT)
     BATCH_SIZE.check(batch_size)
     settings = settings or RaySettings()
-    opts = options or CaptionOptions()
+    opts = options or CaptionOptions(labels=DEFAULT_LABELS)  # the local tool's default
     fmt = output_format(out, fmt)
     out = Path(out)
     errors = Path(errors) if errors is not None else default_errors_path(out)
@@ -452,11 +467,7 @@ def caption_on_ray(
                     "checkpoint": checkpoint,
                     "device": device or ("cuda" if plan.actor_gpus else "cpu"),
                     "threads": plan.threads,
-                    "options": {
-                        "beam_size": opts.beam_size,
-                        "max_length": opts.max_length,
-                        "length_penalty": opts.length_penalty,
-                    },
+                    "options": dataclasses.asdict(opts),
                 }
                 ds = _build_dataset(
                     writable, plan, preprocessing, batch_size, max_bytes or DEFAULT_MAX_BYTES, actor_kwargs
@@ -481,4 +492,5 @@ def caption_on_ray(
         out=str(out),
         errors=str(errors),
         extra=extra,
+        out_of_domain=run.out_of_domain,
     )

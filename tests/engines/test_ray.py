@@ -95,8 +95,13 @@ def check_same_as_local(records: list[dict], local_run) -> None:
     assert len(files) == len(set(files)), "a file captioned twice"
     assert set(files) == set(local)
     for r in records:
-        assert r["caption"] == local[r["file"]]["caption"], r["file"]
-        assert r["score"] == pytest.approx(local[r["file"]]["score"], abs=1e-3)
+        ref = local[r["file"]]
+        assert set(r) == set(ref)  # the same columns: file, caption, score and the trust fields
+        assert r["caption"] == ref["caption"], r["file"]
+        assert r["in_domain"] == ref["in_domain"]
+        assert [label["name"] for label in r["labels"] or []] == [label["name"] for label in ref["labels"] or []]
+        for k in ("score", "confidence", "domain_distance"):
+            assert (r[k] is None) == (ref[k] is None) and (r[k] is None or r[k] == pytest.approx(ref[k], abs=1e-3))
 
 
 # ---------------------------------------------------------------------------- on Ray
