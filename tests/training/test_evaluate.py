@@ -8,12 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
+from captionkit import teach_checkpoint
 
 from captioner import Captioner
 from captioner.cli import main as cli_main
-from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.encoders import build_encoder
 from captioner.errors import CaptionerError
 from captioner.training.datasets import load_dataset
 from captioner.training.evaluate import (
@@ -25,7 +23,6 @@ from captioner.training.evaluate import (
     match_predictions,
 )
 from captioner.training.scenes import generate_scenes
-from captioner.vocab import Vocabulary
 
 FAST = ("bleu", "cider", "rouge")  # METEOR/SPICE start a JVM: covered by the metrics tests
 
@@ -156,28 +153,28 @@ def test_bad_predictions_files_are_named(tmp_path):
 
 # ---------------------------------------------------------------------------- model mode
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    vocab = Vocabulary.build(["a dog and a cat on a green background", "two cars on a red background"])
-    encoder = build_encoder("efficientnet_lite0")
-    decoder = CaptionDecoder(
-        DecoderConfig(
-            vocab_size=len(vocab),
-            feature_dim=encoder.feature_dim,
-            embed_dim=16,
-            hidden_dim=32,
-            img_proj_dim=16,
-            max_length=6,
-        )
-    )
-    return Captioner(encoder, decoder, vocab).save(tmp_path_factory.mktemp("ckpt") / "tiny")
-
-
-@pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "scenes"
     generate_scenes(out, {"test": 4}, seed=3, progress=False)
     return out
+
+
+# What the taught model says about each test scene (seed 3): right, right, right, and a
+# wrong count for the last one ("two strawberries": the scene has three), so the scene
+# accuracy of the three readable images is exactly 2/3.
+TAUGHT = {
+    "000000.jpg": "a carrot and three laptops on a red background",
+    "000001.jpg": "a pizza and a cat on a purple background",
+    "000002.jpg": "three butterflies on a green background",
+    "000003.jpg": "a fish and two strawberries on a pink background",
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, scenes) -> Path:
+    """A small decoder on the real Lite0 encoder, taught the TAUGHT caption of each test scene."""
+    images = [scenes / "images" / "test" / name for name in TAUGHT]
+    return teach_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", images, list(TAUGHT.values()))
 
 
 def test_model_mode_cli_scores_scenes_with_scene_accuracy(model_dir, scenes, tmp_path, capsys):
@@ -215,9 +212,14 @@ def test_model_mode_cli_scores_scenes_with_scene_accuracy(model_dir, scenes, tmp
     assert any("could not be read" in n for n in report["notes"])
     assert report["generation"]["beam_size"] == 2 and report["speed"]["images_per_second"] > 0
     assert set(report["metrics"]) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider_d", "rouge_l", "scene_accuracy"}
-    # a random decoder is never exactly right; the reasons are recorded per image
-    assert report["metrics"]["scene_accuracy"] == 0.0 and report["scene"]["total"] == 3
-    assert all(r["scene_correct"] is False and r["scene_errors"] for r in report["per_image"])
+    # the taught captions: two of the three scored scenes are right, the third has a wrong count
+    assert report["metrics"]["scene_accuracy"] == pytest.approx(2 / 3) and report["scene"]["total"] == 3
+    rows = {Path(r["file"]).name: r for r in report["per_image"]}
+    assert {name: r["caption"] for name, r in rows.items()} == {n: c for n, c in TAUGHT.items() if n != victim.name}
+    assert [rows[n]["scene_correct"] for n in ("000000.jpg", "000002.jpg", "000003.jpg")] == [True, True, False]
+    assert not rows["000000.jpg"]["scene_errors"] and not rows["000002.jpg"]["scene_errors"]
+    assert any("strawberr" in e for e in rows["000003.jpg"]["scene_errors"])  # the reason is recorded
+    assert 0 < report["metrics"]["bleu_4"] < 1 and report["metrics"]["cider_d"] > 0
     assert len(report["per_image"][0]["references"]) == 5
     assert "scene accuracy" in printed and "BLEU-4" in printed
 
@@ -226,6 +228,7 @@ def test_model_mode_cli_scores_scenes_with_scene_accuracy(model_dir, scenes, tmp
     preds.write_text(json.dumps([{"image_id": r["image_id"], "caption": r["caption"]} for r in report["per_image"]]))
     again = evaluate_predictions(preds, load_dataset(scenes, split="test", check_files=False), metrics=FAST)
     assert again["metrics"] == pytest.approx(report["metrics"])
+    assert again["metrics"]["scene_accuracy"] == pytest.approx(2 / 3)
     assert any("1 reference image(s) have no prediction" in n for n in again["notes"])
 
 

@@ -1,0 +1,83 @@
+"""A checkpoint taught to give known captions to known pictures (for checkable tests).
+
+A random decoder gives nearly every image the same caption, so a test that compares a
+run's captions with "what the model says" cannot notice a caption written against the
+wrong file, and a score computed from such captions is 0 whatever the scorer does.
+:func:`teach_checkpoint` trains a small decoder on the real EfficientNet-Lite0 encoder
+until it gives each of a few pictures its own caption, and refuses to return otherwise:
+the tests using it know which caption each file must get.
+
+(``tests/conftest.py`` puts this folder on ``sys.path``: ``from captionkit import ...``.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def adam_steps(module: torch.nn.Module, loss_fn, steps: int, lr: float) -> float:
+    """Plain Adam in a few lines (importing torch.optim pulls in torch._dynamo: seconds)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    loss = torch.tensor(float("nan"))
+    for step in range(1, steps + 1):
+        loss = loss_fn()
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g, m_, v_ in zip(params, grads, m, v):
+                m_.mul_(b1).add_(g, alpha=1 - b1)
+                v_.mul_(b2).addcmul_(g, g, value=1 - b2)
+                p.sub_(lr * (m_ / (1 - b1**step)) / ((v_ / (1 - b2**step)).sqrt() + eps))
+    return float(loss.detach())
+
+
+def teach_checkpoint(out: Path, images: Sequence[Path | bytes], captions: Sequence[str], max_length: int = 16) -> Path:
+    """Save a checkpoint whose greedy and beam captions of ``images[i]`` are ``captions[i]``."""
+    from captioner import Captioner
+    from captioner.decoder import CaptionDecoder, DecoderConfig
+    from captioner.encoders import build_encoder
+    from captioner.vocab import Vocabulary
+
+    assert len(images) == len(captions)
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        vocab = Vocabulary.build(list(captions))
+        encoder = build_encoder("efficientnet_lite0").eval()
+        cfg = DecoderConfig(
+            vocab_size=len(vocab),
+            feature_dim=encoder.feature_dim,
+            embed_dim=32,
+            hidden_dim=64,
+            img_proj_dim=32,
+            dropout=0.0,
+            max_length=max_length,
+        )
+        decoder = CaptionDecoder(cfg)
+        model = Captioner(encoder, decoder, vocab, device="cpu", fast=False)
+        with torch.no_grad():
+            x = torch.stack([model.preprocess(im if isinstance(im, bytes) else Path(im).read_bytes()) for im in images])
+            feats = model.encode(x).clone()  # (N, 1280), as every caption path computes them
+        seqs = [vocab.encode(c) for c in captions]
+        T = max(len(s) for s in seqs)
+        tokens = torch.tensor([s + [vocab.pad_id] * (T - len(s)) for s in seqs])  # (N, T)
+        got: list[str] = []
+        for _round in range(4):
+            decoder.train()
+            adam_steps(decoder, lambda: decoder.loss(feats, tokens, vocab.pad_id), steps=150, lr=1e-2)
+            decoder.eval()
+            got = [r.caption for r in model.generate(feats)]
+            beam = [r.caption for r in model.generate(feats, beam_size=2)]
+            if got == list(captions) and beam == got:
+                break
+        assert got == list(captions), f"the test decoder did not learn its captions: {got}"
+        model.save(out)
+    finally:
+        torch.set_num_threads(threads)
+    return out
