@@ -290,8 +290,9 @@ function showModel(m) {
     const [head, ...rest] = trainedOn.replace(/\.$/, "").split(":");
     // `a command` in the sentence shows as code
     const tail = (rest.length ? ":" + rest.join(":") : "").split("`").map((t, i) => (i % 2 ? el("code", "", t) : t));
+    const flags = m.trust && m.trust.domain; // the checkpoint can tell an unfamiliar picture
     knows.replaceChildren("This model knows ", el("strong", "", head), ...tail,
-      ". Other pictures get a guess, marked as one.");
+      flags ? ". Pictures unlike these get a guess, marked as such." : ".");
   } else {
     knows.textContent = "This model's checkpoint does not say what it was trained on.";
   }
