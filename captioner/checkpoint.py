@@ -3,7 +3,7 @@
     CKPT/
       model.safetensors     decoder weights (fp32 or fp16)
       encoder.safetensors   only when the CNN was fine-tuned
-      config.json           {"format": ..., "encoder": {"name", "preprocess"}, "decoder": {...}}
+      config.json           {"format": ..., "encoder": {"name", "preprocess"}, "decoder": {"kind", ...}}
       vocab.json            the vocabulary (tokens in id order)
       metadata.json         training data, metrics, versions, free-form
 
@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .attention import config_from_dict, config_to_dict
 from .decoder import DecoderConfig
 from .errors import CheckpointError
 from .fsio import atomic_write_text
@@ -154,7 +155,7 @@ def save_checkpoint(
             {
                 "format": FORMAT,
                 "encoder": {"name": encoder_name, "preprocess": preprocess, "fine_tuned": encoder_state is not None},
-                "decoder": decoder_config.to_dict(),
+                "decoder": config_to_dict(decoder_config),  # its kind (pooled | attention) and settings
             },
         )
         _write_json(tmp / VOCAB, vocab.to_dict())
@@ -217,7 +218,7 @@ def load_checkpoint(directory: str | os.PathLike) -> Checkpoint:
             f"{path / CONFIG}: unsupported checkpoint format {config.get('format') if isinstance(config, dict) else None!r}; expected {FORMAT!r}"
         )
     try:
-        decoder_config = DecoderConfig.from_dict(config["decoder"])
+        decoder_config = config_from_dict(config["decoder"])  # no "kind": a pooled decoder
         encoder_name = str(config["encoder"]["name"])
         preprocess = dict(config["encoder"].get("preprocess") or {})
     except (KeyError, TypeError, ValueError) as e:

@@ -27,6 +27,7 @@ from torch import Tensor
 from . import checkpoint as ckpt_mod
 from . import pipeline, runtime
 from . import trust as trust_mod
+from .attention import build_decoder, config_to_dict, decoder_kind
 from .decoder import CaptionDecoder
 from .errors import CaptionerError, CheckpointError
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource
@@ -141,8 +142,9 @@ class Captioner:
                 f"{folder}: encoder {spec.name} gives {spec.feature_dim}-d features but the decoder "
                 f"was trained on {ck.decoder_config.feature_dim}-d features"
             )
+        spatial = decoder_kind(ck.decoder_config) == "attention"  # it reads the map before pooling
         if ck.encoder_state is not None:
-            encoder = build_encoder(ck.encoder_name, weights="random")
+            encoder = build_encoder(ck.encoder_name, weights="random", spatial=spatial)
             try:
                 encoder.load_state_dict(ck.encoder_state, strict=True)
             except RuntimeError as e:
@@ -150,8 +152,8 @@ class Captioner:
                     f"{folder}: fine-tuned encoder weights do not fit {ck.encoder_name}: {e}"
                 ) from None
         else:
-            encoder = build_encoder(ck.encoder_name, weights="pretrained")
-        decoder = CaptionDecoder(ck.decoder_config)
+            encoder = build_encoder(ck.encoder_name, weights="pretrained", spatial=spatial)
+        decoder = build_decoder(ck.decoder_config)
         try:
             decoder.load_state_dict(ck.decoder_state, strict=True)
         except RuntimeError as e:
@@ -330,7 +332,7 @@ class Captioner:
                 "preprocess": self.preprocessing.to_dict() if hasattr(self.preprocessing, "to_dict") else {},
             },
             "runtime": self._fast.status(),
-            "decoder": self.decoder.config.to_dict(),
+            "decoder": config_to_dict(self.decoder.config),
             "vocab_size": len(self.vocab),
             "device": str(self.device),
             "metadata": self.metadata,

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .encoders.registry import pooled
 from .errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,9 @@ class DomainModel:
 
     @classmethod
     def fit(cls, features: Tensor, rank: int = DEFAULT_RANK, shrinkage: float | None = None) -> DomainModel:
-        """Summarise training features (N, F); the threshold is set by :meth:`set_threshold`."""
+        """Summarise training features (N, F) (maps (N, L, F) are pooled first); the threshold
+        is set by :meth:`set_threshold`."""
+        features = pooled(features) if features.dim() == 3 else features  # (N, F)
         if features.dim() != 2 or features.size(0) < 2:
             raise ValueError("the domain model needs at least two feature rows (N, F)")
         mean, cov, a = ledoit_wolf(features)
@@ -269,7 +272,9 @@ class DomainModel:
         return int(self.mean.numel())
 
     def distance(self, features: Tensor) -> Tensor:
-        """Mahalanobis distance / sqrt(F) of each row of ``features`` (B, F) -> (B,)."""
+        """Mahalanobis distance / sqrt(F) of each row of ``features`` (B, F) -> (B,); maps
+        (B, L, F) are pooled first."""
+        features = pooled(features) if features.dim() == 3 else features  # (B, F)
         if features.dim() != 2 or features.size(1) != self.feature_dim:
             raise ValueError(f"features must have shape (B, {self.feature_dim}), got {tuple(features.shape)}")
         x = features.detach().float().cpu() - self.mean  # (B, F)
@@ -442,7 +447,7 @@ def annotate(model, features: Tensor, results: list, labels: int = 0) -> None:
     if labels > 0:
         head = model.label_head()
         if head is not None:
-            for r, row in zip(results, head.top_k(features, labels)):
+            for r, row in zip(results, head.top_k(pooled(features), labels)):  # the classifier reads (B, F)
                 r.labels = row
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from captioner.errors import CaptionerError
 
-from .config import CACHE_KEYS, FINE_TUNE, METRICS, SCHEDULES, SettingError, TrainConfig
+from .config import CACHE_KEYS, DECODER_KINDS, FINE_TUNE, METRICS, SCHEDULES, SettingError, TrainConfig
 
 DESCRIPTION = """Train a caption decoder (and optionally fine-tune the CNN) on a caption dataset.
 
@@ -63,6 +63,10 @@ HELP: dict[str, str] = {
     "--fine-tune-blocks blocks; all: the whole CNN. Fine-tuning reads every image every epoch",
     "fine_tune_blocks": "with --fine-tune last: number of final CNN blocks to train (default: 2)",
     "encoder_lr": "learning rate of the CNN when fine-tuning (default: 1e-4)",
+    "decoder": "pooled: the classic decoder on the pooled CNN feature (default); attention: soft attention "
+    "over the CNN's feature map at every word (Show, Attend and Tell; caches the maps, 125 KB per image)",
+    "attention_dim": "with --decoder attention: hidden size of the attention MLP (default: 256)",
+    "attention_lambda": "with --decoder attention: weight of the doubly stochastic regulariser (default: 0.02)",
     "cell": "recurrent cell: lstm (default), gru or rnn (tanh)",
     "embed_dim": "word embedding size (default: 256)",
     "hidden_dim": "recurrent state size (default: 512)",
@@ -97,6 +101,7 @@ HELP: dict[str, str] = {
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "fine_tune": FINE_TUNE,
+    "decoder": DECODER_KINDS,
     "metric": METRICS,
     "schedule": SCHEDULES,
     "cache_key": CACHE_KEYS,

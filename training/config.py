@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from captioner.attention import DECODER_KINDS, AttentionConfig
 from captioner.decoder import CELLS, DecoderConfig
 from captioner.errors import CaptionerError
 
@@ -31,6 +32,7 @@ POSITIVE = (
     "num_layers",
     "encode_batch_size",
     "fine_tune_blocks",
+    "attention_dim",
 )
 _TORCH_DEFAULT_THREADS = torch.get_num_threads()  # before any run changed it
 
@@ -76,7 +78,8 @@ class TrainConfig:
     fine_tune: str = "none"  # none (cached features) | last (last blocks) | all
     fine_tune_blocks: int = 2  # with fine_tune=last: how many of the CNN's last blocks train
     encoder_lr: float = 1e-4
-    # --- decoder (captioner.decoder.DecoderConfig)
+    # --- decoder (captioner.decoder.DecoderConfig; captioner.attention.AttentionConfig)
+    decoder: str = "pooled"  # pooled (one pooled feature) | attention (soft attention over the feature map)
     cell: str = "lstm"  # lstm | gru | rnn
     embed_dim: int = 256
     hidden_dim: int = 512
@@ -84,6 +87,8 @@ class TrainConfig:
     num_layers: int = 1
     dropout: float = 0.1
     init_state: bool = True
+    attention_dim: int = 256  # decoder=attention: hidden size of the attention MLP
+    attention_lambda: float = 0.02  # decoder=attention: weight of the doubly stochastic regulariser
     # --- optimisation
     epochs: int = 20
     batch_size: int = 128  # global: split evenly over the processes of a torchrun launch
@@ -116,6 +121,7 @@ class TrainConfig:
     def _problem(self) -> str | None:
         """The first thing wrong with these settings, or None."""
         for name, allowed in (
+            ("decoder", DECODER_KINDS),
             ("cell", CELLS),
             ("fine_tune", FINE_TUNE),
             ("metric", METRICS),
@@ -136,6 +142,10 @@ class TrainConfig:
             return "learning rates must be > 0"
         if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
             return "dropout and label_smoothing must be in [0, 1)"
+        if self.decoder == "attention" and self.fine_tune != "none":
+            return "the attention decoder trains on cached feature maps; it cannot be combined with fine_tune"
+        if self.attention_lambda < 0:
+            return "attention_lambda must be >= 0"
         if self.zero_features and self.fine_tune != "none":
             return "zero_features is an ablation of cached features; it cannot be combined with fine_tune"
         if not 0 <= self.val_fraction < 1 or not 0 <= self.min_lr_ratio <= 1:
@@ -156,7 +166,16 @@ class TrainConfig:
         return cls(**data)
 
     def decoder_config(self, vocab_size: int, feature_dim: int, max_length: int) -> DecoderConfig:
-        return DecoderConfig(
+        if self.decoder == "attention":
+            return AttentionConfig(
+                **self._decoder_settings(vocab_size, feature_dim, max_length),
+                attention_dim=self.attention_dim,
+                doubly_stochastic=self.attention_lambda,
+            )
+        return DecoderConfig(**self._decoder_settings(vocab_size, feature_dim, max_length))
+
+    def _decoder_settings(self, vocab_size: int, feature_dim: int, max_length: int) -> dict:
+        return dict(
             vocab_size=vocab_size,
             feature_dim=feature_dim,
             embed_dim=self.embed_dim,

@@ -65,9 +65,9 @@ def cached_inputs(
         rows = table.rows(splits[s].paths)
         keep = [i for i, r in enumerate(rows) if r is not None]
         result.sources[s] = splits[s].subset(keep)
-        dim = table.features.size(1) if table.features.dim() == 2 else 0
         index = torch.tensor([rows[i] for i in keep], dtype=torch.long)
-        result.features[s] = table.features[index] if keep else torch.zeros(0, dim)  # (N, F)
+        shape = tuple(table.features.shape[1:]) if table.features.dim() >= 2 else (0,)
+        result.features[s] = table.features[index] if keep else torch.zeros(0, *shape)  # (N, F) or (N, L, F)
         if cfg.zero_features:  # the language-only baseline: same data, no image
             result.features[s] = torch.zeros_like(result.features[s])
     return result

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from captioner.attention import build_decoder
 from captioner.checkpoint import load_checkpoint, save_checkpoint, update_metadata
 from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.errors import CaptionerError
@@ -160,7 +161,8 @@ class Trainer:
 
         cfg = self.cfg
         seed_everything(cfg.seed)  # a randomly initialised encoder (weights="random") is the same on every launch
-        self.encoder = build_encoder(cfg.encoder, weights=cfg.encoder_weights)
+        # the attention decoder reads the map before pooling, (B, N, F), cached in float16
+        self.encoder = build_encoder(cfg.encoder, weights=cfg.encoder_weights, spatial=cfg.decoder == "attention")
         self.preprocess = self.encoder.spec.preprocess
         self.fine_tuning = cfg.fine_tune != "none"
         wanted = ["train", "val"] + (["test"] if cfg.evaluate_test and "test" in self.splits else [])
@@ -184,9 +186,9 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         seed_everything(cfg.seed)
         max_length = min(cfg.max_words, self.pairs["train"].longest_caption + 5)
-        feature_dim = self.features["train"].size(1) if self.features else int(self.encoder.feature_dim)
+        feature_dim = self.features["train"].size(-1) if self.features else int(self.encoder.feature_dim)
         self.decoder_config: DecoderConfig = cfg.decoder_config(len(self.vocab), feature_dim, max_length)
-        self.decoder = CaptionDecoder(self.decoder_config)
+        self.decoder: CaptionDecoder = build_decoder(self.decoder_config)
         encoder_params: list[nn.Parameter] = []
         if self.fine_tuning:
             encoder_params = set_trainable_encoder(self.encoder, cfg.fine_tune, cfg.fine_tune_blocks)
@@ -240,7 +242,7 @@ class Trainer:
         self.total_steps = math.ceil(len(self.sampler) / self.per_rank) * cfg.epochs
         n_params = sum(p.numel() for p in self.decoder.parameters()) / 1e6
         self.log(
-            f"training {n_params:.2f}M decoder parameters ({cfg.cell}, hidden {cfg.hidden_dim}) on "
+            f"training {n_params:.2f}M decoder parameters ({cfg.decoder} {cfg.cell}, hidden {cfg.hidden_dim}) on "
             f"{len(self.pairs['train'])} caption pairs, {self.total_steps // cfg.epochs} steps/epoch"
             f"{f', {ctx.world_size} processes' if ctx.distributed else ''}, selecting by {self.metric}"
         )
@@ -432,7 +434,7 @@ class Trainer:
     def _best_model(self) -> Captioner:
         """OUT/best as saved (fp16 included) on the run's encoder (its tuned weights loaded)."""
         ck = load_checkpoint(self.out / BEST)
-        best = CaptionDecoder(ck.decoder_config)
+        best = build_decoder(ck.decoder_config)
         best.load_state_dict(ck.decoder_state)
         if self.fine_tuning and ck.encoder_state is not None:
             self.encoder.load_state_dict(ck.encoder_state)

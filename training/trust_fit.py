@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from captioner.encoders.registry import pooled
 from captioner.errors import CaptionerError
 from captioner.metrics.scene import SceneTruth, check_caption, find_scene_truth
 from captioner.trust import (
@@ -138,8 +139,8 @@ def trust_after_training(
     metadata = json.loads(metadata_path.read_text(encoding="utf-8")) if metadata_path.exists() else {}
     trust = fit_trust(
         model,
-        train_features[rows].float(),
-        val_features.float(),
+        pooled(train_features[rows]),  # (N, F): the domain model needs only the pooled features
+        val_features if val_features.dim() == 3 else val_features.float(),  # the decoder's input
         judge,
         target=target,
         trained_on_text=trained_on(metadata),

@@ -155,7 +155,7 @@ class SpatialEncoder(Encoder):
 def pooled(features: torch.Tensor) -> torch.Tensor:
     """Pooled features (B, F) of either kind of encoder output: (B, F) as is, the spatial
     mean of maps (B, N, F) (what the global average pool gives), in float32."""
-    return features.float().mean(dim=1) if features.dim() == 3 else features.float()  # (B, F)
+    return features.mean(dim=1, dtype=torch.float32) if features.dim() == 3 else features.float()  # (B, F)
 
 
 # ---------------------------------------------------------------------- the registry

@@ -77,9 +77,11 @@ class Tolerance:
     min_cosine: float = 0.99999  # smallest cosine similarity of a feature vector pair
 
     def check(self, reference: Tensor, fast: Tensor) -> tuple[bool, float, float]:
-        """(within tolerance, max abs difference, min cosine) for two (B, F) feature batches."""
+        """(within tolerance, max abs difference, min cosine) for two (B, F) feature batches
+        (or (B, N, F) maps: the cosine is of each image's whole map)."""
         diff = float((reference.float() - fast.float()).abs().max())
-        cos = float(torch.nn.functional.cosine_similarity(reference.float(), fast.float(), dim=1).min())
+        ref, got = reference.float().flatten(1), fast.float().flatten(1)  # (B, F) or (B, N * F)
+        cos = float(torch.nn.functional.cosine_similarity(ref, got, dim=1).min())
         return diff <= self.max_abs and cos >= self.min_cosine, diff, cos
 
 

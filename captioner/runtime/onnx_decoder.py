@@ -123,6 +123,8 @@ def build_onnx_decoder(
     reason = unavailable_reason(device)
     if reason:
         return None, reason
+    if type(decoder) is not CaptionDecoder:  # the attention decoder: docs/training.md says why
+        return None, f"the {type(decoder).__name__} step runs on PyTorch (only the pooled decoder's step is exported)"
     try:
         step = OnnxDecoderStep(decoder)
     except Exception as e:
