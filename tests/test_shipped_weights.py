@@ -85,8 +85,6 @@ def test_captions_match_their_own_images(shipped: Captioner, held_out):
 
 @pytest.mark.parametrize("verb", [["info"], ["encoders"]])
 def test_info_verbs_run_on_the_shipped_weights(verb: list[str]):
-    done = subprocess.run(
-        [sys.executable, "-m", "captioner", *verb], capture_output=True, text=True, timeout=300
-    )
+    done = subprocess.run([sys.executable, "-m", "captioner", *verb], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "efficientnet_lite0" in done.stdout

@@ -81,9 +81,8 @@ def test_pickle_as_encoder_weights_is_refused(tmp_path, name, how) -> None:
 
 
 def test_pickle_planted_in_the_feature_cache_is_ignored(tmp_path) -> None:
-    from captioner.training.features import FeatureCache
-
     from captioner.encoders import build_encoder
+    from captioner.training.features import FeatureCache
 
     encoder = build_encoder("efficientnet_lite0", weights="random")
     images = []

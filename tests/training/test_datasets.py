@@ -8,15 +8,15 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
+from captioner.errors import CaptionerError
 from captioner.training.datasets import DatasetError, detect_format, load_dataset
 from captioner.training.datasets.coco import load_coco
 from captioner.training.datasets.flickr import load_flickr
 from captioner.training.datasets.karpathy import load_karpathy
 from captioner.training.datasets.simple import load_csv, load_jsonl
 from captioner.training.datasets.stats import compute_stats, format_stats
-from PIL import Image
-
-from captioner.errors import CaptionerError
 from captioner.vocab import Vocabulary
 
 

@@ -10,6 +10,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
+from captioner.errors import CaptionerError
+from captioner.metrics.scene import SceneImage, SceneTruth, check_caption, scene_accuracy
 from captioner.training.datasets import load_dataset
 from captioner.training.scenes import (
     BACKGROUNDS,
@@ -24,10 +28,6 @@ from captioner.training.scenes import (
 from captioner.training.scenes.captions import TEMPLATES
 from captioner.training.scenes.catalogue import CATEGORY_BY_NAME
 from captioner.training.scenes.generator import SPRITES_DIR, styled_sprite
-from PIL import Image
-
-from captioner.errors import CaptionerError
-from captioner.metrics.scene import SceneImage, SceneTruth, check_caption, scene_accuracy
 
 CONFIG = SceneConfig()
 
