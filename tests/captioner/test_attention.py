@@ -219,3 +219,98 @@ def test_attention_learns_where_the_patch_is_and_the_pooled_decoder_cannot():
     patch_at = test_maps[:50, :, 2].argmax(dim=1)  # (50,)
     on_patch = torch.stack([w[1, p] for w, p in zip(weights, patch_at)])  # weight when choosing the side
     assert float(on_patch.mean()) > 3 / (GRID * GRID)  # three times the uniform weight 1/9
+
+
+# ---------------------------------------------------------------------- maps and training
+def test_spatial_encoders_give_the_map_whose_mean_is_the_pooled_feature():
+    from captioner.encoders import SpatialEncoder, build_encoder, get_spec, pooled
+
+    for name in ("efficientnet_lite0", "resnet18"):
+        spec = get_spec(name)
+        assert spec.grid == (7, 7) and spec.facts()["grid"] == [7, 7]
+        torch.manual_seed(0)
+        flat = build_encoder(name, weights="random")
+        maps = SpatialEncoder(flat.trunk, spec).eval()
+        x = torch.randn(2, 3, 224, 224)
+        with torch.no_grad():
+            f, m = flat(x), maps(x)  # (2, F), (2, 49, F)
+        assert m.shape == (2, 49, spec.feature_dim) and maps.spatial and not flat.spatial
+        torch.testing.assert_close(pooled(m), f, rtol=1e-5, atol=1e-5)
+        # row-major: location 0 is the top-left cell of the map
+        with torch.no_grad():
+            fmap = spec.feature_map(flat.trunk, x)  # type: ignore[misc]  # (2, F, 7, 7)
+        torch.testing.assert_close(m[:, 0], fmap[:, :, 0, 0])
+        torch.testing.assert_close(m[:, 8], fmap[:, :, 1, 1])
+
+
+def _scenes(root):
+    from captioner.training.scenes import generate_scenes
+    from captioner.training.scenes.catalogue import CATEGORY_BY_NAME
+
+    kinds = [CATEGORY_BY_NAME[k] for k in ("dog", "car", "apple", "cat")]
+    generate_scenes(root / "data", {"train": 16, "val": 4, "test": 4}, seed=3, categories=kinds, progress=False)
+    return root / "data"
+
+
+def test_training_caches_float16_maps_resumes_saves_fp16_and_loads_the_attention_model(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from captioner import Captioner
+    from captioner.checkpoint import CONFIG, WEIGHTS
+    from captioner.encoders import SpatialEncoder
+    from captioner.training.train import TrainConfig, resume_config, train
+
+    data = _scenes(tmp_path)
+    settings = dict(
+        data=str(data),
+        cache_dir=str(tmp_path / "cache"),
+        decoder="attention",
+        epochs=2,
+        batch_size=16,
+        embed_dim=16,
+        img_proj_dim=16,
+        hidden_dim=32,
+        attention_dim=16,
+        lr=5e-3,
+        warmup_steps=2,
+        progress=False,
+        plot=False,
+        device="cpu",
+        threads=1,
+        save_fp16=True,
+    )
+    full = train(TrainConfig(**settings, out=str(tmp_path / "full")))
+    (cache_file,) = (tmp_path / "cache").glob("*.safetensors")
+    with safe_open(str(cache_file), framework="pt") as f:
+        maps = f.get_tensor("features")
+        assert json.loads(f.metadata()["identity"])["output"] == "spatial"
+    assert maps.shape == (24, 49, 1280) and maps.dtype == torch.float16
+
+    # resume: one epoch, then the second from OUT/last, equals the straight run
+    class Interrupted(Exception):
+        pass
+
+    def stop(row):
+        if row["epoch"] == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(TrainConfig(**settings, out=str(tmp_path / "cut")), on_epoch_end=stop)
+    resumed = train(resume_config(tmp_path / "cut"), resume=True)
+    assert resumed.steps_run == full.history[-1]["step"] - full.history[0]["step"]
+    assert [r["val_loss"] for r in resumed.history] == pytest.approx([r["val_loss"] for r in full.history], rel=1e-6)
+
+    best = tmp_path / "full" / "best"
+    config = json.loads((best / CONFIG).read_text())["decoder"]
+    assert config["kind"] == "attention" and config["attention_dim"] == 16
+    assert {v.dtype for v in load_file(str(best / WEIGHTS)).values() if v.is_floating_point()} == {torch.float16}
+    model = Captioner.load(best, device="cpu", fast=False)
+    assert isinstance(model.decoder, AttentionDecoder) and isinstance(model.encoder, SpatialEncoder)
+    assert model.describe()["decoder"]["kind"] == "attention"
+    rows = [json.loads(x) for x in (tmp_path / "full" / "test_captions.jsonl").read_text().splitlines()]
+    assert model.caption([r["file"] for r in rows]) == [r["caption"] for r in rows]  # as trained and tested
+    results = model.caption_detailed(rows[0]["file"], beam_size=3)
+    assert results[0].caption and results[0].domain_distance is not None  # trust reads the pooled map
