@@ -375,3 +375,6 @@ def test_layout_at_desktop_and_phone_widths(shipped, scenes, browser, tmp_path, 
         assert control.location["x"] + control.size["width"] <= inner, name
     assert browser.execute_script(CONTRAST_JS) == []  # text contrast at least 4.5:1 (WCAG AA)
     assert browser.execute_script(LABELLED_JS) == []  # every control has a name
+    # the strict Content-Security-Policy held: nothing was refused, no script error
+    problems = [e["message"] for e in browser.get_log("browser") if e["source"] in ("security", "javascript")]
+    assert problems == []
