@@ -280,9 +280,11 @@ def scene_accuracy(predictions: Mapping[Hashable, str], truth: SceneTruth, keep_
             f"{len(unknown)} captioned image(s) are not in {truth.source}: {shown}"
             f"{' ...' if len(unknown) > 5 else ''}; score a split against its own ground truth"
         )
-    correct, reasons, wrong = 0, Counter(), []
+    correct, reasons, wrong = 0, Counter[str](), list[tuple[Hashable, str, list[str]]]()
     for key, caption in predictions.items():
-        check = check_caption(caption, truth.get(key), truth.words)
+        image = truth.get(key)
+        assert image is not None  # unknown keys were refused above
+        check = check_caption(caption, image, truth.words)
         if check.correct:
             correct += 1
         else:

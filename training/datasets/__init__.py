@@ -140,15 +140,21 @@ def load_dataset(
         if token is None:
             raise DatasetError(f"{path}: no *.token* file in this folder")
         path = token
-    common = dict(on_missing=on_missing, check_files=check_files, progress=progress)
     if format == "coco":
-        ds = load_coco(path, images_dir, **common)
+        ds = load_coco(path, images_dir, on_missing=on_missing, check_files=check_files, progress=progress)
     elif format == "flickr":
-        ds = load_flickr(path, images_dir, **common)
+        ds = load_flickr(path, images_dir, on_missing=on_missing, check_files=check_files, progress=progress)
     elif format == "karpathy":
-        ds = load_karpathy(path, images_dir, fold_restval=fold_restval, **common)
+        ds = load_karpathy(
+            path,
+            images_dir,
+            fold_restval=fold_restval,
+            on_missing=on_missing,
+            check_files=check_files,
+            progress=progress,
+        )
     elif format == "jsonl":
-        ds = load_jsonl(path, images_dir, **common)
+        ds = load_jsonl(path, images_dir, on_missing=on_missing, check_files=check_files, progress=progress)
     else:
-        ds = load_csv(path, images_dir, **common)
+        ds = load_csv(path, images_dir, on_missing=on_missing, check_files=check_files, progress=progress)
     return ds.split(split) if split else ds

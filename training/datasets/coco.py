@@ -16,6 +16,7 @@ from pathlib import Path
 from .common import (
     SPLIT_ALIASES,
     CaptionDataset,
+    CaptionedImage,
     Collector,
     DatasetError,
     LoadReport,
@@ -98,7 +99,7 @@ def _read_coco_file(path: Path, images_dir: Path, split: str, collector: Collect
     if not isinstance(annotations, list):
         raise DatasetError(f"{path}: 'annotations' must be a list")
 
-    by_id: dict[object, object] = {}
+    by_id: dict[object, CaptionedImage] = {}
     first_seen: dict[object, int] = {}
     for i, img in enumerate(data["images"]):
         where = f"{path.name}: images[{i}]"

@@ -102,12 +102,13 @@ def load_flickr(
             continue
         seen[(name, n)] = number
         if lists:
-            split = split_of.get(name)
-            if split is None:
+            listed = split_of.get(name)
+            if listed is None:
                 if name not in not_in_split:
                     not_in_split.add(name)
                     report.add("not_in_split", where, f"{name} is in no split list; left out")
                 continue
+            split = listed
         else:
             split = default_split
         entry = collector.image(name, folder / name, split, name)

@@ -35,8 +35,8 @@ CAPTION_KEYS = ("caption", "text", "sentence")
 def _split_of(value: object, default: str, report: LoadReport, where: str) -> str | None:
     if value is None or value == "":
         return default
-    split = value.strip().lower() if isinstance(value, str) else None
-    split = SPLIT_ALIASES.get(split, split)
+    given = value.strip().lower() if isinstance(value, str) else ""
+    split = SPLIT_ALIASES.get(given, given)
     if split not in SPLIT_NAMES:
         report.add("malformed", where, f"split must be one of {list(SPLIT_NAMES)}, got {value!r}")
         return None
