@@ -43,9 +43,10 @@ function formatNumbers(text) {
   return text.replace(/(?<![\w.,])\d{5,}(?![\w.,])/g, (digits) => formatCount(Number(digits)));
 }
 
+// 33554432 -> "32 MiB", 65536 -> "64 KiB"
 function formatBytes(n) {
-  const mib = n / 2 ** 20;
-  return mib >= 1 ? `${grouped.format(Math.round(mib * 10) / 10)} MiB` : `${grouped.format(n)} bytes`;
+  const [unit, size] = n >= 2 ** 20 ? ["MiB", 2 ** 20] : n >= 1024 ? ["KiB", 1024] : ["bytes", 1];
+  return `${grouped.format(Math.round((n / size) * 10) / 10)} ${unit}`;
 }
 
 function percent(p) { return `${Math.round(p * 100)} %`; }
@@ -332,9 +333,23 @@ function setup() {
   $("download-csv").addEventListener("click", () => download("captions.csv", "text/csv", csvText()));
   $("options").addEventListener("submit", (e) => e.preventDefault());
 
+  // A key typed in is remembered for this tab and tried at once on /v1/model.
+  $("api-key").addEventListener("change", () => {
+    const key = $("api-key").value.trim();
+    if (key) sessionStorage.setItem("captioner-api-key", key);
+    loadModel();
+  });
+  loadModel();
+}
+
+function loadModel() {
   fetch("/v1/model", { headers: apiHeaders() })
     .then((r) => {
-      if (r.status === 401) { $("key-row").hidden = false; throw new Error("API key required"); }
+      if (r.status === 401) {
+        $("key-row").hidden = false;
+        sessionStorage.removeItem("captioner-api-key");
+        throw new Error("API key required");
+      }
       return r.json();
     })
     .then(showModel)

@@ -24,7 +24,7 @@ from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
-from servicekit import Server, colour_image, launch, wait_ready
+from servicekit import API_KEY, Server, colour_image, launch, wait_ready
 
 from captioner.outputs import CSV_HEADER, read_records
 
@@ -162,6 +162,30 @@ def test_upload_page_shows_each_image_with_its_caption(server, browser, tmp_path
     # what the model knows, and the limits with readable numbers
     assert browser.find_element(By.ID, "knows").text == ("This model knows plain noisy colour pictures.")
     assert browser.find_element(By.ID, "limits").text == "up to 40 million pixels and 32 MiB per image"
+
+
+def test_a_server_with_an_api_key_asks_for_it(limited, browser, tmp_path):
+    red = tmp_path / "red.png"
+    red.write_bytes(colour_image("red", 511))
+    browser.get(limited.url + "/")
+    model = browser.find_element(By.ID, "model")
+    WebDriverWait(browser, 30).until(lambda d: model.text == "model: API key required")
+    key = browser.find_element(By.ID, "api-key")
+    assert key.is_displayed() and not browser.find_element(By.ID, "knows").is_displayed()
+    key.send_keys("wrong-key")
+    (refused,) = pick(browser, [red])
+    assert text_of(refused, ".meta") == "error 401 unauthorized"
+    assert text_of(refused, ".caption").startswith("red.png could not be captioned: ")
+    assert model.text == "model: API key required"
+    key.clear()
+    key.send_keys(API_KEY, Keys.TAB)
+    WebDriverWait(browser, 30).until(lambda d: "test-colours" in model.text)
+    # this server's own limits, readable
+    assert browser.find_element(By.ID, "limits").text == "up to 250,000 pixels and 64 KiB per image"
+    assert browser.find_element(By.ID, "beam-size").get_attribute("max") == "3"
+    browser.find_element(By.ID, "clear").click()
+    (card,) = pick(browser, [red])
+    assert text_of(card, ".caption") == "a red picture"
 
 
 def grant_clipboard_and_downloads(browser, server: Server, folder: Path) -> None:
