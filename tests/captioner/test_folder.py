@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -13,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from captionkit import teach_checkpoint
 from PIL import Image
 
 from captioner import Captioner
 from captioner.cli import main as cli_main
-from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.encoders import build_encoder
 from captioner.errors import CaptionerError
 from captioner.folder import (
     caption_folder,
@@ -26,29 +26,40 @@ from captioner.folder import (
     find_images,
     read_records,
 )
-from captioner.vocab import Vocabulary
 
 PYTHON = sys.executable
 
 
 # ---------------------------------------------------------------------------- fixtures
+# Every picture the tests below write, as (seed, format): each gets its own caption.
+PICTURES = [
+    (1, "JPEG"),
+    (2, "PNG"),
+    (3, "JPEG"),
+    (9, "JPEG"),
+    *((s, "JPEG") for s in (20, 21, 22)),
+    *((s, "JPEG") for s in range(100, 108)),
+]
+
+
+def caption_of(seed: int) -> str:
+    """What the taught model says about the picture ``save_image`` draws from ``seed``."""
+    return f"image {seed}"
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    """A small random decoder on the real EfficientNet-Lite0 encoder, saved as a checkpoint."""
-    torch.manual_seed(0)
-    vocab = Vocabulary.build(["a red dog on a green background", "two blue cars and a cat on a mat"])
-    encoder = build_encoder("efficientnet_lite0")
-    decoder = CaptionDecoder(
-        DecoderConfig(
-            vocab_size=len(vocab),
-            feature_dim=encoder.feature_dim,
-            embed_dim=16,
-            hidden_dim=32,
-            img_proj_dim=16,
-            max_length=6,
-        )
-    )
-    return Captioner(encoder, decoder, vocab).save(tmp_path_factory.mktemp("ckpt") / "tiny")
+    """A small decoder on the real EfficientNet-Lite0 encoder, taught a caption per picture.
+
+    Distinct captions make "the captions are the model's own" checkable: a caption written
+    against the wrong file would name another picture.
+    """
+    folder = tmp_path_factory.mktemp("pictures")
+    paths = []
+    for seed, fmt in PICTURES:
+        paths.append(folder / f"{seed}.{fmt.lower()}")
+        save_image(paths[-1], seed, fmt=fmt)
+    return teach_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", paths, [caption_of(s) for s, _ in PICTURES])
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +90,11 @@ def make_messy_folder(root: Path) -> None:
     (root / "notes.txt").write_text("not an image extension: ignored\n")
     os.symlink("..", root / "nested" / "loop")  # nested/loop -> root: a cycle
     os.symlink("no_such_file.jpg", root / "broken.jpg")
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def lines_of(path: Path) -> list[bytes]:
@@ -119,6 +135,7 @@ def test_messy_folder_run_reports_failures_and_rerun_skips_done(model, tmp_path)
     # the captions are the model's own, as the library API gives them
     direct = model.caption_detailed([root / "a_good.PNG", root / "b_good.jpg"])
     assert [r["caption"] for r in records[:2]] == [d.caption for d in direct]
+    assert [r["caption"] for r in records] == [caption_of(2), caption_of(1), caption_of(3)]  # each its own file's
 
     errors = {e["path"]: e["reason"] for e in map(json.loads, lines_of(default_errors_path(out)))}
     assert set(errors) == {"broken.jpg", "corrupt.jpg", "empty.jpg", "text.jpg"}
@@ -132,6 +149,7 @@ def test_messy_folder_run_reports_failures_and_rerun_skips_done(model, tmp_path)
     again = caption_folder(model, [root], out, recursive=True, batch_size=2, workers=0, progress=False)
     assert (again.done, again.skipped, again.failed) == (1, 3, 4)
     assert [json.loads(line)["file"] for line in lines_of(out)] == [r["file"] for r in records] + ["nested/new.jpg"]
+    assert json.loads(lines_of(out)[-1])["caption"] == caption_of(9)
     assert len(lines_of(default_errors_path(out))) == 4  # the latest run's failures, not accumulated
 
 
@@ -144,6 +162,7 @@ def test_csv_output_resumes_after_a_torn_line(model, tmp_path):
     text = out.read_text()
     assert text.splitlines()[0] == "file,caption,score,confidence,in_domain,domain_distance,labels"
     rows = read_records(out, "csv")
+    assert [r["caption"] for r in csv_rows(out)] == [caption_of(20 + i) for i in range(3)]
     # simulate a crash that tore the last line: drop it and leave half of it
     lines = text.splitlines(keepends=True)
     out.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
@@ -169,6 +188,7 @@ def test_cli_folder_needs_out_and_writes_jsonl(model_dir, tmp_path, capsys):
     out = tmp_path / "o.jsonl"
     assert cli_main(["caption", str(tmp_path / "in"), "-c", str(model_dir), "--out", str(out), "-q"]) == 0
     assert [json.loads(line)["file"] for line in lines_of(out)] == ["one.jpg"]
+    assert json.loads(lines_of(out)[0])["caption"] == caption_of(1)
     assert "captioned 1, skipped 0" in capsys.readouterr().err
 
 
@@ -232,5 +252,6 @@ def test_killed_run_resumes_without_duplicate_or_partial_lines(model, model_dir,
     files = [r["file"] for r in after]
     assert files == [f"{i:02d}.jpg" for i in range(8)]  # all present, once, in order
     assert after[:3] == before
-    # what the killed process wrote is what the model says
+    # what the killed process wrote is what the model says, each caption of its own file
     assert [r["caption"] for r in before] == model.caption([folder / r["file"] for r in before])
+    assert [r["caption"] for r in after] == [caption_of(100 + i) for i in range(8)]
