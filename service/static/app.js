@@ -130,12 +130,14 @@ function showCaption(card, item) {
   card.querySelector(".body").append(meta, actions);
 }
 
-// The error sentence names the file once: the name line moves into it.
-function showError(card, detail, code) {
+// The error sentence names the file once: the name line moves into it, and the server's
+// "name: " prefix (the name as the server cleaned it, e.g. shortened) is left out.
+function showError(card, detail, code, serverName) {
   card.dataset.state = "error";
   const name = card.querySelector(".name");
   const text = name.textContent;
-  const message = detail.startsWith(text + ": ") ? detail.slice(text.length + 2) : detail;
+  const prefix = [serverName, text].find((n) => n && detail.startsWith(n + ": "));
+  const message = prefix ? detail.slice(prefix.length + 2) : detail;
   const caption = card.querySelector(".caption");
   name.remove();
   caption.replaceChildren(el("strong", "name", text), ` could not be captioned: ${formatNumbers(message)}`);
@@ -238,7 +240,7 @@ async function captionOne(file, entry) {
     const detail = (item && item.detail) || (body && body.detail) || response.statusText;
     const code = (item && item.error) || (body && body.error) || "";
     entry.item = { error: code || `http_${response.status}`, detail };
-    showError(card, detail, `${response.status}${code ? " " + code : ""}`);
+    showError(card, detail, `${response.status}${code ? " " + code : ""}`, item && item.filename);
   }
 }
 

@@ -108,9 +108,13 @@ def test_upload_page_shows_each_image_with_its_caption(server, browser, tmp_path
     broken.write_bytes(colour_image("green", 503)[:100])
     notes = tmp_path / "notes.txt"  # not an image at all: the server says why
     notes.write_text("a shopping list")
+    long = tmp_path / (
+        "".join(f"part{i:02d}-" for i in range(30)) + ".png"
+    )  # over 200 characters: the server shortens it
+    long.write_bytes(b"not a png")
 
     open_page(browser, server, "test-colours")
-    cards = pick(browser, [red, blue, broken, notes])
+    cards = pick(browser, [red, blue, broken, notes, long])
     shown = {
         c.find_element(By.CSS_SELECTOR, ".name").text: (
             c.get_attribute("data-state"),
@@ -133,7 +137,7 @@ def test_upload_page_shows_each_image_with_its_caption(server, browser, tmp_path
     )
 
     # the cards are in the order the files were picked, captions under their pictures
-    assert [text_of(c, ".name") for c in cards] == [red.name, blue.name, broken.name, notes.name]
+    assert [text_of(c, ".name") for c in cards] == [red.name, blue.name, broken.name, notes.name, long.name]
     for card in cards[:2]:
         picture = card.find_element(By.CSS_SELECTOR, "img.preview")
         assert (
@@ -144,21 +148,22 @@ def test_upload_page_shows_each_image_with_its_caption(server, browser, tmp_path
     assert browser.execute_script(
         "return Array.from(document.querySelectorAll('#results img')).every(i => i.complete && i.naturalWidth > 0)"
     )
-    for card, ext in ((cards[2], "PNG"), (cards[3], "TXT")):
+    for card, ext in ((cards[2], "PNG"), (cards[3], "TXT"), (cards[4], "PNG")):
         assert text_of(card, ".placeholder") == f"{ext}\nno preview"
         assert not card.find_elements(By.TAG_NAME, "img")
     # the error text names the file once, with the server's reason
     for card, name, reason in (
         (cards[2], broken.name, "truncated or corrupt image data"),
         (cards[3], notes.name, "not a recognised image format"),
+        (cards[4], long.name, "not a recognised image format"),
     ):
-        assert card.text.count(name) == 1, card.text
+        assert card.text.count(name[:40]) == 1, card.text
         assert text_of(card, ".caption").startswith(f"{name} could not be captioned: {reason}"), card.text
         assert card.find_element(By.CSS_SELECTOR, ".caption").get_attribute("role") == "alert"
     assert text_of(cards[3], ".meta") == "error 415 unsupported_image"
     # a captioned card says nothing of trust fields this checkpoint has no statistics for
     assert not browser.find_elements(By.CSS_SELECTOR, "#results .ood, #results .confidence")
-    assert browser.find_element(By.ID, "status").text == "2 of 4 images captioned, 2 failed"
+    assert browser.find_element(By.ID, "status").text == "2 of 5 images captioned, 3 failed"
     # what the model knows, and the limits with readable numbers
     assert browser.find_element(By.ID, "knows").text == ("This model knows plain noisy colour pictures.")
     assert browser.find_element(By.ID, "limits").text == "up to 40 million pixels and 32 MiB per image"
