@@ -73,7 +73,7 @@ def save_image(path: Path, seed: int, size=(48, 32), fmt: str | None = None) -> 
     rng = np.random.default_rng(seed)
     small = (rng.random((3, 4, 3)) * 255).astype(np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(small).resize(size, Image.BILINEAR).save(path, format=fmt)
+    Image.fromarray(small).resize(size, Image.Resampling.BILINEAR).save(path, format=fmt)
 
 
 def make_messy_folder(root: Path) -> None:
@@ -124,7 +124,7 @@ def test_messy_folder_run_reports_failures_and_rerun_skips_done(model, tmp_path)
     root = tmp_path / "photos"
     make_messy_folder(root)
     out = tmp_path / "out" / "captions.jsonl"
-    seen = []
+    seen: list[dict] = []
     summary = caption_folder(
         model, [root], out, recursive=True, batch_size=2, workers=2, progress=False, on_result=seen.append
     )
