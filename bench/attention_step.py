@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     attention = AttentionDecoder(AttentionConfig(**SIZES, attention_dim=128)).eval()  # type: ignore[arg-type]
     onnx, reason = build_onnx_decoder(pooled)
     rows = [("pooled, PyTorch step", pooled, False), ("attention, PyTorch step", attention, True)]
+    fast_attention, why = build_onnx_decoder(attention)
+    if fast_attention is not None:
+        rows.append(("attention, ONNX Runtime step", cast(CaptionDecoder, fast_attention), True))
+    else:
+        print(f"no ONNX Runtime attention row: {why}")
     if onnx is not None:
         rows.insert(1, ("pooled, ONNX Runtime step", cast(CaptionDecoder, onnx), False))
     else:

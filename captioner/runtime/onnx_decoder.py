@@ -13,8 +13,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..attention import AttentionConfig
 from ..decoder import CaptionDecoder
 from .onnx import ONNX_OPSET, unavailable_reason
+
+
+def _memory_example(decoder: CaptionDecoder, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """A random second input of ``step`` for export and self-check: the projected image (n, P)
+    of the pooled decoder, or the attention decoder's memory (n, locations, C + A)."""
+    cfg = decoder.config
+    if isinstance(cfg, AttentionConfig):
+        return torch.randn(n, 4, cfg.feature_dim + cfg.attention_dim, generator=generator)  # (n, 4, C + A)
+    return torch.randn(n, cfg.img_proj_dim, generator=generator)  # (n, P)
 
 
 class _StepGraph(nn.Module):
@@ -53,12 +63,13 @@ class OnnxDecoderStep:
         n = 2  # export with a batch of 2 (1 can be specialised away); the batch axis is dynamic
         example: tuple[Tensor, ...] = (
             torch.full((n,), 1, dtype=torch.long),
-            torch.zeros(n, cfg.img_proj_dim),
+            _memory_example(decoder, n),
             torch.zeros(cfg.num_layers, n, cfg.hidden_dim),
         )
         names = ["words", "img", "h"]
         outs = ["logp", "h_out"]
-        axes = {"words": {0: "n"}, "img": {0: "n"}, "h": {1: "n"}, "logp": {0: "n"}, "h_out": {1: "n"}}
+        img_axes = {0: "n", 1: "locations"} if example[1].dim() == 3 else {0: "n"}  # attention memory: any grid
+        axes = {"words": {0: "n"}, "img": img_axes, "h": {1: "n"}, "logp": {0: "n"}, "h_out": {1: "n"}}
         if self.lstm:
             example += (torch.zeros(cfg.num_layers, n, cfg.hidden_dim),)
             names.append("c")
@@ -123,8 +134,6 @@ def build_onnx_decoder(
     reason = unavailable_reason(device)
     if reason:
         return None, reason
-    if type(decoder) is not CaptionDecoder:  # the attention decoder: docs/training.md says why
-        return None, f"the {type(decoder).__name__} step runs on PyTorch (only the pooled decoder's step is exported)"
     try:
         step = OnnxDecoderStep(decoder)
     except Exception as e:
@@ -133,7 +142,7 @@ def build_onnx_decoder(
     gen = torch.Generator().manual_seed(0)
     n = 3
     words = torch.randint(0, cfg.vocab_size, (n,), generator=gen)
-    img = torch.randn(n, cfg.img_proj_dim, generator=gen)
+    img = _memory_example(decoder, n, gen)  # (n, P), or the attention memory (n, 4, C + A)
     h = torch.randn(cfg.num_layers, n, cfg.hidden_dim, generator=gen).tanh()
     state = (h, torch.randn(cfg.num_layers, n, cfg.hidden_dim, generator=gen)) if step.lstm else h
     try:

@@ -314,3 +314,22 @@ def test_training_caches_float16_maps_resumes_saves_fp16_and_loads_the_attention
     assert model.caption([r["file"] for r in rows]) == [r["caption"] for r in rows]  # as trained and tested
     results = model.caption_detailed(rows[0]["file"], beam_size=3)
     assert results[0].caption and results[0].domain_distance is not None  # trust reads the pooled map
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_onnx_runtime_step_agrees_with_pytorch(cell):
+    from captioner.runtime.onnx_decoder import build_onnx_decoder
+
+    dec = _decoder(cell, layers=2)
+    fast, reason = build_onnx_decoder(dec)
+    assert fast is not None, reason
+    assert isinstance(fast, AttentionDecoder) and "onnx_step" in fast.__dict__  # its step is ONNX Runtime's
+    feats = _maps(batch=3, locations=49)  # another grid than the export's 4 locations
+    for run in (
+        lambda d: d.greedy(feats, START, END),
+        lambda d: d.beam_search(feats, START, END, beam_size=3),
+    ):
+        ref_ids, ref_scores = run(dec)
+        ids, scores = run(fast)
+        assert ids == ref_ids
+        torch.testing.assert_close(scores, ref_scores, atol=1e-4, rtol=1e-4)
