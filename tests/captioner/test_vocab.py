@@ -7,7 +7,7 @@ from captioner.vocab import Vocabulary, tokenize
 
 def test_tokenize_rules():
     assert tokenize("A Dog's toy, on a RED mat!") == ["a", "dog's", "toy", "on", "a", "red", "mat"]
-    assert tokenize("  ") == [] and tokenize("") == [] and tokenize(None) == []
+    assert tokenize("  ") == [] and tokenize("") == [] and tokenize(None) == []  # type: ignore[arg-type]
     assert tokenize("Café—naïve  ＣＡＴ") == ["café", "naïve", "cat"]  # NFKC folds full-width letters
     assert tokenize("don’t stop") == ["don't", "stop"]  # typographic apostrophe normalised
     assert tokenize("two-tone car_park 3 dogs") == ["two", "tone", "car", "park", "3", "dogs"]
@@ -50,3 +50,34 @@ def test_json_save_load(tmp_path):
     p.write_text(json.dumps({"tokens": ["<pad>", "<start>", "<end>", "<unk>", "x", "x"]}))
     with pytest.raises(ValueError, match="duplicate"):
         Vocabulary.load(p)
+
+
+def test_order_is_frequency_then_alphabetical():
+    v = Vocabulary.build(["zebra zebra zebra mango apple", "apple zebra", "kiwi banana"])
+    assert v.itos[4:] == ["zebra", "apple", "banana", "kiwi", "mango"]  # 4, 2, then the ties a..z
+    with pytest.raises(ValueError, match="min_count must be >= 1"):
+        Vocabulary.build(["x"], min_count=0)
+
+
+def test_membership_equality_and_out_of_range_ids():
+    v = Vocabulary.build(["a dog", "two cats"])
+    assert "dog" in v and "zebra" not in v and "<end>" in v
+    assert v == Vocabulary.build(["a dog", "two cats"]) and v != Vocabulary.build(["a cat"]) and v != "a dog"
+    # an id outside the table (a corrupt checkpoint, a bigger model's output) decodes to <unk>
+    assert v.decode([len(v), -1, v.stoi["dog"]]) == "<unk> <unk> dog"
+
+
+def test_json_format_and_refusals(tmp_path):
+    v = Vocabulary.build(["ünïcode words here"])
+    p = tmp_path / "vocab.json"
+    v.save(p)
+    text = p.read_text(encoding="utf-8")
+    assert "ünïcode" in text  # readable, not \\u-escaped
+    assert json.loads(text) == {"format": "captioner-vocab/1", "tokens": v.itos}
+    assert Vocabulary.from_dict(v.to_dict()) == v
+    bad_data: list[object] = [["<pad>"], {"tokens": "abc"}, {"tokens": [1, 2, 3, 4]}, {"words": []}]
+    for bad in bad_data:
+        with pytest.raises(ValueError, match="must have a 'tokens' list of strings"):
+            Vocabulary.from_dict(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="vocabulary has duplicate tokens"):
+        Vocabulary.from_dict({"tokens": [*Vocabulary.SPECIALS, "x", "x"]})
