@@ -197,7 +197,7 @@ def test_graph_cache_is_reused_and_a_damaged_entry_is_exported_again(monkeypatch
     graphs = list((tmp_path / "onnx").glob("*.onnx"))
     assert len(graphs) == 1 and graphs[0].with_name(graphs[0].name + ".sha256").is_file()
     second = tiny_captioner(seed=1)  # same weights: read back, no export, no self-check
-    assert second.prepare_fast() and exports == [32] and second._fast._encoder.built.verified
+    assert second.prepare_fast() and exports == [32] and second._fast._encoder.built.verified  # type: ignore[attr-defined]
     assert torch.allclose(first.encode(x), second.encode(x))
     graphs[0].write_bytes(graphs[0].read_bytes()[:-7] + b"garbage")  # a damaged cache entry
     third = tiny_captioner(seed=1)
@@ -311,8 +311,8 @@ def test_fast_decoder_step_matches_pytorch(cell, layers, init_state):
             )
             (ids_ref, s_ref), (ids, s) = run(decoder), run(fast)
             assert ids == ids_ref and torch.allclose(s, s_ref, atol=1e-4), (cell, algo)
-    assert fast.step is fast.onnx_step and decoder.step.__func__ is CaptionDecoder.step  # the original is untouched
-    assert fast.out.weight is decoder.out.weight  # shared parameters, no copy
+    assert fast.step is fast.onnx_step and decoder.step.__func__ is CaptionDecoder.step  # type: ignore[attr-defined]  # the original is untouched
+    assert fast.out.weight is decoder.out.weight  # type: ignore[union-attr]  # shared parameters, no copy
 
 
 def test_decoder_weights_changed_or_training_mode_use_pytorch():
@@ -332,10 +332,10 @@ def test_decoder_weights_changed_or_training_mode_use_pytorch():
 
 def test_encoder_threads_follow_torch_or_the_environment(monkeypatch):
     model = tiny_captioner(seed=11)
-    assert model._fast.encoder(*_encoder_args(model)).threads == torch.get_num_threads()
+    assert model._fast.encoder(*_encoder_args(model)).threads == torch.get_num_threads()  # type: ignore[union-attr]
     monkeypatch.setenv(onnx_mod.THREADS_ENV, "1")
     model = tiny_captioner(seed=12)
-    assert model._fast.encoder(*_encoder_args(model)).threads == 1
+    assert model._fast.encoder(*_encoder_args(model)).threads == 1  # type: ignore[union-attr]
     monkeypatch.setenv(onnx_mod.THREADS_ENV, "many")  # not a number: ignored with a warning
     assert onnx_mod.encoder_threads() == torch.get_num_threads()
 
