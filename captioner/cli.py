@@ -122,7 +122,7 @@ def _caption_files(args: argparse.Namespace) -> int:
             print(json.dumps({**record, **result_fields(result)}, ensure_ascii=False))
         else:
             # An image unlike the training data: "?" before its caption, and what the CNN sees.
-            text = result.caption
+            text = result.caption or "(no caption: the model is unsure of every word)"
             if result.in_domain is False:
                 text = f"? {text}  ({describe_result(result, model.trust.trained_on)})"
             print(f"{name}\t{text}" if len(args.images) > 1 else text)

@@ -15,6 +15,7 @@ one image path in :mod:`captioner.pipeline`; on a model that is three calls:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from .attention import build_decoder, config_to_dict, decoder_kind
 from .decoder import CaptionDecoder
 from .errors import CaptionerError, CheckpointError
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource
+from .options import DEFAULT_MIN_WORD_PROB, MIN_WORD_PROB
 from .vocab import Vocabulary
 
 
@@ -260,13 +262,16 @@ class Captioner:
         generator: torch.Generator | None = None,
         no_repeat_ngram_size: int | None = None,
         labels: int = 0,
+        min_word_prob: float | None = None,
     ) -> list[CaptionResult]:
         """Captions for features (B, F): greedy (beam_size 1), beam search, or sampling
         when a temperature is given; never a word three times in a row, and no repeated
         n-gram (``no_repeat_ngram_size``, default :data:`captioner.decoder.DEFAULT_NO_REPEAT_NGRAM`;
-        0 switches it off). Each result carries its confidence and out-of-domain flag (when
-        the checkpoint has the statistics) and, with ``labels=K``, the backbone's top-K
-        ImageNet classes."""
+        0 switches it off). A caption ends before the first word the model gives less than
+        ``min_word_prob`` (default :data:`captioner.options.DEFAULT_MIN_WORD_PROB`; 0 switches
+        it off), so a picture the model cannot read gets a short caption, not a list of guesses.
+        Each result carries its confidence and out-of-domain flag (when the checkpoint has
+        the statistics) and, with ``labels=K``, the backbone's top-K ImageNet classes."""
         features = features.to(self.device)
         v = self.vocab
         n = no_repeat_ngram_size
@@ -278,8 +283,29 @@ class Captioner:
         else:
             ids, scores = decoder.beam_search(features, v.start_id, v.end_id, beam_size, max_length, length_penalty, n)
         results = [CaptionResult(v.decode(t), float(s), t) for t, s in zip(ids, scores.tolist())]
+        floor = DEFAULT_MIN_WORD_PROB if min_word_prob is None else MIN_WORD_PROB.check(min_word_prob)
+        if floor > 0 and results:
+            self._end_before_unsure_words(features, results, floor)
         trust_mod.annotate(self, features, results, labels)
         return results
+
+    def _end_before_unsure_words(self, features: Tensor, results: list[CaptionResult], floor: float) -> None:
+        """Cut each caption before its first word of probability < ``floor`` (in place), and
+        score the shorter caption (its words and ``<end>``) as the model does."""
+        v, log_floor = self.vocab, math.log(floor)
+        logps = self.decoder.token_logprobs(features, [r.tokens for r in results], v.start_id, v.end_id)
+        cut: list[int] = []
+        for i, (r, lp) in enumerate(zip(results, logps)):
+            unsure = (lp[: len(r.tokens)] < log_floor).nonzero()  # (K, 1) positions of unsure words
+            if len(unsure):
+                r.tokens = r.tokens[: int(unsure[0, 0])]
+                cut.append(i)
+        if not cut:
+            return
+        rescored = self.decoder.token_logprobs(features[cut], [results[i].tokens for i in cut], v.start_id, v.end_id)
+        for i, lp in zip(cut, rescored):
+            results[i].caption = v.decode(results[i].tokens)
+            results[i].score = float(lp.sum())
 
     def label_head(self):
         """The backbone's ImageNet classifier on the features (:mod:`captioner.encoders.labels`),

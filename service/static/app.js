@@ -117,6 +117,11 @@ function showCaption(card, item) {
   if (item.in_domain === false) card.dataset.domain = "out";
   const caption = card.querySelector(".caption");
   caption.textContent = item.caption;
+  if (!item.caption) {
+    // The model gave every word a low probability, so it says nothing rather than guess.
+    caption.textContent = "no caption: the model is unsure of every word";
+    caption.dataset.empty = "true";
+  }
   const [notes, confidence] = trustLines(item);
   caption.before(...notes);
   caption.after(...confidence);
@@ -295,7 +300,7 @@ function showModel(m) {
     const tail = (rest.length ? ":" + rest.join(":") : "").split("`").map((t, i) => (i % 2 ? el("code", "", t) : t));
     const flags = m.trust && m.trust.domain; // the checkpoint can tell an unfamiliar picture
     knows.replaceChildren("This model knows ", el("strong", "", head), ...tail,
-      flags ? ". Pictures unlike these get a guess, marked as such." : ".");
+      flags ? ". Pictures unlike these are marked as such." : ".");
   } else {
     knows.textContent = "This model's checkpoint does not say what it was trained on.";
   }

@@ -171,6 +171,8 @@ def test_real_photos_are_out_of_domain_and_labelled(model: Captioner) -> None:
         assert r.domain_distance is not None and r.domain_distance > model.trust.domain.threshold
         assert r.confidence is not None and r.confidence < 0.2, (name, r.confidence)
         assert not run_of_three(r.caption), (name, r.caption)
+        # Every word of these is a guess the model gives under 10 %: the caption ends first.
+        assert len(r.caption.split()) <= 2, (name, r.caption)
     features = model.encode(torch.stack([model.preprocess(photos[n]) for n in ("chelsea.jpg", "coffee.jpg")]))
     cat, coffee = model.generate(features, labels=5)
     assert cat.labels is not None and coffee.labels is not None
@@ -205,6 +207,24 @@ def test_held_out_scenes_are_in_domain(held_out) -> None:
     results, _ = held_out
     inside = sum(r.in_domain is True for r in results)
     assert inside >= 0.99 * len(results), f"{inside} of {len(results)} in domain"
+
+
+def test_the_unsure_word_rule_never_shortens_a_held_out_scene(model: Captioner, tmp_path: Path) -> None:
+    """The default min_word_prob ends a caption before a word under 10 %; scenes the model
+    knows never have one (their least likely word is above 0.2), so with the rule on or
+    off their captions and scores are the same, greedy and beam 3."""
+    from captioner.training.scenes import generate_scenes
+
+    generate_scenes(tmp_path, {"test": 48}, HELD_OUT_SEED + 1, progress=False)
+    files = sorted((tmp_path / "images" / "test").glob("*.jpg"))
+    features = model.encode(torch.stack([model.preprocess(f) for f in files]))
+    for beam in (1, 3):
+        on = model.generate(features, beam_size=beam)
+        off = model.generate(features, beam_size=beam, min_word_prob=0.0)
+        assert [r.caption for r in on] == [r.caption for r in off]
+        assert [r.score for r in on] == pytest.approx([r.score for r in off])
+    # and the rule does cut: with a floor above every word's probability, nothing is left
+    assert {r.caption for r in model.generate(features[:4], min_word_prob=1.0)} == {""}
 
 
 def test_confidence_matches_the_rate_of_right_captions(held_out) -> None:
