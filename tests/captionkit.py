@@ -36,7 +36,13 @@ def adam_steps(module: torch.nn.Module, loss_fn, steps: int, lr: float) -> float
     return float(loss.detach())
 
 
-def teach_checkpoint(out: Path, images: Sequence[Path | bytes], captions: Sequence[str], max_length: int = 16) -> Path:
+def teach_checkpoint(
+    out: Path,
+    images: Sequence[Path | bytes],
+    captions: Sequence[str],
+    max_length: int = 16,
+    metadata: dict | None = None,
+) -> Path:
     """Save a checkpoint whose greedy and beam captions of ``images[i]`` are ``captions[i]``."""
     from captioner import Captioner
     from captioner.decoder import CaptionDecoder, DecoderConfig
@@ -60,7 +66,7 @@ def teach_checkpoint(out: Path, images: Sequence[Path | bytes], captions: Sequen
             max_length=max_length,
         )
         decoder = CaptionDecoder(cfg)
-        model = Captioner(encoder, decoder, vocab, device="cpu", fast=False)
+        model = Captioner(encoder, decoder, vocab, device="cpu", metadata=metadata, fast=False)
         with torch.no_grad():
             x = torch.stack([model.preprocess(im if isinstance(im, bytes) else Path(im).read_bytes()) for im in images])
             feats = model.encode(x).clone()  # (N, 1280), as every caption path computes them

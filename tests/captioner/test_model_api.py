@@ -6,34 +6,28 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from captionkit import teach_checkpoint
 from PIL import Image
 
 from captioner import Captioner, CheckpointError
-from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.encoders import build_encoder
-from captioner.vocab import Vocabulary
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
+# What the taught model says about each test photo (a random decoder would give both the
+# same few words, and every "the same caption by each path" check would hold trivially).
+CAT, COFFEE = "a cat on a mat", "a cup of coffee on a table"
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    vocab = Vocabulary.build(["a cat on a mat", "a cup of coffee on a table", "two dogs"])
-    encoder = build_encoder("efficientnet_lite0")
-    dec = CaptionDecoder(
-        DecoderConfig(
-            vocab_size=len(vocab),
-            feature_dim=encoder.feature_dim,
-            embed_dim=16,
-            hidden_dim=32,
-            img_proj_dim=16,
-            max_length=8,
-        )
+    return teach_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "small",
+        [DATA / "chelsea.jpg", DATA / "coffee.jpg"],
+        [CAT, COFFEE],
+        max_length=8,
+        metadata={"note": "test model"},
     )
-    model = Captioner(encoder, dec, vocab, metadata={"note": "test model"})
-    return model.save(tmp_path_factory.mktemp("ckpt") / "small")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +42,7 @@ def test_accepts_paths_bytes_and_pil_and_batches_consistently(model):
     by_bytes = model.caption([cat.read_bytes(), coffee.read_bytes()])
     by_pil = model.caption([Image.open(cat), Image.open(coffee)])
     one_by_one = [model.caption(cat)[0], model.caption(coffee)[0]]
-    assert by_path == by_bytes == by_pil == one_by_one
+    assert by_path == by_bytes == by_pil == one_by_one == [CAT, COFFEE]
     assert all(isinstance(c, str) and len(c.split()) <= 8 for c in by_path)
     detailed = model.caption_detailed([cat, coffee], beam_size=3, batch_size=1)
     assert all(r.score <= 0 for r in detailed)
@@ -59,7 +53,7 @@ def test_save_load_round_trip_gives_identical_results(model, model_dir, tmp_path
     again = Captioner.load(model.save(tmp_path / "copy"))
     img = (DATA / "chelsea.jpg").read_bytes()
     a, b = model.caption_detailed(img, beam_size=2)[0], again.caption_detailed(img, beam_size=2)[0]
-    assert a.caption == b.caption and abs(a.score - b.score) < 1e-5
+    assert a.caption == b.caption == CAT and abs(a.score - b.score) < 1e-5
     assert model.describe()["encoder"]["name"] == "efficientnet_lite0"
     assert model.model_id.startswith("small-")
 
@@ -98,11 +92,12 @@ def test_cli_caption_good_and_corrupt_files(model_dir, tmp_path):
     assert r.returncode == 1
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert [d["file"] for d in lines] == [str(DATA / "chelsea.jpg")]
+    assert [d["caption"] for d in lines] == [CAT]
     err = r.stderr.strip().splitlines()
     assert len(err) == 2 and "broken.jpg" in err[0] and "absent.png" in err[1]
     assert "Traceback" not in r.stderr
     r = run_cli("caption", str(DATA / "chelsea.jpg"), "--checkpoint", str(model_dir))
-    assert r.returncode == 0 and len(r.stdout.strip().split()) >= 1
+    assert r.returncode == 0 and r.stdout.strip().endswith(CAT), r.stdout
 
 
 def test_cli_help_and_bad_checkpoint(tmp_path):

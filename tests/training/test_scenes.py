@@ -119,8 +119,14 @@ def test_captions_are_varied_grammatical_and_exactly_true():
             ), caption
             templates_used.update(i for i, p in enumerate(patterns) if p.match(caption))
     assert set(templates_used) == set(range(len(TEMPLATES)))
-    caption = describe_scene(sample_scene(random.Random(0), CONFIG), random.Random(0), 1)[0]
-    assert caption  # n=1 allowed
+    scene = sample_scene(random.Random(0), CONFIG)
+    (caption,) = describe_scene(scene, random.Random(0), 1)  # n=1 allowed: one caption, and a true one
+    gt = scene.truth()
+    image = SceneImage(
+        id=0, file_name="", background=gt["background"], counts={o["kind"]: o["count"] for o in gt["objects"]}
+    )
+    assert check_caption(caption, image, truth.words).correct, caption
+    assert any(p.match(caption) for p in patterns), caption
     with pytest.raises(ValueError):
         describe_scene(sample_scene(random.Random(0), CONFIG), random.Random(0), 9)
 
