@@ -40,9 +40,10 @@ def test_catalogue_and_committed_sprites():
         with Image.open(SPRITES_DIR / c.sprite_file) as im:
             assert im.mode == "RGBA" and im.size == (96, 96)
             alpha = im.getchannel("A")
-            assert alpha.getbbox() is not None
+            box = alpha.getbbox()
+            assert box is not None
             # drawn to the edge on one axis at least (cropped glyph, centred)
-            x0, y0, x1, y1 = alpha.getbbox()
+            x0, y0, x1, y1 = box
             assert (x1 - x0) >= 90 or (y1 - y0) >= 90, c.name
         assert c.article == ("an" if c.name[0] in "aeiou" else "a")
     assert "SIL OPEN FONT LICENSE" in (SPRITES_DIR / "LICENSE-OFL.txt").read_text()
@@ -51,7 +52,10 @@ def test_catalogue_and_committed_sprites():
 
 def test_scenes_are_learnable_layouts():
     lo, hi = CONFIG.sprite_range
-    kinds_seen, counts_seen, backgrounds_seen, n_kinds = Counter(), Counter(), Counter(), Counter()
+    kinds_seen: Counter[str] = Counter()
+    counts_seen: Counter[int] = Counter()
+    backgrounds_seen: Counter[str] = Counter()
+    n_kinds: Counter[int] = Counter()
     for i in range(400):
         scene = sample_scene(random.Random(i), CONFIG)
         boxes = [b for o in scene.objects for b in o.boxes]
@@ -100,7 +104,7 @@ def test_captions_are_varied_grammatical_and_exactly_true():
     patterns = [
         re.compile("^" + t.format(objects=".+", a_bg="an?", bg=r"\w+", be="(?:is|are)") + "$") for t in TEMPLATES
     ]
-    templates_used = Counter()
+    templates_used: Counter[int] = Counter()
     for i in range(300):
         rng = random.Random(i)
         scene = sample_scene(rng, CONFIG)
