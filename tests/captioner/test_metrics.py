@@ -28,7 +28,7 @@ from captioner.metrics import (
     rouge_l,
     score_captions,
 )
-from captioner.metrics.bleu import image_stats
+from captioner.metrics.bleu import BleuStats, image_stats
 from captioner.vocab import tokenize
 
 # ----------------------------------------------------------------------------- hand-computed BLEU
@@ -79,6 +79,31 @@ def test_bleu_matches_hand_computation():
     assert scores.per_image["bleu_4"]["dogs"] == pytest.approx(math.exp(1 - 4 / 3) * 1e-6**0.25, rel=1e-6)
     assert scores.per_image["bleu_1"]["dogs"] == pytest.approx(math.exp(1 - 4 / 3), abs=1e-8)
     assert scores.skipped == {}
+
+
+def test_bleu_statistics_orders_and_refusals():
+    # "a b" against "a b c": 2 of 2 unigrams, 1 of 1 bigram, no 3- or 4-grams to guess
+    assert image_stats(["a", "b"], [["a", "b", "c"]]) == BleuStats(2, 3, [2, 1, 0, 0], [2, 1, 0, 0])
+    assert image_stats(["a", "b"], [["a", "b", "c"]], max_n=2) == BleuStats(2, 3, [2, 1], [2, 1])
+    # max_n reaches the per-image statistics: BLEU-1..2 only, the bigram precision 1/2
+    two = coco_bleu([["a", "b", "c"]], [[["a", "b", "x"]]], max_n=2)
+    assert len(two.corpus) == 2 and [len(s.guess) for s in two.stats] == [2]
+    assert two.corpus == pytest.approx([2 / 3, (2 / 3 * 1 / 2) ** 0.5], rel=1e-6)
+    with pytest.raises(ValueError, match="BLEU needs at least one reference per image"):
+        image_stats(["a"], [])
+    with pytest.raises(ValueError, match="2 hypotheses but 1 reference lists"):
+        coco_bleu([["a"], ["b"]], [[["a"]]])
+    with pytest.raises(ValueError, match="BLEU of an empty corpus is undefined"):
+        coco_bleu([], [])
+
+
+def test_cider_refusals_name_the_problem():
+    with pytest.raises(ValueError, match="2 hypotheses but 1 reference lists"):
+        cider_d([["a"], ["b"]], [[["a"]]])
+    with pytest.raises(ValueError, match="CIDEr of an empty corpus is undefined"):
+        cider_d([], [])
+    with pytest.raises(ValueError, match=r"CIDEr needs at least one reference per image \(image #1 has none\)"):
+        cider_d([["a"], ["b"]], [[["a"]], []])
 
 
 # ----------------------------------------------------------------------------- agreement with pycocoevalcap
