@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from .attention import config_from_dict, config_to_dict
 from .decoder import DecoderConfig
 from .errors import CheckpointError
-from .fsio import atomic_write_text
+from .fsio import atomic_write_text, fsync_dir, replace_dir
 from .vocab import Vocabulary
 
 FORMAT = "captioner-checkpoint/1"
@@ -53,19 +53,6 @@ class Checkpoint:
     metadata: dict = field(default_factory=dict)
     encoder_state: dict[str, torch.Tensor] | None = None
     path: Path | None = None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _make_readable(folder: Path) -> None:
@@ -166,17 +153,8 @@ def save_checkpoint(
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         _make_readable(tmp)
-        _fsync_dir(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(tmp)
+        replace_dir(tmp, target, aside=target.with_name(f".{target.name}.old-{os.getpid()}"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

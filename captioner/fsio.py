@@ -16,10 +16,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_path", "atomic_write_text", "replace_dir"]
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_path", "atomic_write_text", "fsync_dir", "replace_dir"]
 
 
-def _fsync_dir(folder: Path) -> None:
+def _normal_permissions(fd: int) -> None:
+    """Give a ``mkstemp`` file (0600) the permissions ``open()`` would: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+
+
+def fsync_dir(folder: Path) -> None:
     """Make a rename inside ``folder`` durable (best effort: not every OS can open a folder)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -47,6 +54,7 @@ def atomic_write(
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        _normal_permissions(fd)
         if binary:
             f = os.fdopen(fd, "wb")
         else:
@@ -60,7 +68,7 @@ def atomic_write(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -74,14 +82,14 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], object]) 
     os.close(fd)
     tmp = Path(name)
     try:
-        write(tmp)
+        write(tmp)  # the writer creates the file anew: it gets open()'s usual permissions
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -95,10 +103,10 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     return atomic_write(path, lambda f: f.write(text), binary=False, encoding=encoding, newline="")
 
 
-def replace_dir(building: str | os.PathLike, target: str | os.PathLike) -> Path:
+def replace_dir(building: str | os.PathLike, target: str | os.PathLike, aside: str | os.PathLike | None = None) -> Path:
     """Move the finished folder ``building`` to ``target``, replacing any folder there.
 
-    An existing ``target`` is first renamed aside (``.<name>-old``), then ``building`` is
+    An existing ``target`` is first renamed aside (to ``aside``, default ``.<name>-old``), then ``building`` is
     renamed to ``target``, then the old copy is removed: at every moment either the old or
     the new folder is complete under ``target`` or its aside name. Both must be on one file
     system (keep ``building`` beside ``target``). Returns ``target``.
@@ -106,13 +114,13 @@ def replace_dir(building: str | os.PathLike, target: str | os.PathLike) -> Path:
     building, target = Path(building), Path(target)
     if not target.exists():
         os.replace(building, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return target
-    old = target.with_name(f".{target.name}-old")
+    old = Path(aside) if aside is not None else target.with_name(f".{target.name}-old")
     if old.exists():
         shutil.rmtree(old)
     os.replace(target, old)
     os.replace(building, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
     return target

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from .encoders.registry import pooled
 from .errors import CheckpointError
+from .fsio import atomic_write_path
 
 log = logging.getLogger(__name__)
 
@@ -337,20 +338,6 @@ class TrustStats:
         }
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # readable like the rest of the checkpoint
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_trust(folder: str | os.PathLike, trust: TrustStats) -> Path:
     """Write ``trust.json`` (and ``trust.safetensors`` when there is a domain model) into a
     checkpoint folder, each file replaced atomically. Returns the JSON path."""
@@ -367,9 +354,11 @@ def save_trust(folder: str | os.PathLike, trust: TrustStats) -> Path:
     }
     if trust.domain is not None:
         tensors = trust.domain.tensors()
-        _write_atomic(folder / TRUST_WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": TRUST_FORMAT}))
+        atomic_write_path(
+            folder / TRUST_WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": TRUST_FORMAT})
+        )
     text = json.dumps(config, indent=2, ensure_ascii=False) + "\n"
-    _write_atomic(folder / TRUST_CONFIG, lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write_path(folder / TRUST_CONFIG, lambda p: p.write_text(text, encoding="utf-8"))
     return folder / TRUST_CONFIG
 
 

@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 
+from captioner.fsio import atomic_write_text
 from captioner.metrics import METRIC_LABELS
 
 DOCS = "docs/metrics.md"
@@ -85,12 +86,7 @@ def format_table(report: dict) -> str:
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
     """Write ``text`` through a temporary file beside ``path`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def write_report(report: dict, path: str | os.PathLike) -> Path:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from captioner.fsio import atomic_write
+
 METRIC_LABELS = {"bleu_4": "BLEU-4", "scene_accuracy": "scene accuracy"}
 
 
@@ -103,8 +105,8 @@ def plot_history(
     fig = history_figure(rows, metric, title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, dpi=90, format="png"))
+    finally:
+        plt.close(fig)
     return path

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ..errors import CaptionerError
+from ..fsio import atomic_write_path
 
 PART_NAME = re.compile(r"^part-(\d+)\.parquet$")
 COLUMNS = ("file", "caption", "score", "confidence", "in_domain", "domain_distance", "labels")
@@ -100,12 +101,8 @@ class ParquetParts:
             return
         table = pa.Table.from_pylist(self._rows, schema=_schema())
         name = f"part-{self._next:05d}.parquet"
-        tmp = self.folder / f".{name}.tmp"
         try:
-            pq.write_table(table, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, self.folder / name)
+            atomic_write_path(self.folder / name, lambda tmp: pq.write_table(table, tmp))
         except OSError as e:
             raise CaptionerError(
                 f"{self.folder}: cannot write {name} ({e.strerror or e}); the parts already there are "
