@@ -37,7 +37,6 @@ from captioner.options import LABELS
 from .batcher import Batcher, BatcherStopped
 from .errors import APIError, image_error
 from .metrics import Metrics
-from .schemas import CaptionItem
 from .settings import Settings
 from .uploads import Upload
 
@@ -72,10 +71,6 @@ class ItemResult:
     in_domain: bool | None = None
     domain_distance: float | None = None
     labels: list[dict[str, Any]] | None = None  # [{"name", "probability"}], when asked for
-
-    def to_json(self) -> dict[str, Any]:
-        """This result as its entry in the response (the shape is :class:`CaptionItem`'s)."""
-        return CaptionItem.from_result(self).model_dump(mode="json")
 
 
 def _stamp_time(item: ItemResult, start: float, _future: object) -> None:
@@ -123,16 +118,12 @@ class CaptionService:
 
     # ------------------------------------------------------------------ options
     def options(self, beam_size: int | None, max_length: int | None, labels: int = 0) -> GenerationOptions:
-        """Validate request options against the configured limits (422 when out of range)."""
+        """A request's generation options with this server's defaults filled in. The values
+        were range-checked by the router (``service.params``, 422 naming the range) before
+        the body was read."""
         s = self.settings
         beam = s.default_beam_size if beam_size is None else beam_size
-        if not 1 <= beam <= s.max_beam_size:
-            raise APIError(422, "invalid_option", f"beam_size must be between 1 and {s.max_beam_size}, got {beam}")
         length = min(self.default_max_length, s.max_length_limit) if max_length is None else max_length
-        if not 1 <= length <= s.max_length_limit:
-            raise APIError(
-                422, "invalid_option", f"max_length must be between 1 and {s.max_length_limit}, got {length}"
-            )
         return GenerationOptions(beam, length, labels)
 
     # ------------------------------------------------------------------ admission
