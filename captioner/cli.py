@@ -220,6 +220,9 @@ def build_parser(load: set[str] | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("encoders", help="list the available CNN encoders")
     p.set_defaults(func=cmd_encoders)
+    from .explain_cli import add_explain_verbs  # units, explain (torch is imported by their handlers)
+
+    add_explain_verbs(sub)
     _add_plugin_verbs(sub, load)
     return parser
 
