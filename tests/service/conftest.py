@@ -12,23 +12,11 @@ server itself (``--port 0``; the tests read the URL it prints), each waited for 
 
 from __future__ import annotations
 
-import shutil
 import signal
 from pathlib import Path
 
 import pytest
 from servicekit import API_KEY, Server, build_checkpoint, launch, wait_ready
-
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-    "--window-size=1280,1600",
-]
 
 
 @pytest.fixture(scope="session")
@@ -95,29 +83,3 @@ def limited(_servers) -> Server:
 @pytest.fixture(scope="session")
 def drainer(_servers) -> Server:
     return _servers["drainer"]
-
-
-@pytest.fixture
-def browser(tmp_path):
-    """Headless Chromium driven by chromedriver (Debian packages; ``make system-deps``)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as ChromeService
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.fail(
-            "the browser tests need headless Chromium and its driver: install the Debian packages "
-            "'chromium chromium-driver' (make system-deps does it)"
-        )
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    d = webdriver.Chrome(service=ChromeService(executable_path=driver), options=options)
-    d.set_page_load_timeout(60)
-    try:
-        yield d
-    finally:
-        d.quit()

@@ -12,15 +12,12 @@ import csv
 import io
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
@@ -34,38 +31,12 @@ ROOT = Path(__file__).resolve().parents[2]
 CAT = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 HIGH, MEDIUM = 0.8, 0.5  # the page's confidence words (service/static/app.js)
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-]
-
 
 @pytest.fixture
-def browser(tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.fail(
-            "the browser test needs headless Chromium and its driver: install the Debian packages "
-            "'chromium chromium-driver' (make system-deps does it)"
-        )
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    d = webdriver.Chrome(service=ChromeService(executable_path=driver), options=options)
-    d.set_page_load_timeout(60)
-    d.set_window_size(1280, 1000)
-    try:
-        yield d
-    finally:
-        d.quit()
+def browser(browser):
+    """The suite's headless Chromium (tests/conftest.py) in a 1280x1000 window."""
+    browser.set_window_size(1280, 1000)
+    return browser
 
 
 @pytest.fixture(scope="module")

@@ -425,26 +425,6 @@ def test_compare_two_checkpoints(model_dir, scenes, tmp_path):
 
 
 # ---------------------------------------------------------------------------- the HTML report in a browser
-@pytest.fixture
-def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as ChromeService
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.fail("the HTML report test needs headless Chromium and chromedriver (make system-deps installs them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1400"):
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    d = webdriver.Chrome(service=ChromeService(executable_path=driver), options=options)
-    d.set_page_load_timeout(60)
-    try:
-        yield d
-    finally:
-        d.quit()
 
 
 @pytest.mark.browser
