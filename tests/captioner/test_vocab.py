@@ -55,7 +55,7 @@ def test_json_save_load(tmp_path):
 def test_order_is_frequency_then_alphabetical():
     v = Vocabulary.build(["zebra zebra zebra mango apple", "apple zebra", "kiwi banana"])
     assert v.itos[4:] == ["zebra", "apple", "banana", "kiwi", "mango"]  # 4, 2, then the ties a..z
-    with pytest.raises(ValueError, match="^min_count must be >= 1$"):
+    with pytest.raises(ValueError, match=r"^min_count must be >= 1$"):
         Vocabulary.build(["x"], min_count=0)
 
 
@@ -77,7 +77,7 @@ def test_json_format_and_refusals(tmp_path):
     assert Vocabulary.from_dict(v.to_dict()) == v
     bad_data: list[object] = [["<pad>"], {"tokens": "abc"}, {"tokens": [1, 2, 3, 4]}, {"words": []}]
     for bad in bad_data:
-        with pytest.raises(ValueError, match="^vocabulary JSON must have a 'tokens' list of strings$"):
+        with pytest.raises(ValueError, match=r"^vocabulary JSON must have a 'tokens' list of strings$"):
             Vocabulary.from_dict(bad)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="^vocabulary has duplicate tokens$"):
+    with pytest.raises(ValueError, match=r"^vocabulary has duplicate tokens$"):
         Vocabulary.from_dict({"tokens": [*Vocabulary.SPECIALS, "x", "x"]})
