@@ -98,7 +98,7 @@ def render_report(
         f"<style>{STYLE}</style></head><body>",
         "<h1>Interpretable hidden units</h1>",
         f"<p>Model <b>{html.escape(str(info.get('model_id', '')))}</b> ({html.escape(str(info.get('decoder', '')))}), "
-        f"split <b>{html.escape(str(info.get('split', '')))}</b> of {html.escape(str(info.get('data', '')))}: "
+        f"split <b>{html.escape(str(info.get('split', '')))}</b> of {html.escape(Path(str(info.get('data', ''))).name)}: "
         f"{info.get('images', '?')} images, {len(analysis.recording.units)} units, "
         f"tokens {', '.join(f'{s}: {sc.tokens}' for s, sc in analysis.scores.items())}.</p>",
         "<p class=note>AUC: ROC-AUC of the unit's activation (the state after reading the word) as a "
