@@ -220,6 +220,9 @@ def test_model_mode_cli_scores_scenes_with_scene_accuracy(model_dir, scenes, tmp
     assert not rows["000000.jpg"]["scene_errors"] and not rows["000002.jpg"]["scene_errors"]
     assert any("strawberr" in e for e in rows["000003.jpg"]["scene_errors"])  # the reason is recorded
     assert 0 < report["metrics"]["bleu_4"] < 1 and report["metrics"]["cider_d"] > 0
+    # the two right captions are word for word one of their references: per-image BLEU-4 is 1
+    assert [rows[n]["scores"]["bleu_4"] for n in ("000000.jpg", "000002.jpg")] == pytest.approx([1.0, 1.0])
+    assert rows["000003.jpg"]["scores"]["bleu_4"] < 1
     assert len(report["per_image"][0]["references"]) == 5
     assert "scene accuracy" in printed and "BLEU-4" in printed
 
