@@ -16,21 +16,18 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import re
-import signal
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+for folder in (HERE, HERE.parent):  # hostile.py here, serverkit.py in tests/ (bench/ imports this file too)
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
+import serverkit  # noqa: E402
 from hostile import MAX_PIXELS  # noqa: E402
+from serverkit import Server  # noqa: E402
 
 API_KEY = "reliability-key-6f1c0a9d"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -69,44 +66,6 @@ def build_checkpoint(out: Path) -> Path:
     )
     model.save(out)
     return out
-
-
-@dataclass
-class Server:
-    """A running ``captioner serve`` subprocess."""
-
-    proc: subprocess.Popen
-    url: str
-    log: Path
-
-    def client(self, auth: bool = True, **kw) -> httpx.Client:
-        headers = {**(AUTH if auth else {}), **kw.pop("headers", {})}
-        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 60.0), headers=headers, **kw)
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        host, port = self.url.removeprefix("http://").rsplit(":", 1)
-        return host, int(port)
-
-    def rss_kb(self) -> int:
-        """Resident memory of the server process (VmRSS), in KiB."""
-        text = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"^VmRSS:\s+(\d+) kB", text, re.M).group(1))
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 def launch_server(
@@ -156,24 +115,8 @@ def launch_server(
 
 
 def wait_ready(proc: subprocess.Popen, log: Path) -> Server:
-    """Wait for the 'listening on URL' line, then for /readyz to answer 200."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    url = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"captioner serve exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        if url is None:
-            m = re.search(r"listening on (http://[\d.]+:\d+)", log.read_text(errors="replace"))
-            url = m.group(1) if m else None
-        if url is not None:
-            try:
-                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                    return Server(proc, url, log)
-            except httpx.TransportError:
-                pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"captioner serve not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text(errors='replace')}")
+    """Wait for the server to be ready; its clients send the API key."""
+    return serverkit.wait_ready(proc, log, STARTUP_TIMEOUT_S, headers=AUTH)
 
 
 # ---------------------------------------------------------------------------- malicious pickles

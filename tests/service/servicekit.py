@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import io
 import os
-import re
-import signal
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
+import serverkit
 import torch
 from PIL import Image
+from serverkit import Server
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
@@ -126,31 +123,6 @@ def build_checkpoint(out: Path) -> Path:
     return out
 
 
-@dataclass
-class Server:
-    """A running ``captioner serve`` subprocess."""
-
-    proc: subprocess.Popen
-    url: str
-    log: Path
-
-    def client(self, **kw) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=kw.pop("timeout", 60.0), **kw)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-
 def launch(checkpoint: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start ``captioner serve --port 0`` with its output in ``log`` (a pipe could fill up)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
@@ -180,23 +152,5 @@ def launch(checkpoint: Path, log: Path, *args: str, env: dict[str, str] | None =
 
 
 def wait_ready(proc: subprocess.Popen, log: Path) -> Server:
-    """Wait for the URL line in the log, then for /readyz to answer 200."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    url = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"captioner serve exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        if url is None:
-            m = re.search(r"listening on (http://[\d.]+:\d+)", log.read_text(errors="replace"))
-            url = m.group(1) if m else None
-        if url is not None:
-            try:
-                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                    return Server(proc, url, log)
-            except httpx.TransportError:
-                pass
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(
-        f"captioner serve was not ready after {STARTUP_TIMEOUT_S} s:\n{log.read_text(errors='replace')}"
-    )
+    """Wait for the server to be ready (the URL line in its log, then /readyz 200)."""
+    return serverkit.wait_ready(proc, log, STARTUP_TIMEOUT_S)
