@@ -142,88 +142,20 @@ def generate_scenes(
     renders in that many processes (the result is identical).
     """
     out_dir = Path(out_dir)
-    unknown = set(splits) - set(SPLITS)
-    if unknown:
-        raise CaptionerError(f"unknown split(s) {sorted(unknown)}; the splits are {list(SPLITS)}")
-    if any(n < 0 for n in splits.values()) or sum(splits.values()) == 0:
-        raise CaptionerError("split sizes must be >= 0 and at least one image in total")
-    if image_format not in IMAGE_FORMATS:
-        raise CaptionerError(f"image format must be one of {sorted(IMAGE_FORMATS)}, not {image_format!r}")
-    if len(categories) < config.max_kinds:
-        raise CaptionerError(f"need at least {config.max_kinds} categories, got {len(categories)}")
+    _check_request(splits, image_format, categories, config)
     _prepare_out_dir(out_dir, overwrite)
-
     t0 = time.perf_counter()
     kinds = [c.name for c in categories]
-    tasks = []
-    for split, n in splits.items():
-        if n:
-            (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
-        for start in range(0, n, CHUNK):
-            tasks.append(
-                (
-                    str(out_dir),
-                    seed,
-                    split,
-                    start,
-                    min(n, start + CHUNK),
-                    config,
-                    kinds,
-                    captions_per_image,
-                    image_format,
-                )
-            )
-
-    results: dict[tuple[str, int], list[dict]] = {}
-    bar = tqdm(total=sum(splits.values()), desc="rendering scenes", unit="img", disable=not progress)
-    for task, records in zip(tasks, _map(tasks, workers)):
-        results[(task[2], task[3])] = records
-        bar.update(len(records))
-    bar.close()
-
+    records = _render_all(out_dir, splits, seed, workers, config, kinds, captions_per_image, image_format, progress)
     # the words of every known kind and colour, not only those drawn, so that the metric
     # also recognises a kind the model names but this dataset never shows
     catalogue = {
         "categories": [c.to_dict() for c in CATEGORIES],
         "backgrounds": [b.name for b in BACKGROUNDS],
     }
-    next_image_id, next_caption_id = 1, 1
-    for split, n in splits.items():
-        records = [r for start in range(0, n, CHUNK) for r in results[(split, start)]]
-        coco_images, annotations, truths = [], [], []
-        for r in records:
-            image_id = next_image_id
-            next_image_id += 1
-            coco_images.append(
-                {"id": image_id, "file_name": r["file_name"], "width": config.image_size, "height": config.image_size}
-            )
-            for caption in r["captions"]:
-                annotations.append({"id": next_caption_id, "image_id": image_id, "caption": caption})
-                next_caption_id += 1
-            truths.append({"id": image_id, "file_name": r["file_name"], **r["truth"]})
-        _write_json(
-            out_dir / f"captions_{split}.json",
-            {
-                "info": {
-                    "description": f"captioner built-in scenes, {split} split",
-                    "version": str(GENERATOR_VERSION),
-                    "seed": seed,
-                },
-                "licenses": [{"id": 1, "name": "SIL Open Font License 1.1 (sprites from Noto Color Emoji)"}],
-                "images": coco_images,
-                "annotations": annotations,
-            },
-        )
-        _write_json(
-            out_dir / f"scenes_{split}.json",
-            {
-                "format": TRUTH_FORMAT,
-                "split": split,
-                "seed": seed,
-                **catalogue,
-                "images": truths,
-            },
-        )
+    next_ids = [1, 1]  # the next image id and caption id, running on across the splits
+    for split in splits:
+        _write_split(out_dir, split, seed, records[split], config, catalogue, next_ids)
     seconds = time.perf_counter() - t0
     _write_json(
         out_dir / "dataset.json",
@@ -240,6 +172,88 @@ def generate_scenes(
         },
     )
     return ScenesSummary(out_dir=out_dir, splits=dict(splits), seconds=seconds)
+
+
+def _check_request(
+    splits: Mapping[str, int], image_format: str, categories: Sequence[Category], config: SceneConfig
+) -> None:
+    unknown = set(splits) - set(SPLITS)
+    if unknown:
+        raise CaptionerError(f"unknown split(s) {sorted(unknown)}; the splits are {list(SPLITS)}")
+    if any(n < 0 for n in splits.values()) or sum(splits.values()) == 0:
+        raise CaptionerError("split sizes must be >= 0 and at least one image in total")
+    if image_format not in IMAGE_FORMATS:
+        raise CaptionerError(f"image format must be one of {sorted(IMAGE_FORMATS)}, not {image_format!r}")
+    if len(categories) < config.max_kinds:
+        raise CaptionerError(f"need at least {config.max_kinds} categories, got {len(categories)}")
+
+
+def _render_all(
+    out_dir: Path,
+    splits: Mapping[str, int],
+    seed: int,
+    workers: int,
+    config: SceneConfig,
+    kinds: list[str],
+    captions_per_image: int,
+    image_format: str,
+    progress: bool,
+) -> dict[str, list[dict]]:
+    """Render every image (in chunks, over ``workers`` processes); the records per split, in order."""
+    tasks = []
+    for split, n in splits.items():
+        if n:
+            (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
+        for start in range(0, n, CHUNK):
+            end = min(n, start + CHUNK)
+            tasks.append((str(out_dir), seed, split, start, end, config, kinds, captions_per_image, image_format))
+    results: dict[tuple[str, int], list[dict]] = {}
+    bar = tqdm(total=sum(splits.values()), desc="rendering scenes", unit="img", disable=not progress)
+    for task, records in zip(tasks, _map(tasks, workers)):
+        results[(task[2], task[3])] = records
+        bar.update(len(records))
+    bar.close()
+    return {split: [r for start in range(0, n, CHUNK) for r in results[(split, start)]] for split, n in splits.items()}
+
+
+def _write_split(
+    out_dir: Path,
+    split: str,
+    seed: int,
+    records: list[dict],
+    config: SceneConfig,
+    catalogue: dict,
+    next_ids: list[int],
+) -> None:
+    """captions_<split>.json (COCO format) and scenes_<split>.json (the ground truth)."""
+    coco_images, annotations, truths = [], [], []
+    for r in records:
+        image_id = next_ids[0]
+        next_ids[0] += 1
+        coco_images.append(
+            {"id": image_id, "file_name": r["file_name"], "width": config.image_size, "height": config.image_size}
+        )
+        for caption in r["captions"]:
+            annotations.append({"id": next_ids[1], "image_id": image_id, "caption": caption})
+            next_ids[1] += 1
+        truths.append({"id": image_id, "file_name": r["file_name"], **r["truth"]})
+    _write_json(
+        out_dir / f"captions_{split}.json",
+        {
+            "info": {
+                "description": f"captioner built-in scenes, {split} split",
+                "version": str(GENERATOR_VERSION),
+                "seed": seed,
+            },
+            "licenses": [{"id": 1, "name": "SIL Open Font License 1.1 (sprites from Noto Color Emoji)"}],
+            "images": coco_images,
+            "annotations": annotations,
+        },
+    )
+    _write_json(
+        out_dir / f"scenes_{split}.json",
+        {"format": TRUTH_FORMAT, "split": split, "seed": seed, **catalogue, "images": truths},
+    )
 
 
 def _map(tasks: list[tuple], workers: int) -> Iterator[list[dict]]:
