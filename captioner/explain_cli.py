@@ -59,6 +59,21 @@ def add_explain_verbs(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="the HTML report; units.json goes beside it")
     p.set_defaults(func=cmd_units)
 
+    p = sub.add_parser(
+        "explain",
+        help="per-word attention maps of captions (PNG figures; attention models)",
+        description="Caption each image with an attention model and write, per image, a PNG: the image, then "
+        "one tile per generated word with the attention of the step that chose it laid over the image, the "
+        "caption and its confidence in the title; explain.json beside them holds every map (docs/explain.md). "
+        "A pooled model has no attention maps: use `captioner units` for it.",
+        epilog="example:\n  captioner explain photo.jpg scene.png --checkpoint runs/attention/best --out explain/",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    add_model_options(p)
+    p.add_argument("--out", "-o", required=True, metavar="DIR", help="folder for the PNG figures and explain.json")
+    p.set_defaults(func=cmd_explain)
+
 
 def cmd_units(args: argparse.Namespace) -> int:
     from .model import Captioner
@@ -80,4 +95,15 @@ def cmd_units(args: argparse.Namespace) -> int:
     if missing:
         print(f"not scored (no positive or no negative word): {', '.join(missing)}", file=sys.stderr)
     print(f"wrote {html_path} and {json_path}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import require_attention, write_figures
+    from .model import Captioner
+
+    model = Captioner.load(args.checkpoint, device=args.device)
+    require_attention(model)  # the one line for a pooled model, before any image is read
+    for path in write_figures(model, args.images, args.out):
+        print(f"wrote {path}")
     return 0
