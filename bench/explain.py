@@ -1,0 +1,73 @@
+"""Explaining captions on fresh held-out scenes: the hidden-unit analysis's time and best
+units, and (for an attention checkpoint) how often an object word's attention peaks in a
+cell of the scene's grid that holds that object.
+
+    python -m bench.explain                                   # the shipped (pooled) model: units only
+    python -m bench.explain --checkpoint runs/attention/best  # also the attention localisation
+
+The scenes are rendered once under ``bench/.cache/explain-scenes-<seed>`` (``--images``
+val images, default 200 for the units and the first 100 of them for the localisation).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench.common import apply_threads, base_parser, load_note, machine_info, write_json
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+
+
+def scenes(images: int, seed: int) -> Path:
+    from captioner.training.scenes import generate_scenes
+
+    out = CACHE / f"explain-scenes-{seed}-{images}"
+    if not (out / "captions_val.json").is_file():
+        generate_scenes(out, {"val": images}, seed=seed, progress=False, overwrite=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = base_parser("explain", __doc__ or "")
+    p.add_argument("--images", type=int, default=200, help="held-out scenes for the units (default 200)")
+    p.add_argument("--localise", type=int, default=100, help="of them, scenes for the localisation (default 100)")
+    p.add_argument("--seed", type=int, default=20261201, help="seed of the scenes (default 20261201)")
+    args = p.parse_args(argv)
+    apply_threads(args)
+    from captioner.explain import localisation
+    from captioner.model import Captioner
+    from captioner.units import analyse_units
+
+    data = scenes(args.images, args.seed)
+    info = {"machine": machine_info(), "load_start": load_note()}
+    model = Captioner.load(args.checkpoint)
+    t0 = time.perf_counter()
+    analysis = analyse_units(model, data, "val", args.images)
+    seconds = time.perf_counter() - t0
+    print(
+        f"| property | best unit | AUC | strength | shuffled | chance ceiling |  ({args.images} scenes, {seconds:.1f} s)"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    rows = []
+    for prop, units in analysis.top.items():
+        t = units[0]
+        ceiling = analysis.chance_ceiling[prop]
+        print(f"| {prop} | {t.name} | {t.auc:.3f} | {t.strength:.3f} | {t.shuffled:.3f} | {ceiling:.3f} |")
+        rows.append({"property": prop, **vars(t), "chance_ceiling": ceiling})
+    result: dict = {**info, "model_id": model.model_id, "units_seconds": seconds, "units": rows}
+    if hasattr(model.decoder, "attention"):
+        loc = localisation(model, data, "val", args.localise)
+        print(
+            f"localisation: {loc.hits}/{loc.words} object words ({100 * loc.fraction:.1f} %) over {loc.images} scenes"
+        )
+        result["localisation"] = {"hits": loc.hits, "words": loc.words, "images": loc.images, "fraction": loc.fraction}
+    else:
+        print("localisation: needs an attention checkpoint (--checkpoint)")
+    result["load_end"] = load_note()
+    print(f"wrote {write_json('explain', result, args.json)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
