@@ -131,6 +131,26 @@ def banned_words(history: Tensor, vocab_size: int, no_repeat_ngram_size: int) ->
     return banned
 
 
+def _next_beams(
+    scores: list[float], words: list[int], sources: list[int], k: int, end_id: int
+) -> tuple[list[tuple[float, int, int]], list[tuple[float, int]]]:
+    """One image's best candidates (scores descending) -> up to ``k`` live hypotheses
+    (score, word, source beam) and the ``<end>`` candidates among the top ``k`` (score, source beam)."""
+    alive: list[tuple[float, int, int]] = []
+    ended: list[tuple[float, int]] = []
+    for j, (s, w, src) in enumerate(zip(scores, words, sources)):
+        if s == -math.inf:
+            break
+        if w == end_id:
+            if j < k:
+                ended.append((s, src))
+        else:
+            alive.append((s, w, src))
+            if len(alive) == k:
+                break
+    return alive, ended
+
+
 class CaptionDecoder(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
@@ -374,30 +394,13 @@ class CaptionDecoder(nn.Module):
             for b in range(B):
                 if done[b]:
                     continue
-                n = 0
-                for j in range(len(top_scores_l[b])):
-                    s = top_scores_l[b][j]
-                    if s == -math.inf:
-                        break
-                    w, src = top_words[b][j], src_beam[b][j]
-                    if w == end_id:
-                        if j < k:
-                            words_so_far = hist_cpu[b, src].tolist()
-                            finished[b].append((s / length_penalty(t + 1, alpha), s, words_so_far))
-                    else:
-                        new_scores[b, n] = s
-                        new_words[b, n] = w
-                        new_src[b, n] = src
-                        n += 1
-                        if n == k:
-                            break
-                best_alive = new_scores[b, 0].item() if n else -math.inf
-                if finished[b]:
-                    best_finished = max(h[0] for h in finished[b])
-                    if n == 0 or best_finished >= best_alive / bound_lp:
-                        done[b] = True
-                elif n == 0:
-                    done[b] = True
+                alive, ended = _next_beams(top_scores_l[b], top_words[b], src_beam[b], k, end_id)
+                for s, src in ended:
+                    finished[b].append((s / length_penalty(t + 1, alpha), s, hist_cpu[b, src].tolist()))
+                for n, (s, w, src) in enumerate(alive):
+                    new_scores[b, n], new_words[b, n], new_src[b, n] = s, w, src
+                # done when nothing is alive, or no live hypothesis can beat the best finished one
+                done[b] = not alive or (bool(finished[b]) and max(h[0] for h in finished[b]) >= alive[0][0] / bound_lp)
             if all(done) or t == max_len:
                 break
             for b in range(B):
@@ -412,13 +415,5 @@ class CaptionDecoder(nn.Module):
             words = new_words.view(-1).to(dev)
             beam_scores = new_scores
 
-        ids, scores = [], []
-        for b in range(B):
-            if not finished[b]:  # cannot happen (t == max_len forces <end>), kept for safety
-                ids.append(history[b, 0].tolist())
-                scores.append(beam_scores[b, 0].item())
-                continue
-            best = max(finished[b], key=lambda h: h[0])
-            ids.append(best[2])
-            scores.append(best[1])
-        return ids, torch.tensor(scores, device=dev)
+        best = [max(f, key=lambda h: h[0]) for f in finished]  # t == max_len forces <end>: never empty
+        return [h[2] for h in best], torch.tensor([h[1] for h in best], device=dev)
