@@ -86,6 +86,8 @@ class Captioner:
         model_id: str | None = None,
         path: Path | None = None,
         fast: bool | None = None,
+        precision: str | None = None,
+        calibration: list[bytes] | None = None,
     ) -> None:
         if decoder.config.vocab_size != len(vocab):
             raise CheckpointError(
@@ -113,21 +115,45 @@ class Captioner:
         self.model_id = model_id or self.metadata.get("model_id") or "untrained"
         # ONNX Runtime encoder and decoder step (captioner.runtime): built on first use, or at
         # once by load(). fast=None -> env CAPTIONER_FAST decides (default on).
-        self._fast = runtime.OnnxPath(runtime.fast_requested(fast))
+        # precision (int8|fp32): the argument, else CAPTIONER_PRECISION, else the checkpoint's
+        # metadata; int8 is calibrated on ``calibration`` (encoded training images).
+        chosen = runtime.precision_requested(precision, self.metadata)
+        calib = self._calibration(calibration) if chosen == "int8" and calibration else None
+        self._fast = runtime.OnnxPath(runtime.fast_requested(fast), chosen, calib)
         self.trust = trust_mod.TrustStats()  # calibration and domain statistics (load() reads them)
         self._label_head: object = None  # built on the first request for labels; False: unavailable
+
+    def _calibration(self, images: list[bytes]) -> runtime.Calibration:
+        """The int8 calibration set: ``images`` through the one image path, made when needed."""
+        from .runtime.quantize import calibration_digest
+
+        prep = self.preprocessing.to_dict() if hasattr(self.preprocessing, "to_dict") else {}
+
+        def tensors():  # (N, 3, S, S) float32
+            return torch.stack([pipeline.prepare(b, self.preprocessing) for b in images]).numpy()
+
+        return runtime.Calibration(calibration_digest(images, prep), len(images), tensors)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def load(
-        cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None, fast: bool | None = None
+        cls,
+        path: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        fast: bool | None = None,
+        precision: str | None = None,
     ) -> Captioner:
         """Load a checkpoint folder; no path loads the shipped default weights.
 
         ``fast`` (default: env ``CAPTIONER_FAST``, on unless ``0``) runs the encoder and the
         decoder step with ONNX Runtime on CPUs (see :mod:`captioner.runtime`); it is prepared
-        here, so the first image pays no export. ``fast=False`` keeps plain PyTorch."""
+        here, so the first image pays no export. ``fast=False`` keeps plain PyTorch.
+        ``precision`` (``"int8"`` or ``"fp32"``; default: env ``CAPTIONER_PRECISION``, else the
+        checkpoint's metadata, else fp32) is what the ONNX Runtime encoder computes in; int8
+        is calibrated on the checkpoint's ``calibration.safetensors`` and falls back to fp32
+        with a logged reason (:mod:`captioner.runtime.quantize`)."""
         from .encoders import Preprocess, build_encoder, get_spec
+        from .runtime.quantize import read_calibration
 
         folder = Path(path) if path is not None else default_weights_path()
         if path is None and not (folder / ckpt_mod.CONFIG).exists():
@@ -173,6 +199,10 @@ class Captioner:
             model_id=model_id,
             path=folder,
             fast=fast,
+            precision=precision,
+            calibration=read_calibration(folder)
+            if runtime.precision_requested(precision, ck.metadata) == "int8"
+            else None,
         )
         model.trust = trust_mod.load_trust(folder)
         if ck.encoder_state is not None:

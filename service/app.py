@@ -198,4 +198,4 @@ def load_model(settings: Settings) -> Captioner:
 
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    return Captioner.load(settings.checkpoint, device=settings.device)
+    return Captioner.load(settings.checkpoint, device=settings.device, precision=settings.precision)

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     checkpoint: Path | None = Field(None, description="checkpoint folder; empty means the shipped default weights")
     device: str | None = Field(None, description="cpu, cuda or cuda:N; empty means cuda when available")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads for the model (torch.set_num_threads)")
+    precision: str | None = Field(
+        None,
+        description="what the ONNX Runtime encoder computes in: int8 or fp32; empty means the checkpoint's choice",
+    )
 
     # dynamic batching
     max_batch_size: int = Field(16, ge=1, le=1024, description="most images run through the model at once")
@@ -131,6 +135,16 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        name = str(value).strip().lower()
+        if name not in ("int8", "fp32"):
+            raise ValueError("precision must be one of int8, fp32")
+        return name
 
     @field_validator("log_level")
     @classmethod

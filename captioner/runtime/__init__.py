@@ -8,6 +8,8 @@ Names, each with one meaning:
 * :mod:`captioner.runtime.onnx`: the encoder exported to ONNX Runtime (cached on disk,
   self-checked against PyTorch); :mod:`captioner.runtime.onnx_decoder`: the decoder step.
 * :class:`OnnxPath`: one model's ONNX Runtime encoder and decoder step, built on first use.
+* **precision** (``int8`` or ``fp32``; :mod:`captioner.runtime.quantize`): what the ONNX
+  Runtime encoder computes in; int8 falls back to fp32 with a logged reason.
 * :mod:`captioner.runtime.torchscript`: :func:`~captioner.runtime.torchscript.traced_forward`
   (a frozen TorchScript trace of an encoder) and
   :func:`~captioner.runtime.torchscript.best_forward` (the chooser training's feature cache
@@ -26,13 +28,22 @@ from torch import nn
 
 from .onnx import OnnxEncoder, build_onnx_encoder, log
 from .onnx_decoder import build_onnx_decoder
+from .quantize import PRECISION_ENV, PRECISIONS, Calibration, precision_requested
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..decoder import CaptionDecoder
 
 FAST_ENV = "CAPTIONER_FAST"
 
-__all__ = ["FAST_ENV", "OnnxPath", "fast_requested"]
+__all__ = [
+    "FAST_ENV",
+    "PRECISIONS",
+    "PRECISION_ENV",
+    "Calibration",
+    "OnnxPath",
+    "fast_requested",
+    "precision_requested",
+]
 
 
 def fast_requested(fast: bool | None = None) -> bool:
@@ -77,20 +88,37 @@ class OnnxPath:
     (or by :meth:`prepare`), self-checked, rebuilt when the weights change, and remembered
     when they cannot be built (one logged reason, no retry per batch). Thread-safe."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, precision: str = "fp32", calibration: Calibration | None = None) -> None:
         self.enabled = enabled
+        self.precision = precision  # requested: "int8" or "fp32"
+        self.calibration = calibration  # the int8 encoder's calibration set
+        self.int8_reason: str | None = None  # why int8 was requested and fp32 runs instead
         self._lock = threading.Lock()
         self._encoder = _Slot()
         self._decoder = _Slot()
+
+    def _build_encoder(
+        self, encoder: nn.Module, input_size: int, device: torch.device
+    ) -> tuple[OnnxEncoder | None, str]:
+        """The int8 encoder when requested and it builds and passes its check, else fp32."""
+        self.int8_reason = None
+        if self.precision == "int8":
+            if self.calibration is None:
+                self.int8_reason = "the checkpoint has no calibration images (calibration.safetensors)"
+            else:
+                fast, reason = build_onnx_encoder(encoder, input_size, device=device, calibration=self.calibration)
+                if fast is not None:
+                    return fast, ""
+                self.int8_reason = reason
+            log.warning("the encoder runs in fp32, not int8: %s", self.int8_reason)
+        return build_onnx_encoder(encoder, input_size, device=device)
 
     def encoder(self, encoder: nn.Module, input_size: int, device: torch.device) -> OnnxEncoder | None:
         """The fast encoder for ``encoder``, or None (switched off, in training mode, unavailable)."""
         if not self.enabled or encoder.training:
             return None
         with self._lock, torch.inference_mode(False):  # callers may be under inference mode
-            return self._encoder.get(
-                encoder, lambda: build_onnx_encoder(encoder, input_size, device=device), "the encoder"
-            )
+            return self._encoder.get(encoder, lambda: self._build_encoder(encoder, input_size, device), "the encoder")
 
     def decoder(self, decoder: nn.Module, device: torch.device) -> nn.Module | None:
         """A decoder whose step runs on ONNX Runtime, or None (as for :meth:`encoder`)."""
@@ -106,7 +134,8 @@ class OnnxPath:
         return self.encoder(encoder, input_size, device) is not None
 
     def status(self) -> dict:
-        """{"encoder": backend, "decoder": backend, "reasons": {...}} for describe() and logs."""
+        """{"encoder": backend, "decoder": backend, "precision": what the encoder computes in,
+        "precision_requested": ..., "reasons": {...}} for describe() and logs."""
 
         def one(slot: _Slot) -> str:
             return "onnxruntime" if slot.built is not None else "pytorch"
@@ -117,4 +146,13 @@ class OnnxPath:
         for name, slot in (("encoder", self._encoder), ("decoder", self._decoder)):
             if slot.reason:
                 reasons[name] = slot.reason
-        return {"encoder": one(self._encoder), "decoder": one(self._decoder), "reasons": reasons}
+        if self.int8_reason:
+            reasons["int8"] = self.int8_reason
+        built = self._encoder.built
+        return {
+            "encoder": one(self._encoder),
+            "decoder": one(self._decoder),
+            "precision": built.precision if built is not None else "fp32",
+            "precision_requested": self.precision,
+            "reasons": reasons,
+        }

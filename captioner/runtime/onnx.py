@@ -55,6 +55,7 @@ from torch import Tensor, nn
 
 from ..cache import CACHE_ENV, default_cache_dir, weights_digest
 from ..fsio import atomic_write_bytes
+from .quantize import INT8_TOLERANCE, Calibration, Int8Tolerance, quantize_graph, tool_versions
 
 log = logging.getLogger("captioner.runtime")
 
@@ -173,25 +174,38 @@ class OnnxEncoder:
         threads: int | None = None,
         cache_dir: Path | bool | None = None,
         spinning: bool = False,
+        calibration: Calibration | None = None,
     ) -> None:
         import onnxruntime as ort  # optional dependency: ImportError tells the caller to fall back
 
         self.input_size = int(input_size)
         self.feature_dim = int(getattr(encoder, "feature_dim", 0)) or None
         self.threads = int(threads if threads is not None else encoder_threads())
+        # int8 with a calibration set (captioner.runtime.quantize), else fp32
+        self.precision = "fp32" if calibration is None else "int8"
+        self.calibration = calibration
         digest = graph_digest(encoder, self.input_size)
         name = getattr(getattr(encoder, "spec", None), "name", type(encoder).__name__)
+        fp32_path: Path | None = None
         self.cache_path: Path | None = None
         graph: bytes | None = None
         if cache_dir is not False:
             folder = (default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)) / "onnx"  # type: ignore[arg-type]
-            self.cache_path = folder / f"{name}-{self.input_size}-{digest[:20]}.onnx"
+            fp32_path = folder / f"{name}-{self.input_size}-{digest[:20]}.onnx"
+            self.cache_path = fp32_path
+            if calibration is not None:
+                key = f"{digest}|{calibration.digest}|{calibration.method}|{calibration.exclude}|{tool_versions()}"
+                int8_digest = hashlib.sha256(key.encode()).hexdigest()
+                self.cache_path = folder / f"{name}-{self.input_size}-int8-{int8_digest[:20]}.onnx"
             graph = _read_verified(self.cache_path)
         # A graph from the cache passed the self-check when it was written (its content hash
-        # is recorded next to it); a fresh export has not yet.
+        # is recorded next to it); a fresh export (or quantisation) has not yet.
         self.verified = graph is not None
         if graph is None:
-            graph = export_onnx(encoder, self.input_size)
+            base = _read_verified(fp32_path) if calibration is not None and fp32_path is not None else None
+            graph = base or export_onnx(encoder, self.input_size)
+            if calibration is not None:
+                graph = quantize_graph(graph, calibration.tensors(), calibration.method, calibration.exclude)
         self._graph: bytes | None = graph
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -240,6 +254,7 @@ class OnnxEncoder:
     def describe(self) -> dict:
         return {
             "backend": self.backend,
+            "precision": self.precision,
             "threads": self.threads,
             "input_size": self.input_size,
             "graph_mb": round(self.graph_bytes / 2**20, 1),
@@ -266,8 +281,10 @@ def build_onnx_encoder(
     threads: int | None = None,
     cache_dir: Path | bool | None = None,
     tolerance: Tolerance = FEATURE_TOLERANCE,
+    calibration: Calibration | None = None,
 ) -> tuple[OnnxEncoder | None, str]:
-    """Build the ONNX Runtime encoder and check it against ``encoder``.
+    """Build the ONNX Runtime encoder and check it against ``encoder``; int8 when given a
+    ``calibration`` set (:mod:`captioner.runtime.quantize`), else fp32.
 
     Returns ``(fast encoder, "")``, or ``(None, reason)`` when the fast path cannot be used;
     the reason is a sentence for the log. Never raises for an unavailable fast path.
@@ -275,15 +292,18 @@ def build_onnx_encoder(
     reason = unavailable_reason(device)
     if reason:
         return None, reason
+    what = "ONNX Runtime encoder" if calibration is None else "int8 ONNX Runtime encoder"
     try:
-        fast = OnnxEncoder(encoder, input_size, threads=threads, cache_dir=cache_dir)
-    except Exception as e:  # exporter or runtime cannot handle this network
+        fast = OnnxEncoder(encoder, input_size, threads=threads, cache_dir=cache_dir, calibration=calibration)
+    except Exception as e:  # exporter, quantiser or runtime cannot handle this network
         return (
             None,
-            f"building the ONNX Runtime encoder failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
+            f"building the {what} failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})",
         )
     if fast.verified:
         return fast, ""
+    if calibration is not None:
+        return _checked_int8(encoder, fast, calibration)
     ok, diff, cos, error = self_check(encoder, fast, tolerance)
     if error:
         return None, f"the ONNX Runtime encoder failed its self-check run ({error})"
@@ -311,3 +331,25 @@ def self_check(
         return False, float("nan"), float("nan"), f"{type(e).__name__}: {e}"
     ok, diff, cos = tolerance.check(reference, got)
     return ok, diff, cos, ""
+
+
+def _checked_int8(
+    encoder: nn.Module, fast: OnnxEncoder, calibration: Calibration, tolerance: Int8Tolerance = INT8_TOLERANCE
+) -> tuple[OnnxEncoder | None, str]:
+    """Self-check a freshly quantised encoder on (up to 32 of) its calibration images and
+    cache it when its features stay close enough to the eager encoder's."""
+    x = torch.from_numpy(calibration.tensors()[:32])  # (B, 3, S, S)
+    try:
+        with torch.inference_mode():
+            reference = encoder(x).float()  # (B, F)
+        got = fast(x)  # (B, F)
+    except Exception as e:
+        return None, f"the int8 ONNX Runtime encoder failed its self-check run ({type(e).__name__}: {e})"
+    ok, mean, low = tolerance.check(reference, got)
+    if not ok:
+        return None, (
+            f"the int8 ONNX Runtime encoder drifts too far from PyTorch (feature cosine mean {mean:.4f}, "
+            f"min {low:.4f}; allowed {tolerance.min_mean_cosine} / {tolerance.min_cosine})"
+        )
+    fast.save_to_cache()
+    return fast, ""
