@@ -1,0 +1,246 @@
+"""The int8 encoder (captioner.runtime.quantize): agreement with fp32 on held-out scenes,
+the graph cache's key, and the fallback to fp32.
+
+Agreement uses the shipped weights and their calibration set; the cache and fallback
+mechanics use a tiny CNN so that each quantisation takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from captioner import Captioner, runtime
+from captioner.decoder import CaptionDecoder, DecoderConfig
+from captioner.encoders import Preprocess
+from captioner.runtime import onnx as onnx_mod
+from captioner.runtime import quantize
+from captioner.vocab import Vocabulary
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+HELD_OUT_SEED = 7  # the shipped weights were trained on seed 0
+
+
+class TinyEncoder(nn.Module):
+    """(B, 3, 32, 32) -> (B, 16), with ReLU6 like Lite0."""
+
+    feature_dim = 16
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1),
+            nn.BatchNorm2d(8),
+            nn.ReLU6(),
+            nn.Conv2d(8, 16, 3, 2, 1),
+            nn.ReLU6(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, 16)
+
+
+TINY_PRE = Preprocess(resize_size=32, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def jpegs(n: int, seed: int) -> list[bytes]:
+    """``n`` random 48x48 JPEGs (smooth blobs, so they compress like pictures)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        small = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(small).resize((48, 48), Image.Resampling.BILINEAR).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def tiny(calibration: list[bytes] | None, seed: int = 0, precision: str = "int8") -> Captioner:
+    torch.manual_seed(seed)
+    vocab = Vocabulary.build(["a red square", "a blue circle"])
+    decoder = CaptionDecoder(
+        DecoderConfig(vocab_size=len(vocab), feature_dim=16, embed_dim=8, hidden_dim=16, img_proj_dim=8, max_length=5)
+    )
+    return Captioner(
+        TinyEncoder().eval(),
+        decoder,
+        vocab,
+        preprocess=TINY_PRE,
+        device="cpu",
+        fast=True,
+        precision=precision,
+        calibration=calibration,
+    )
+
+
+@pytest.fixture()
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CAPTIONER_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(quantize.PRECISION_ENV, raising=False)
+    return tmp_path / "onnx"
+
+
+def quantisations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count calls of the quantiser (one per int8 graph built rather than read back)."""
+    calls: list[int] = []
+    real = onnx_mod.quantize_graph
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(onnx_mod, "quantize_graph", counted)
+    return calls
+
+
+def int8_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*-int8-*.onnx"))
+
+
+# ---------------------------------------------------------------- the cache key
+
+
+def test_same_inputs_reuse_the_int8_graph(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = quantisations(monkeypatch)
+    calib = jpegs(8, seed=1)
+    first = tiny(calib)
+    x = torch.stack([first.preprocess(b) for b in jpegs(4, seed=9)])  # (4, 3, 32, 32)
+    a = first.encode(x)
+    assert first.describe()["runtime"]["precision"] == "int8" and len(calls) == 1
+    files = int8_files(cache)
+    assert len(files) == 1 and (cache / (files[0] + ".sha256")).is_file()
+    second = tiny(calib)  # same weights (seed), same calibration images
+    b = second.encode(x)
+    assert len(calls) == 1 and int8_files(cache) == files  # read back, not quantised again
+    assert second.describe()["runtime"]["precision"] == "int8"
+    assert torch.equal(a, b)
+
+
+def test_other_calibration_or_weights_make_a_new_graph(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = quantisations(monkeypatch)
+    calib = jpegs(8, seed=1)
+    tiny(calib).prepare_fast()
+    tiny(calib[:-1] + jpegs(1, seed=2)).prepare_fast()  # one calibration image changed
+    assert len(calls) == 2 and len(int8_files(cache)) == 2
+    tiny(calib, seed=5).prepare_fast()  # other weights, same calibration images
+    assert len(calls) == 3 and len(int8_files(cache)) == 3
+
+
+def test_calibration_file_round_trip(tmp_path: Path) -> None:
+    images = jpegs(3, seed=4)
+    path = quantize.write_calibration(tmp_path, images)
+    assert path.name == quantize.CALIBRATION
+    assert quantize.read_calibration(tmp_path) == images
+    assert quantize.read_calibration(tmp_path / "missing") is None
+    prep = TINY_PRE.to_dict()
+    assert quantize.calibration_digest(images, prep) != quantize.calibration_digest(images[::-1], prep)
+
+
+# ---------------------------------------------------------------- choosing and falling back
+
+
+def test_precision_comes_from_argument_env_then_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(quantize.PRECISION_ENV, raising=False)
+    assert runtime.precision_requested(None, {}) == "fp32"
+    assert runtime.precision_requested(None, {"precision": "int8"}) == "int8"
+    monkeypatch.setenv(quantize.PRECISION_ENV, "FP32")
+    assert runtime.precision_requested(None, {"precision": "int8"}) == "fp32"
+    assert runtime.precision_requested("int8", {}) == "int8"
+    with pytest.raises(ValueError, match="int8, fp32"):
+        runtime.precision_requested("int4")
+
+
+def test_quantisation_unavailable_falls_back_to_fp32(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)  # import fails
+    with caplog.at_level(logging.WARNING, logger="captioner.runtime"):
+        model = tiny(jpegs(8, seed=1))
+        assert model.prepare_fast()  # the fp32 ONNX Runtime encoder still runs
+    status = model.describe()["runtime"]
+    assert status["encoder"] == "onnxruntime" and status["precision"] == "fp32"
+    assert status["precision_requested"] == "int8"
+    assert "onnxruntime.quantization" in status["reasons"]["int8"]
+    assert "fp32, not int8" in caplog.text and int8_files(cache) == []
+    x = torch.stack([model.preprocess(b) for b in jpegs(2, seed=9)])  # (2, 3, 32, 32)
+    with torch.inference_mode():
+        reference = model.encoder(x)  # (2, 16)
+    assert float((model.encode(x) - reference).abs().max()) <= onnx_mod.FEATURE_TOLERANCE.max_abs
+
+
+def test_int8_without_calibration_images_runs_fp32(cache: Path) -> None:
+    model = tiny(None)
+    model.prepare_fast()
+    status = model.describe()["runtime"]
+    assert status["precision"] == "fp32" and "calibration" in status["reasons"]["int8"]
+
+
+def test_fp32_needs_no_calibration(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = quantisations(monkeypatch)
+    model = tiny(jpegs(4, seed=1), precision="fp32")
+    model.prepare_fast()
+    assert model.describe()["runtime"]["precision"] == "fp32" and "int8" not in model.describe()["runtime"]["reasons"]
+    assert calls == []
+
+
+# ---------------------------------------------------------------- agreement with fp32 (shipped weights)
+
+
+@pytest.fixture(scope="module")
+def shipped_pair(tmp_path_factory: pytest.TempPathFactory):
+    """(fp32 model, int8 model) of the shipped weights, int8 calibrated on their calibration set."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CAPTIONER_CACHE_DIR", str(tmp_path_factory.mktemp("int8-cache")))
+    mp.delenv(quantize.PRECISION_ENV, raising=False)
+    try:
+        yield Captioner.load(precision="fp32"), Captioner.load(precision="int8")
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def held_out_scenes(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    from captioner.training.scenes import generate_scenes
+
+    out = tmp_path_factory.mktemp("scenes")
+    generate_scenes(out, {"test": 40}, seed=HELD_OUT_SEED, progress=False)
+    return [p.read_bytes() for p in sorted((out / "images" / "test").glob("*.jpg"))]
+
+
+def test_shipped_weights_default_to_fp32_and_carry_a_calibration_set() -> None:
+    model = Captioner.load(fast=False)
+    assert model.metadata["precision"] == "fp32"
+    images = quantize.read_calibration(model.path)
+    assert images is not None and len(images) == model.metadata["calibration"]["images"] >= 64
+
+
+def test_int8_features_and_captions_agree_with_fp32_on_held_out_scenes(shipped_pair, held_out_scenes) -> None:
+    fp32, int8 = shipped_pair
+    assert int8.describe()["runtime"]["precision"] == "int8"
+    assert fp32.describe()["runtime"]["precision"] == "fp32"
+    x = torch.stack([fp32.preprocess(b) for b in held_out_scenes])  # (40, 3, 224, 224)
+    a, b = fp32.encode(x), int8.encode(x)  # (40, 1280) each
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
+    assert float(cos.mean()) >= 0.95 and float(cos.min()) >= 0.8
+    same = np.mean([r.caption == s.caption for r, s in zip(fp32.generate(a), int8.generate(b))])
+    # Measured on 300 held-out scenes: 48.7 % identical (docs/performance.md), below the
+    # 97 % gate, which is why the shipped weights default to fp32. This bounds a regression.
+    assert same >= 0.3, f"only {same:.0%} of captions identical"
+
+
+def test_out_of_domain_flag_unchanged_on_photos(shipped_pair) -> None:
+    fp32, int8 = shipped_pair
+    photos = [(DATA / n).read_bytes() for n in ("chelsea.jpg", "coffee.jpg")]
+    flags32 = [r.in_domain for r in fp32.caption_detailed(photos)]
+    flags8 = [r.in_domain for r in int8.caption_detailed(photos)]
+    assert flags32 == flags8 and None not in flags32
