@@ -252,8 +252,13 @@ def encoder_limit(model, seconds: float = 3.0, batch_sizes: Sequence[int] = (8, 
         from captioner.runtime.onnx import OnnxEncoder
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        # an int8 model's limit is that of int8 sessions (same calibration set, cached graph)
+        int8 = model.describe()["runtime"].get("precision") == "int8"
+        calibration = model._fast.calibration if int8 else None
         for threads in sorted({cores, 1}, reverse=True):
-            candidates[f"onnxruntime {threads} thread(s)"] = OnnxEncoder(model.encoder, size, threads=threads)
+            candidates[f"onnxruntime{' int8' if int8 else ''} {threads} thread(s)"] = OnnxEncoder(
+                model.encoder, size, threads=threads, calibration=calibration
+            )
     except Exception as e:  # no onnxruntime: the model's own encoder is the limit
         print(f"(encoder limit without ONNX Runtime: {e})", file=sys.stderr)
     best: dict = {"images_per_s": 0.0}

@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="decode threads (default 2, the CLI's)")
     p.add_argument("--beam", type=int, default=1, help="beam size (default 1: greedy)")
     p.add_argument("--plain", action="store_true", help="also run with the fast path off (plain PyTorch)")
+    p.add_argument(
+        "--precision", choices=["fp32", "int8"], default=None, help="encoder precision (default: the checkpoint's)"
+    )
     args = p.parse_args(argv)
     common.apply_threads(args)
     from captioner import Captioner
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     common.header("folder: captioning a folder vs the encoder-only limit", info)
     ckpt = common.resolve_checkpoint(args.checkpoint)
     folder = common.jpeg_folder(args.images)
-    model = Captioner.load(ckpt, device="cpu")
+    model = Captioner.load(ckpt, device="cpu", precision=args.precision)
     print(f"checkpoint {ckpt} ({model.encoder_backend}); folder {folder}", file=sys.stderr, flush=True)
 
     limit_start = common.encoder_limit(model)

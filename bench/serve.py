@@ -174,11 +174,13 @@ def drain(url: str, jpeg: bytes, timeout: float = 600.0) -> float:
     return time.monotonic() - t
 
 
-def in_process(ckpt: Path, jpeg: bytes, beams: list[int], seconds: float) -> tuple[dict, dict]:
+def in_process(
+    ckpt: Path, jpeg: bytes, beams: list[int], seconds: float, precision: str | None = None
+) -> tuple[dict, dict]:
     """(seconds to caption one JPEG in this process per beam size, the encoder-only limit)."""
     from captioner import Captioner
 
-    model = Captioner.load(ckpt, device="cpu")
+    model = Captioner.load(ckpt, device="cpu", precision=precision)
     one = {}
     for beam in beams:
         one[beam] = statistics.median(
