@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test check setup system-deps clean
+.PHONY: serve test check setup system-deps clean mutation
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ check: $(STAMP)
 
 test: $(STAMP) system-deps check
 	$(BIN)/python -m pytest -q
+
+# Mutation testing of the core modules, each against its own test file (not part of `make test`;
+# tens of minutes). Scores and how to read the survivors: docs/testing.md.
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[mutation]"
+	$(BIN)/python scripts/mutation.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
