@@ -6,6 +6,9 @@
       config.json           {"format": ..., "encoder": {"name", "preprocess"}, "decoder": {"kind", ...}}
       vocab.json            the vocabulary (tokens in id order)
       metadata.json         training data, metrics, versions, free-form
+                            ("precision": int8 or fp32, the encoder's default; "calibration")
+      calibration.safetensors  optional: encoded training images calibrating the int8 encoder
+                            (captioner.runtime.quantize)
 
 Saving writes a temporary sibling folder and renames it into place, so an interrupted
 save leaves either the old checkpoint or the new one, never a mixture (the temporary

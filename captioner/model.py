@@ -213,6 +213,10 @@ class Captioner:
     def save(self, directory: str | os.PathLike, metadata: dict | None = None, fp16: bool = False) -> Path:
         """Write this model as a checkpoint folder (decoder weights only: the encoder is frozen
         unless it was fine-tuned, in which case pass through training's own save)."""
+        from .runtime.quantize import read_calibration, write_calibration
+
+        # read before saving: the new folder may replace the one loaded from
+        images = read_calibration(self.path) if self.path is not None else None
         preprocess = self.preprocessing.to_dict() if hasattr(self.preprocessing, "to_dict") else {}
         folder = ckpt_mod.save_checkpoint(
             directory,
@@ -226,6 +230,8 @@ class Captioner:
         )
         if self.trust.calibration is not None or self.trust.domain is not None:
             trust_mod.save_trust(folder, self.trust)
+        if images:  # the int8 encoder's calibration set goes with the weights
+            write_calibration(folder, images)
         return folder
 
     # ------------------------------------------------------------------ the three steps
@@ -297,9 +303,10 @@ class Captioner:
         """Captions for features (B, F): greedy (beam_size 1), beam search, or sampling
         when a temperature is given; never a word three times in a row, and no repeated
         n-gram (``no_repeat_ngram_size``, default :data:`captioner.decoder.DEFAULT_NO_REPEAT_NGRAM`;
-        0 switches it off). A caption ends before the first word the model gives less than
-        ``min_word_prob`` (default :data:`captioner.options.DEFAULT_MIN_WORD_PROB`; 0 switches
-        it off), so a picture the model cannot read gets a short caption, not a list of guesses.
+        0 switches it off). The caption of an image outside the training data (when the
+        checkpoint has domain statistics) ends before the first word the model gives less
+        than ``min_word_prob`` (default :data:`captioner.options.DEFAULT_MIN_WORD_PROB`; 0
+        switches it off), so a picture it cannot read gets a short caption, not a list of guesses.
         Each result carries its confidence and out-of-domain flag (when the checkpoint has
         the statistics) and, with ``labels=K``, the backbone's top-K ImageNet classes."""
         features = features.to(self.device)
@@ -314,18 +321,25 @@ class Captioner:
             ids, scores = decoder.beam_search(features, v.start_id, v.end_id, beam_size, max_length, length_penalty, n)
         results = [CaptionResult(v.decode(t), float(s), t) for t, s in zip(ids, scores.tolist())]
         floor = DEFAULT_MIN_WORD_PROB if min_word_prob is None else MIN_WORD_PROB.check(min_word_prob)
-        if floor > 0 and results:
-            self._end_before_unsure_words(features, results, floor)
+        domain = self.trust.domain
+        if floor > 0 and results and domain is not None:
+            outside = [i for i, d in enumerate(domain.distance(features).tolist()) if d > domain.threshold]
+            if outside:
+                self._end_before_unsure_words(features, results, floor, outside)
         trust_mod.annotate(self, features, results, labels)
         return results
 
-    def _end_before_unsure_words(self, features: Tensor, results: list[CaptionResult], floor: float) -> None:
-        """Cut each caption before its first word of probability < ``floor`` (in place), and
-        score the shorter caption (its words and ``<end>``) as the model does."""
+    def _end_before_unsure_words(
+        self, features: Tensor, results: list[CaptionResult], floor: float, rows: list[int]
+    ) -> None:
+        """Cut the captions of ``rows`` (images outside the training data) before their first
+        word of probability < ``floor`` (in place), and score each shorter caption (its words
+        and ``<end>``) as the model does."""
         v, log_floor = self.vocab, math.log(floor)
-        logps = self.decoder.token_logprobs(features, [r.tokens for r in results], v.start_id, v.end_id)
+        logps = self.decoder.token_logprobs(features[rows], [results[i].tokens for i in rows], v.start_id, v.end_id)
         cut: list[int] = []
-        for i, (r, lp) in enumerate(zip(results, logps)):
+        for i, lp in zip(rows, logps):
+            r = results[i]
             unsure = (lp[: len(r.tokens)] < log_floor).nonzero()  # (K, 1) positions of unsure words
             if len(unsure):
                 r.tokens = r.tokens[: int(unsure[0, 0])]

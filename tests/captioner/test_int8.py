@@ -220,6 +220,7 @@ def held_out_scenes(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
 def test_shipped_weights_default_to_fp32_and_carry_a_calibration_set() -> None:
     model = Captioner.load(fast=False)
     assert model.metadata["precision"] == "fp32"
+    assert model.path is not None
     images = quantize.read_calibration(model.path)
     assert images is not None and len(images) == model.metadata["calibration"]["images"] >= 64
 
@@ -244,3 +245,11 @@ def test_out_of_domain_flag_unchanged_on_photos(shipped_pair) -> None:
     flags32 = [r.in_domain for r in fp32.caption_detailed(photos)]
     flags8 = [r.in_domain for r in int8.caption_detailed(photos)]
     assert flags32 == flags8 and None not in flags32
+
+
+def test_saving_a_model_keeps_its_calibration_set(tmp_path: Path) -> None:
+    model = Captioner.load(fast=False)
+    assert model.path is not None
+    folder = model.save(tmp_path / "copy")
+    assert quantize.read_calibration(folder) == quantize.read_calibration(model.path)
+    assert Captioner.load(folder, fast=False).metadata["precision"] == "fp32"
