@@ -115,6 +115,29 @@ def explain(model: Captioner, images: Sequence[ImageSource], beam_size: int = 1)
     return out
 
 
+def word_maps(
+    model: Captioner, features: torch.Tensor, tokens: Sequence[Sequence[int]], digits: int = 3
+) -> list[list[dict]]:
+    """For the API: per caption (word ids as generation returns them), per word and ``<end>``:
+    ``{"word", "attention": h x w weights rounded to digits, "peak": [row, column]}``."""
+    require_attention(model)
+    v = model.vocab
+    rows = [list(t) for t in tokens]
+    alphas = model.decoder.attention(features, rows, v.start_id, v.end_id)  # type: ignore[operator]
+    h, w = grid_shape(features.size(1))
+    out = []
+    for ids, a in zip(rows, alphas):
+        maps = a.float().cpu().numpy().reshape(len(ids) + 1, h, w)  # (T, h, w)
+        words = [v.itos[i] for i in ids] + [v.END]
+        out.append(
+            [
+                {"word": word, "attention": np.round(m, digits).tolist(), "peak": list(divmod(int(m.argmax()), w))}
+                for word, m in zip(words, maps)
+            ]
+        )
+    return out
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)

@@ -52,6 +52,7 @@ class GenerationOptions:
     # ImageNet labels to return per image; every batch computes the most (captioner.options.LABELS),
     # so requests asking for different numbers still share a batch.
     labels: int = field(default=0, compare=False)
+    explain: bool = False  # per-word attention maps (attention models); such requests batch together
 
 
 @dataclass
@@ -71,6 +72,7 @@ class ItemResult:
     in_domain: bool | None = None
     domain_distance: float | None = None
     labels: list[dict[str, Any]] | None = None  # [{"name", "probability"}], when asked for
+    attention: list[dict[str, Any]] | None = None  # per word: {"word", "attention", "peak"}, with explain
 
 
 def _stamp_time(item: ItemResult, start: float, _future: object) -> None:
@@ -117,14 +119,16 @@ class CaptionService:
         return not self.draining and self.batcher.running
 
     # ------------------------------------------------------------------ options
-    def options(self, beam_size: int | None, max_length: int | None, labels: int = 0) -> GenerationOptions:
+    def options(
+        self, beam_size: int | None, max_length: int | None, labels: int = 0, explain: bool = False
+    ) -> GenerationOptions:
         """A request's generation options with this server's defaults filled in. The values
         were range-checked by the router (``service.params``, 422 naming the range) before
         the body was read."""
         s = self.settings
         beam = s.default_beam_size if beam_size is None else beam_size
         length = min(self.default_max_length, s.max_length_limit) if max_length is None else max_length
-        return GenerationOptions(beam, length, labels)
+        return GenerationOptions(beam, length, labels, explain)
 
     # ------------------------------------------------------------------ admission
     def _admit(self, n: int) -> None:
@@ -204,9 +208,14 @@ class CaptionService:
     def _run_batch(self, x: Tensor, opts: GenerationOptions) -> list:
         """Runs in the batcher thread: (B, 3, H, W) -> B CaptionResults."""
         features = self.model.encode(x)  # (B, F)
-        return self.model.generate(
+        results = self.model.generate(
             features, beam_size=opts.beam_size, max_length=opts.max_length, labels=int(LABELS.high)
         )
+        if not opts.explain:
+            return results
+        from captioner.explain import word_maps
+
+        return list(zip(results, word_maps(self.model, features, [r.tokens for r in results])))
 
     async def _decode_one(self, index: int, upload: Upload, deadline: float) -> tuple[ItemResult, Tensor | None]:
         """Decode one upload off the event loop; a bad image becomes an error result."""
@@ -244,6 +253,8 @@ class CaptionService:
                 )
                 continue
             result, info = outcome
+            if opts.explain:
+                result, item.attention = result
             item.caption, item.score, item.batch_size = result.caption, result.score, info.size
             item.confidence, item.in_domain = result.confidence, result.in_domain
             item.domain_distance = result.domain_distance

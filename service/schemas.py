@@ -35,6 +35,18 @@ class Label(BaseModel):
     probability: float = Field(ge=0, le=1, description="the classifier's probability")
 
 
+class WordAttention(BaseModel):
+    """Where an attention model looked for one word of the caption (``explain=true``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    word: str = Field(description="the word (the last entry is the end token, <end>)")
+    attention: list[list[float]] = Field(
+        description="h x w weights over the encoder's grid (row-major, top row first; they sum to 1), rounded"
+    )
+    peak: list[int] = Field(description="[row, column] of the largest weight")
+
+
 class CaptionItem(BaseModel):
     """One image of the request: a caption, or an error for this image alone."""
 
@@ -78,6 +90,11 @@ class CaptionItem(BaseModel):
         exclude_if=omitted_when_none,
         description="top ImageNet classes of the encoder's own classifier, when asked for with labels=K",
     )
+    attention: list[WordAttention] | None = Field(
+        None,
+        exclude_if=omitted_when_none,
+        description="with explain=true: the attention map of each word and of the end token",
+    )
     time_ms: float = Field(description="time spent on this image: decoding, queueing and the model")
     batch_size: int | None = Field(
         None, exclude_if=omitted_when_none, description="images in the model batch this one ran in"
@@ -100,7 +117,7 @@ class CaptionItem(BaseModel):
             values.update(
                 caption=None, score=None, batch_size=None, confidence=None, in_domain=None, domain_distance=None
             )
-            values.update(labels=None)
+            values.update(labels=None, attention=None)
         return cls(**values)
 
 

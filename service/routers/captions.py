@@ -18,7 +18,7 @@ from captioner.options import LABELS
 from ..auth import require_api_key
 from ..captioning import GenerationOptions, ItemResult
 from ..deps import ServiceDep
-from ..errors import ErrorBody
+from ..errors import APIError, ErrorBody
 from ..params import (
     ascii_int,
     ascii_number,
@@ -97,7 +97,8 @@ ERROR_TEXTS: dict[int, str] = {
     408: "the body did not arrive in time (body_timeout)",
     413: "body_too_large, too_many_files, or the only image is image_too_large",
     415: "unsupported_media_type, or the only image is unsupported_image",
-    422: "invalid_option / invalid_request / unknown_parameter / no_image / unknown_field, or every image failed",
+    422: "invalid_option / invalid_request / unknown_parameter / no_image / unknown_field / explain_unavailable, "
+    "or every image failed",
     503: "queue_full or not_ready; see Retry-After",
     504: "timeout",
 }
@@ -186,6 +187,13 @@ def build_router(settings: Settings) -> APIRouter:
             ascii_int("labels"),
             WithJsonSchema(option_schema("integer", LABELS.low, LABELS.high)),
         ] = None,
+        explain: Annotated[
+            bool,
+            Query(
+                description="add each word's attention map (h x w weights and the peak cell); attention models "
+                "only, else 422 explain_unavailable"
+            ),
+        ] = False,
         filename: Annotated[str | None, Query(description="name to echo for a raw image body")] = None,
     ) -> CaptionResponse | JSONResponse:
         """Multipart with one or more ``file`` parts, or one image as the raw body (``image/*``).
@@ -205,6 +213,10 @@ def build_router(settings: Settings) -> APIRouter:
         }
         for name, allowed in ranges.items():
             check_range(given[name], allowed)  # before reading the body: a bad option costs nothing
+        if explain and not hasattr(service.model.decoder, "attention"):
+            from captioner.explain import NEEDS_ATTENTION
+
+            raise APIError(422, "explain_unavailable", NEEDS_ATTENTION)
         uploads, form = await read_uploads(
             request, max_body_bytes=s.max_body_bytes, max_files=s.max_files, body_timeout_s=s.body_timeout_s
         )
@@ -214,7 +226,7 @@ def build_router(settings: Settings) -> APIRouter:
                 check_range(given[name], allowed)
         beam, length, limit, k = (given[name] for name in ranges)
         opts = service.options(
-            None if beam is None else int(beam), None if length is None else int(length), int(k or 0)
+            None if beam is None else int(beam), None if length is None else int(length), int(k or 0), explain
         )
         items = await service.caption(uploads, opts, s.request_timeout_s if limit is None else limit)
         return build_response(service.model.model_id, opts, items, started)

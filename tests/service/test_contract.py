@@ -138,7 +138,7 @@ OPTION_CASES: dict[str, tuple[dict[str, Any], int, str, str]] = {
         dict(params={"beam": 3}),
         422,
         "unknown_parameter",
-        "unknown query parameter 'beam' (known: beam_size, filename, ",
+        "unknown query parameter 'beam' (known: beam_size, explain, filename, ",
     ),
     "unknown form field": (dict(data={"beam": "3"}), 422, "unknown_field", "beam"),
 }
