@@ -104,9 +104,10 @@ NO_REPEAT_NGRAM = Range("no repeat ngram size", 0, 10)  # 0: off
 LABELS = Range("labels", 0, 20)  # top-K ImageNet classes of the backbone; 0: none
 DEFAULT_LABELS = 3  # what the command line and folder runs add, shown beside out-of-domain captions
 MIN_WORD_PROB = Range("min word probability", 0.0, 1.0, integer=False)  # 0: off
-# A caption ends before the first word the model gives less than this probability. On
-# held-out scenes the shipped model's least likely word is above 0.25 (1,000 images), while
-# on photos unlike its training images every word is below 0.15: docs/trust.md.
+# The caption of an image outside the training data ends before the first word the model
+# gives less than this probability. On 1,000 held-out scenes the shipped model's least likely
+# word is above 0.2, while on photos unlike its training images every word is below 0.15:
+# docs/trust.md.
 DEFAULT_MIN_WORD_PROB = 0.1
 
 RANGES: dict[str, Range] = {
