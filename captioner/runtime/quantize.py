@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import CaptionerError
+
 __all__ = [
     "CALIBRATION",
     "INT8_TOLERANCE",
@@ -47,6 +49,7 @@ __all__ = [
     "PRECISION_ENV",
     "Calibration",
     "Int8Tolerance",
+    "PrecisionError",
     "precision_requested",
     "quantize_graph",
     "read_calibration",
@@ -66,7 +69,7 @@ CALIBRATION_BATCH = 16  # images per calibration run (bounds the collected activ
 
 def precision_requested(precision: str | None = None, metadata: dict | None = None) -> str:
     """The precision to run: ``precision`` when given, else ``$CAPTIONER_PRECISION``, else the
-    checkpoint's ``metadata["precision"]``, else fp32. Raises ValueError for another name."""
+    checkpoint's ``metadata["precision"]``, else fp32. Raises PrecisionError for another name."""
     for source, value in (
         ("precision", precision),
         (PRECISION_ENV, os.environ.get(PRECISION_ENV, "").strip() or None),
@@ -75,9 +78,13 @@ def precision_requested(precision: str | None = None, metadata: dict | None = No
         if value is not None:
             name = str(value).strip().lower()
             if name not in PRECISIONS:
-                raise ValueError(f"{source} must be one of {', '.join(PRECISIONS)}, not {value!r}")
+                raise PrecisionError(f"{source} must be one of {', '.join(PRECISIONS)}, not {value!r}")
             return name
     return DEFAULT_PRECISION
+
+
+class PrecisionError(CaptionerError, ValueError):
+    """A precision that is neither int8 nor fp32 (a one-line message naming both)."""
 
 
 @dataclass(frozen=True)
