@@ -184,16 +184,68 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .model import Captioner
 
     model = Captioner.load(args.checkpoint, device=args.device)
-    print(json.dumps(model.describe(), indent=2, ensure_ascii=False))
+    facts = model.describe()
+    if args.json:
+        print(json.dumps(facts, indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(info_summary(facts, model.path)))
     return 0
 
 
+def info_summary(facts: dict, path: object = None) -> list[str]:
+    """A few lines a person reads: what the model is, trained on what, how good, how big."""
+    dec, enc = facts.get("decoder", {}), facts.get("encoder", {})
+    meta = facts.get("metadata") or {}
+    lines = [f"model {facts.get('model_id')}" + (f"  ({path})" if path else "")]
+    kind = "attention" if dec.get("kind") == "attention" else "pooled-feature"
+    layers = dec.get("num_layers", 1)
+    lines.append(
+        f"  {enc.get('name')} encoder ({enc.get('feature_dim')}-d features) -> {kind} "
+        f"{str(dec.get('cell', '')).upper()} decoder, {layers} layer{'s' if layers != 1 else ''} of "
+        f"{dec.get('hidden_dim')}, vocabulary {facts.get('vocab_size')} words, up to {dec.get('max_length')} words"
+    )
+    if facts.get("trained_on"):
+        lines.append(f"  trained on: {facts['trained_on']}")
+    test = meta.get("test") or {}
+    scores = [
+        f"{label} {test[key]:.3f}" for key, label in (("bleu_4", "BLEU-4"), ("cider_d", "CIDEr-D")) if key in test
+    ]
+    if "scene_accuracy" in test:
+        scores.append(f"scene accuracy {100 * test['scene_accuracy']:.1f} %")
+    if scores:
+        lines.append(f"  test split ({test.get('images', '?')} images, greedy): " + ", ".join(scores))
+    trust = facts.get("trust") or {}
+    lines.append(
+        "  trust: "
+        + ("calibrated confidence" if trust.get("calibration") else "no calibration")
+        + ", "
+        + ("out-of-domain flag" if trust.get("domain") else "no domain statistics")
+    )
+    runtime = facts.get("runtime") or {}
+    if runtime:
+        lines.append(
+            f"  runs on: {facts.get('device')}, encoder {runtime.get('encoder')}, decoder {runtime.get('decoder')}"
+            + (f", {runtime['precision']}" if runtime.get("precision") else "")
+        )
+    lines.append("  (captioner info --json prints the full record)")
+    return lines
+
+
 def cmd_encoders(args: argparse.Namespace) -> int:
-    from .encoders import get_spec, list_encoders
+    from .encoders import EncoderWeightsError, get_spec, list_encoders
 
     for name in list_encoders():
         spec = get_spec(name)
-        print(f"{name:22s} {spec.feature_dim:5d}-d  {getattr(spec, 'description', '')}")
+        try:
+            spec.pretrained_file()
+            state = "installed"
+        except EncoderWeightsError:
+            state = "not installed"
+        print(f"{name:20s} {spec.feature_dim:5d}-d  {state:13s}  {getattr(spec, 'description', '')}")
+    print(
+        "\nweights are never downloaded: 'not installed' ones need their file in the torch hub cache "
+        "or --encoder-weights PATH (captioner train --help)"
+    )
     return 0
 
 
@@ -214,11 +266,12 @@ def build_parser(load: set[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     _add_caption_verb(sub)
 
-    p = sub.add_parser("info", help="describe a checkpoint (encoder, decoder, vocabulary, metrics)")
+    p = sub.add_parser("info", help="describe a checkpoint: what it is, trained on what, how good, how big")
     add_model_options(p)
+    p.add_argument("--json", action="store_true", help="print the full record as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("encoders", help="list the available CNN encoders")
+    p = sub.add_parser("encoders", help="list the CNN encoders and whether their weights are on this machine")
     p.set_defaults(func=cmd_encoders)
     from .explain_cli import add_explain_verbs  # units, explain (torch is imported by their handlers)
 
@@ -297,7 +350,7 @@ def _add_caption_verb(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         default=None,
         help="where to list the files that failed, as JSONL with path and reason "
-        "(default: next to --out, e.g. captions.errors.jsonl)",
+        "(default: next to --out: captions.errors.jsonl for captions.jsonl, captions.csv.errors.jsonl for captions.csv)",
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     from .engines import add_engine_options

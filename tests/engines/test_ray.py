@@ -157,7 +157,7 @@ def test_a_killed_actor_loses_and_repeats_nothing(ray_cluster, folder, local_run
     records = read_parquet_records(out)
     assert len(records) == GOOD
     check_same_as_local(records, local_run)
-    assert set(errors_of(tmp_path / "captions.errors.jsonl")) == set(BAD)
+    assert set(errors_of(tmp_path / "captions.parquet.errors.jsonl")) == set(BAD)
 
 
 # ---------------------------------------------------------------------------- without Ray work
