@@ -122,6 +122,7 @@ function showCaption(card, item) {
     caption.textContent = "no caption: the model is unsure of every word";
     caption.dataset.empty = "true";
   }
+  if (item.caption && item.attention) attentionWords(card, caption, item.attention);
   const [notes, confidence] = trustLines(item);
   caption.before(...notes);
   caption.after(...confidence);
@@ -133,6 +134,45 @@ function showCaption(card, item) {
   const actions = el("div", "card-actions");
   actions.append(copy);
   card.querySelector(".body").append(meta, actions);
+}
+
+// ------------------------------------------------------------------ attention maps
+// The caption as words; pointing at (or tapping, or focusing) a word draws where the model
+// looked for it over the preview: the h x w grid, smoothly upscaled, over the image's
+// centre square (the part the model saw: its shorter side, centred).
+function attentionWords(card, caption, attention) {
+  const spans = attention.filter((a) => a.word !== "<end>").map((a) => {
+    const span = el("span", "word", a.word);
+    span.tabIndex = 0;
+    const show = () => drawAttention(card, span, a.attention);
+    span.addEventListener("mouseenter", show);
+    span.addEventListener("focus", show);
+    span.addEventListener("click", show);
+    return span;
+  });
+  caption.replaceChildren(...spans.flatMap((s, i) => (i ? [" ", s] : [s])));
+}
+
+function drawAttention(card, span, grid) {
+  const img = card.querySelector("img.preview");
+  if (!img || !img.naturalWidth) return;
+  card.querySelectorAll(".caption .word").forEach((w) => { w.dataset.active = String(w === span); });
+  let canvas = card.querySelector("canvas.heat");
+  if (!canvas) { canvas = el("canvas", "heat"); img.after(canvas); }
+  const rows = grid.length, cols = grid[0].length;
+  const scale = Math.min(img.clientWidth / img.naturalWidth, img.clientHeight / img.naturalHeight);
+  const w = img.naturalWidth * scale, h = img.naturalHeight * scale, side = Math.min(w, h);
+  Object.assign(canvas.style, {
+    left: `${img.offsetLeft + (img.clientWidth - side) / 2}px`, top: `${img.offsetTop + (img.clientHeight - side) / 2}px`,
+    width: `${side}px`, height: `${side}px`,
+  });
+  canvas.width = cols; canvas.height = rows;
+  const ctx = canvas.getContext("2d");
+  const data = ctx.createImageData(cols, rows);
+  const most = Math.max(...grid.flat()) || 1;
+  grid.flat().forEach((v, i) => { data.data.set([230, 30, 30, Math.round(200 * v / most)], 4 * i); });
+  ctx.putImageData(data, 0, 0);
+  canvas.dataset.word = span.textContent;
 }
 
 // The error sentence names the file once: the name line moves into it, and the server's
@@ -226,7 +266,8 @@ async function captionOne(file, entry) {
   const beam = Math.min(Math.max(parseInt($("beam-size").value, 10) || 1, 1), maxBeam);
   let response, body;
   try {
-    const url = `/v1/captions?beam_size=${beam}&labels=${LABELS}`;
+    const explain = !$("explain-row").hidden && $("explain").checked ? "&explain=true" : "";
+    const url = `/v1/captions?beam_size=${beam}&labels=${LABELS}${explain}`;
     response = await fetch(url, { method: "POST", body: form, headers: apiHeaders() });
     body = await response.json();
   } catch (err) {
@@ -292,6 +333,7 @@ function addFiles(files) {
 // ------------------------------------------------------------------ the model line
 function showModel(m) {
   $("model").textContent = `model: ${m.model_id} (${m.encoder.name}, ${m.device})`;
+  $("explain-row").hidden = !(m.decoder && m.decoder.kind === "attention"); // maps need an attention model
   trainedOn = m.trained_on || (m.metadata && m.metadata.training_data) || "";
   const knows = $("knows");
   if (trainedOn) {
