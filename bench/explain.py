@@ -59,9 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(model.decoder, "attention"):
         loc = localisation(model, data, "val", args.localise)
         print(
-            f"localisation: {loc.hits}/{loc.words} object words ({100 * loc.fraction:.1f} %) over {loc.images} scenes"
+            f"localisation: {loc.hits}/{loc.words} object words ({100 * loc.fraction:.1f} %) over {loc.images} "
+            f"scenes; a uniformly random peak: {100 * loc.chance:.1f} %"
         )
-        result["localisation"] = {"hits": loc.hits, "words": loc.words, "images": loc.images, "fraction": loc.fraction}
+        result["localisation"] = {
+            "hits": loc.hits,
+            "words": loc.words,
+            "images": loc.images,
+            "fraction": loc.fraction,
+            "chance": loc.chance,
+        }
     else:
         print("localisation: needs an attention checkpoint (--checkpoint)")
     result["load_end"] = load_note()

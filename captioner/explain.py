@@ -203,6 +203,7 @@ class Localisation:
     hits: int
     words: int
     images: int
+    chance: float = 0.0  # expected fraction for a peak drawn uniformly over the board (cells of the kind / all)
 
     @property
     def fraction(self) -> float:
@@ -242,6 +243,7 @@ def localisation(model: Captioner, data_dir: str | os.PathLike, split: str = "va
     size, grid = int(config["image_size"]), int(config["grid"])
     words = object_words(truth["categories"])
     hits = total = 0
+    chance = 0.0
     batch = truth["images"][:images]
     for lo in range(0, len(batch), 16):
         chunk = batch[lo : lo + 16]
@@ -252,4 +254,5 @@ def localisation(model: Captioner, data_dir: str | os.PathLike, split: str = "va
                 if kind in cells:
                     total += 1
                     hits += peak_cell(m, size, grid) in cells[kind]
-    return Localisation(hits, total, len(batch))
+                    chance += len(cells[kind]) / grid**2
+    return Localisation(hits, total, len(batch), chance / total if total else 0.0)

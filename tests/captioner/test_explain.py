@@ -153,3 +153,37 @@ def test_localisation_geometry():
     assert peak_cell(att, 224, 3) == (1, 2)
     words = object_words([{"name": "teddy bear", "plural": "teddy bears"}, {"name": "sheep", "plural": "sheep"}])
     assert words == {"teddy": "teddy bear", "bear": "teddy bear", "bears": "teddy bear", "sheep": "sheep"}
+
+
+def test_localisation_counts_object_words_whose_peak_is_on_their_object(tiny_model, tmp_path):
+    """A scenes-format dataset of the tiny model's pictures: one 'square' per image, in cell k
+    of a 3 x 3 board (the encoder's grid is the same board, so a peak cell is a board cell)."""
+    from captioner.explain import localisation
+
+    rng = random.Random(5)
+    (tmp_path / "images" / "val").mkdir(parents=True)
+    truths, expected_hits = [], 0
+    for i in range(12):
+        colour, cell = rng.choice(list(COLOURS)), rng.randrange(9)
+        name = f"val/{i:06d}.png"
+        _image(colour, cell).save(tmp_path / "images" / name)
+        r, c = divmod(cell, 3)
+        box = [c * 16 + 2, r * 16 + 2, c * 16 + 14, r * 16 + 14]
+        truths.append(
+            {
+                "id": i,
+                "file_name": name,
+                "background": "gray",
+                "objects": [{"kind": "square", "count": 1, "boxes": [box]}],
+            }
+        )
+        ex = explain(tiny_model, [_image(colour, cell)])[0]
+        expected_hits += ex.peaks()[ex.words.index("square")] == (r, c)
+    catalogue = {"categories": [{"name": "square", "plural": "squares", "article": "a"}], "backgrounds": ["gray"]}
+    (tmp_path / "scenes_val.json").write_text(json.dumps({"format": "x", **catalogue, "images": truths}))
+    (tmp_path / "dataset.json").write_text(json.dumps({"config": {"image_size": SIZE, "grid": 3}}))
+    loc = localisation(tiny_model, tmp_path, "val", images=10)
+    assert (loc.images, loc.words) == (10, 10)  # one 'square' per caption, the first 10 images
+    assert loc.chance == pytest.approx(1 / 9)
+    full = localisation(tiny_model, tmp_path, "val", images=12)
+    assert full.hits == expected_hits and full.fraction == pytest.approx(expected_hits / 12)
