@@ -1,11 +1,14 @@
 import json
 import os
 import pickle
+import stat
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from captioner.checkpoint import load_checkpoint, save_checkpoint
+from captioner.checkpoint import load_checkpoint, read_metadata, save_checkpoint, update_metadata
 from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.errors import CheckpointError
 from captioner.vocab import Vocabulary
@@ -113,3 +116,139 @@ def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
     assert after == before  # the old checkpoint is intact
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary leftovers
     load_checkpoint(path)
+
+
+# ---------------------------------------------------------------------------- what mutation testing asked for
+def test_permissions_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path, _ = _save(tmp_path / "shared")
+        os.umask(0o077)
+        private, _ = _save(tmp_path / "private")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755  # mkdtemp's 0700 widened as the umask allows
+    assert {stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()} == {0o644}
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in private.iterdir()} == {0o600}
+
+
+def test_a_save_removes_what_crashed_saves_left_and_nothing_else(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = [
+            f".ck.tmp-{dead.pid}-abc",  # a crashed save: removed
+            f".ck.old-{dead.pid}",  # the aside of a crashed replace: removed
+            f".ck.tmp-{alive.pid}-def",  # a save still running in another process: kept
+            f".ck.tmp-{os.getpid()}-ghi",  # this process's own: kept
+            ".ck.notes",  # not a temporary folder: kept
+            f".other.tmp-{dead.pid}-jkl",  # another checkpoint's: kept
+        ]
+        for name in names:
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "model.safetensors").write_bytes(b"x")
+        _save(tmp_path / "ck")
+        assert alive.poll() is None  # probed (signal 0), never signalled
+    finally:
+        alive.kill()
+        alive.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck", *names[2:]])
+
+
+def test_state_dict_json_layout_metadata_and_encoder_weights(tmp_path):
+    vocab, cfg, dec = _parts()
+    enc = {"conv.weight": torch.randn(2, 3), "steps": torch.tensor([7])}
+    path = save_checkpoint(
+        tmp_path / "ck",
+        decoder=dec.state_dict(),  # a state dict works as well as the module
+        decoder_config=cfg,
+        encoder_name="efficientnet_lite0",
+        preprocess={"resize_size": 256, "crop_size": 224},
+        vocab=vocab,
+        metadata={"zeta": "ünï", "alpha": 1},
+        encoder_state=enc,
+        dtype=torch.float16,
+    )
+    meta_text = (path / "metadata.json").read_text(encoding="utf-8")
+    assert meta_text == '{\n  "zeta": "ünï",\n  "alpha": 1\n}\n'  # readable, in the given order
+    config = json.loads((path / "config.json").read_text())
+    assert config["format"] == "captioner-checkpoint/1" and config["encoder"]["fine_tuned"] is True
+    ck = load_checkpoint(path)
+    assert ck.preprocess == {"resize_size": 256, "crop_size": 224} and ck.path == path
+    assert ck.metadata == {"zeta": "ünï", "alpha": 1}
+    assert ck.encoder_state is not None and ck.encoder_state["conv.weight"].dtype == torch.float32
+    assert torch.allclose(ck.encoder_state["conv.weight"], enc["conv.weight"], atol=1e-2)
+    assert torch.equal(ck.encoder_state["steps"], enc["steps"])  # integers are not converted
+    for k, v in dec.state_dict().items():
+        assert torch.allclose(ck.decoder_state[k], v, atol=1e-2)
+    assert load_checkpoint(_save(tmp_path / "plain")[0]).encoder_state is None
+
+
+def test_read_and_update_metadata(tmp_path):
+    path, _ = _save(tmp_path / "ck")
+    assert read_metadata(path) == {"metrics": {"bleu4": 0.5}}
+    merged = update_metadata(path, {"trust": {"ok": True}, "metrics": {"cider": 1.0}})
+    assert merged == {"metrics": {"cider": 1.0}, "trust": {"ok": True}}
+    assert read_metadata(path) == merged == load_checkpoint(path).metadata
+    assert "ünï" in update_metadata(path, {"note": "ünï"})["note"]
+    assert "ünï" in (path / "metadata.json").read_text(encoding="utf-8")
+    (path / "metadata.json").write_text("[1, 2]")
+    assert read_metadata(path) == {} and load_checkpoint(path).metadata == {}
+    os.remove(path / "metadata.json")
+    assert read_metadata(path) == {} and load_checkpoint(path).metadata == {}
+    assert update_metadata(path, {"a": 1}) == {"a": 1}
+
+
+def test_each_refusal_names_the_problem(tmp_path):
+    path, _ = _save(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match=r"a checkpoint is a folder \(with model.safetensors, config.json"):
+        load_checkpoint(path / "config.json")
+    config = json.loads((path / "config.json").read_text())
+
+    def write_config(data) -> None:
+        (path / "config.json").write_text(json.dumps(data))
+
+    write_config({**config, "format": "other/2"})
+    with pytest.raises(
+        CheckpointError, match=r"unsupported checkpoint format 'other/2'; expected 'captioner-checkpoint/1'"
+    ):
+        load_checkpoint(path)
+    write_config([1])
+    with pytest.raises(CheckpointError, match=r"unsupported checkpoint format None"):
+        load_checkpoint(path)
+    write_config({k: v for k, v in config.items() if k != "decoder"})
+    with pytest.raises(CheckpointError, match=r"config.json: invalid configuration"):
+        load_checkpoint(path)
+    write_config({**config, "encoder": {}})
+    with pytest.raises(CheckpointError, match=r"config.json: invalid configuration"):
+        load_checkpoint(path)
+    write_config(config)
+    (path / "vocab.json").write_text(json.dumps({"tokens": ["x"]}))
+    with pytest.raises(CheckpointError, match=r"vocab.json: vocabulary must start with the special tokens"):
+        load_checkpoint(path)
+    (path / "vocab.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(CheckpointError, match=r"vocab.json: not valid JSON"):
+        load_checkpoint(path)
+
+    vocab, cfg, dec = _parts()
+    for missing in ("embed.weight", "out.weight"):
+        state = {k: v for k, v in dec.state_dict().items() if k != missing}
+        p = save_checkpoint(
+            tmp_path / missing, decoder=state, decoder_config=cfg, encoder_name="e", preprocess={}, vocab=vocab
+        )
+        with pytest.raises(CheckpointError, match=rf"missing tensor '{missing}'; not a caption decoder"):
+            load_checkpoint(p)
+    state = dict(dec.state_dict())
+    state["out.weight"] = state["out.weight"][:-1]
+    p = save_checkpoint(
+        tmp_path / "rows", decoder=state, decoder_config=cfg, encoder_name="e", preprocess={}, vocab=vocab
+    )
+    with pytest.raises(
+        CheckpointError, match=rf"out.weight has {len(vocab) - 1} rows but the vocabulary has {len(vocab)}"
+    ):
+        load_checkpoint(p)
+    os.remove(p / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing model.safetensors; is this a checkpoint folder\?"):
+        load_checkpoint(p)
