@@ -253,7 +253,7 @@ def encoder_limit(model, seconds: float = 3.0, batch_sizes: Sequence[int] = (8, 
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         # an int8 model's limit is that of int8 sessions (same calibration set, cached graph)
-        int8 = model.describe()["runtime"].get("precision") == "int8"
+        int8 = model.describe().get("precision") == "int8"
         calibration = model._fast.calibration if int8 else None
         for threads in sorted({cores, 1}, reverse=True):
             candidates[f"onnxruntime{' int8' if int8 else ''} {threads} thread(s)"] = OnnxEncoder(

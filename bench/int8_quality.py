@@ -83,9 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         int8 = Captioner.load(ckpt, device="cpu", precision="int8")
     int8.prepare_fast()
     build_s = time.perf_counter() - t
-    status = int8.describe()["runtime"]
-    if status["precision"] != "int8":
-        raise SystemExit(f"error: the int8 encoder is not in use: {status['reasons']}")
+    if int8.precision != "int8":
+        raise SystemExit(f"error: the int8 encoder is not in use: {int8.describe()['runtime']['reasons']}")
 
     held = torch.stack([fp32.preprocess(b) for b in scenes(args.scenes, args.seed)])  # (N, 3, S, S)
     a, b = encode_all(fp32, held), encode_all(int8, held)  # (N, F)

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     folder_dir = common.jpeg_folder(args.images)
     models = {pr: Captioner.load(ckpt, device="cpu", precision=pr) for pr in PRECISIONS}
     for pr, m in models.items():
-        print(f"{pr}: {m.describe()['runtime']}", file=sys.stderr, flush=True)
+        print(f"{pr}: {m.precision}, {m.describe()['runtime']}", file=sys.stderr, flush=True)
     limits: dict[str, list[float]] = {pr: [common.encoder_limit(m)["images_per_s"]] for pr, m in models.items()}
     one = {pr: statistics.median(common.timed(_caption_one(m, jpeg), 2.0, warmup=2)) for pr, m in models.items()}
     svc = {pr: _serve_rows(ckpt, images, jpeg, pr, args) for pr in PRECISIONS}

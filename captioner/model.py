@@ -268,6 +268,11 @@ class Captioner:
         return self._fast.enabled
 
     @property
+    def precision(self) -> str:
+        """What the encoder computes in: "int8" when the int8 ONNX Runtime graph runs, else "fp32"."""
+        return self._fast.running_precision()
+
+    @property
     def encoder_backend(self) -> str:
         """What runs the encoder: "onnxruntime" (the fast path) or "pytorch" (the reference)."""
         return self._fast.status()["encoder"]
@@ -402,6 +407,8 @@ class Captioner:
                 "preprocess": self.preprocessing.to_dict() if hasattr(self.preprocessing, "to_dict") else {},
             },
             "runtime": self._fast.status(),
+            "precision": self._fast.running_precision(),  # what the encoder computes in
+            "precision_requested": self._fast.precision,
             "decoder": config_to_dict(self.decoder.config),
             "vocab_size": len(self.vocab),
             "device": str(self.device),

@@ -134,8 +134,8 @@ class OnnxPath:
         return self.encoder(encoder, input_size, device) is not None
 
     def status(self) -> dict:
-        """{"encoder": backend, "decoder": backend, "precision": what the encoder computes in,
-        "precision_requested": ..., "reasons": {...}} for describe() and logs."""
+        """{"encoder": backend, "decoder": backend, "reasons": {...}} for describe() and logs
+        (``reasons["int8"]``: why int8 was requested and fp32 runs)."""
 
         def one(slot: _Slot) -> str:
             return "onnxruntime" if slot.built is not None else "pytorch"
@@ -148,11 +148,9 @@ class OnnxPath:
                 reasons[name] = slot.reason
         if self.int8_reason:
             reasons["int8"] = self.int8_reason
+        return {"encoder": one(self._encoder), "decoder": one(self._decoder), "reasons": reasons}
+
+    def running_precision(self) -> str:
+        """What the encoder computes in now: "int8" only when the int8 graph is in use."""
         built = self._encoder.built
-        return {
-            "encoder": one(self._encoder),
-            "decoder": one(self._decoder),
-            "precision": built.precision if built is not None else "fp32",
-            "precision_requested": self.precision,
-            "reasons": reasons,
-        }
+        return str(getattr(built, "precision", "fp32")) if built is not None else "fp32"

@@ -116,13 +116,13 @@ def test_same_inputs_reuse_the_int8_graph(cache: Path, monkeypatch: pytest.Monke
     first = tiny(calib)
     x = torch.stack([first.preprocess(b) for b in jpegs(4, seed=9)])  # (4, 3, 32, 32)
     a = first.encode(x)
-    assert first.describe()["runtime"]["precision"] == "int8" and len(calls) == 1
+    assert first.describe()["precision"] == "int8" and len(calls) == 1
     files = int8_files(cache)
     assert len(files) == 1 and (cache / (files[0] + ".sha256")).is_file()
     second = tiny(calib)  # same weights (seed), same calibration images
     b = second.encode(x)
     assert len(calls) == 1 and int8_files(cache) == files  # read back, not quantised again
-    assert second.describe()["runtime"]["precision"] == "int8"
+    assert second.describe()["precision"] == "int8"
     assert torch.equal(a, b)
 
 
@@ -167,9 +167,10 @@ def test_quantisation_unavailable_falls_back_to_fp32(
     with caplog.at_level(logging.WARNING, logger="captioner.runtime"):
         model = tiny(jpegs(8, seed=1))
         assert model.prepare_fast()  # the fp32 ONNX Runtime encoder still runs
-    status = model.describe()["runtime"]
-    assert status["encoder"] == "onnxruntime" and status["precision"] == "fp32"
-    assert status["precision_requested"] == "int8"
+    info = model.describe()
+    status = info["runtime"]
+    assert status["encoder"] == "onnxruntime" and info["precision"] == "fp32" == model.precision
+    assert info["precision_requested"] == "int8"
     assert "onnxruntime.quantization" in status["reasons"]["int8"]
     assert "fp32, not int8" in caplog.text and int8_files(cache) == []
     x = torch.stack([model.preprocess(b) for b in jpegs(2, seed=9)])  # (2, 3, 32, 32)
@@ -181,15 +182,15 @@ def test_quantisation_unavailable_falls_back_to_fp32(
 def test_int8_without_calibration_images_runs_fp32(cache: Path) -> None:
     model = tiny(None)
     model.prepare_fast()
-    status = model.describe()["runtime"]
-    assert status["precision"] == "fp32" and "calibration" in status["reasons"]["int8"]
+    info = model.describe()
+    assert info["precision"] == "fp32" and "calibration" in info["runtime"]["reasons"]["int8"]
 
 
 def test_fp32_needs_no_calibration(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = quantisations(monkeypatch)
     model = tiny(jpegs(4, seed=1), precision="fp32")
     model.prepare_fast()
-    assert model.describe()["runtime"]["precision"] == "fp32" and "int8" not in model.describe()["runtime"]["reasons"]
+    assert model.describe()["precision"] == "fp32" and "int8" not in model.describe()["runtime"]["reasons"]
     assert calls == []
 
 
@@ -227,8 +228,8 @@ def test_shipped_weights_default_to_fp32_and_carry_a_calibration_set() -> None:
 
 def test_int8_features_and_captions_agree_with_fp32_on_held_out_scenes(shipped_pair, held_out_scenes) -> None:
     fp32, int8 = shipped_pair
-    assert int8.describe()["runtime"]["precision"] == "int8"
-    assert fp32.describe()["runtime"]["precision"] == "fp32"
+    assert int8.describe()["precision"] == "int8"
+    assert fp32.describe()["precision"] == "fp32"
     x = torch.stack([fp32.preprocess(b) for b in held_out_scenes])  # (40, 3, 224, 224)
     a, b = fp32.encode(x), int8.encode(x)  # (40, 1280) each
     cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
