@@ -254,3 +254,14 @@ def test_saving_a_model_keeps_its_calibration_set(tmp_path: Path) -> None:
     folder = model.save(tmp_path / "copy")
     assert quantize.read_calibration(folder) == quantize.read_calibration(model.path)
     assert Captioner.load(folder, fast=False).metadata["precision"] == "fp32"
+
+
+def test_service_setting_takes_int8_or_fp32_only() -> None:
+    from pydantic import ValidationError
+
+    from captioner.service.settings import Settings
+
+    with pytest.raises(ValidationError, match="precision must be one of int8, fp32"):
+        Settings(precision="int4")
+    assert Settings(precision=" FP32 ").precision == "fp32"
+    assert Settings(precision="").precision is None  # the checkpoint's choice

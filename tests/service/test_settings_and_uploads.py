@@ -169,6 +169,7 @@ def test_every_flag_sets_its_setting():
         "body_timeout_s": "11", "max_buffered_bytes": "8192", "max_header_bytes": "2048", "header_timeout_s": "4",
         "max_connections": "50", "max_beam_size": "4", "max_length_limit": "20", "default_beam_size": "3",
         "api_key": "k3y!", "cors_origins": "http://a.example", "drain_seconds": "1.5", "log_level": "debug",
+        "precision": "INT8",
     }  # fmt: skip
     assert set(values) == set(Settings.model_fields)
     parser = serve_parser()
@@ -188,6 +189,7 @@ def test_every_flag_sets_its_setting():
     assert (s.max_beam_size, s.max_length_limit, s.default_beam_size) == (4, 20, 3)
     assert s.api_key is not None and s.api_key.get_secret_value() == "k3y!"
     assert (s.cors_origins, s.drain_seconds, s.log_level) == (["http://a.example"], 1.5, "debug")
+    assert s.precision == "int8"  # case folded
 
 
 @pytest.mark.parametrize(
