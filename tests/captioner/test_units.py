@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 
 import numpy as np
 import pytest
@@ -124,28 +123,6 @@ def test_a_tiny_trained_decoder_has_a_colour_unit_and_shuffled_labels_stay_at_ch
     data = analysis.to_dict()
     assert data["properties"]["colour"]["top"][0]["unit"] == best.unit
     assert len(data["properties"]["colour"]["reference"]["auc"]) == 24
-
-
-@pytest.fixture
-def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as ChromeService
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not chromium or not driver:
-        pytest.fail("the report test needs headless Chromium and chromedriver (make system-deps)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    d = webdriver.Chrome(service=ChromeService(executable_path=driver), options=options)
-    d.set_page_load_timeout(60)
-    try:
-        yield d
-    finally:
-        d.quit()
 
 
 def test_units_on_the_shipped_model_over_200_held_out_scenes(tmp_path, browser, capsys):
