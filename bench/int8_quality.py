@@ -44,12 +44,16 @@ def photos() -> dict[str, bytes]:
     return out
 
 
-def scenes(n: int, seed: int) -> list[bytes]:
+def scenes(n: int, seed: int):
+    """(file names, JPEG bytes, ground truth) of ``n`` freshly rendered test scenes."""
+    from captioner.metrics.scene import SceneTruth
     from captioner.training.scenes import generate_scenes
 
     with tempfile.TemporaryDirectory() as tmp:
         generate_scenes(tmp, {"test": n}, seed=seed, progress=False)
-        return [p.read_bytes() for p in sorted((Path(tmp) / "images" / "test").glob("*.jpg"))]
+        paths = sorted((Path(tmp) / "images" / "test").glob("*.jpg"))
+        names = [f"test/{p.name}" for p in paths]  # file names as the ground truth has them
+        return names, [p.read_bytes() for p in paths], SceneTruth.load(tmp, "test")
 
 
 def encode_all(model, batch: torch.Tensor) -> torch.Tensor:
@@ -86,10 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     if int8.precision != "int8":
         raise SystemExit(f"error: the int8 encoder is not in use: {int8.describe()['runtime']['reasons']}")
 
-    held = torch.stack([fp32.preprocess(b) for b in scenes(args.scenes, args.seed)])  # (N, 3, S, S)
+    from captioner.metrics.scene import scene_accuracy
+
+    names, jpegs, truth = scenes(args.scenes, args.seed)
+    held = torch.stack([fp32.preprocess(b) for b in jpegs])  # (N, 3, S, S)
     a, b = encode_all(fp32, held), encode_all(int8, held)  # (N, F)
     cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
-    same = float(np.mean([r.caption == s.caption for r, s in zip(fp32.generate(a), int8.generate(b))]))
+    caps32, caps8 = [r.caption for r in fp32.generate(a)], [r.caption for r in int8.generate(b)]
+    same = float(np.mean([x == y for x, y in zip(caps32, caps8)]))
+    acc32 = scene_accuracy(dict(zip(names, caps32)), truth).accuracy
+    acc8 = scene_accuracy(dict(zip(names, caps8)), truth).accuracy
     pics = photos()
     flags = {
         name: (r.in_domain, s.in_domain)
@@ -105,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         "calibration_images": int8._fast.calibration.count if int8._fast.calibration else None,
         "build_s": round(build_s, 1),
         "identical_captions": round(same, 4),
+        "scene_accuracy_fp32": round(acc32, 4),
+        "scene_accuracy_int8": round(acc8, 4),
         "cosine_mean": round(float(cos.mean()), 4),
         "cosine_min": round(float(cos.min()), 4),
         "photos_in_domain_fp32_int8": flags,
