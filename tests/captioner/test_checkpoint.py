@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from captioner.checkpoint import load_checkpoint, read_metadata, save_checkpoint, update_metadata
 from captioner.decoder import CaptionDecoder, DecoderConfig
@@ -181,6 +182,9 @@ def test_state_dict_json_layout_metadata_and_encoder_weights(tmp_path):
     assert ck.encoder_state is not None and ck.encoder_state["conv.weight"].dtype == torch.float32
     assert torch.allclose(ck.encoder_state["conv.weight"], enc["conv.weight"], atol=1e-2)
     assert torch.equal(ck.encoder_state["steps"], enc["steps"])  # integers are not converted
+    assert ck.encoder_state["steps"].dtype == torch.int64
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "captioner-checkpoint/1"}
     for k, v in dec.state_dict().items():
         assert torch.allclose(ck.decoder_state[k], v, atol=1e-2)
     assert load_checkpoint(_save(tmp_path / "plain")[0]).encoder_state is None
@@ -252,3 +256,24 @@ def test_each_refusal_names_the_problem(tmp_path):
     os.remove(p / "model.safetensors")
     with pytest.raises(CheckpointError, match=r"missing model.safetensors; is this a checkpoint folder\?"):
         load_checkpoint(p)
+
+
+def test_the_new_folder_is_built_beside_the_target(tmp_path):
+    seen: list = []
+    vocab, cfg, dec = _parts()
+    target = tmp_path / "runs" / "new" / "ck"  # parents are created
+    save_checkpoint(
+        target,
+        decoder=dec,
+        decoder_config=cfg,
+        encoder_name="e",
+        preprocess={},
+        vocab=vocab,
+        extra_files=lambda folder: seen.append((folder, sorted(p.name for p in folder.iterdir()))),
+    )
+    ((folder, files),) = seen
+    # on the same file system as the target (so the final rename is atomic), named for the
+    # crash clean-up (.NAME.tmp-PID-...), with every file already written
+    assert folder.parent == target.parent and folder.name.startswith(f".ck.tmp-{os.getpid()}-")
+    assert files == ["config.json", "metadata.json", "model.safetensors", "vocab.json"]
+    assert not folder.exists() and load_checkpoint(target).encoder_name == "e"
