@@ -44,6 +44,7 @@ def test_round_trip(tmp_path):
     for k, v in dec.state_dict().items():
         assert torch.equal(ck.decoder_state[k], v)
     assert ck.decoder_config == dec.config
+    assert ck.vocab == _parts()[0] and ck.path == path
 
 
 def test_fp16_storage_is_smaller_and_close(tmp_path):
