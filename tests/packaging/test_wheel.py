@@ -43,6 +43,8 @@ def test_wheel_contains_weights_sprites_and_static_files(wheel: Path):
         "captioner/weights/default/metadata.json",
         "captioner/weights/default/trust.json",
         "captioner/weights/default/trust.safetensors",
+        "captioner/weights/attention/model.safetensors",
+        "captioner/weights/attention/config.json",
         "captioner/service/static/index.html",
         "captioner/service/static/app.js",
         "captioner/encoders/efficientnet_lite.py",
