@@ -175,6 +175,10 @@ class ModelInfo(BaseModel):
         description="from the checkpoint: training data, configuration and metrics (paths reduced to their last part)"
     )
     trained_on: str | None = Field(None, description="in one sentence, what the model was trained on")
+    precision: str | None = Field(None, description="the encoder's precision in use: fp32 or int8")
+    precision_requested: str | None = Field(
+        None, description="the precision asked for (setting, CAPTIONER_PRECISION or the checkpoint); int8 may fall back"
+    )
     trust: dict[str, Any] | None = Field(
         None,
         exclude_if=omitted_when_none,
