@@ -191,3 +191,66 @@ def test_retry_estimate_grows_with_the_queue():
     for i in range(6):
         b.submit(img(i), "k")
     assert b.estimated_wait_s(0) < b.estimated_wait_s(10)
+
+
+def test_retry_estimate_is_batches_ahead_times_the_smoothed_batch_time():
+    model = FakeModel()
+    b = Batcher(model, max_batch_size=4, max_wait_s=0.0)  # not started: everything stays queued
+    # Before any batch ran, a batch is assumed to take 0.5 s.
+    assert b.estimated_wait_s(0) == 0.0
+    assert b.estimated_wait_s(1) == pytest.approx(0.5)  # ceil(1 / 4) = 1 batch
+    for i in range(5):
+        b.submit(img(i), "k")
+    assert b.depth == 5
+    assert b.estimated_wait_s(0) == pytest.approx(1.0)  # ceil(5 / 4) = 2 batches
+    assert b.estimated_wait_s(3) == pytest.approx(1.0)  # ceil(8 / 4) = 2
+    assert b.estimated_wait_s(4) == pytest.approx(1.5)  # ceil(9 / 4) = 3
+    b._busy = True  # a batch running counts as one more ahead
+    assert b.estimated_wait_s(0) == pytest.approx(1.5)
+    b._busy = False
+    b._ewma_batch_s = 0.2  # measured batches replace the assumption
+    assert b.estimated_wait_s(0) == pytest.approx(0.4)
+
+
+def test_smoothed_batch_time_follows_measured_batches():
+    model = FakeModel()
+    b = Batcher(model, max_batch_size=1, max_wait_s=0.0).start()
+    try:
+        b.submit(img(1), "k").result(timeout=WAIT_S)
+        first = b._ewma_batch_s
+        assert first is not None and 0 < first < WAIT_S  # the first batch sets it
+        b.submit(img(2), "k").result(timeout=WAIT_S)
+        wait_until(lambda: not b._busy, "the worker is idle")
+        assert b._ewma_batch_s is not None and b._ewma_batch_s > 0
+    finally:
+        b.stop(5)
+
+
+def test_submit_many_queues_one_requests_images_together_in_order():
+    model = FakeModel()
+    b = Batcher(model, max_batch_size=8, max_wait_s=0.0)
+    futures = b.submit_many([img(i) for i in range(5)], "k")
+    assert len(futures) == 5 and b.depth == 5 and not any(f.done() for f in futures)
+    b.start()
+    try:
+        results = [f.result(timeout=WAIT_S) for f in futures]
+        assert [r for r, _ in results] == [f"k:{i}" for i in range(5)]  # each image its own answer
+        assert model.batches == [(5, "k")]  # queued at once: one batch
+        assert all(info.size == 5 for _, info in results)
+    finally:
+        b.stop(5)
+    with pytest.raises(BatcherStopped):
+        b.submit_many([img(9)], "k")
+
+
+def test_stop_says_whether_the_worker_finished_in_time():
+    model = FakeModel()
+    b = Batcher(model, max_batch_size=1, max_wait_s=0.0).start()
+    model.hold()
+    future = b.submit(img(1), "k")
+    model.wait_entered()  # the worker is inside a batch the test holds
+    assert b.stop(timeout=0.05) is False  # still running after the timeout
+    assert not b.running
+    model.gate.set()
+    assert b.stop(timeout=WAIT_S) is True
+    assert future.result(timeout=WAIT_S)[0] == "k:1"  # the batch in flight still finished
