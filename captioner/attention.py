@@ -111,22 +111,7 @@ class AttentionDecoder(CaptionDecoder):
         self.att_score = nn.Linear(c.attention_dim, 1)  # v
         self.gate = nn.Linear(c.hidden_dim, c.feature_dim)  # W_b
         self.img_proj = nn.Linear(c.feature_dim, c.img_proj_dim)  # W_ih for the gated context
-        rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[c.cell]
-        kwargs = {"nonlinearity": "tanh"} if c.cell == "rnn" else {}
-        self.rnn = rnn_cls(
-            c.embed_dim + c.img_proj_dim,
-            c.hidden_dim,
-            num_layers=c.num_layers,
-            batch_first=True,
-            dropout=c.dropout if c.num_layers > 1 else 0.0,
-            **kwargs,
-        )
-        if c.init_state:
-            self.init_h = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)
-            if c.cell == "lstm":
-                self.init_c = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)
-        self.drop = nn.Dropout(c.dropout)
-        self.out = nn.Linear(c.hidden_dim, c.vocab_size)
+        self._add_cell_layers(c)
 
     # ------------------------------------------------------------------ building blocks
     def _prepare(self, features: Tensor) -> tuple[Tensor, State]:

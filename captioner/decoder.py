@@ -158,6 +158,12 @@ class CaptionDecoder(nn.Module):
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=0)
         self.feat_norm = nn.LayerNorm(c.feature_dim)
         self.img_proj = nn.Linear(c.feature_dim, c.img_proj_dim)  # W_ih for the image
+        self._add_cell_layers(c)
+
+    def _add_cell_layers(self, c: DecoderConfig) -> None:
+        """The recurrent cell on [word embedding ; W_ih input] (E + P -> H), the initial-state
+        projections from the feature, dropout and the output layer (H -> V). Shared by the
+        attention decoder, so both name these weights alike in a checkpoint."""
         rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[c.cell]
         kwargs = {"nonlinearity": "tanh"} if c.cell == "rnn" else {}
         self.rnn = rnn_cls(
