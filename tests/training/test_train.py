@@ -309,48 +309,12 @@ def test_cli_config_file_and_flags(tmp_path, capsys):
     shutil.rmtree(tmp_path / "none", ignore_errors=True)
 
 
-def test_fine_tuning_trains_only_the_last_blocks_and_ships_them(tmp_path):
+def _fine_tune(tmp_path, **settings):
+    """A one-epoch fine-tuning run on 4 scenes; returns (result, tuned CNN weights, the names
+    of the CNN's float tensors that changed from the pretrained start)."""
     from captioner.encoders import build_encoder
 
     torch.set_num_threads(1)
-    data = tmp_path / "data"
-    generate_scenes(
-        data,
-        {"train": 4, "val": 2, "test": 0},
-        seed=4,
-        categories=[CATEGORY_BY_NAME[k] for k in ("dog", "car")],
-        progress=False,
-    )
-    result = train(
-        TrainConfig(
-            data=str(data),
-            out=str(tmp_path / "ft"),
-            fine_tune="last",
-            fine_tune_blocks=1,
-            encoder_lr=1e-2,
-            epochs=1,
-            batch_size=10,
-            hidden_dim=32,
-            embed_dim=16,
-            img_proj_dim=16,
-            warmup_steps=1,
-            progress=False,
-            plot=False,
-            device="cpu",
-            threads=1,
-        )
-    )
-    tuned = load_file(str(result.best_path / ENCODER_WEIGHTS))
-    start = build_encoder("efficientnet_lite0").state_dict()
-    changed = {k for k, v in start.items() if v.is_floating_point() and not torch.equal(v, tuned[k].float())}
-    assert changed and all(k.startswith("trunk.head.") for k in changed), sorted(changed)[:5]
-    model = Captioner.load(result.best_path, device="cpu")  # the fine-tuned CNN travels with the checkpoint
-    assert torch.equal(model.encoder.state_dict()["trunk.head.conv.weight"], tuned["trunk.head.conv.weight"])
-
-
-def test_fine_tune_all_trains_the_whole_cnn_but_not_its_batch_norm_statistics(tmp_path):
-    from captioner.encoders import build_encoder
-
     data = tmp_path / "data"
     kinds = [CATEGORY_BY_NAME[k] for k in ("dog", "car")]
     generate_scenes(data, {"train": 4, "val": 2, "test": 0}, seed=4, categories=kinds, progress=False)
@@ -358,7 +322,6 @@ def test_fine_tune_all_trains_the_whole_cnn_but_not_its_batch_norm_statistics(tm
         TrainConfig(
             data=str(data),
             out=str(tmp_path / "ft"),
-            fine_tune="all",
             encoder_lr=1e-2,
             epochs=1,
             batch_size=10,
@@ -370,11 +333,24 @@ def test_fine_tune_all_trains_the_whole_cnn_but_not_its_batch_norm_statistics(tm
             plot=False,
             device="cpu",
             threads=1,
+            **settings,
         )
     )
     tuned = load_file(str(result.best_path / ENCODER_WEIGHTS))
     start = build_encoder("efficientnet_lite0").state_dict()
     changed = {k for k, v in start.items() if v.is_floating_point() and not torch.equal(v, tuned[k].float())}
+    return result, tuned, changed, start
+
+
+def test_fine_tuning_trains_only_the_last_blocks_and_ships_them(tmp_path):
+    result, tuned, changed, _ = _fine_tune(tmp_path, fine_tune="last", fine_tune_blocks=1)
+    assert changed and all(k.startswith("trunk.head.") for k in changed), sorted(changed)[:5]
+    model = Captioner.load(result.best_path, device="cpu")  # the fine-tuned CNN travels with the checkpoint
+    assert torch.equal(model.encoder.state_dict()["trunk.head.conv.weight"], tuned["trunk.head.conv.weight"])
+
+
+def test_fine_tune_all_trains_the_whole_cnn_but_not_its_batch_norm_statistics(tmp_path):
+    _, _, changed, start = _fine_tune(tmp_path, fine_tune="all")
     assert {"trunk.stem.conv.weight", "trunk.head.conv.weight"} <= changed  # first and last layers
     assert not {k for k in changed if "running_" in k}  # batch-norm statistics stay frozen
     assert len(changed) > len(start) // 3
