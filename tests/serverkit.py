@@ -10,11 +10,34 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+
+def serve_command(checkpoint: Path, *args: str) -> list[str]:
+    """``captioner serve`` of ``checkpoint`` on a loopback port it picks itself, one torch
+    thread, warnings only; ``args`` add or override flags."""
+    return [
+        sys.executable,
+        "-m",
+        "captioner",
+        "serve",
+        "--checkpoint",
+        str(checkpoint),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--torch-threads",
+        "1",
+        "--log-level",
+        "warning",
+        *args,
+    ]
 
 
 @dataclass

@@ -76,21 +76,8 @@ def launch_server(
     full_env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
     if api_key:
         full_env["CAPTIONER_API_KEY"] = api_key
-    cmd = [
-        sys.executable,
-        "-m",
-        "captioner",
-        "serve",
-        "--checkpoint",
-        str(checkpoint),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--torch-threads",
-        "1",
-        "--log-level",
-        "warning",
+    cmd = serverkit.serve_command(
+        checkpoint,
         "--max-batch-size",
         "8",
         "--max-wait-ms",
@@ -108,7 +95,7 @@ def launch_server(
         "--decode-workers",
         "2",
         *args,
-    ]
+    )
     return subprocess.Popen(
         cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env, start_new_session=True, cwd=log.parent
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,23 +130,7 @@ def launch(checkpoint: Path, log: Path, *args: str, env: dict[str, str] | None =
 
     settings_vars = {f"CAPTIONER_{name.upper()}" for name in Settings.model_fields}
     full_env = {k: v for k, v in full_env.items() if k not in settings_vars or k in (env or {})}
-    cmd = [
-        sys.executable,
-        "-m",
-        "captioner",
-        "serve",
-        "--checkpoint",
-        str(checkpoint),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--torch-threads",
-        "1",
-        "--log-level",
-        "warning",
-        *args,
-    ]
+    cmd = serverkit.serve_command(checkpoint, *args)
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
 
 
