@@ -327,11 +327,12 @@ class Captioner:
         results = [CaptionResult(v.decode(t), float(s), t) for t, s in zip(ids, scores.tolist())]
         floor = DEFAULT_MIN_WORD_PROB if min_word_prob is None else MIN_WORD_PROB.check(min_word_prob)
         domain = self.trust.domain
-        if floor > 0 and results and domain is not None:
-            outside = [i for i, d in enumerate(domain.distance(features).tolist()) if d > domain.threshold]
+        distances = domain.distance(features).tolist() if domain is not None and results else None  # (B,)
+        if floor > 0 and domain is not None and distances is not None:
+            outside = [i for i, d in enumerate(distances) if d > domain.threshold]
             if outside:
                 self._end_before_unsure_words(features, results, floor, outside)
-        trust_mod.annotate(self, features, results, labels)
+        trust_mod.annotate(self, features, results, labels, distances)
         return results
 
     def _end_before_unsure_words(

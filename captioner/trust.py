@@ -415,9 +415,10 @@ def load_trust(folder: str | os.PathLike) -> TrustStats:
 
 
 # ---------------------------------------------------------------------- filling in results
-def annotate(model, features: Tensor, results: list, labels: int = 0) -> None:
+def annotate(model, features: Tensor, results: list, labels: int = 0, distances: list[float] | None = None) -> None:
     """Fill ``confidence``, ``in_domain``, ``domain_distance`` and ``labels`` of a batch's
     results (a :class:`captioner.Captioner`'s, for its features (B, F)) in place.
+    ``distances``: the batch's domain distances when the caller has computed them already.
 
     Fields the checkpoint cannot fill stay ``None``: no calibration, no domain model, or
     (``labels`` > 0) a backbone without an ImageNet classifier or a fine-tuned one."""
@@ -429,7 +430,8 @@ def annotate(model, features: Tensor, results: list, labels: int = 0) -> None:
         for r, c in zip(results, trust.calibration.confidence(stats).tolist()):
             r.confidence = round(float(c), 4)
     if trust.domain is not None:
-        distances = trust.domain.distance(features).tolist()  # (B,)
+        if distances is None:
+            distances = trust.domain.distance(features).tolist()  # (B,)
         for r, d in zip(results, distances):
             r.domain_distance = round(float(d), 4)
             r.in_domain = bool(d <= trust.domain.threshold)
