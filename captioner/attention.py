@@ -4,13 +4,18 @@ How the image enters
 --------------------
 The encoder's map before pooling, ``a`` (B, N, C) with N = h * w locations (a
 :class:`captioner.encoders.SpatialEncoder`; EfficientNet-Lite0 at 224 px: 49 x 1280), is
-normalised per location (LayerNorm). At every step the previous hidden state of the top
-layer chooses where to look::
+normalised per location (LayerNorm). With ``annotation_dim`` D > 0 each location is then
+projected to its annotation vector ``a_i = relu(W_p LN(f_i))`` (B, N, D), learned once per
+image; with D = 0 (the first attention checkpoints) the annotations are the normalised CNN
+channels themselves (C wide). The projection is what lets the mean annotation count: the
+mean of raw channels mixes a kind's strength with its number, the mean of per-location
+detectors (ReLU units) is proportional to how many locations show the kind. At every step
+the previous hidden state of the top layer chooses where to look::
 
     e_ti     = v^T tanh(W_a a_i + W_ha h_{t-1})      # (B, N)  f_att, an MLP
     alpha_t  = softmax_i(e_ti)                        # (B, N)  a distribution over locations
-    z_t      = sum_i alpha_ti a_i                     # (B, C)  the context
-    beta_t   = sigmoid(W_b h_{t-1})                   # (B, C)  the gate (one per channel)
+    z_t      = sum_i alpha_ti a_i                     # (B, D)  the context
+    beta_t   = sigmoid(W_b h_{t-1})                   # (B, D)  the gate (one per channel)
     x_t      = [ embed(w_{t-1}) ; W_ih (beta_t * z_t) ]   # (B, E + P)
     h_t      = cell(x_t, h_{t-1})                     # LSTM (default), GRU or tanh RNN, L layers
     p(w_t | w_<t, a) = softmax(W_out h_t)
@@ -55,6 +60,7 @@ class AttentionConfig(DecoderConfig):
 
     attention_dim: int = 256  # A: hidden size of f_att
     doubly_stochastic: float = 0.02  # lambda of the regulariser; 0 switches it off
+    annotation_dim: int = 0  # D: size of the learned annotation a_i; 0: the C channels as they are
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -62,6 +68,14 @@ class AttentionConfig(DecoderConfig):
             raise ValueError("attention_dim must be >= 1")
         if not float(self.doubly_stochastic) >= 0.0:
             raise ValueError("doubly_stochastic must be >= 0")
+        if int(self.annotation_dim) < 0:
+            raise ValueError("annotation_dim must be >= 0")
+
+    @property
+    def annotation_width(self) -> int:
+        """D, the width of one annotation vector (the context's size): annotation_dim, or the
+        feature map's channels C when there is no projection."""
+        return int(self.annotation_dim) or self.feature_dim
 
 
 def decoder_kind(config: DecoderConfig) -> str:
@@ -105,18 +119,21 @@ class AttentionDecoder(CaptionDecoder):
         nn.Module.__init__(self)  # its own layers; the generation code is inherited
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.embed_dim, padding_idx=0)
+        D = c.annotation_width
         self.feat_norm = nn.LayerNorm(c.feature_dim)  # per location
-        self.att_feat = nn.Linear(c.feature_dim, c.attention_dim)  # W_a
+        # W_p: the learned annotation of each location (none when annotation_dim is 0)
+        self.annotate = nn.Linear(c.feature_dim, D) if c.annotation_dim else None
+        self.att_feat = nn.Linear(D, c.attention_dim)  # W_a
         self.att_hidden = nn.Linear(c.hidden_dim, c.attention_dim)  # W_ha
         self.att_score = nn.Linear(c.attention_dim, 1)  # v
-        self.gate = nn.Linear(c.hidden_dim, c.feature_dim)  # W_b
-        self.img_proj = nn.Linear(c.feature_dim, c.img_proj_dim)  # W_ih for the gated context
-        self._add_cell_layers(c)
+        self.gate = nn.Linear(c.hidden_dim, D)  # W_b
+        self.img_proj = nn.Linear(D, c.img_proj_dim)  # W_ih for the gated context
+        self._add_cell_layers(c, init_dim=D)
 
     # ------------------------------------------------------------------ building blocks
     def _prepare(self, features: Tensor) -> tuple[Tensor, State]:
-        """Memory and initial state from maps (B, N, C). The memory (B, N, C + A) holds the
-        normalised annotations and their attention keys ``W_a a_i`` (computed once)."""
+        """Memory and initial state from maps (B, N, C). The memory (B, N, D + A) holds the
+        annotations and their attention keys ``W_a a_i`` (computed once)."""
         c = self.config
         if features.dim() != 3 or features.size(2) != c.feature_dim:
             raise ValueError(
@@ -124,12 +141,14 @@ class AttentionDecoder(CaptionDecoder):
                 f"got {tuple(features.shape)}"
             )
         a = self.feat_norm(features.float())  # (B, N, C)
-        memory = torch.cat([a, self.att_feat(a)], dim=2)  # (B, N, C + A)
+        if self.annotate is not None:
+            a = torch.relu(self.annotate(a))  # (B, N, D)
+        memory = torch.cat([a, self.att_feat(a)], dim=2)  # (B, N, D + A)
         B, L, H = a.size(0), c.num_layers, c.hidden_dim
         if not c.init_state:
             h = a.new_zeros(L, B, H)  # (L, B, H)
             return memory, ((h, torch.zeros_like(h)) if c.cell == "lstm" else h)
-        mean = a.mean(dim=1)  # (B, C): the mean annotation vector
+        mean = a.mean(dim=1)  # (B, D): the mean annotation vector
         h = torch.tanh(self.init_h(mean)).view(B, L, H).transpose(0, 1).contiguous()  # (L, B, H)
         if c.cell == "lstm":
             cs = torch.tanh(self.init_c(mean)).view(B, L, H).transpose(0, 1).contiguous()  # (L, B, H)
@@ -137,18 +156,18 @@ class AttentionDecoder(CaptionDecoder):
         return memory, h
 
     def _attend(self, memory: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """Gated context (B, C) and attention weights (B, N) from memory (B, N, C + A) and the
+        """Gated context (B, D) and attention weights (B, N) from memory (B, N, D + A) and the
         top layer's previous hidden state h (B, H)."""
-        a, keys = memory.split([self.config.feature_dim, self.config.attention_dim], dim=2)  # (B, N, C), (B, N, A)
+        a, keys = memory.split([self.config.annotation_width, self.config.attention_dim], dim=2)  # (B, N, D), (B, N, A)
         e = self.att_score(torch.tanh(keys + self.att_hidden(h).unsqueeze(1))).squeeze(2)  # (B, N)
         alpha = torch.softmax(e.float(), dim=1)  # (B, N)
-        z = torch.bmm(alpha.unsqueeze(1).to(a.dtype), a).squeeze(1)  # (B, C)
-        beta = torch.sigmoid(self.gate(h))  # (B, C)
+        z = torch.bmm(alpha.unsqueeze(1).to(a.dtype), a).squeeze(1)  # (B, D)
+        beta = torch.sigmoid(self.gate(h))  # (B, D)
         return beta * z, alpha
 
     def _cell(self, words: Tensor, memory: Tensor, state: State) -> tuple[Tensor, State, Tensor]:
         """One step: previous words (B,) -> top hidden output (B, H), new state, weights (B, N)."""
-        context, alpha = self._attend(memory, _top_hidden(state))  # (B, C), (B, N)
+        context, alpha = self._attend(memory, _top_hidden(state))  # (B, D), (B, N)
         x = torch.cat([self.drop(self.embed(words)), self.drop(self.img_proj(context))], dim=1)  # (B, E + P)
         out, state = self.rnn(x.unsqueeze(1), state)  # (B, 1, H)
         return out.squeeze(1), state, alpha
@@ -165,7 +184,7 @@ class AttentionDecoder(CaptionDecoder):
     def forward_with_attention(self, features: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher-forced logits (B, T-1, V) predicting tokens[:, 1:] and the attention weights
         (B, T-1, N) of every step; features (B, N, C), tokens (B, T)."""
-        memory, state = self._prepare(features)  # (B, N, C + A)
+        memory, state = self._prepare(features)  # (B, N, D + A)
         outs, alphas = [], []
         for t in range(tokens.size(1) - 1):
             out, state, alpha = self._cell(tokens[:, t], memory, state)  # (B, H), (B, N)

@@ -160,10 +160,11 @@ class CaptionDecoder(nn.Module):
         self.img_proj = nn.Linear(c.feature_dim, c.img_proj_dim)  # W_ih for the image
         self._add_cell_layers(c)
 
-    def _add_cell_layers(self, c: DecoderConfig) -> None:
+    def _add_cell_layers(self, c: DecoderConfig, init_dim: int | None = None) -> None:
         """The recurrent cell on [word embedding ; W_ih input] (E + P -> H), the initial-state
-        projections from the feature, dropout and the output layer (H -> V). Shared by the
-        attention decoder, so both name these weights alike in a checkpoint."""
+        projections from the feature (``init_dim`` wide, the feature's size by default),
+        dropout and the output layer (H -> V). Shared by the attention decoder, so both name
+        these weights alike in a checkpoint."""
         rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[c.cell]
         kwargs = {"nonlinearity": "tanh"} if c.cell == "rnn" else {}
         self.rnn = rnn_cls(
@@ -175,9 +176,10 @@ class CaptionDecoder(nn.Module):
             **kwargs,
         )
         if c.init_state:
-            self.init_h = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)
+            width = init_dim or c.feature_dim
+            self.init_h = nn.Linear(width, c.num_layers * c.hidden_dim)
             if c.cell == "lstm":
-                self.init_c = nn.Linear(c.feature_dim, c.num_layers * c.hidden_dim)
+                self.init_c = nn.Linear(width, c.num_layers * c.hidden_dim)
         self.drop = nn.Dropout(c.dropout)
         self.out = nn.Linear(c.hidden_dim, c.vocab_size)
 

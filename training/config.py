@@ -89,6 +89,7 @@ class TrainConfig:
     init_state: bool = True
     attention_dim: int = 256  # decoder=attention: hidden size of the attention MLP
     attention_lambda: float = 0.02  # decoder=attention: weight of the doubly stochastic regulariser
+    annotation_dim: int = 512  # decoder=attention: learned annotation per location; 0: the raw channels
     # --- optimisation
     epochs: int = 20
     batch_size: int = 128  # global: split evenly over the processes of a torchrun launch
@@ -146,6 +147,8 @@ class TrainConfig:
             return "the attention decoder trains on cached feature maps; it cannot be combined with fine_tune"
         if self.attention_lambda < 0:
             return "attention_lambda must be >= 0"
+        if self.annotation_dim < 0:
+            return "annotation_dim must be >= 0 (0: the CNN's channels as they are)"
         if self.zero_features and self.fine_tune != "none":
             return "zero_features is an ablation of cached features; it cannot be combined with fine_tune"
         if not 0 <= self.val_fraction < 1 or not 0 <= self.min_lr_ratio <= 1:
@@ -171,6 +174,7 @@ class TrainConfig:
                 **self._decoder_settings(vocab_size, feature_dim, max_length),
                 attention_dim=self.attention_dim,
                 doubly_stochastic=self.attention_lambda,
+                annotation_dim=self.annotation_dim,
             )
         return DecoderConfig(**self._decoder_settings(vocab_size, feature_dim, max_length))
 

@@ -20,10 +20,10 @@ from .onnx import ONNX_OPSET, unavailable_reason
 
 def _memory_example(decoder: CaptionDecoder, n: int, generator: torch.Generator | None = None) -> Tensor:
     """A random second input of ``step`` for export and self-check: the projected image (n, P)
-    of the pooled decoder, or the attention decoder's memory (n, locations, C + A)."""
+    of the pooled decoder, or the attention decoder's memory (n, locations, D + A)."""
     cfg = decoder.config
     if isinstance(cfg, AttentionConfig):
-        return torch.randn(n, 4, cfg.feature_dim + cfg.attention_dim, generator=generator)  # (n, 4, C + A)
+        return torch.randn(n, 4, cfg.annotation_width + cfg.attention_dim, generator=generator)  # (n, 4, D + A)
     return torch.randn(n, cfg.img_proj_dim, generator=generator)  # (n, P)
 
 

@@ -57,8 +57,9 @@ def _maps(batch: int = 4, locations: int = 9, channels: int = 8, seed: int = 1) 
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("layers", [1, 2])
-def test_attention_weights_are_distributions_at_every_step(cell, layers):
-    dec = _decoder(cell, layers)
+@pytest.mark.parametrize("annotation_dim", [0, 6])
+def test_attention_weights_are_distributions_at_every_step(cell, layers, annotation_dim):
+    dec = _decoder(cell, layers, annotation_dim=annotation_dim)
     feats = _maps()
     ids, _ = dec.greedy(feats, START, END, no_repeat_ngram_size=0)
     maps = dec.attention(feats, ids, START, END)
@@ -77,8 +78,9 @@ def test_attention_weights_are_distributions_at_every_step(cell, layers):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_beam_of_one_is_greedy_and_batched_beam_is_one_image_at_a_time(cell):
-    dec = _decoder(cell, layers=2)
+@pytest.mark.parametrize("annotation_dim", [0, 6])
+def test_beam_of_one_is_greedy_and_batched_beam_is_one_image_at_a_time(cell, annotation_dim):
+    dec = _decoder(cell, layers=2, annotation_dim=annotation_dim)
     feats = _maps(batch=5)
     g_ids, g_scores = dec.greedy(feats, START, END)
     b_ids, b_scores = dec.beam_search(feats, START, END, beam_size=1)
@@ -148,6 +150,24 @@ def test_config_records_the_kind_and_builds_the_right_decoder():
         config_from_dict({**old, "kind": "transformer"})
     with pytest.raises(ValueError, match="doubly_stochastic"):
         AttentionConfig(vocab_size=10, feature_dim=4, doubly_stochastic=-1.0)
+    with pytest.raises(ValueError, match="annotation_dim"):
+        AttentionConfig(vocab_size=10, feature_dim=4, annotation_dim=-1)
+
+
+def test_annotation_projection_sets_the_width_of_context_gate_and_initial_state():
+    raw = _decoder()  # annotation_dim 0: the normalised channels themselves (C = 8)
+    assert raw.annotate is None and raw.config.annotation_width == 8
+    dec = _decoder(annotation_dim=6)
+    assert dec.config.annotation_width == 6
+    assert dec.annotate is not None and dec.annotate.weight.shape == (6, 8)  # W_p: C -> D
+    assert dec.gate.out_features == 6 and dec.img_proj.in_features == 6 and dec.init_h.in_features == 6
+    memory, _ = dec._prepare(_maps(batch=2))  # (B, N, D + A)
+    assert memory.shape == (2, 9, 6 + 12)
+    assert bool((memory[..., :6] >= 0).all())  # annotations are ReLU units
+    # an attention checkpoint written before the projection existed loads without it
+    old = config_to_dict(raw.config)
+    del old["annotation_dim"]
+    assert config_from_dict(old).annotation_dim == 0
 
 
 # ---------------------------------------------------------------------- it uses space
@@ -306,6 +326,7 @@ def test_training_caches_float16_maps_resumes_saves_fp16_and_loads_the_attention
     best = tmp_path / "full" / "best"
     config = json.loads((best / CONFIG).read_text())["decoder"]
     assert config["kind"] == "attention" and config["attention_dim"] == 16
+    assert config["annotation_dim"] == 512  # the training default: learned annotations
     assert {v.dtype for v in load_file(str(best / WEIGHTS)).values() if v.is_floating_point()} == {torch.float16}
     model = Captioner.load(best, device="cpu", fast=False)
     assert isinstance(model.decoder, AttentionDecoder) and isinstance(model.encoder, SpatialEncoder)
@@ -320,11 +341,11 @@ def test_training_caches_float16_maps_resumes_saves_fp16_and_loads_the_attention
     assert results[0].domain_distance is not None and results[0].confidence is not None  # trust reads the pooled map
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_the_onnx_runtime_step_agrees_with_pytorch(cell):
+@pytest.mark.parametrize(("cell", "annotation_dim"), [("lstm", 0), ("gru", 0), ("lstm", 6)])
+def test_the_onnx_runtime_step_agrees_with_pytorch(cell, annotation_dim):
     from captioner.runtime.onnx_decoder import build_onnx_decoder
 
-    dec = _decoder(cell, layers=2)
+    dec = _decoder(cell, layers=2, annotation_dim=annotation_dim)
     fast, reason = build_onnx_decoder(dec)
     assert fast is not None, reason
     assert isinstance(fast, AttentionDecoder) and "onnx_step" in fast.__dict__  # its step is ONNX Runtime's
