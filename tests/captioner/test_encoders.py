@@ -100,6 +100,21 @@ def test_preprocess_shape_dtype_and_normalisation() -> None:
     assert batch.shape == (2, 3, 224, 224) and torch.equal(batch[0], x)
 
 
+def test_in_place_normalisation_is_bitwise_the_numpy_formula() -> None:
+    # Shipped weights and feature caches were computed with the numpy version: the faster
+    # torch one must give the very same floats, for both normalisations in use.
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    for mean, std in (((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((127 / 255,) * 3, (128 / 255,) * 3)):
+        p = Preprocess(224, 224, mean, std)
+        s = np.asarray(std, dtype=np.float32)
+        ref = pixels.astype(np.float32) * (1.0 / (255.0 * s)) + (-np.asarray(mean, dtype=np.float32) / s)
+        out = torch.full((3, 224, 224), float("nan"))
+        got = p.normalise_into(pixels, out)
+        assert got is out and torch.equal(out, torch.from_numpy(np.ascontiguousarray(ref.transpose(2, 0, 1))))
+        assert torch.equal(p(Image.fromarray(pixels)), out)  # the call path uses it, read-only arrays too
+
+
 def test_lite0_preprocess_keeps_the_whole_square_and_uses_tf_normalisation() -> None:
     p = get_spec("efficientnet_lite0").preprocess
     assert p.resize_size == p.crop_size == 224  # nothing is cropped off a square image
