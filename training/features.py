@@ -183,6 +183,25 @@ class FeatureTable:
 
 
 # ---------------------------------------------------------------------------- the encoder pass
+class _Rows:
+    """One preallocated (N, ...) tensor the encoded rows are copied into.
+
+    A copy per row (the first way) left the heap fragmented: 33,500 spatial maps of 125 KB
+    interleaved with each batch's freed temporaries kept 0.6 MB resident per image, five
+    times the maps themselves, and a 33,500-image cache ran out of 24 GB. One block per
+    run keeps the resident size at the maps' own bytes."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.data: Tensor | None = None
+
+    def put(self, i: int, row: Tensor) -> Tensor:
+        if self.data is None:
+            self.data = torch.empty(self.n, *row.shape, dtype=row.dtype)  # (N, F) or (N, L, F)
+        self.data[i].copy_(row)
+        return self.data[i]
+
+
 def encode_images(
     encoder: nn.Module,
     preprocess: Callable,
@@ -216,6 +235,7 @@ def encode_images(
     name = "eager"
     batch: list[tuple[int, Tensor]] = []
     out_dtype = torch.float16 if getattr(encoder, "spatial", False) else torch.float32
+    store = _Rows(len(paths))
 
     def prep(i: int) -> Tensor | Failure:
         return try_prepare(paths[i], preprocess, name=paths[i])
@@ -234,7 +254,7 @@ def encode_images(
         with torch.inference_mode():
             f = forward(x).to(out_dtype).cpu()  # (B, F), or (B, L, F) maps
         for (i, _), row in zip(batch, f):
-            feats[i] = row.clone()
+            feats[i] = store.put(i, row)
         bar.update(len(batch))
         batch.clear()
 
