@@ -125,14 +125,9 @@ class Captioner:
 
     def _calibration(self, images: list[bytes]) -> runtime.Calibration:
         """The int8 calibration set: ``images`` through the one image path, made when needed."""
-        from .runtime.quantize import calibration_digest
+        from .runtime.quantize import calibration_set
 
-        prep = self.preprocessing.to_dict() if hasattr(self.preprocessing, "to_dict") else {}
-
-        def tensors():  # (N, 3, S, S) float32
-            return torch.stack([pipeline.prepare(b, self.preprocessing) for b in images]).numpy()
-
-        return runtime.Calibration(calibration_digest(images, prep), len(images), tensors)
+        return calibration_set(images, self.preprocessing)
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -67,6 +67,9 @@ HELP: dict[str, str] = {
     "over the CNN's feature map at every word (Show, Attend and Tell; caches the maps, 125 KB per image)",
     "attention_dim": "with --decoder attention: hidden size of the attention MLP (default: 256)",
     "attention_lambda": "with --decoder attention: weight of the doubly stochastic regulariser (default: 0.02)",
+    "precision": "fp32 (default) or int8: cache the features with the int8 ONNX Runtime encoder, "
+    "calibrated on the first 128 training images, so the decoder learns the features it is served; "
+    "the checkpoint then serves int8 by default",
     "annotation_dim": "with --decoder attention: size of the learned annotation vector of each location, "
     "relu(W_p f_i), that attention and the initial state read (default: 512; 0: the CNN's channels as they are)",
     "cell": "recurrent cell: lstm (default), gru or rnn (tanh)",

@@ -15,6 +15,7 @@ import torch
 from captioner.attention import DECODER_KINDS, AttentionConfig
 from captioner.decoder import CELLS, DecoderConfig
 from captioner.errors import CaptionerError
+from captioner.runtime.quantize import PRECISIONS
 
 METRICS = ("auto", "scene_accuracy", "bleu_4", "cider_d", "val_loss")
 FINE_TUNE = ("none", "last", "all")
@@ -106,6 +107,7 @@ class TrainConfig:
     metric: str = "auto"  # auto: scene_accuracy with a scenes ground truth, else cider_d
     patience: int = 5  # stop after this many epochs without a better validation metric
     save_fp16: bool = False  # store the best checkpoint's weights in half precision
+    precision: str = "fp32"  # fp32 | int8: the encoder the features are cached (and served) with
     evaluate_test: bool = True  # score the best checkpoint on the test split at the end
     zero_features: bool = False  # ablation: every image feature is zeros (what does the image add?)
     device: str | None = None  # None: cuda when available, else cpu
@@ -147,6 +149,10 @@ class TrainConfig:
             return "the attention decoder trains on cached feature maps; it cannot be combined with fine_tune"
         if self.attention_lambda < 0:
             return "attention_lambda must be >= 0"
+        if self.precision not in PRECISIONS:
+            return f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+        if self.precision == "int8" and self.fine_tune != "none":
+            return "precision int8 trains on cached int8 features; it cannot be combined with fine_tune"
         if self.annotation_dim < 0:
             return "annotation_dim must be >= 0 (0: the CNN's channels as they are)"
         if self.zero_features and self.fine_tune != "none":

@@ -41,15 +41,18 @@ def cached_inputs(
     """Run the frozen encoder once per image into the feature cache (rank 0 builds it, the
     other ranks read it) and return each split's features, without the unreadable images."""
     from .features import FeatureCache
+    from .int8_features import Int8FeatureEncoder
 
+    int8 = isinstance(encoder, Int8FeatureEncoder)
     cache = FeatureCache(
         cfg.cache_dir or default_cache_dir(),
         encoder,
-        name=cfg.encoder,
+        name=encoder.cache_name if isinstance(encoder, Int8FeatureEncoder) else cfg.encoder,
         key=cfg.cache_key,
         batch_size=cfg.encode_batch_size,
         num_workers=cfg.num_workers,
         device=ctx.device,
+        trace=not int8,  # the int8 graph is ONNX Runtime's already
     )
     all_paths = [p for s in wanted for p in splits[s].paths]
     if ctx.is_main:

@@ -31,6 +31,7 @@ from . import runlog
 from .config import METRICS, TrainConfig, auto_threads
 from .distributed import DistContext
 from .inputs import PairImages, cached_inputs, encode_live, report_skipped
+from .int8_features import Int8FeatureEncoder, int8_feature_encoder
 from .optim import (
     TrainingModel,
     build_optimizer,
@@ -85,6 +86,7 @@ class Trainer:
         self.history: list[dict] = []
         self.skipped: list[tuple[str, str]] = []
         self.features: dict[str, Tensor] = {}  # cached features (N, F) per split; empty when fine-tuning
+        self.int8: Int8FeatureEncoder | None = None  # precision int8: what computed the features
         self.steps_run = 0
 
     def log(self, msg: str) -> None:
@@ -169,7 +171,11 @@ class Trainer:
         if self.fine_tuning:  # images are read and encoded at every step, no cache
             self.sources: dict[str, SplitData] = {s: self.splits[s] for s in wanted}
         else:
-            cached = cached_inputs(cfg, self.splits, wanted, self.encoder, self.ctx, self.log)
+            feature_encoder: nn.Module = self.encoder
+            if cfg.precision == "int8":  # the decoder learns the int8 encoder's features
+                self.int8 = int8_feature_encoder(self.encoder, self.splits["train"].paths)
+                feature_encoder = self.int8
+            cached = cached_inputs(cfg, self.splits, wanted, feature_encoder, self.ctx, self.log)
             self.sources, self.features, self.skipped = cached.sources, cached.features, cached.skipped
         if self.skipped:
             report_skipped(self.skipped, self.out, self.log, write=self.ctx.is_main)
@@ -421,8 +427,15 @@ class Trainer:
             metadata=meta,
             encoder_state=self.encoder.state_dict() if self.fine_tuning else None,
         )
+        if cfg.precision == "int8":  # served as trained: the int8 graph of the same calibration set
+            meta["precision"] = "int8"
         if improved:
-            save_checkpoint(self.out / BEST, **checkpoint, dtype=torch.float16 if cfg.save_fp16 else None)
+            save_checkpoint(
+                self.out / BEST,
+                **checkpoint,
+                dtype=torch.float16 if cfg.save_fp16 else None,
+                extra_files=self.int8.write_calibration if self.int8 is not None else None,
+            )
         runlog.write_log(self.out, self.history)
         save_last(
             self.out, checkpoint=checkpoint, cfg=cfg, optimizer=self.optimizer, state=self.state, history=self.history
@@ -463,29 +476,11 @@ class Trainer:
         return metrics
 
     def _write_trust(self) -> None:
-        """The kept model's confidence calibration and out-of-domain statistics
-        (:mod:`captioner.trust`), from the cached train and val features."""
-        if self.fine_tuning or not self.features or not (self.out / BEST).exists():
-            self.log(
-                "no confidence calibration or domain statistics: they need cached features (add them "
-                "later with `captioner calibrate`)"
-            )
-            return
-        from .trust_fit import trust_after_training
+        """The kept model's confidence calibration and out-of-domain statistics (captioner.trust)."""
+        from .trust_fit import trust_step
 
-        model = self._best_model()
-        try:
-            trust = trust_after_training(
-                self.out / BEST, model, self.features["train"], self.features["val"], self.sources["val"]
-            )
-        except (ValueError, CaptionerError) as e:  # e.g. too few validation images
-            self.log(f"no confidence calibration or domain statistics: {e}")
-            return
-        assert trust.domain is not None and trust.calibration is not None
-        self.log(
-            f"trust statistics: out of domain past distance {trust.domain.threshold:.3f}; confidence "
-            f"calibrated on {trust.calibration.captions} val captions ({trust.calibration.accuracy:.1%} right)"
-        )
+        usable = not self.fine_tuning and bool(self.features) and (self.out / BEST).exists()
+        trust_step(self.out / BEST, self._best_model if usable else None, self.features, self.sources["val"], self.log)
 
     def _write_results(self, test: dict | None) -> None:
         run = runlog.run_summary(self.state, self.feature_seconds, self.ctx.world_size)

@@ -117,6 +117,30 @@ def judge_split(split) -> tuple[Callable[[int, str], bool], str]:
     return (lambda i, caption: tuple(tokenize(caption)) in refs[i]), "exact_match"
 
 
+def trust_step(
+    checkpoint: Path, best_model: Callable | None, features: dict[str, Tensor], val_split, log: Callable[[str], None]
+) -> None:
+    """Training's trust step: :func:`trust_after_training` on the run's cached train and val
+    features, with one log line saying what was fitted (or why nothing was). ``best_model``
+    gives the kept model; None when the run has no cached features (fine-tuning)."""
+    if best_model is None:
+        log(
+            "no confidence calibration or domain statistics: they need cached features (add them "
+            "later with `captioner calibrate`)"
+        )
+        return
+    try:
+        trust = trust_after_training(checkpoint, best_model(), features["train"], features["val"], val_split)
+    except (ValueError, CaptionerError) as e:  # e.g. too few validation images
+        log(f"no confidence calibration or domain statistics: {e}")
+        return
+    assert trust.domain is not None and trust.calibration is not None
+    log(
+        f"trust statistics: out of domain past distance {trust.domain.threshold:.3f}; confidence "
+        f"calibrated on {trust.calibration.captions} val captions ({trust.calibration.accuracy:.1%} right)"
+    )
+
+
 def trust_after_training(
     checkpoint: str | os.PathLike,
     model,

@@ -50,6 +50,7 @@ __all__ = [
     "Calibration",
     "Int8Tolerance",
     "PrecisionError",
+    "calibration_set",
     "precision_requested",
     "quantize_graph",
     "read_calibration",
@@ -139,6 +140,23 @@ def calibration_digest(images: Sequence[bytes], preprocessing: dict) -> str:
         h.update(len(b).to_bytes(8, "little"))
         h.update(b)
     return h.hexdigest()
+
+
+def calibration_set(images: Sequence[bytes], preprocessing: object) -> Calibration:
+    """The calibration set of ``images`` (encoded bytes): named by their digest, its input batch
+    made through the one image path (:func:`captioner.pipeline.prepare`) only when a graph is
+    built. Serving (``Captioner``) and int8 training (``captioner train --precision int8``) both
+    make theirs here, so the same images give the same graph."""
+    from .. import pipeline
+
+    images = list(images)
+    to_dict = getattr(preprocessing, "to_dict", None)
+    prep = to_dict() if callable(to_dict) else {}
+
+    def tensors() -> np.ndarray:  # (N, 3, S, S) float32
+        return torch.stack([pipeline.prepare(b, preprocessing) for b in images]).numpy()  # type: ignore[arg-type]
+
+    return Calibration(calibration_digest(images, prep), len(images), tensors)
 
 
 def tool_versions() -> str:
