@@ -40,6 +40,7 @@ from PIL import Image
 
 from .errors import ImageLoadError
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, load_image, read_source, source_label
+from .resize import CROPPED, resize_and_crop
 
 #: Seconds one decode may take by default (a 40-megapixel PNG takes well under 2 s here).
 DEFAULT_BUDGET_S = 10.0
@@ -162,20 +163,31 @@ class DecodePool:
         max_bytes: int = DEFAULT_MAX_BYTES,
         draft_size: tuple[int, int] | None = None,
         budget_s: float | None = None,
+        crop: tuple[int, int, str] | None = None,
     ) -> Image.Image:
         """:func:`~captioner.images.load_image` in a worker, stopped after ``budget_s``
-        (the pool's budget by default). Raises ImageLoadError, DecodeTimeout, TimeoutError."""
+        (the pool's budget by default). Raises ImageLoadError, DecodeTimeout, TimeoutError.
+
+        ``crop`` (resize_size, crop_size, interpolation; ``Preprocess.resize_spec``): the
+        worker also resizes and crops (:func:`captioner.resize.resize_and_crop`) and sends
+        back only the crop, marked so that preprocessing does not crop it again."""
         budget = self.budget_s if budget_s is None else budget_s
         deadline = time.monotonic() + budget
         label = source_label(source, name)
-        if isinstance(source, Image.Image):  # already decoded: only converted
+        if isinstance(source, Image.Image):  # already decoded: only converted (preprocessing crops it)
             return load_image(source, name=name, max_pixels=max_pixels)
         data = read_source(source, label, max_bytes)
         try:
             worker = self._idle.get(timeout=max(0.0, budget))
         except queue.Empty:
             raise TimeoutError(f"no decode worker was free within {budget:g} s") from None
-        header = {"name": label, "max_pixels": max_pixels, "max_bytes": max_bytes, "draft_size": draft_size}
+        header = {
+            "name": label,
+            "max_pixels": max_pixels,
+            "max_bytes": max_bytes,
+            "draft_size": draft_size,
+            "crop": list(crop) if crop else None,
+        }
         try:
             reply, pixels = worker.call(header, data, deadline)
         except TimeoutError:
@@ -187,7 +199,10 @@ class DecodePool:
         self._idle.put(worker)
         if not reply["ok"]:
             raise ImageLoadError(reply["name"], reply["reason"], reply["code"])
-        return Image.frombytes("RGB", tuple(reply["size"]), pixels)
+        image = Image.frombytes("RGB", tuple(reply["size"]), pixels)
+        if reply.get("cropped"):
+            image.info[CROPPED] = tuple(reply["cropped"])
+        return image
 
     def close(self) -> None:
         with self._lock:
@@ -202,6 +217,17 @@ class DecodePool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _crop(image: Image.Image, crop: list | None, name: str) -> Image.Image:
+    """The worker's preprocessing steps 1 and 2 when asked (the crop, not the picture, goes
+    back through the pipe); a failure is the image's, as :func:`captioner.pipeline.preprocess` says."""
+    if not crop:
+        return image
+    try:
+        return resize_and_crop(image, int(crop[0]), int(crop[1]), str(crop[2]))
+    except Exception as e:
+        raise ImageLoadError(name, f"cannot preprocess image ({type(e).__name__}: {e})") from None
 
 
 def serve() -> None:
@@ -223,7 +249,9 @@ def serve() -> None:
                 max_bytes=header["max_bytes"],
                 draft_size=tuple(draft) if draft else None,
             )
-            reply, pixels = {"ok": True, "size": list(image.size)}, image.tobytes()
+            image = _crop(image, header["crop"], header["name"])
+            reply = {"ok": True, "size": list(image.size), "cropped": image.info.get(CROPPED)}
+            pixels = image.tobytes()
         except ImageLoadError as e:
             reply, pixels = {"ok": False, "name": e.name, "reason": e.reason, "code": e.code}, b""
         head = json.dumps(reply).encode()

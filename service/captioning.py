@@ -193,7 +193,8 @@ class CaptionService:
         budget_s = deadline - time.monotonic()  # a decode may last as long as its request has left
         if budget_s <= 0:  # the request gave up while this waited for a thread
             raise TimeoutError
-        loader = functools.partial(self._decoders.load, budget_s=budget_s)
+        crop = getattr(self.model.preprocessing, "resize_spec", None)  # the workers crop: less through the pipe
+        loader = functools.partial(self._decoders.load, budget_s=budget_s, crop=crop)
         limits = pipeline.Limits(max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_body_bytes)
         try:
             return pipeline.prepare(

@@ -12,8 +12,9 @@ applies it with Pillow and numpy alone:
     2. take the central ``crop_size`` x ``crop_size`` square,
     3. scale pixels to [0, 1] and normalise per channel: ``(x - mean) / std``.
 
-Steps 1 and 2 run as one Pillow call: ``Image.resize(..., box=...)`` resamples only the
-source rectangle that survives the crop, and ``reducing_gap`` first shrinks big photos
+Steps 1 and 2 run as one Pillow call (:mod:`captioner.resize`, torch-free so the service's
+decode workers can crop where they decode): ``Image.resize(..., box=...)`` resamples only
+the source rectangle that survives the crop, and ``reducing_gap`` first shrinks big photos
 by an integer factor (cheap box filter) before the exact filter runs. The result matches
 torchvision's ``Resize(resize_size) + CenterCrop(crop_size)`` on PIL images to within
 resampling round-off, at a fraction of the cost.
@@ -31,21 +32,7 @@ import torch
 from PIL import Image
 
 from ..errors import CaptionerError
-
-# The names we accept for ``interpolation`` and the Pillow filter each one means.
-INTERPOLATIONS: dict[str, Image.Resampling] = {
-    "nearest": Image.Resampling.NEAREST,
-    "box": Image.Resampling.BOX,
-    "bilinear": Image.Resampling.BILINEAR,
-    "hamming": Image.Resampling.HAMMING,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
-
-# Shrink by an integer factor first while the image is more than this many times the
-# target size. 3.0 is, per Pillow's documentation, indistinguishable from exact
-# resampling while still skipping most of the work on multi-megapixel photos.
-REDUCING_GAP = 3.0
+from ..resize import INTERPOLATIONS, already_cropped, crop_box, resize_and_crop
 
 
 @dataclass(frozen=True)
@@ -94,31 +81,22 @@ class Preprocess:
         return (self.resize_size, self.resize_size)
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
-        """The rectangle of a ``width`` x ``height`` source image that ends up in the crop.
+        """The rectangle of a ``width`` x ``height`` source image that ends up in the crop
+        (torchvision's sizes; :func:`captioner.resize.crop_box`), in source pixels."""
+        return crop_box(width, height, self.resize_size, self.crop_size)
 
-        Sizes follow torchvision: the shorter side becomes ``resize_size``, the longer one
-        ``int(resize_size * long / short)``; the crop's top-left corner is
-        ``round((resized - crop) / 2)``. Returned in source pixel coordinates.
-        """
-        if width <= height:
-            rw, rh = self.resize_size, int(self.resize_size * height / width)
-        else:
-            rw, rh = int(self.resize_size * width / height), self.resize_size
-        left = round((rw - self.crop_size) / 2.0)
-        top = round((rh - self.crop_size) / 2.0)
-        sx, sy = width / rw, height / rh  # source pixels per resized pixel
-        return (left * sx, top * sy, (left + self.crop_size) * sx, (top + self.crop_size) * sy)
+    @property
+    def resize_spec(self) -> tuple[int, int, str]:
+        """(resize_size, crop_size, interpolation): what steps 1 and 2 need, as plain data
+        (the service's decode workers crop with it)."""
+        return (self.resize_size, self.crop_size, self.interpolation)
 
     def resize_and_crop(self, img: Image.Image) -> Image.Image:
-        """PIL image -> RGB PIL image of crop_size x crop_size (steps 1 and 2)."""
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        return img.resize(
-            (self.crop_size, self.crop_size),
-            INTERPOLATIONS[self.interpolation],
-            box=self.crop_box(*img.size),
-            reducing_gap=REDUCING_GAP,
-        )
+        """PIL image -> RGB PIL image of crop_size x crop_size (steps 1 and 2); an image a
+        decode worker already cropped with these settings is returned as it is."""
+        if already_cropped(img, *self.resize_spec):
+            return img
+        return resize_and_crop(img, *self.resize_spec)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """PIL image -> float32 tensor (3, crop_size, crop_size), normalised."""

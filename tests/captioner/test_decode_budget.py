@@ -1,5 +1,6 @@
 """The enforced decode budget: load_image in worker processes, killed past the budget."""
 
+import functools
 import io
 import os
 import signal
@@ -44,6 +45,30 @@ def test_a_worker_decodes_exactly_what_load_image_decodes(pool, tmp_path):
     path = tmp_path / "photo.png"
     path.write_bytes(samples["photo.png"])
     assert pool.load(path).tobytes() == load_image(path).tobytes()
+
+
+def test_a_worker_can_crop_and_the_input_tensor_is_the_same(pool):
+    # The service asks the workers for the crop (150 KB back instead of the whole picture);
+    # preprocessing must then not crop again, and the tensor must be bitwise the same.
+    import torch
+
+    from captioner import pipeline
+    from captioner.encoders import Preprocess, get_spec
+    from captioner.resize import CROPPED
+
+    specs = [get_spec("efficientnet_lite0").preprocess, Preprocess(256, 224, (0.5,) * 3, (0.25,) * 3, "bilinear")]
+    images = {"wide.jpg": encode(noise(900, 500), "JPEG"), "tall.png": encode(noise(300, 700, 3), "PNG")}
+    for pre in specs:
+        for name, data in images.items():
+            got = pool.load(data, name=name, draft_size=pre.draft_size, crop=pre.resize_spec)
+            assert got.size == (pre.crop_size, pre.crop_size) and got.info[CROPPED] == pre.resize_spec
+            loader = functools.partial(pool.load, crop=pre.resize_spec)
+            worker = pipeline.prepare(data, pre, loader=loader)
+            assert torch.equal(worker, pipeline.prepare(data, pre)), (name, pre)
+    lite0, other = specs
+    cropped = pool.load(images["wide.jpg"], draft_size=lite0.draft_size, crop=lite0.resize_spec)
+    assert other.resize_and_crop(cropped) is not cropped  # cropped for another recipe: cropped again
+    assert lite0.resize_and_crop(cropped) is cropped
 
 
 def test_a_worker_raises_the_loaders_own_errors(pool, tmp_path):
