@@ -249,7 +249,7 @@ def serve() -> None:
                 max_bytes=header["max_bytes"],
                 draft_size=tuple(draft) if draft else None,
             )
-            image = _crop(image, header["crop"], header["name"])
+            image = _crop(image, header.get("crop"), header["name"])
             reply = {"ok": True, "size": list(image.size), "cropped": image.info.get(CROPPED)}
             pixels = image.tobytes()
         except ImageLoadError as e:

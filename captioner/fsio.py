@@ -79,10 +79,11 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], object]) 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     tmp = Path(name)
     try:
-        write(tmp)  # the writer creates the file anew: it gets open()'s usual permissions
+        _normal_permissions(fd)  # mkstemp's 0600 would survive a writer that reopens the file
+        os.close(fd)
+        write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -278,3 +278,17 @@ def test_the_new_folder_is_built_beside_the_target(tmp_path):
     assert folder.parent == target.parent and folder.name.startswith(f".ck.tmp-{os.getpid()}-")
     assert files == ["config.json", "metadata.json", "model.safetensors", "vocab.json"]
     assert not folder.exists() and load_checkpoint(target).encoder_name == "e"
+
+
+def test_files_written_by_name_into_a_checkpoint_follow_the_umask_too(tmp_path):
+    # atomic_write_path hands its writer a temporary name (trust files, safetensors): that
+    # file came from mkstemp (0600) and kept it when the writer reopened it.
+    from captioner.fsio import atomic_write_path
+
+    old = os.umask(0o022)
+    try:
+        text = atomic_write_path(tmp_path / "trust.json", lambda p: p.write_text("{}", encoding="utf-8"))
+        blob = atomic_write_path(tmp_path / "blob.bin", lambda p: p.open("wb").close())
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (text, blob)} == {0o644}
