@@ -427,8 +427,8 @@ class Trainer:
             metadata=meta,
             encoder_state=self.encoder.state_dict() if self.fine_tuning else None,
         )
-        if cfg.precision == "int8":  # served as trained: the int8 graph of the same calibration set
-            meta["precision"] = "int8"
+        if self.int8 is not None:  # served as trained: the int8 graph of the same calibration set
+            meta.update(precision="int8", calibration={"images": len(self.int8.images)})
         if improved:
             save_checkpoint(
                 self.out / BEST,

@@ -1,7 +1,8 @@
 """The int8 encoder (captioner.runtime.quantize): agreement with fp32 on held-out scenes,
 the graph cache's key, and the fallback to fp32.
 
-Agreement uses the shipped weights and their calibration set; the cache and fallback
+Agreement uses the shipped int8 model (weights/pooled, its decoder trained on int8
+features) and its calibration set; the cache and fallback
 mechanics use a tiny CNN so that each quantisation takes a fraction of a second.
 """
 
@@ -26,6 +27,7 @@ from captioner.runtime import quantize
 from captioner.vocab import Vocabulary
 
 DATA = Path(__file__).resolve().parents[1] / "data"
+POOLED = Path(__file__).resolve().parents[2] / "weights" / "pooled"  # the shipped int8 model
 HELD_OUT_SEED = 7  # the shipped weights were trained on seed 0
 
 
@@ -194,66 +196,78 @@ def test_fp32_needs_no_calibration(cache: Path, monkeypatch: pytest.MonkeyPatch)
     assert calls == []
 
 
-# ---------------------------------------------------------------- agreement with fp32 (shipped weights)
+# ---------------------------------------------------------------- the shipped int8 model (weights/pooled)
 
 
 @pytest.fixture(scope="module")
-def shipped_pair(tmp_path_factory: pytest.TempPathFactory):
-    """(fp32 model, int8 model) of the shipped weights, int8 calibrated on their calibration set."""
+def pooled_pair(tmp_path_factory: pytest.TempPathFactory):
+    """weights/pooled (trained on int8 features) with its fp32 and its int8 encoder."""
     mp = pytest.MonkeyPatch()
     mp.setenv("CAPTIONER_CACHE_DIR", str(tmp_path_factory.mktemp("int8-cache")))
     mp.delenv(quantize.PRECISION_ENV, raising=False)
     try:
-        yield Captioner.load(precision="fp32"), Captioner.load(precision="int8")
+        yield Captioner.load(POOLED, precision="fp32"), Captioner.load(POOLED)
     finally:
         mp.undo()
 
 
 @pytest.fixture(scope="module")
-def held_out_scenes(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+def held_out_scenes(tmp_path_factory: pytest.TempPathFactory):
+    """(JPEG bytes, ground truths) of 60 scenes of a seed no shipped model was trained on."""
+    from captioner.metrics.scene import SceneTruth
     from captioner.training.scenes import generate_scenes
 
     out = tmp_path_factory.mktemp("scenes")
-    generate_scenes(out, {"test": 40}, seed=HELD_OUT_SEED, progress=False)
-    return [p.read_bytes() for p in sorted((out / "images" / "test").glob("*.jpg"))]
+    generate_scenes(out, {"test": 60}, seed=HELD_OUT_SEED, progress=False)
+    truth = SceneTruth.load(out, "test")
+    paths = sorted((out / "images" / "test").glob("*.jpg"))
+    return [p.read_bytes() for p in paths], [truth.get(f"test/{p.name}") for p in paths], truth.words
 
 
-def test_shipped_weights_default_to_fp32_and_carry_a_calibration_set() -> None:
-    model = Captioner.load(fast=False)
-    assert model.metadata["precision"] == "fp32"
+def test_the_int8_model_serves_int8_by_default_and_carries_its_calibration_set() -> None:
+    model = Captioner.load(POOLED, fast=False)
+    assert model.metadata["precision"] == "int8" and model.metadata["train_config"]["precision"] == "int8"
     assert model.path is not None
     images = quantize.read_calibration(model.path)
     assert images is not None and len(images) == model.metadata["calibration"]["images"] >= 64
 
 
-def test_int8_features_and_captions_agree_with_fp32_on_held_out_scenes(shipped_pair, held_out_scenes) -> None:
-    fp32, int8 = shipped_pair
-    assert int8.describe()["precision"] == "int8"
-    assert fp32.describe()["precision"] == "fp32"
-    x = torch.stack([fp32.preprocess(b) for b in held_out_scenes])  # (40, 3, 224, 224)
-    a, b = fp32.encode(x), int8.encode(x)  # (40, 1280) each
+def test_int8_features_agree_with_fp32_and_the_int8_trained_model_loses_nothing_at_int8(
+    pooled_pair, held_out_scenes
+) -> None:
+    from captioner.metrics.scene import check_caption
+
+    fp32, int8 = pooled_pair
+    assert int8.describe()["precision"] == "int8" and fp32.describe()["precision"] == "fp32"
+    jpegs, truths, words = held_out_scenes
+    x = torch.stack([fp32.preprocess(b) for b in jpegs])  # (60, 3, 224, 224)
+    a, b = fp32.encode(x), int8.encode(x)  # (60, 1280) each
     cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
     assert float(cos.mean()) >= 0.95 and float(cos.min()) >= 0.8
-    same = np.mean([r.caption == s.caption for r, s in zip(fp32.generate(a), int8.generate(b))])
-    # Measured on 300 held-out scenes: 48.7 % identical (docs/performance.md), below the
-    # 97 % gate, which is why the shipped weights default to fp32. This bounds a regression.
-    assert same >= 0.3, f"only {same:.0%} of captions identical"
+    right = {
+        name: np.mean([check_caption(r.caption, t, words).correct for r, t in zip(model.generate(f), truths)])
+        for name, model, f in (("fp32", fp32, a), ("int8", int8, b))
+    }
+    # The gate, measured on 1,000 held-out scenes (docs/performance.md): this model at int8
+    # 71.3 %, the fp32-trained classic model at fp32 69.8 %. Trained on int8 features, the
+    # decoder is at home at int8; here a regression bound on 60 scenes.
+    assert right["int8"] >= 0.5 and right["int8"] >= right["fp32"] - 0.1, right
 
 
-def test_out_of_domain_flag_unchanged_on_photos(shipped_pair) -> None:
-    fp32, int8 = shipped_pair
+def test_out_of_domain_flag_unchanged_on_photos(pooled_pair) -> None:
+    fp32, int8 = pooled_pair
     photos = [(DATA / n).read_bytes() for n in ("chelsea.jpg", "coffee.jpg")]
     flags32 = [r.in_domain for r in fp32.caption_detailed(photos)]
     flags8 = [r.in_domain for r in int8.caption_detailed(photos)]
-    assert flags32 == flags8 and None not in flags32
+    assert flags32 == flags8 == [False, False]
 
 
 def test_saving_a_model_keeps_its_calibration_set(tmp_path: Path) -> None:
-    model = Captioner.load(fast=False)
+    model = Captioner.load(POOLED, fast=False)
     assert model.path is not None
     folder = model.save(tmp_path / "copy")
     assert quantize.read_calibration(folder) == quantize.read_calibration(model.path)
-    assert Captioner.load(folder, fast=False).metadata["precision"] == "fp32"
+    assert Captioner.load(folder, fast=False).metadata["precision"] == "int8"
 
 
 def test_service_setting_takes_int8_or_fp32_only() -> None:
