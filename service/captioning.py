@@ -32,6 +32,7 @@ from torch import Tensor
 from captioner import Captioner, pipeline
 from captioner.decode_budget import DecodePool, DecodeTimeout
 from captioner.errors import ImageLoadError
+from captioner.images import load_image
 from captioner.options import LABELS
 
 from .batcher import Batcher, BatcherStopped
@@ -90,7 +91,11 @@ class CaptionService:
         self._pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="captioner-decode")
         # The pool's threads wait on decode processes that are killed when a decode outlives
         # its request (captioner.decode_budget); preprocessing stays in the threads.
-        self._decoders = DecodePool(workers=settings.decode_workers, budget_s=settings.request_timeout_s)
+        self._decoders = (
+            DecodePool(workers=settings.decode_workers, budget_s=settings.request_timeout_s)
+            if settings.decode_in == "processes"
+            else None  # decode_in="threads": load_image in the pool's threads, no budget
+        )
         self.batcher = Batcher(
             self._run_batch,
             max_batch_size=settings.max_batch_size,
@@ -112,7 +117,8 @@ class CaptionService:
         self.draining = True
         self.batcher.stop(timeout)
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._decoders.close()
+        if self._decoders is not None:
+            self._decoders.close()
 
     @property
     def ready(self) -> bool:
@@ -193,8 +199,11 @@ class CaptionService:
         budget_s = deadline - time.monotonic()  # a decode may last as long as its request has left
         if budget_s <= 0:  # the request gave up while this waited for a thread
             raise TimeoutError
-        crop = getattr(self.model.preprocessing, "resize_spec", None)  # the workers crop: less through the pipe
-        loader = functools.partial(self._decoders.load, budget_s=budget_s, crop=crop)
+        if self._decoders is None:
+            loader: pipeline.Loader = load_image
+        else:
+            crop = getattr(self.model.preprocessing, "resize_spec", None)  # the workers crop: less through the pipe
+            loader = functools.partial(self._decoders.load, budget_s=budget_s, crop=crop)
         limits = pipeline.Limits(max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_body_bytes)
         try:
             return pipeline.prepare(
@@ -310,6 +319,7 @@ class CaptionService:
             "default_beam_size": s.default_beam_size,
             "default_max_length": min(self.default_max_length, s.max_length_limit),
             "torch_threads": torch.get_num_threads(),
+            "decode_in": s.decode_in,
             "auth_required": s.api_key is not None,
         }
         return info

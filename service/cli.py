@@ -37,7 +37,7 @@ EPILOG = """examples:
 FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "where to listen": ("host", "port"),
     "model": ("checkpoint", "device", "torch_threads"),
-    "batching": ("max_batch_size", "max_wait_ms", "queue_size", "decode_workers"),
+    "batching": ("max_batch_size", "max_wait_ms", "queue_size", "decode_workers", "decode_in"),
     "limits": (
         "max_files",
         "max_body_bytes",
@@ -94,7 +94,7 @@ def _shown_default(value: object) -> str | None:
 
 def _add_setting_flag(group: argparse._ArgumentGroup, name: str) -> None:
     """One flag from one :class:`Settings` field: its type, default and description."""
-    from .settings import LOG_LEVELS, Settings
+    from .settings import DECODE_IN, LOG_LEVELS, Settings
 
     field = Settings.model_fields[name]
     annotation = str(field.annotation)
@@ -109,9 +109,11 @@ def _add_setting_flag(group: argparse._ArgumentGroup, name: str) -> None:
         kwargs["action"] = "append"
     elif name == "log_level":
         kwargs["choices"] = LOG_LEVELS
+    elif name == "decode_in":
+        kwargs["choices"] = DECODE_IN
     else:
         kwargs["type"] = float if "float" in annotation else int if "int" in annotation else str
-    if name != "log_level":
+    if name not in ("log_level", "decode_in"):
         numeric = kwargs["type"] in (int, float) if "type" in kwargs else False
         kwargs["metavar"] = METAVARS.get(name, "S" if name.endswith("_s") else "N" if numeric else name.upper())
     flags = [flag_name(name)] + ([SHORT_FLAGS[name]] if name in SHORT_FLAGS else [])

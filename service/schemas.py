@@ -157,6 +157,7 @@ class ServiceLimits(BaseModel):
     default_beam_size: int
     default_max_length: int
     torch_threads: int
+    decode_in: str = Field(description="processes (each decode killed past its request's time) or threads")
     auth_required: bool
 
 

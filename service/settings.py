@@ -18,6 +18,7 @@ from captioner.images import DEFAULT_MAX_PIXELS
 from captioner.options import BEAM_SIZE, MAX_LENGTH
 
 #: uvicorn's log levels, quietest first.
+DECODE_IN = ("processes", "threads")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
@@ -53,6 +54,12 @@ class Settings(BaseSettings):
     )
     queue_size: int = Field(128, ge=1, description="most images accepted and not yet captioned; beyond it 503")
     decode_workers: int = Field(2, ge=1, le=64, description="threads decoding and preprocessing uploads")
+    decode_in: str = Field(
+        "processes",
+        description="processes: each decode runs in a worker process that is killed when it outlives its "
+        "request (the decode budget); threads: in the decode threads, ~0.4 ms less per image, for uploads "
+        "from a trusted source only (a slow decode then keeps its thread)",
+    )
 
     # limits
     max_files: int = Field(16, ge=1, description="most images in one request")
@@ -145,6 +152,14 @@ class Settings(BaseSettings):
         if name not in ("int8", "fp32"):
             raise ValueError("precision must be one of int8, fp32")
         return name
+
+    @field_validator("decode_in")
+    @classmethod
+    def _decode_in(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in DECODE_IN:
+            raise ValueError(f"decode_in must be one of {', '.join(DECODE_IN)}")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -5,8 +5,9 @@ server itself (``--port 0``; the tests read the URL it prints), each waited for 
 ``/readyz``; they are all started at once so they load in parallel:
 
 * ``server``  - defaults (no key, CORS off), used by most tests;
-* ``limited`` - API key, tiny queue and body limits, one image per batch, CORS on, and
-  its own generation limits (default beam 2, at most 3; max_length at most 6);
+* ``limited`` - API key, tiny queue and body limits, one image per batch, CORS on, its
+  own generation limits (default beam 2, at most 3; max_length at most 6), and decoding
+  in threads (``--decode-in threads``) rather than worker processes;
 * ``drainer`` - the server the shutdown test sends SIGTERM to.
 """
 
@@ -53,6 +54,8 @@ def _servers(checkpoint, tmp_path_factory):
             "3",
             "--max-length-limit",
             "6",
+            "--decode-in",
+            "threads",
             env={"CAPTIONER_API_KEY": API_KEY},
         ),
         "drainer": launch(checkpoint, logs / "drainer.log", "--drain-seconds", "3", "--max-batch-size", "1"),

@@ -144,6 +144,7 @@ def test_health_ready_model_and_docs(server):
         assert info["encoder"]["name"] == "efficientnet_lite0" and info["vocab_size"] == 10
         assert info["decoder"]["max_length"] == 8 and info["metadata"]["training_data"]
         assert info["service"]["max_files"] == 16 and info["service"]["auth_required"] is False
+        assert info["service"]["decode_in"] == "processes"
         schema = c.get("/openapi.json").json()
         assert (
             "/v1/captions" in schema["paths"]
@@ -358,7 +359,8 @@ def test_api_key_is_required_when_configured(limited):
         # probes, metrics and the page stay open
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
         assert c.get("/metrics").status_code == 200 and c.get("/").status_code == 200
-        assert c.get("/v1/model", headers={"Authorization": f"bearer {API_KEY}"}).json()["service"]["auth_required"]
+        service = c.get("/v1/model", headers={"Authorization": f"bearer {API_KEY}"}).json()["service"]
+        assert service["auth_required"] and service["decode_in"] == "threads"  # and it captioned above
 
 
 def test_body_limit_is_enforced_while_reading(limited):

@@ -165,7 +165,7 @@ def test_every_flag_sets_its_setting():
     values = {
         "host": "0.0.0.0", "port": "9001", "checkpoint": "ck", "device": "cpu", "torch_threads": "3",
         "max_batch_size": "7", "max_wait_ms": "2.5", "queue_size": "40", "decode_workers": "3",
-        "max_files": "9", "max_body_bytes": "4096", "max_pixels": "1000", "request_timeout_s": "12",
+        "decode_in": "threads", "max_files": "9", "max_body_bytes": "4096", "max_pixels": "1000", "request_timeout_s": "12",
         "body_timeout_s": "11", "max_buffered_bytes": "8192", "max_header_bytes": "2048", "header_timeout_s": "4",
         "max_connections": "50", "max_beam_size": "4", "max_length_limit": "20", "default_beam_size": "3",
         "api_key": "k3y!", "cors_origins": "http://a.example", "drain_seconds": "1.5", "log_level": "debug",
@@ -178,6 +178,7 @@ def test_every_flag_sets_its_setting():
     s = settings_from_args(parse_serve(argv))
     assert (s.host, s.port, str(s.checkpoint), s.device, s.torch_threads) == ("0.0.0.0", 9001, "ck", "cpu", 3)
     assert (s.max_batch_size, s.max_wait_ms, s.queue_size, s.decode_workers) == (7, 2.5, 40, 3)
+    assert s.decode_in == "threads"
     assert (s.max_files, s.max_body_bytes, s.max_pixels, s.request_timeout_s, s.body_timeout_s) == (
         9,
         4096,
