@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw", default=str(common.RESULTS / "profile_serve.raw"), help="where the raw profile goes")
     p.add_argument("--service-arg", action="append", default=[], help="extra `captioner serve` argument")
     args = p.parse_args(argv)
-    spy = shutil.which("py-spy")
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if spy is None:
         print("error: py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return 1

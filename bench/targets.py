@@ -9,7 +9,8 @@ Measures, in this order (each part short, so the load changes little in between)
 1. the encoder-only limit (``common.encoder_limit``) of an fp32 and an int8 model;
 2. in-process time to caption one JPEG (greedy, each precision);
 3. ``captioner serve --precision P`` for P in fp32, int8: 1 client greedy, 32 clients
-   greedy, 32 clients beam 3 (``bench.serve.load``);
+   greedy, 32 clients beam 3 (``bench.serve.load``), then the naive server
+   (``bench/naive_server.py``, one eager forward per request) at 32 clients;
 4. folder captioning (``bench.folder.run_folder``) at each precision;
 5. the two encoder limits again; each limit is the mean of its two measurements.
 
@@ -67,6 +68,19 @@ def _serve_rows(ckpt: Path, images: Path, jpeg: bytes, precision: str, args: arg
     return out
 
 
+def _naive_rate(ckpt: Path, images: Path, jpeg: bytes, args: argparse.Namespace) -> float:
+    """images/s of the naive server (one eager forward per request) at 32 clients, greedy."""
+    server = serve.Server("naive", [serve.PY, "-m", "bench.naive_server", "--checkpoint", str(ckpt)])
+    try:
+        url = f"{server.url}/v1/captions"
+        r = serve.load(url, images, 32, args.seconds, args.warmup, 120.0)
+        serve.drain(url, jpeg)
+    finally:
+        server.stop()
+    print(f"  naive clients 32: {r['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)
+    return float(r["images_per_s"])
+
+
 def _caption_one(model, jpeg: bytes) -> Callable[[], object]:
     return lambda: model.caption(jpeg)
 
@@ -84,7 +98,7 @@ def _row(what: str, precision: str, value: float, base: float, base_name: str, t
     }
 
 
-def _table(limit: dict, one: dict, svc: dict, fold: dict) -> list[dict]:
+def _table(limit: dict, one: dict, svc: dict, fold: dict, naive: float) -> list[dict]:
     f32 = limit["fp32"]
     rows = [
         _row("encoder-only limit, images/s", "fp32", f32, f32, "fp32 limit", "-", True),
@@ -94,6 +108,9 @@ def _table(limit: dict, one: dict, svc: dict, fold: dict) -> list[dict]:
         v = svc[p][(1, 32)]["images_per_s"]
         target, need = (">= 1.2x", 1.2) if p == "int8" else (">= 0.7x", 0.7)
         rows.append(_row("service, 32 clients greedy, images/s", p, v, f32, "fp32 limit", target, v >= need * f32))
+    for p in PRECISIONS:
+        v = svc[p][(1, 32)]["images_per_s"]
+        rows.append(_row("service vs naive, 32 clients greedy", p, v, naive, "naive server", ">= 12x", v >= 12 * naive))
     for p in PRECISIONS:
         v = fold[p]["images_per_s"]
         rows.append(_row("folder captioning, images/s", p, v, limit[p], f"{p} limit", ">= 0.85x", v >= 0.85 * limit[p]))
@@ -150,12 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     limits: dict[str, list[float]] = {pr: [common.encoder_limit(m)["images_per_s"]] for pr, m in models.items()}
     one = {pr: statistics.median(common.timed(_caption_one(m, jpeg), 2.0, warmup=2)) for pr, m in models.items()}
     svc = {pr: _serve_rows(ckpt, images, jpeg, pr, args) for pr in PRECISIONS}
+    naive = _naive_rate(ckpt, images, jpeg, args)
     fold_args = argparse.Namespace(batch_size=16, workers=2, beam=1)
     fold = {pr: folder.run_folder(m, folder_dir, fold_args) for pr, m in models.items()}
     for pr, m in models.items():
         limits[pr].append(common.encoder_limit(m)["images_per_s"])
     limit = {pr: sum(v) / len(v) for pr, v in limits.items()}
-    rows = _table(limit, one, svc, fold)
+    rows = _table(limit, one, svc, fold, naive)
     cols = [(k, k.replace("_", " ")) for k in ("figure", "precision", "value", "relative_to", "base", "ratio")]
     print()
     print(common.format_table(rows, [*cols, ("target", "target"), ("met", "met")]))
