@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,7 +136,8 @@ def test_write_figures_writes_a_png_per_image_and_the_maps(tiny_model, tmp_path)
 def test_a_pooled_model_gets_one_line_saying_maps_need_an_attention_model(tmp_path, capsys):
     image = tmp_path / "x.png"
     _image("red", 0).save(image)
-    assert main(["explain", str(image), "--out", str(tmp_path / "out")]) == 1
+    pooled = Path(__file__).resolve().parents[2] / "weights" / "pooled"  # the shipped classic model
+    assert main(["explain", str(image), "--checkpoint", str(pooled), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.strip() == f"error: {NEEDS_ATTENTION}"
     assert not (tmp_path / "out").exists()
