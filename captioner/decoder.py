@@ -246,9 +246,21 @@ class CaptionDecoder(nn.Module):
         for b, row in enumerate(ids):
             tokens[b, : len(row) + 2] = torch.tensor([start_id, *row, end_id], dtype=torch.long)
         tokens = tokens.to(features.device)
-        logp = F.log_softmax(self(features, tokens).float(), dim=-1)  # (B, T-1, V)
+        logp = self.stepwise_logprobs(features, tokens)  # (B, T-1, V)
         picked = logp.gather(2, tokens[:, 1:].unsqueeze(2)).squeeze(2)  # (B, T-1)
         return [picked[b, : len(row) + 1].cpu() for b, row in enumerate(ids)]
+
+    @torch.no_grad()
+    def stepwise_logprobs(self, features: Tensor, tokens: Tensor) -> Tensor:
+        """Teacher-forced next-word log-probabilities (B, T-1, V) of tokens (B, T), one
+        :meth:`step` at a time: the very computation generation does (the ONNX Runtime step
+        when the fast path swapped it in), rather than the training forward."""
+        img, state = self._prepare(features)
+        out = []
+        for t in range(tokens.size(1) - 1):
+            logp, state = self.step(tokens[:, t], img, state)  # (B, V)
+            out.append(logp)
+        return torch.stack(out, dim=1)  # (B, T-1, V)
 
     def step(self, words: Tensor, img: Tensor, state: State | None) -> tuple[Tensor, State]:
         """One generation step: previous words (N,) -> log-probs (N, V), new state."""

@@ -337,20 +337,23 @@ class Captioner:
         word of probability < ``floor`` (in place), and score each shorter caption (its words
         and ``<end>``) as the model does."""
         v, log_floor = self.vocab, math.log(floor)
-        logps = self.decoder.token_logprobs(features[rows], [results[i].tokens for i in rows], v.start_id, v.end_id)
-        cut: list[int] = []
-        for i, lp in zip(rows, logps):
+        ids = [results[i].tokens for i in rows]
+        T = max(len(t) for t in ids) + 2
+        tokens = torch.zeros(len(rows), T, dtype=torch.long)  # (R, T), padded with 0
+        for b, row in enumerate(ids):
+            tokens[b, : len(row) + 2] = torch.tensor([v.start_id, *row, v.end_id], dtype=torch.long)
+        # one teacher-forced pass: each word's log-prob, and <end>'s after every prefix
+        logp = self.decoder.stepwise_logprobs(features[rows], tokens.to(features.device)).cpu()  # (R, T-1, V)
+        picked = logp.gather(2, tokens[:, 1:].unsqueeze(2)).squeeze(2)  # (R, T-1)
+        for b, i in enumerate(rows):
             r = results[i]
-            unsure = (lp[: len(r.tokens)] < log_floor).nonzero()  # (K, 1) positions of unsure words
-            if len(unsure):
-                r.tokens = r.tokens[: int(unsure[0, 0])]
-                cut.append(i)
-        if not cut:
-            return
-        rescored = self.decoder.token_logprobs(features[cut], [results[i].tokens for i in cut], v.start_id, v.end_id)
-        for i, lp in zip(cut, rescored):
-            results[i].caption = v.decode(results[i].tokens)
-            results[i].score = float(lp.sum())
+            unsure = (picked[b, : len(r.tokens)] < log_floor).nonzero()  # (K, 1) positions of unsure words
+            if not len(unsure):
+                continue
+            k = int(unsure[0, 0])
+            r.tokens = r.tokens[:k]
+            r.caption = v.decode(r.tokens)
+            r.score = float(picked[b, :k].sum() + logp[b, k, v.end_id])  # its words, then <end>
 
     def label_head(self):
         """The backbone's ImageNet classifier on the features (:mod:`captioner.encoders.labels`),

@@ -415,6 +415,14 @@ def load_trust(folder: str | os.PathLike) -> TrustStats:
 
 
 # ---------------------------------------------------------------------- filling in results
+#: The most confidence an out-of-domain caption gets. The calibration was fitted on
+#: held-out images like the training ones, and says nothing about others: a model trained
+#: on emoji scenes is, on a photo, right about essentially never, however sure its words
+#: are (the attention model names "two cups and an umbrella" for a coffee photo with
+#: calibrated confidence 0.92). So outside the domain the confidence is capped here.
+OUT_OF_DOMAIN_CONFIDENCE = 0.05
+
+
 def annotate(model, features: Tensor, results: list, labels: int = 0, distances: list[float] | None = None) -> None:
     """Fill ``confidence``, ``in_domain``, ``domain_distance`` and ``labels`` of a batch's
     results (a :class:`captioner.Captioner`'s, for its features (B, F)) in place.
@@ -435,6 +443,8 @@ def annotate(model, features: Tensor, results: list, labels: int = 0, distances:
         for r, d in zip(results, distances):
             r.domain_distance = round(float(d), 4)
             r.in_domain = bool(d <= trust.domain.threshold)
+            if not r.in_domain and r.confidence is not None:  # the calibration says nothing out there
+                r.confidence = min(r.confidence, OUT_OF_DOMAIN_CONFIDENCE)
     if labels > 0:
         head = model.label_head()
         if head is not None:
