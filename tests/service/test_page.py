@@ -274,7 +274,7 @@ def test_confidence_and_out_of_domain_note_with_the_shipped_model(shipped, scene
     knows = browser.find_element(By.ID, "knows")
     assert knows.text.startswith("This model knows emoji scenes: one to three ")
     assert knows.find_element(By.TAG_NAME, "strong").text == "emoji scenes"
-    assert knows.text.endswith("(8,000 training images). Pictures unlike these are marked as such.")
+    assert knows.text.endswith("(32,000 training images). Pictures unlike these are marked as such.")
     assert browser.find_element(By.ID, "limits").text == "up to 2 million pixels and 32 MiB per image"
     cards = pick(browser, paths)
     scene, cat, too_large = cards
