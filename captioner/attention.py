@@ -224,21 +224,12 @@ class AttentionDecoder(CaptionDecoder):
         return total / real.sum().clamp(min=1) if reduction == "mean" else total
 
     @torch.no_grad()
-    def stepwise_logprobs(self, features: Tensor, tokens: Tensor) -> Tensor:
-        """Teacher-forced log-probabilities (B, T-1, V), one generation step at a time (the
-        ONNX Runtime step when swapped in: 3x cheaper than this module's own loop at batch 1)."""
-        return self._step_by_step(features, tokens)
-
-    @torch.no_grad()
     def attention(self, features: Tensor, ids: list[list[int]], start_id: int, end_id: int) -> list[Tensor]:
         """Where the model looked for each word of each caption and for its ``<end>``: row i is
         (len(ids[i]) + 1, N) weights, each row a distribution over the N locations (row-major
         over the encoder's grid). Call in eval mode; the captions are as generation returns them."""
         if len(ids) != features.size(0):
             raise ValueError(f"{len(ids)} captions for {features.size(0)} feature maps")
-        T = max((len(i) for i in ids), default=0) + 2
-        tokens = torch.zeros(len(ids), T, dtype=torch.long)  # (B, T), padded with 0
-        for b, row in enumerate(ids):
-            tokens[b, : len(row) + 2] = torch.tensor([start_id, *row, end_id], dtype=torch.long)
+        tokens = self.caption_tokens(ids, start_id, end_id)  # (B, T)
         _, alphas = self.forward_with_attention(features, tokens.to(features.device))  # (B, T-1, N)
         return [alphas[b, : len(row) + 1].cpu() for b, row in enumerate(ids)]

@@ -233,6 +233,16 @@ class CaptionDecoder(nn.Module):
             label_smoothing=label_smoothing,
         )
 
+    @staticmethod
+    def caption_tokens(ids: list[list[int]], start_id: int, end_id: int) -> Tensor:
+        """Captions as returned by generation (no specials) -> (B, T) rows of
+        ``<start>, words..., <end>``, padded with 0: the teacher-forcing input."""
+        T = max((len(i) for i in ids), default=0) + 2
+        tokens = torch.zeros(len(ids), T, dtype=torch.long)  # (B, T), padded with 0
+        for b, row in enumerate(ids):
+            tokens[b, : len(row) + 2] = torch.tensor([start_id, *row, end_id], dtype=torch.long)
+        return tokens
+
     @torch.no_grad()
     def token_logprobs(self, features: Tensor, ids: list[list[int]], start_id: int, end_id: int) -> list[Tensor]:
         """The model's log-probability of every word of each caption and of its ``<end>``
@@ -241,33 +251,15 @@ class CaptionDecoder(nn.Module):
         and their sum is the caption's generation score."""
         if len(ids) != features.size(0):
             raise ValueError(f"{len(ids)} captions for {features.size(0)} feature rows")
-        T = max((len(i) for i in ids), default=0) + 2
-        tokens = torch.zeros(len(ids), T, dtype=torch.long)  # (B, T), padded with 0
-        for b, row in enumerate(ids):
-            tokens[b, : len(row) + 2] = torch.tensor([start_id, *row, end_id], dtype=torch.long)
-        tokens = tokens.to(features.device)
-        logp = self.stepwise_logprobs(features, tokens)  # (B, T-1, V)
+        tokens = self.caption_tokens(ids, start_id, end_id).to(features.device)  # (B, T)
+        logp = self.teacher_forced_logprobs(features, tokens)  # (B, T-1, V)
         picked = logp.gather(2, tokens[:, 1:].unsqueeze(2)).squeeze(2)  # (B, T-1)
         return [picked[b, : len(row) + 1].cpu() for b, row in enumerate(ids)]
 
     @torch.no_grad()
-    def stepwise_logprobs(self, features: Tensor, tokens: Tensor) -> Tensor:
-        """Teacher-forced next-word log-probabilities (B, T-1, V) of tokens (B, T).
-
-        The pooled decoder runs its training forward (one fused LSTM call over the whole
-        sequence, the fastest way here); the attention decoder overrides this with
-        :meth:`_step_by_step`, since its forward is a loop of steps anyway and the generation
-        step (ONNX Runtime's when the fast path swapped it in) is the cheaper loop."""
+    def teacher_forced_logprobs(self, features: Tensor, tokens: Tensor) -> Tensor:
+        """Next-word log-probabilities (B, T-1, V) of tokens (B, T) under teacher forcing."""
         return F.log_softmax(self(features, tokens).float(), dim=-1)  # (B, T-1, V)
-
-    def _step_by_step(self, features: Tensor, tokens: Tensor) -> Tensor:
-        """:meth:`stepwise_logprobs` through :meth:`step`: (B, T-1, V)."""
-        img, state = self._prepare(features)
-        out = []
-        for t in range(tokens.size(1) - 1):
-            logp, state = self.step(tokens[:, t], img, state)  # (B, V)
-            out.append(logp)
-        return torch.stack(out, dim=1)  # (B, T-1, V)
 
     def step(self, words: Tensor, img: Tensor, state: State | None) -> tuple[Tensor, State]:
         """One generation step: previous words (N,) -> log-probs (N, V), new state."""

@@ -337,13 +337,9 @@ class Captioner:
         word of probability < ``floor`` (in place), and score each shorter caption (its words
         and ``<end>``) as the model does."""
         v, log_floor = self.vocab, math.log(floor)
-        ids = [results[i].tokens for i in rows]
-        T = max(len(t) for t in ids) + 2
-        tokens = torch.zeros(len(rows), T, dtype=torch.long)  # (R, T), padded with 0
-        for b, row in enumerate(ids):
-            tokens[b, : len(row) + 2] = torch.tensor([v.start_id, *row, v.end_id], dtype=torch.long)
+        tokens = self.decoder.caption_tokens([results[i].tokens for i in rows], v.start_id, v.end_id)  # (R, T)
         # one teacher-forced pass: each word's log-prob, and <end>'s after every prefix
-        logp = self.decoder.stepwise_logprobs(features[rows], tokens.to(features.device)).cpu()  # (R, T-1, V)
+        logp = self.decoder.teacher_forced_logprobs(features[rows], tokens.to(features.device)).cpu()  # (R, T-1, V)
         picked = logp.gather(2, tokens[:, 1:].unsqueeze(2)).squeeze(2)  # (R, T-1)
         for b, i in enumerate(rows):
             r = results[i]
