@@ -323,33 +323,39 @@ class Captioner:
         floor = DEFAULT_MIN_WORD_PROB if min_word_prob is None else MIN_WORD_PROB.check(min_word_prob)
         domain = self.trust.domain
         distances = domain.distance(features).tolist() if domain is not None and results else None  # (B,)
+        known: dict[int, Tensor] = {}  # per-token log-probs the cut has computed already
         if floor > 0 and domain is not None and distances is not None:
             outside = [i for i, d in enumerate(distances) if d > domain.threshold]
             if outside:
-                self._end_before_unsure_words(features, results, floor, outside)
-        trust_mod.annotate(self, features, results, labels, distances)
+                known = self._end_before_unsure_words(features, results, floor, outside)
+        trust_mod.annotate(self, features, results, labels, distances, known)
         return results
 
     def _end_before_unsure_words(
         self, features: Tensor, results: list[CaptionResult], floor: float, rows: list[int]
-    ) -> None:
+    ) -> dict[int, Tensor]:
         """Cut the captions of ``rows`` (images outside the training data) before their first
         word of probability < ``floor`` (in place), and score each shorter caption (its words
-        and ``<end>``) as the model does."""
+        and ``<end>``) as the model does. Returns each row's final per-token log-probs (words
+        and ``<end>``), which the confidence needs too."""
         v, log_floor = self.vocab, math.log(floor)
         tokens = self.decoder.caption_tokens([results[i].tokens for i in rows], v.start_id, v.end_id)  # (R, T)
         # one teacher-forced pass: each word's log-prob, and <end>'s after every prefix
         logp = self.decoder.teacher_forced_logprobs(features[rows], tokens.to(features.device)).cpu()  # (R, T-1, V)
         picked = logp.gather(2, tokens[:, 1:].unsqueeze(2)).squeeze(2)  # (R, T-1)
+        final: dict[int, Tensor] = {}
         for b, i in enumerate(rows):
             r = results[i]
             unsure = (picked[b, : len(r.tokens)] < log_floor).nonzero()  # (K, 1) positions of unsure words
             if not len(unsure):
+                final[i] = picked[b, : len(r.tokens) + 1]  # its words and <end>
                 continue
             k = int(unsure[0, 0])
             r.tokens = r.tokens[:k]
             r.caption = v.decode(r.tokens)
             r.score = float(picked[b, :k].sum() + logp[b, k, v.end_id])  # its words, then <end>
+            final[i] = torch.cat([picked[b, :k], logp[b, k, v.end_id].view(1)])
+        return final
 
     def label_head(self):
         """The backbone's ImageNet classifier on the features (:mod:`captioner.encoders.labels`),

@@ -423,18 +423,31 @@ def load_trust(folder: str | os.PathLike) -> TrustStats:
 OUT_OF_DOMAIN_CONFIDENCE = 0.05
 
 
-def annotate(model, features: Tensor, results: list, labels: int = 0, distances: list[float] | None = None) -> None:
+def annotate(
+    model,
+    features: Tensor,
+    results: list,
+    labels: int = 0,
+    distances: list[float] | None = None,
+    known_logprobs: dict[int, Tensor] | None = None,
+) -> None:
     """Fill ``confidence``, ``in_domain``, ``domain_distance`` and ``labels`` of a batch's
     results (a :class:`captioner.Captioner`'s, for its features (B, F)) in place.
-    ``distances``: the batch's domain distances when the caller has computed them already.
+    ``distances``: the batch's domain distances when the caller has computed them already;
+    ``known_logprobs``: result index -> its caption's per-token log-probs (words and
+    ``<end>``) already computed (the unsure-word cut's pass), so only the others are run.
 
     Fields the checkpoint cannot fill stay ``None``: no calibration, no domain model, or
     (``labels`` > 0) a backbone without an ImageNet classifier or a fine-tuned one."""
     trust: TrustStats = model.trust
     if trust.calibration is not None:
-        v = model.vocab
-        logps = model.decoder.token_logprobs(features, [r.tokens for r in results], v.start_id, v.end_id)
-        stats = [caption_statistic(lp, trust.calibration.statistic) for lp in logps]
+        v, known = model.vocab, known_logprobs or {}
+        todo = [i for i in range(len(results)) if i not in known]
+        logps = dict(known)
+        if todo:
+            ids = [results[i].tokens for i in todo]
+            logps.update(zip(todo, model.decoder.token_logprobs(features[todo], ids, v.start_id, v.end_id)))
+        stats = [caption_statistic(logps[i], trust.calibration.statistic) for i in range(len(results))]
         for r, c in zip(results, trust.calibration.confidence(stats).tolist()):
             r.confidence = round(float(c), 4)
     if trust.domain is not None:
