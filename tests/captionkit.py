@@ -94,3 +94,13 @@ def teach_checkpoint(
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def tiny_scenes(root: Path, seed: int) -> Path:
+    """A 24-image scenes dataset of four kinds (16 train, 4 val, 4 test) in ``root / "data"``."""
+    from captioner.training.scenes import generate_scenes
+    from captioner.training.scenes.catalogue import CATEGORY_BY_NAME
+
+    kinds = [CATEGORY_BY_NAME[k] for k in ("dog", "car", "apple", "cat")]
+    generate_scenes(root / "data", {"train": 16, "val": 4, "test": 4}, seed=seed, categories=kinds, progress=False)
+    return root / "data"

@@ -56,6 +56,17 @@ CHROMIUM_FLAGS = [
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one thread for the test (small models: threads only wait for each other)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def browser(tmp_path):
     """Headless Chromium driven by chromedriver (Debian packages; ``make system-deps``), in a
     1280x1400 window with a fresh profile; quit after the test."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from captionkit import tiny_scenes
 
 from captioner.attention import (
     AttentionConfig,
@@ -26,12 +27,7 @@ START, END = 1, 2
 CELLS = ("lstm", "gru", "rnn")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _decoder(cell: str = "lstm", layers: int = 1, vocab: int = 14, channels: int = 8, **kw) -> AttentionDecoder:
@@ -263,15 +259,6 @@ def test_spatial_encoders_give_the_map_whose_mean_is_the_pooled_feature():
         torch.testing.assert_close(m[:, 8], fmap[:, :, 1, 1])
 
 
-def _scenes(root):
-    from captioner.training.scenes import generate_scenes
-    from captioner.training.scenes.catalogue import CATEGORY_BY_NAME
-
-    kinds = [CATEGORY_BY_NAME[k] for k in ("dog", "car", "apple", "cat")]
-    generate_scenes(root / "data", {"train": 16, "val": 4, "test": 4}, seed=3, categories=kinds, progress=False)
-    return root / "data"
-
-
 def test_training_caches_float16_maps_resumes_saves_fp16_and_loads_the_attention_model(tmp_path):
     import json
 
@@ -283,7 +270,7 @@ def test_training_caches_float16_maps_resumes_saves_fp16_and_loads_the_attention
     from captioner.encoders import SpatialEncoder
     from captioner.training.train import TrainConfig, resume_config, train
 
-    data = _scenes(tmp_path)
+    data = tiny_scenes(tmp_path, seed=3)
     settings = dict(
         data=str(data),
         cache_dir=str(tmp_path / "cache"),

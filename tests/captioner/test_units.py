@@ -27,15 +27,7 @@ from captioner.units import (
 )
 from captioner.vocab import Vocabulary
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1280,1600"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_auc_is_the_fraction_of_positive_negative_pairs_ordered_right():

@@ -6,22 +6,14 @@ import json
 
 import pytest
 import torch
+from captionkit import tiny_scenes
 
 from captioner.training.config import SettingError, TrainConfig
 
 
-def _scenes(root):
-    from captioner.training.scenes import generate_scenes
-    from captioner.training.scenes.catalogue import CATEGORY_BY_NAME
-
-    kinds = [CATEGORY_BY_NAME[k] for k in ("dog", "car", "apple", "cat")]
-    generate_scenes(root / "data", {"train": 16, "val": 4, "test": 4}, seed=5, categories=kinds, progress=False)
-    return root / "data"
-
-
 def _settings(tmp_path, **kw) -> dict:
     return dict(
-        data=str(_scenes(tmp_path)),
+        data=str(tiny_scenes(tmp_path, seed=5)),
         cache_dir=str(tmp_path / "cache"),
         epochs=1,
         batch_size=16,
