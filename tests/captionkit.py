@@ -17,6 +17,10 @@ from pathlib import Path
 
 import torch
 
+from captioner.encoders import Preprocess
+
+TINY_PRE = Preprocess(resize_size=32, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # TinyEncoder's
+
 
 def adam_steps(module: torch.nn.Module, loss_fn, steps: int, lr: float) -> float:
     """Plain Adam in a few lines (importing torch.optim pulls in torch._dynamo: seconds)."""
@@ -104,3 +108,41 @@ def tiny_scenes(root: Path, seed: int) -> Path:
     kinds = [CATEGORY_BY_NAME[k] for k in ("dog", "car", "apple", "cat")]
     generate_scenes(root / "data", {"train": 16, "val": 4, "test": 4}, seed=seed, categories=kinds, progress=False)
     return root / "data"
+
+
+# ---------------------------------------------------------------------- a tiny CNN captioner
+class TinyEncoder(torch.nn.Module):
+    """(B, 3, 32, 32) -> (B, 16), with batch norm, ReLU6 and pooling like Lite0: enough
+    structure to export and to quantise like the real one, in a fraction of a second."""
+
+    feature_dim = 16
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, 2, 1),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU6(),
+            torch.nn.Conv2d(8, 16, 3, 2, 1),
+            torch.nn.ReLU6(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, 16)
+
+
+def tiny_captioner(seed: int = 0, **kwargs):
+    """A Captioner of :class:`TinyEncoder` and a small random decoder (32 px input);
+    ``kwargs`` go to ``Captioner`` (fast=, precision=, calibration=...)."""
+    from captioner import Captioner
+    from captioner.decoder import CaptionDecoder, DecoderConfig
+    from captioner.vocab import Vocabulary
+
+    torch.manual_seed(seed)
+    vocab = Vocabulary.build(["a red square", "a blue circle"])
+    decoder = CaptionDecoder(
+        DecoderConfig(vocab_size=len(vocab), feature_dim=16, embed_dim=8, hidden_dim=16, img_proj_dim=8, max_length=5)
+    )
+    return Captioner(TinyEncoder().eval(), decoder, vocab, preprocess=TINY_PRE, device="cpu", **kwargs)

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from captionkit import TinyEncoder, tiny_captioner
 from PIL import Image
-from torch import nn
 
 from captioner import Captioner, runtime
 from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.encoders import Preprocess, build_encoder
+from captioner.encoders import build_encoder
 from captioner.runtime import onnx as onnx_mod
 from captioner.runtime import onnx_decoder
 from captioner.vocab import Vocabulary
@@ -129,39 +129,6 @@ def test_fast_and_plain_captions_agree(lite0_pair, lite0_features):
 
 
 # ---------------------------------------------------------------------- mechanics on a tiny CNN
-class TinyEncoder(nn.Module):
-    """(B, 3, 32, 32) -> (B, 16): enough structure (conv, BN, pooling) to export like the real one."""
-
-    feature_dim = 16
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 8, 3, 2, 1),
-            nn.BatchNorm2d(8),
-            nn.ReLU6(),
-            nn.Conv2d(8, 16, 3, 2, 1),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (B, 16)
-
-
-TINY_PRE = Preprocess(resize_size=32, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-
-
-def tiny_captioner(seed: int = 0, **kwargs) -> Captioner:
-    torch.manual_seed(seed)
-    vocab = Vocabulary.build(["a red square", "a blue circle"])
-    encoder = TinyEncoder().eval()
-    decoder = CaptionDecoder(
-        DecoderConfig(vocab_size=len(vocab), feature_dim=16, embed_dim=8, hidden_dim=16, img_proj_dim=8, max_length=5)
-    )
-    return Captioner(encoder, decoder, vocab, preprocess=TINY_PRE, device="cpu", **kwargs)
-
-
 def count_exports(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = onnx_mod.export_onnx

@@ -16,43 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from captionkit import TINY_PRE, tiny_captioner
 from PIL import Image
-from torch import nn
 
 from captioner import Captioner, runtime
-from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.encoders import Preprocess
 from captioner.runtime import onnx as onnx_mod
 from captioner.runtime import quantize
-from captioner.vocab import Vocabulary
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 POOLED = Path(__file__).resolve().parents[2] / "weights" / "pooled"  # the shipped int8 model
 HELD_OUT_SEED = 7  # the shipped weights were trained on seed 0
-
-
-class TinyEncoder(nn.Module):
-    """(B, 3, 32, 32) -> (B, 16), with ReLU6 like Lite0."""
-
-    feature_dim = 16
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 8, 3, 2, 1),
-            nn.BatchNorm2d(8),
-            nn.ReLU6(),
-            nn.Conv2d(8, 16, 3, 2, 1),
-            nn.ReLU6(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # (B, 16)
-
-
-TINY_PRE = Preprocess(resize_size=32, crop_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def jpegs(n: int, seed: int) -> list[bytes]:
@@ -68,21 +41,7 @@ def jpegs(n: int, seed: int) -> list[bytes]:
 
 
 def tiny(calibration: list[bytes] | None, seed: int = 0, precision: str = "int8") -> Captioner:
-    torch.manual_seed(seed)
-    vocab = Vocabulary.build(["a red square", "a blue circle"])
-    decoder = CaptionDecoder(
-        DecoderConfig(vocab_size=len(vocab), feature_dim=16, embed_dim=8, hidden_dim=16, img_proj_dim=8, max_length=5)
-    )
-    return Captioner(
-        TinyEncoder().eval(),
-        decoder,
-        vocab,
-        preprocess=TINY_PRE,
-        device="cpu",
-        fast=True,
-        precision=precision,
-        calibration=calibration,
-    )
+    return tiny_captioner(seed, fast=True, precision=precision, calibration=calibration)
 
 
 @pytest.fixture()
