@@ -22,6 +22,7 @@ resampling round-off, at a fraction of the cost.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -111,22 +112,19 @@ class Preprocess:
         Bitwise what ``astype * scale + offset`` then a transposed copy gave, in a tenth of
         its time, and on the calling thread only: torch's elementwise ops would use the
         intra-op thread pool, which the model's own threads need while serving."""
-        scale, offset = self._affine()
+        scale, offset = self._affine
         target = out.numpy()  # (3, H, W), shares out's memory
         np.multiply(pixels.transpose(2, 0, 1), scale, out=target, dtype=np.float32)
         np.add(target, offset, out=target)
         return out
 
+    @functools.cached_property
     def _affine(self) -> tuple[np.ndarray, np.ndarray]:
         """(scale, offset), each (3, 1, 1) float32, of the normalisation; computed once."""
-        cached = self.__dict__.get("_affine_cache")
-        if cached is None:
-            std = np.asarray(self.std, dtype=np.float32)
-            scale = (1.0 / (255.0 * std)).reshape(3, 1, 1)
-            offset = (-np.asarray(self.mean, dtype=np.float32) / std).reshape(3, 1, 1)
-            cached = (scale, offset)
-            object.__setattr__(self, "_affine_cache", cached)  # a frozen dataclass: not a field
-        return cached
+        std = np.asarray(self.std, dtype=np.float32)
+        scale = (1.0 / (255.0 * std)).reshape(3, 1, 1)
+        offset = (-np.asarray(self.mean, dtype=np.float32) / std).reshape(3, 1, 1)
+        return scale, offset
 
     def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """List of PIL images -> float32 tensor (B, 3, crop_size, crop_size)."""
