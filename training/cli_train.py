@@ -98,8 +98,8 @@ HELP: dict[str, str] = {
     "zero_features": "ablation: train and evaluate with all-zero image features, to measure what the image adds",
     "device": "cpu, cuda or cuda:N (default: cuda when available)",
     "num_workers": "image-loading worker processes for caching and fine-tuning (default: 0)",
-    "threads": "torch CPU threads (default: the cores other work leaves idle, i.e. cores minus the load "
-    "average, at least 1; on a busy small machine more threads than idle cores make training several times slower)",
+    "threads": "torch CPU threads (default: one per core, divided among the processes of a torchrun launch "
+    "on this machine; OMP_NUM_THREADS lowers it)",
     "progress": "progress bars (default: yes)",
     "plot": "write OUT/curves.png after every epoch (default: yes)",
 }

@@ -112,7 +112,7 @@ class TrainConfig:
     zero_features: bool = False  # ablation: every image feature is zeros (what does the image add?)
     device: str | None = None  # None: cuda when available, else cpu
     num_workers: int = 0  # image-loading processes (feature caching and fine-tuning)
-    threads: int | None = None  # torch CPU threads; None: the idle cores (see auto_threads)
+    threads: int | None = None  # torch CPU threads; None: every core, shared by the node's processes (auto_threads)
     progress: bool = True
     plot: bool = True
 
@@ -200,20 +200,20 @@ class TrainConfig:
 
 
 def auto_threads() -> int:
-    """Torch CPU threads for a run that did not choose: the cores no other work is using.
+    """Torch CPU threads for a run that did not choose: every core, shared among this node's
+    processes.
 
-    Torch's own default (one thread per core) is right on an idle machine, but on a small
-    machine that is also running something else its threads wait for each other: on a busy
-    2-core CPU two threads made a short run several times slower than one. So the count is
-    the number of cores minus the 1-minute load average (rounded), at least 1, at most
-    torch's default (the value before any run changed it).
+    Torch's own default (one thread per core, lowered by ``OMP_NUM_THREADS``) divided by the
+    processes a torchrun launch starts on this machine (``LOCAL_WORLD_SIZE``), at least 1.
+    The load average is deliberately not consulted: it is a moment's reading, and a run that
+    picked one thread because another job was running kept that one thread for an hour
+    after the job ended (docs/training.md, "Threads"). ``--threads`` overrides it.
     """
-    cores = os.cpu_count() or 1
     try:
-        busy = round(os.getloadavg()[0])
-    except (AttributeError, OSError):  # no load average on this platform
-        busy = 0
-    return max(1, min(_TORCH_DEFAULT_THREADS, cores - busy))
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, _TORCH_DEFAULT_THREADS // local)
 
 
 def default_cache_dir() -> Path:

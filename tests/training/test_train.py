@@ -433,18 +433,20 @@ def test_weak_result_hint_only_when_the_result_is_far_below_sensible():
     assert runlog.weak_result_hint({}, 500, 3) is None
 
 
-def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
+def test_auto_threads_uses_every_core_whatever_the_load(monkeypatch):
     import captioner.training.config as config
 
-    monkeypatch.setattr(config, "_TORCH_DEFAULT_THREADS", 8)
-    monkeypatch.setattr(config.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(config, "_TORCH_DEFAULT_THREADS", 2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(config.os, "getloadavg", lambda: (3.2, 1.0, 1.0))
-    assert auto_threads() == 1  # a busy 2-core machine: one thread
-    monkeypatch.setattr(config.os, "getloadavg", lambda: (0.1, 0.0, 0.0))
-    assert auto_threads() == 2  # idle: every core
-    monkeypatch.setattr(config.os, "cpu_count", lambda: 16)
-    monkeypatch.setattr(config.os, "getloadavg", lambda: (1.4, 1.0, 1.0))
-    assert auto_threads() == 8  # never more than torch's own default
+    assert auto_threads() == 2  # a busy 2-core machine still gets both cores
+    monkeypatch.setattr(config, "_TORCH_DEFAULT_THREADS", 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert auto_threads() == 4  # torchrun: the cores shared by the node's processes
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert auto_threads() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "x")
+    assert auto_threads() == 16
 
 
 def test_curves_of_a_short_run_have_whole_epoch_ticks_and_plain_axes():
