@@ -22,7 +22,6 @@ import logging
 import math
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +31,7 @@ from torch import Tensor
 from captioner import Captioner, pipeline
 from captioner.decode_budget import DecodePool, DecodeTimeout
 from captioner.errors import ImageLoadError
+from captioner.fair_executor import FairExecutor
 from captioner.images import load_image
 from captioner.options import LABELS
 
@@ -88,7 +88,8 @@ class CaptionService:
         self.settings = settings
         self.metrics = metrics
         self.default_max_length = int(model.decoder.config.max_length)
-        self._pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="captioner-decode")
+        # Requests take turns for the decode threads (a DECODE_GROUP each: service.client_limits).
+        self._pool = FairExecutor(settings.decode_workers, thread_name_prefix="captioner-decode")
         # The pool's threads wait on decode processes that are killed when a decode outlives
         # its request (captioner.decode_budget); preprocessing stays in the threads.
         self._decoders = (
@@ -204,7 +205,8 @@ class CaptionService:
         else:
             crop = getattr(self.model.preprocessing, "resize_spec", None)  # the workers crop: less through the pipe
             loader = functools.partial(self._decoders.load, budget_s=budget_s, crop=crop)
-        limits = pipeline.Limits(max_pixels=self.settings.max_pixels, max_bytes=self.settings.max_body_bytes)
+        max_pixels = min(self.settings.max_pixels, upload.max_pixels or self.settings.max_pixels)  # as priced
+        limits = pipeline.Limits(max_pixels=max_pixels, max_bytes=self.settings.max_body_bytes)
         try:
             return pipeline.prepare(
                 upload.data, self.model.preprocessing, name=label, limits=limits, loader=loader

@@ -40,6 +40,7 @@ class Upload:
     filename: str | None  # cleaned, for echoing only
     data: bytes
     content_type: str | None = None
+    max_pixels: int | None = None  # the most its decode may produce: its header's size (service.client_limits)
 
 
 def clean_filename(name: str | bytes | None) -> str | None:
