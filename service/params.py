@@ -19,7 +19,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import BeforeValidator
 
-from captioner.options import BEAM_SIZE, MAX_LENGTH, Range
+from captioner.options import BEAM_SIZE, LENGTH_PENALTY, MAX_LENGTH, NO_REPEAT_NGRAM, Range
 
 from .errors import APIError
 from .settings import Settings
@@ -38,6 +38,12 @@ def length_range(settings: Settings) -> Range:
 
 def timeout_range(settings: Settings) -> Range:
     return Range("timeout", 0.0, settings.request_timeout_s, integer=False, low_open=True)
+
+
+#: Beam search's length penalty and the no-repeat n-gram size: the command line's ranges,
+#: under the API's names (no server setting narrows them).
+LENGTH_PENALTY_RANGE = Range("length_penalty", LENGTH_PENALTY.low, LENGTH_PENALTY.high, integer=False)
+NO_REPEAT_NGRAM_RANGE = Range("no_repeat_ngram_size", NO_REPEAT_NGRAM.low, NO_REPEAT_NGRAM.high)
 
 
 def _strict(name: str, pattern: re.Pattern[str], what: str) -> Callable[[object], object]:

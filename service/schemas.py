@@ -127,6 +127,8 @@ class CaptionResponse(BaseModel):
     model_id: str = Field(description="the loaded model (as in /v1/model)")
     beam_size: int = Field(description="the beam size used (1 = greedy)")
     max_length: int = Field(description="the most words a caption could have")
+    length_penalty: float = Field(description="beam search's length penalty used (0: none)")
+    no_repeat_ngram_size: int = Field(description="no n-gram of this many words twice in a caption (0: off)")
     succeeded: int = Field(description="images that got a caption")
     failed: int = Field(description="images that failed (their entries carry error and detail)")
     time_ms: float = Field(description="time spent on the whole request")
@@ -156,7 +158,7 @@ class ServiceLimits(BaseModel):
     max_length_limit: int
     default_beam_size: int
     default_max_length: int
-    torch_threads: int
+    threads: int | None
     decode_in: str = Field(description="processes (each decode killed past its request's time) or threads")
     auth_required: bool
 

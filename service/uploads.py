@@ -25,7 +25,7 @@ from .errors import APIError
 #: Multipart field names that carry an image.
 FILE_FIELDS = frozenset({"file", "files", "image", "images"})
 #: Multipart text fields accepted as generation options (same names as the query parameters).
-OPTION_FIELDS = frozenset({"beam_size", "max_length", "timeout", "labels"})
+OPTION_FIELDS = frozenset({"beam_size", "max_length", "timeout", "labels", "length_penalty", "no_repeat_ngram_size"})
 #: Most option parts in one body (repeats included). The three options need three; the
 #: limit leaves room for clients that repeat them and stops bodies of endless tiny parts.
 MAX_OPTION_PARTS = 2048
@@ -195,6 +195,7 @@ async def read_uploads(
     raise APIError(
         415,
         "unsupported_media_type",
-        f"{shown} is not accepted: send multipart/form-data with 'file' parts, or one image as the raw "
-        "body with its image/* Content-Type (curl: -H 'Content-Type: image/jpeg' --data-binary @photo.jpg)",
+        f"{shown} is not accepted: send multipart/form-data with 'file' parts, application/json with base64 "
+        "'images', or one image as the raw body with its image/* Content-Type "
+        "(curl: -H 'Content-Type: image/jpeg' --data-binary @photo.jpg)",
     )

@@ -6,20 +6,26 @@ are this server's own (``max_beam_size``, ``max_length_limit``, ``request_timeou
 
 # No ``from __future__ import annotations``: the endpoint's parameter annotations use this
 # server's limits (closure variables), so they must be evaluated where they are written.
+import functools
 import time
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import WithJsonSchema
 
-from captioner.options import LABELS
+from captioner.decoder import DEFAULT_NO_REPEAT_NGRAM
+from captioner.options import LABELS, Range
 
 from ..auth import require_api_key
 from ..captioning import GenerationOptions, ItemResult
 from ..deps import ServiceDep
 from ..errors import APIError, ErrorBody
+from ..json_uploads import JSON_MEDIA_TYPE, json_body_schema, parse_json_images
 from ..params import (
+    LENGTH_PENALTY_RANGE,
+    NO_REPEAT_NGRAM_RANGE,
     ascii_int,
     ascii_number,
     beam_range,
@@ -32,7 +38,7 @@ from ..params import (
 from ..public import public_model_info
 from ..schemas import CaptionFailure, CaptionItem, CaptionResponse, ModelInfo
 from ..settings import Settings
-from ..uploads import FILE_FIELDS, OPTION_FIELDS, read_uploads
+from ..uploads import FILE_FIELDS, OPTION_FIELDS, Upload, read_body, read_uploads
 
 #: The name the documentation leads with; the other accepted names are aliases of it.
 MAIN_FILE_FIELD = "file"
@@ -51,10 +57,8 @@ def upload_body(settings: Settings) -> dict[str, Any]:
         for name in sorted(FILE_FIELDS, key=lambda n: (n != MAIN_FILE_FIELD, n))
     }
     options = {
-        "beam_size": option_schema("integer", beam_range(settings).low, beam_range(settings).high),
-        "max_length": option_schema("integer", length_range(settings).low, length_range(settings).high),
-        "timeout": timeout_schema(settings),
-        "labels": option_schema("integer", LABELS.low, LABELS.high),
+        name: timeout_schema(settings) if name == "timeout" else range_schema(allowed)
+        for name, allowed in option_ranges(settings).items()
     }
     if set(options) != set(OPTION_FIELDS):  # a form option the upload reader accepts must be documented here
         raise RuntimeError(f"form options documented {sorted(options)} != accepted {sorted(OPTION_FIELDS)}")
@@ -73,6 +77,7 @@ def upload_body(settings: Settings) -> dict[str, Any]:
                     "options as form fields (a field of any other name is refused with 422 unknown_field)",
                 }
             },
+            JSON_MEDIA_TYPE: {"schema": json_body_schema(settings.max_files, options)},
             "image/*": {"schema": {"type": "string", "format": "binary"}},
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
         },
@@ -87,18 +92,56 @@ def option_schema(kind: str, low: float, high: float) -> dict[str, Any]:
     }
 
 
+def range_schema(allowed: Range) -> dict[str, Any]:
+    return option_schema("integer" if allowed.integer else "number", allowed.low, allowed.high)
+
+
 def timeout_schema(settings: Settings) -> dict[str, Any]:
     return {"type": "number", "exclusiveMinimum": 0, "maximum": settings.request_timeout_s}
 
 
+def option_ranges(settings: Settings) -> dict[str, Range]:
+    """Every option a request may carry (query, form field or JSON member) and its range here."""
+    return {
+        "beam_size": beam_range(settings),
+        "max_length": length_range(settings),
+        "timeout": timeout_range(settings),
+        "labels": LABELS,
+        "length_penalty": LENGTH_PENALTY_RANGE,
+        "no_repeat_ngram_size": NO_REPEAT_NGRAM_RANGE,
+    }
+
+
+async def read_images(
+    request: Request, settings: Settings, ranges: dict[str, Range]
+) -> tuple[list[Upload], dict[str, float]]:
+    """The images and body options of a POST: JSON (service.json_uploads), multipart or a raw image."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    s = settings
+    if media == JSON_MEDIA_TYPE:
+        body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
+        parse = functools.partial(
+            parse_json_images, body, max_files=s.max_files, max_image_bytes=s.max_body_bytes, options=ranges
+        )
+        return await anyio.to_thread.run_sync(parse)  # a large body takes a while to parse and decode
+    uploads, form = await read_uploads(
+        request, max_body_bytes=s.max_body_bytes, max_files=s.max_files, body_timeout_s=s.body_timeout_s
+    )
+    values = {}
+    for name, text in form.items():
+        values[name] = form_number(name, text, ranges[name])
+        check_range(values[name], ranges[name])
+    return uploads, values
+
+
 ERROR_TEXTS: dict[int, str] = {
-    400: "malformed multipart body (invalid_multipart), bad Content-Length (bad_request)",
+    400: "malformed multipart body (invalid_multipart) or JSON body (invalid_json), bad Content-Length (bad_request)",
     401: "API key missing or wrong (unauthorized)",
     408: "the body did not arrive in time (body_timeout)",
     413: "body_too_large, too_many_files, or the only image is image_too_large",
     415: "unsupported_media_type, or the only image is unsupported_image",
-    422: "invalid_option / invalid_request / unknown_parameter / no_image / unknown_field / explain_unavailable, "
-    "or every image failed",
+    422: "invalid_option / invalid_request / unknown_parameter / no_image / unknown_field / invalid_base64 / "
+    "explain_unavailable, or every image failed",
     503: "queue_full or not_ready; see Retry-After",
     504: "timeout",
 }
@@ -126,6 +169,8 @@ def build_response(
         model_id=model_id,
         beam_size=opts.beam_size,
         max_length=opts.max_length,
+        length_penalty=opts.length_penalty,
+        no_repeat_ngram_size=opts.no_repeat_ngram_size,
         succeeded=ok,
         failed=len(items) - ok,
         time_ms=round((time.monotonic() - started) * 1000.0, 1),
@@ -151,7 +196,8 @@ def build_router(settings: Settings) -> APIRouter:
     router = APIRouter(
         prefix="/v1", tags=["captions"], dependencies=[Depends(require_api_key), Depends(reject_unknown_query)]
     )
-    beams, lengths, timeouts = beam_range(settings), length_range(settings), timeout_range(settings)
+    ranges = option_ranges(settings)
+    beams, lengths = ranges["beam_size"], ranges["max_length"]
 
     @router.post(
         "/captions",
@@ -185,7 +231,25 @@ def build_router(settings: Settings) -> APIRouter:
             int | None,
             Query(description="add the encoder's top-K ImageNet classes to each caption (default 0: none)"),
             ascii_int("labels"),
-            WithJsonSchema(option_schema("integer", LABELS.low, LABELS.high)),
+            WithJsonSchema(range_schema(LABELS)),
+        ] = None,
+        length_penalty: Annotated[
+            float | None,
+            Query(
+                description="beam search: divide each caption's log-probability by ((5 + length) / 6) ** this, "
+                "so higher values favour longer captions (default 0: none; no effect on greedy)"
+            ),
+            ascii_number("length_penalty"),
+            WithJsonSchema(range_schema(LENGTH_PENALTY_RANGE)),
+        ] = None,
+        no_repeat_ngram_size: Annotated[
+            int | None,
+            Query(
+                description=f"no n-gram of this many words twice in a caption (default {DEFAULT_NO_REPEAT_NGRAM}; "
+                "0: off)"
+            ),
+            ascii_int("no_repeat_ngram_size"),
+            WithJsonSchema(range_schema(NO_REPEAT_NGRAM_RANGE)),
         ] = None,
         explain: Annotated[
             bool,
@@ -196,7 +260,8 @@ def build_router(settings: Settings) -> APIRouter:
         ] = False,
         filename: Annotated[str | None, Query(description="name to echo for a raw image body")] = None,
     ) -> CaptionResponse | JSONResponse:
-        """Multipart with one or more ``file`` parts, or one image as the raw body (``image/*``).
+        """Multipart with one or more ``file`` parts, JSON with base64 ``images``, or one image as the
+        raw body (``image/*``).
 
         200 when at least one image got a caption (failed images carry ``error`` and
         ``detail`` in their entry); when every image failed, the status of their error (or
@@ -204,12 +269,13 @@ def build_router(settings: Settings) -> APIRouter:
         """
         started = time.monotonic()
         s = service.settings
-        ranges = {"beam_size": beams, "max_length": lengths, "timeout": timeouts, "labels": LABELS}
         given: dict[str, float | None] = {
             "beam_size": beam_size,
             "max_length": max_length,
             "timeout": timeout,
             "labels": labels,
+            "length_penalty": length_penalty,
+            "no_repeat_ngram_size": no_repeat_ngram_size,
         }
         for name, allowed in ranges.items():
             check_range(given[name], allowed)  # before reading the body: a bad option costs nothing
@@ -217,16 +283,16 @@ def build_router(settings: Settings) -> APIRouter:
             from captioner.explain import NEEDS_ATTENTION
 
             raise APIError(422, "explain_unavailable", NEEDS_ATTENTION)
-        uploads, form = await read_uploads(
-            request, max_body_bytes=s.max_body_bytes, max_files=s.max_files, body_timeout_s=s.body_timeout_s
-        )
-        for name, allowed in ranges.items():  # a form field wins over the query parameter
-            if name in form:
-                given[name] = form_number(name, form[name], allowed)
-                check_range(given[name], allowed)
-        beam, length, limit, k = (given[name] for name in ranges)
+        uploads, in_body = await read_images(request, s, ranges)
+        given.update(in_body)  # an option in the body wins over the query parameter
+        beam, length, limit, ngram = (given[k] for k in ("beam_size", "max_length", "timeout", "no_repeat_ngram_size"))
         opts = service.options(
-            None if beam is None else int(beam), None if length is None else int(length), int(k or 0), explain
+            None if beam is None else int(beam),
+            None if length is None else int(length),
+            int(given["labels"] or 0),
+            explain,
+            length_penalty=float(given["length_penalty"] or 0.0),
+            no_repeat_ngram_size=DEFAULT_NO_REPEAT_NGRAM if ngram is None else int(ngram),
         )
         items = await service.caption(uploads, opts, s.request_timeout_s if limit is None else limit)
         return build_response(service.model.model_id, opts, items, started)

@@ -5,7 +5,7 @@ schema-violating requests to every operation (coverage phase: boundary values of
 parameter; fuzzing phase: random ones, including multipart bodies of random bytes and
 raw ``image/*`` bodies). The check is the issue's: no 5xx, ever, and the server keeps
 serving. One deliberate change to the schema it is given: the ``timeout`` option
-(seconds the client allows; a query parameter and a form field) is held to 5..30 s,
+(seconds the client allows; a query parameter, a form field and a JSON member) is held to 5..30 s,
 because a client that allows 5e-324 s is answered 504 ``timeout`` by design, which is a
 5xx this check would flag.
 
@@ -41,6 +41,8 @@ def fuzz_schema(server: Server, out: Path) -> Path:
     timeout["schema"] = {"type": "number", "minimum": 5, "maximum": 30}
     form = post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
     form["timeout"] = {"type": "number", "minimum": 5, "maximum": 30}  # the same option as a form field
+    body = post["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    body["timeout"] = {"type": "number", "minimum": 5, "maximum": 30}  # and as a JSON member
     out.write_text(json.dumps(schema))
     return out
 

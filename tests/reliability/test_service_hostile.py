@@ -212,7 +212,15 @@ def hostile_requests() -> list[tuple[str, dict, set[int], str | None]]:
         "unsupported_media_type",
     )
     add("no content type", {"content": img, "headers": {"Content-Type": ""}}, {415}, "unsupported_media_type")
-    add("JSON body", {"json": {"image": "aGVsbG8="}}, {415}, "unsupported_media_type")
+    add("JSON body of the wrong shape", {"json": {"image": "aGVsbG8="}}, {422}, "unknown_field")
+    add("JSON body, not base64", {"json": {"images": [{"data": "%%"}]}}, {422}, "invalid_base64")
+    add("JSON body, not an image", {"json": {"images": [{"data": "aGVsbG8="}]}}, {415}, "unsupported_image")
+    add(
+        "JSON body, truncated",
+        {"content": b'{"images": [{"data": "aGV', "headers": {"Content-Type": "application/json"}},
+        {400},
+        "invalid_json",
+    )
     add("empty raw body", {"content": b"", "headers": {"Content-Type": "image/png"}}, {422}, "empty_image")
     add(
         "beam size too large",
