@@ -171,8 +171,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if not isinstance(values, dict):
             raise CaptionerError(f"{path}: the config must be a JSON object of settings")
     names = {f.name for f in fields(TrainConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    return TrainConfig.from_dict(values)
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    from_file = set(values) - set(flags)
+    values.update(flags)
+    try:
+        return TrainConfig.from_dict(values)
+    except SettingError as e:
+        if e.key in from_file:  # say where the wrong value is
+            raise SettingError(f"{e} (in {args.config})", key=e.key) from None
+        raise
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -234,7 +241,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``python -m captioner.training.cli_train`` (what torchrun launches)."""
-    parser = argparse.ArgumentParser(
+    from captioner.cli import Parser  # one-line argument errors, exit status 2
+
+    parser = Parser(
         prog="captioner train",
         description=DESCRIPTION,
         epilog=EPILOG,

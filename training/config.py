@@ -54,7 +54,53 @@ RESUME_OVERRIDABLE = (
 
 
 class SettingError(CaptionerError):
-    """A training setting out of its allowed range or unknown (the CLI's exit status 2)."""
+    """A training setting out of its allowed range, of the wrong type, or unknown (the CLI's
+    exit status 2). ``key``: the setting at fault, when there is one."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+#: What a value of each annotated type must be, in the words of a JSON config file.
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def _type_name(value: object) -> str:
+    """``value``'s kind in JSON words (a config file is JSON)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _is_type(value: object, kind: str) -> bool:
+    """Whether ``value`` is a ``kind`` ("int", "float", "str", "bool"); an int is a float too,
+    a bool is neither (JSON tells them apart, and ``True`` epochs is a mistake)."""
+    if kind == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind == "int":
+        return isinstance(value, int)
+    if kind == "float":
+        return isinstance(value, (int, float))
+    return isinstance(value, str) if kind == "str" else True
+
+
+def type_problem(name: str, annotation: object, value: object) -> str | None:
+    """Why ``value`` cannot be the setting ``name`` of this annotation (``"int | None"``, ...),
+    naming the key, the value and the expected type; None when it can. Unknown annotations pass."""
+    text = str(annotation)
+    optional = text.endswith(" | None")
+    kind = text.removesuffix(" | None")
+    if kind not in _TYPE_WORDS or (optional and value is None) or _is_type(value, kind):
+        return None
+    expected = _TYPE_WORDS[kind] + (" or null" if optional else "")
+    return f"{name} must be {expected}, got {value!r} ({_type_name(value)})"
 
 
 @dataclass
@@ -117,12 +163,16 @@ class TrainConfig:
     plot: bool = True
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # types first: the range checks below compare numbers
+            problem = type_problem(f.name, f.type, getattr(self, f.name))
+            if problem:
+                raise SettingError(f"invalid training setting: {problem}", key=f.name)
         problem = self._problem()
         if problem:
             raise SettingError(f"invalid training setting: {problem}")
 
     def _problem(self) -> str | None:
-        """The first thing wrong with these settings, or None."""
+        """The first thing wrong with these (well-typed) settings, or None."""
         for name, allowed in (
             ("decoder", DECODER_KINDS),
             ("cell", CELLS),
