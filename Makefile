@@ -1,12 +1,16 @@
 # The two commands of the README:
-#   make serve   set everything up (first run only) and start the service on the shipped weights
-#   make test    set everything up (first run only) and run the whole test suite
+#   make serve   set up the lean, torch-free install (first run only, .venv-serve) and start the
+#                service on the shipped weights
+#   make test    set everything up (first run only, .venv) and run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# What serving needs and nothing more: no PyTorch (pip install captioner, without extras).
+SERVE_VENV  := .venv-serve
+SERVE_STAMP := $(SERVE_VENV)/.installed
 
-.PHONY: serve test check setup system-deps clean mutation
+.PHONY: serve test check setup system-deps clean mutation image-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,8 +20,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-serve: $(STAMP)
-	$(BIN)/captioner serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
+$(SERVE_STAMP): pyproject.toml
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SERVE_VENV)/bin/python -m pip install --quiet -e .
+	touch $(SERVE_STAMP)
+
+serve: $(SERVE_STAMP)
+	$(SERVE_VENV)/bin/captioner serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
 
 # Headless Chromium and its driver for the browser test (Debian packages; needs root or sudo).
 system-deps:
@@ -38,5 +48,11 @@ mutation: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[mutation]"
 	$(BIN)/python scripts/mutation.py $(MODULES)
 
+# Build the image from the Dockerfile with podman and run it as docker-compose.yml does: healthy,
+# a caption, the drain on SIGTERM, bad settings, a kill and restart, two replicas (not part of
+# `make test`: minutes, needs root, PyPI and podman; installs podman on first run). docs/service.md.
+image-check:
+	@bash scripts/image-check.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(SERVE_VENV) build *.egg-info

@@ -1,7 +1,9 @@
 """Image captioning: a pretrained CNN feeding an LSTM decoder ("Show and Tell" family).
 
 The public names below are imported on first use, so ``import captioner`` (and the
-``captioner`` command's ``--help`` and argument errors) do not pay for importing torch.
+``captioner`` command's ``--help`` and argument errors) stay fast. ``Captioner`` is the
+torch-free runtime (:mod:`captioner.runtime`); ``ReferenceCaptioner``, the decoders and
+training are the torch side (``pip install 'captioner[train]'``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from .errors import CaptionerError, CheckpointError, ImageLoadError
 if TYPE_CHECKING:  # pragma: no cover
     from .decoder import CaptionDecoder, DecoderConfig
     from .images import load_image
-    from .model import Captioner, CaptionResult
+    from .model import ReferenceCaptioner
+    from .runtime.captioner import Captioner
+    from .runtime.results import CaptionResult
     from .vocab import Vocabulary, tokenize
 
 __version__ = "0.1.0"
@@ -27,6 +31,7 @@ __all__ = [
     "CheckpointError",
     "DecoderConfig",
     "ImageLoadError",
+    "ReferenceCaptioner",
     "Vocabulary",
     "__version__",
     "load_image",
@@ -37,8 +42,9 @@ _LAZY = {
     "CaptionDecoder": ".decoder",
     "DecoderConfig": ".decoder",
     "load_image": ".images",
-    "Captioner": ".model",
-    "CaptionResult": ".model",
+    "Captioner": ".runtime.captioner",
+    "CaptionResult": ".runtime.results",
+    "ReferenceCaptioner": ".model",
     "Vocabulary": ".vocab",
     "tokenize": ".vocab",
 }

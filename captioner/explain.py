@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import CaptionerError
@@ -34,7 +33,8 @@ from .images import ImageSource
 from .vocab import tokenize
 
 if TYPE_CHECKING:
-    from .model import Captioner
+    from .runtime.captioner import CaptionerBase as Captioner
+    from .runtime.results import CaptionResult
 
 NEEDS_ATTENTION = (
     "attention maps need an attention model (decoder kind 'attention', `captioner train --decoder attention`); "
@@ -81,54 +81,49 @@ def grid_shape(locations: int) -> tuple[int, int]:
     return side, side
 
 
-def seen_image(model: Captioner, tensor: torch.Tensor) -> Image.Image:
+def seen_image(model: Captioner, pixels: np.ndarray) -> Image.Image:
     """The preprocessed input (3, S, S) back as an RGB image: the pixels the model saw."""
-    p = model.preprocessing
-    mean = torch.tensor(getattr(p, "mean", (0.0, 0.0, 0.0))).view(3, 1, 1)
-    std = torch.tensor(getattr(p, "std", (1.0, 1.0, 1.0))).view(3, 1, 1)
-    pixels = ((tensor.float().cpu() * std + mean).clamp(0, 1) * 255).round().byte()  # (3, S, S)
-    return Image.fromarray(pixels.permute(1, 2, 0).numpy(), "RGB")
+    seen = model.preprocessing.denormalize(pixels)  # (3, S, S) in [0, 1]
+    return Image.fromarray((seen * 255).round().astype(np.uint8).transpose(1, 2, 0), "RGB")
 
 
 def require_attention(model: Captioner) -> None:
-    if not hasattr(model.decoder, "attention"):
+    if not model.attends:
         raise CaptionerError(NEEDS_ATTENTION)
 
 
-@torch.inference_mode()
 def explain(model: Captioner, images: Sequence[ImageSource], beam_size: int = 1) -> list[Explanation]:
-    """Captions and per-word attention maps of images (paths, bytes or PIL images)."""
+    """Captions and per-word attention maps of images (paths, bytes, PIL images or arrays):
+    the weights the search recorded while it generated each word."""
     from . import pipeline
+    from .options import CaptionOptions
 
     require_attention(model)
-    tensors = [model.preprocess(im) for im in images]
-    features = pipeline.encode_batch(model, tensors)  # (B, N, C)
-    results = model.generate(features, beam_size=beam_size)
+    inputs = [model.preprocess(im) for im in images]
+    features = pipeline.encode_batch(model, inputs)  # (B, N, C)
+    results = model.generate(features, CaptionOptions(beam_size=beam_size), attention=True)
     v = model.vocab
-    alphas = model.decoder.attention(features, [r.tokens for r in results], v.start_id, v.end_id)  # type: ignore[operator]
-    h, w = grid_shape(features.size(1))
+    h, w = grid_shape(features.shape[1])
     out = []
-    for r, a, t in zip(results, alphas, tensors):
+    for r, x in zip(results, inputs):
         words = [v.itos[i] for i in r.tokens] + [v.END]
-        maps = a.float().numpy().reshape(len(words), h, w)  # (T, h, w)
-        out.append(Explanation(r.caption, words, maps, r.confidence, r.score, seen_image(model, t)))
+        maps = np.asarray(r.attention, dtype=np.float32).reshape(len(words), h, w)  # (T, h, w)
+        out.append(Explanation(r.caption, words, maps, r.confidence, r.score, seen_image(model, x)))
     return out
 
 
-def word_maps(
-    model: Captioner, features: torch.Tensor, tokens: Sequence[Sequence[int]], digits: int = 3
-) -> list[list[dict]]:
-    """For the API: per caption (word ids as generation returns them), per word and ``<end>``:
+def word_maps(model: Captioner, results: Sequence[CaptionResult], digits: int = 3) -> list[list[dict]]:
+    """For the API: per caption (generated with ``attention=True``), per word and ``<end>``:
     ``{"word", "attention": h x w weights rounded to digits, "peak": [row, column]}``."""
     require_attention(model)
     v = model.vocab
-    rows = [list(t) for t in tokens]
-    alphas = model.decoder.attention(features, rows, v.start_id, v.end_id)  # type: ignore[operator]
-    h, w = grid_shape(features.size(1))
     out = []
-    for ids, a in zip(rows, alphas):
-        maps = a.float().cpu().numpy().reshape(len(ids) + 1, h, w)  # (T, h, w)
-        words = [v.itos[i] for i in ids] + [v.END]
+    for r in results:
+        if r.attention is None:
+            raise CaptionerError("word_maps needs captions generated with attention=True")
+        h, w = grid_shape(r.attention.shape[1])
+        maps = np.asarray(r.attention).reshape(len(r.tokens) + 1, h, w)  # (T, h, w)
+        words = [v.itos[i] for i in r.tokens] + [v.END]
         out.append(
             [
                 {"word": word, "attention": np.round(m, digits).tolist(), "peak": list(divmod(int(m.argmax()), w))}

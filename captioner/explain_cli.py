@@ -30,6 +30,7 @@ EXPLAIN_JSON = "explain.json"
 def add_explain_verbs(sub: argparse._SubParsersAction) -> None:
     """Register ``units`` and ``explain`` on the ``captioner`` sub-parsers."""
     from .cli import add_model_options
+    from .cli_names import add_deprecated
 
     p = sub.add_parser(
         "units",
@@ -38,19 +39,20 @@ def add_explain_verbs(sub: argparse._SubParsersAction) -> None:
         "captions of the same images, record every unit of its state at every word, and score each unit "
         "as a detector of properties a person can name (ROC-AUC beside a label-shuffled baseline). "
         "Writes an HTML report (self-contained) and units.json beside it (docs/explain.md).",
-        epilog="example:\n  captioner units --data data/scenes --split val --images 200 --out units/report.html",
+        epilog="example:\n  captioner units --data data/scenes --split val --limit 200 --out units/report.html",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_options(p)
     p.add_argument("--data", required=True, metavar="DIR", help="dataset folder with captions_<split>.json")
     p.add_argument("--split", default="val", help="which split (default: val)")
     p.add_argument(
-        "--images",
+        "--limit",
         type=UNITS_IMAGES.argparse,
         default=200,
         metavar="N",
-        help=f"the first N images of the split, {UNITS_IMAGES.describe()} (default: 200)",
+        help=f"only the first N images of the split, {UNITS_IMAGES.describe()} (default: 200)",
     )
+    add_deprecated(p, "--images", "--limit", type=UNITS_IMAGES.argparse, dest="limit")
     p.add_argument(
         "--top",
         type=TOP_UNITS.argparse,
@@ -94,13 +96,14 @@ def add_explain_verbs(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_units(args: argparse.Namespace) -> int:
-    from .model import Captioner
+    """Reads the decoder's hidden units, so it runs on the PyTorch modules (captioner[train])."""
+    from .model import ReferenceCaptioner
     from .units import PROPERTIES, analyse_units, word_sets
     from .units_report import write_report
 
-    model = Captioner.load(args.checkpoint, device=args.device)
+    model = ReferenceCaptioner.load(args.checkpoint, device=args.device)
     analysis = analyse_units(
-        model, args.data, args.split, args.images, top_k=args.top, shuffles=args.shuffles, seed=args.seed
+        model, args.data, args.split, args.limit, top_k=args.top, shuffles=args.shuffles, seed=args.seed
     )
     html_path, json_path = write_report(analysis, word_sets(args.data, args.split), Path(args.out))
     for prop, units in analysis.top.items():
@@ -120,9 +123,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Figures for every readable image; an unreadable one is reported by name and the run
     goes on (exit status 1 if any failed, as ``captioner caption FILE...``)."""
     from .explain import require_attention
-    from .model import Captioner
+    from .runtime.captioner import load_captioner
 
-    model = Captioner.load(args.checkpoint, device=args.device)
+    model = load_captioner(args.checkpoint, device=args.device)
     require_attention(model)  # the one line for a pooled model, before any image is read
     out = Path(args.out)
     items, failures = explain_inputs(args.images, args.recursive, out)

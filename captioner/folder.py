@@ -45,7 +45,7 @@ from .pipeline import ImageItem, caption_stream, check_batching
 from .walk import FileProblem, find_images
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .model import Captioner
+    from .runtime.captioner import CaptionerBase as Captioner
 
 __all__ = [
     "FORMATS",

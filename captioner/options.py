@@ -101,6 +101,7 @@ TEMPERATURE = Range("temperature", 0.0, 10.0, integer=False, low_open=True)
 BATCH_SIZE = Range("batch size", 1, 1024)
 WORKERS = Range("workers", 0, 64)
 NO_REPEAT_NGRAM = Range("no repeat ngram size", 0, 10)  # 0: off
+NUM_CAPTIONS = Range("num captions", 1, 10)  # n-best: the K best beams (at most the beam size)
 LABELS = Range("labels", 0, 20)  # top-K ImageNet classes of the backbone; 0: none
 DEFAULT_LABELS = 3  # what the command line and folder runs add, shown beside out-of-domain captions
 MIN_WORD_PROB = Range("min word probability", 0.0, 1.0, integer=False)  # 0: off
@@ -119,6 +120,7 @@ RANGES: dict[str, Range] = {
     "workers": WORKERS,
     "no_repeat_ngram_size": NO_REPEAT_NGRAM,
     "labels": LABELS,
+    "num_captions": NUM_CAPTIONS,
     "min_word_prob": MIN_WORD_PROB,
 }
 
@@ -127,7 +129,8 @@ RANGES: dict[str, Range] = {
 class CaptionOptions:
     """How to generate captions: beam size (1 = greedy), word limit (None = the model's
     setting), beam-search length penalty, no repeated n-gram (None = the decoder's default,
-    0 = off) and how many ImageNet labels to add (0 = none). Construction checks every value against its
+    0 = off), how many ImageNet labels to add (0 = none) and how many captions per image (the
+    n-best beams; at most ``beam_size``). Construction checks every value against its
     :class:`Range` and raises :class:`OptionError` (a ``ValueError``) naming the allowed range."""
 
     beam_size: int = 1
@@ -135,6 +138,7 @@ class CaptionOptions:
     length_penalty: float = 0.0
     no_repeat_ngram_size: int | None = None
     labels: int = 0
+    num_captions: int = 1
 
     def __post_init__(self) -> None:
         BEAM_SIZE.check(self.beam_size)
@@ -144,3 +148,9 @@ class CaptionOptions:
         if self.no_repeat_ngram_size is not None:
             NO_REPEAT_NGRAM.check(self.no_repeat_ngram_size)
         LABELS.check(self.labels)
+        NUM_CAPTIONS.check(self.num_captions)
+        if self.num_captions > self.beam_size:
+            raise OptionError(
+                f"num captions must be at most the beam size ({self.beam_size}), got {self.num_captions}; "
+                f"raise the beam size to {self.num_captions} or more"
+            )

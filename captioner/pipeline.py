@@ -31,15 +31,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
+
 from .errors import ImageLoadError
 from .images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource, load_image
 from .options import BATCH_SIZE, WORKERS, CaptionOptions
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
     from PIL import Image
 
-    from .model import Captioner, CaptionResult
+    from .runtime.captioner import CaptionerBase as Captioner
+    from .runtime.results import CaptionResult
 
 __all__ = [
     "Failure",
@@ -59,7 +61,7 @@ __all__ = [
 
 #: Anything that turns an RGB PIL image into a (3, S, S) tensor; normally a
 #: :class:`~captioner.encoders.Preprocess` (which also says the JPEG draft size).
-Preprocessing = Callable[["Image.Image"], "torch.Tensor"]
+Preprocessing = Callable[["Image.Image"], "np.ndarray"]
 #: What decodes: :func:`captioner.images.load_image` or a function with its keywords.
 Loader = Callable[..., "Image.Image"]
 
@@ -116,7 +118,10 @@ def decode(
 
     ``loader`` does the decoding: :func:`captioner.images.load_image` in this thread, or any
     function with its keywords (``name``, ``max_pixels``, ``max_bytes``, ``draft_size``),
-    e.g. ``DecodePool.load`` (worker processes with a time budget)."""
+    e.g. ``DecodePool.load`` (worker processes with a time budget). A numpy array must be
+    HxWx3 uint8 RGB pixels (what ``np.asarray(pil_image)`` gives)."""
+    if isinstance(source, np.ndarray):
+        return from_array(source, name or "<array>", limits)
     return loader(
         source,
         name=name,
@@ -126,7 +131,24 @@ def decode(
     )
 
 
-def preprocess(image: Image.Image, preprocessing: Preprocessing, *, name: str = "<image>") -> torch.Tensor:
+def from_array(pixels: np.ndarray, name: str, limits: Limits = DEFAULT_LIMITS) -> Image.Image:
+    """HxWx3 uint8 RGB pixels -> RGB image; anything else is refused saying what is accepted."""
+    from PIL import Image
+
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise ImageLoadError(
+            name,
+            f"an array must be HxWx3 uint8 RGB pixels, got shape {pixels.shape} of {pixels.dtype}; "
+            "or pass a path, the file's bytes or a PIL image",
+        )
+    if pixels.shape[0] * pixels.shape[1] > limits.max_pixels or pixels.shape[0] * pixels.shape[1] == 0:
+        raise ImageLoadError(
+            name, f"{pixels.shape[1]}x{pixels.shape[0]} pixels is outside 1..{limits.max_pixels}", "too_large"
+        )
+    return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+
+
+def preprocess(image: Image.Image, preprocessing: Preprocessing, *, name: str = "<image>") -> np.ndarray:
     """RGB image -> (3, S, S) input tensor. A failure inside the transform (an odd image
     that Pillow cannot resize) becomes :class:`ImageLoadError`."""
     try:
@@ -142,7 +164,7 @@ def prepare(
     name: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
     loader: Loader = load_image,
-) -> torch.Tensor:
+) -> np.ndarray:
     """:func:`decode` then :func:`preprocess`: source -> (3, S, S). Raises :class:`ImageLoadError`."""
     image = decode(source, preprocessing, name=name, limits=limits, loader=loader)
     return preprocess(image, preprocessing, name=name or "<image>")
@@ -150,7 +172,7 @@ def prepare(
 
 def try_prepare(
     source: ImageSource, preprocessing: Preprocessing, *, name: str | None = None, limits: Limits = DEFAULT_LIMITS
-) -> torch.Tensor | Failure:
+) -> np.ndarray | Failure:
     """:func:`prepare`, with any failure returned as a :class:`Failure` instead of raised:
     one bad file must never end a run of many."""
     label = name or (str(source) if isinstance(source, str) else "<image>")
@@ -189,11 +211,9 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, prefetch
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def encode_batch(model: Captioner, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """B input tensors (3, S, S) -> features (B, F) through ``model.encode``."""
-    import torch
-
-    return model.encode(torch.stack(list(tensors)))  # (B, 3, S, S) -> (B, F)
+def encode_batch(model: Captioner, tensors: Sequence[np.ndarray]) -> np.ndarray:
+    """B input arrays (3, S, S) -> features (B, F) through ``model.encode``."""
+    return model.encode(np.stack(list(tensors)))  # (B, 3, S, S) -> (B, F)
 
 
 def check_batching(batch_size: int, workers: int) -> None:
@@ -225,21 +245,14 @@ def caption_stream(
 
     def run_batch() -> list[tuple[ImageItem, CaptionResult | None, str | None]]:
         features = encode_batch(model, [t for _, t in batch])  # (B, F)
-        results = model.generate(
-            features,
-            beam_size=opts.beam_size,
-            max_length=opts.max_length,
-            length_penalty=opts.length_penalty,
-            no_repeat_ngram_size=opts.no_repeat_ngram_size,
-            labels=opts.labels,
-        )
+        results = model.generate(features, opts)
         out: list[tuple[ImageItem, CaptionResult | None, str | None]] = [
             (it, res, None) for (it, _), res in zip(batch, results)
         ]
         batch.clear()
         return out
 
-    def prep(item: ImageItem) -> torch.Tensor | Failure:
+    def prep(item: ImageItem) -> np.ndarray | Failure:
         return try_prepare(item.path, preprocessing, name=item.key)
 
     prefetch = max(2 * batch_size, 4 * workers)

@@ -36,17 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from .encoders.registry import pooled
+from .checkpoint import TRUST_CONFIG, TRUST_WEIGHTS
 from .errors import CheckpointError
 from .fsio import atomic_write_path
 
 log = logging.getLogger(__name__)
 
-TRUST_CONFIG = "trust.json"
-TRUST_WEIGHTS = "trust.safetensors"
 TRUST_FORMAT = "captioner-trust/1"
 STATISTICS = ("min_token_logprob", "mean_token_logprob", "score")
 DEFAULT_STATISTIC = "score"
@@ -55,9 +51,17 @@ DEFAULT_RANK = 512  # of 1280 for Lite0: 2.6 MB, nearly the separation of all 12
 
 
 # ---------------------------------------------------------------------- the per-caption statistic
-def caption_statistic(token_logprobs: Tensor, statistic: str = DEFAULT_STATISTIC) -> float:
+def pooled(features: np.ndarray) -> np.ndarray:
+    """Pooled features (B, F) of either kind of encoder output: (B, F) as is, the spatial
+    mean of maps (B, N, F) (what the global average pool gives), in float32."""
+    x = np.asarray(features)
+    return x.mean(axis=1, dtype=np.float32) if x.ndim == 3 else x.astype(np.float32, copy=False)  # (B, F)
+
+
+def caption_statistic(token_logprobs: np.ndarray, statistic: str = DEFAULT_STATISTIC) -> float:
     """One number per caption from the log-probs of its words and ``<end>`` (T,)."""
-    if token_logprobs.numel() == 0:
+    token_logprobs = np.asarray(token_logprobs, dtype=np.float64)
+    if token_logprobs.size == 0:
         return 0.0
     if statistic == "min_token_logprob":
         return float(token_logprobs.min())
@@ -208,22 +212,21 @@ class Calibration:
 
 
 # ---------------------------------------------------------------------- the domain model
-def ledoit_wolf(x: Tensor) -> tuple[Tensor, Tensor, float]:
+def ledoit_wolf(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Mean (F,), shrunk covariance (F, F) and shrinkage in [0, 1] of samples ``x`` (N, F).
-
     Ledoit & Wolf (2004): (1 - a) S + a (tr S / F) I with the ``a`` that minimises the
     expected Frobenius error; computed in float64."""
-    x = x.double()
+    x = np.asarray(x, dtype=np.float64)
     n, f = x.shape
     mean = x.mean(0)  # (F,)
     xc = x - mean  # (N, F)
     s = xc.T @ xc / n  # (F, F) sample covariance
-    mu = float(torch.trace(s)) / f
-    delta = float(((s - mu * torch.eye(f, dtype=s.dtype)) ** 2).sum()) / f
+    mu = float(np.trace(s)) / f
+    delta = float(((s - mu * np.eye(f)) ** 2).sum()) / f
     sq = xc**2  # (N, F)
     beta = float((sq.T @ sq).sum() / n - (s**2).sum()) / (n * f)  # variance of the S estimate
     a = 0.0 if delta <= 0 else min(max(beta / delta, 0.0), 1.0)
-    cov = (1.0 - a) * s + a * mu * torch.eye(f, dtype=s.dtype)
+    cov = (1.0 - a) * s + a * mu * np.eye(f)
     return mean, cov, a
 
 
@@ -231,9 +234,9 @@ def ledoit_wolf(x: Tensor) -> tuple[Tensor, Tensor, float]:
 class DomainModel:
     """Where the training images' features lie; distances of new features to them."""
 
-    mean: Tensor  # (F,)
-    directions: Tensor  # (F, R) orthonormal top eigen-directions of the shrunk covariance
-    variances: Tensor  # (R,) their variances
+    mean: np.ndarray  # (F,) float32
+    directions: np.ndarray  # (F, R) orthonormal top eigen-directions of the shrunk covariance
+    variances: np.ndarray  # (R,) their variances
     rest_variance: float  # the shared variance of every other direction
     threshold: float  # distances above it are out of domain
     quantile: float = DEFAULT_QUANTILE  # of held-out distances, where the threshold was set
@@ -242,62 +245,62 @@ class DomainModel:
     held_out: int = 0  # images the threshold came from
 
     @classmethod
-    def fit(cls, features: Tensor, rank: int = DEFAULT_RANK, shrinkage: float | None = None) -> DomainModel:
+    def fit(cls, features: np.ndarray, rank: int = DEFAULT_RANK, shrinkage: float | None = None) -> DomainModel:
         """Summarise training features (N, F) (maps (N, L, F) are pooled first); the threshold
         is set by :meth:`set_threshold`."""
-        features = pooled(features) if features.dim() == 3 else features  # (N, F)
-        if features.dim() != 2 or features.size(0) < 2:
+        features = pooled(features)  # (N, F)
+        if features.ndim != 2 or features.shape[0] < 2:
             raise ValueError("the domain model needs at least two feature rows (N, F)")
         mean, cov, a = ledoit_wolf(features)
+        f = cov.shape[0]
         if shrinkage is not None:  # a fixed shrinkage instead of Ledoit-Wolf's estimate
-            f = cov.size(0)
-            s = (cov - a * (torch.trace(cov) / f) * torch.eye(f, dtype=cov.dtype)) / max(1.0 - a, 1e-12)
+            s = (cov - a * (np.trace(cov) / f) * np.eye(f)) / max(1.0 - a, 1e-12)
             a = float(shrinkage)
-            cov = (1 - a) * s + a * (torch.trace(s) / f) * torch.eye(f, dtype=s.dtype)
-        evals, evecs = torch.linalg.eigh(cov)  # ascending
-        r = min(int(rank), cov.size(0) - 1)
-        top_vals, top_vecs = evals[-r:].flip(0), evecs[:, -r:].flip(1)  # (R,), (F, R)
-        rest = float(evals[:-r].clamp_min(1e-12).mean())
+            cov = (1 - a) * s + a * (np.trace(s) / f) * np.eye(f)
+        evals, evecs = np.linalg.eigh(cov)  # ascending
+        r = min(int(rank), f - 1)
+        top_vals, top_vecs = evals[-r:][::-1], evecs[:, -r:][:, ::-1]  # (R,), (F, R)
+        rest = float(np.clip(evals[:-r], 1e-12, None).mean())
         return cls(
-            mean.float(),
-            top_vecs.float().contiguous(),
-            top_vals.clamp_min(1e-12).float(),
+            mean.astype(np.float32),
+            np.ascontiguousarray(top_vecs, dtype=np.float32),
+            np.clip(top_vals, 1e-12, None).astype(np.float32),
             rest,
             threshold=math.inf,
             shrinkage=a,
-            images=int(features.size(0)),
+            images=int(features.shape[0]),
         )
 
     @property
     def feature_dim(self) -> int:
-        return int(self.mean.numel())
+        return int(self.mean.size)
 
-    def distance(self, features: Tensor) -> Tensor:
+    def distance(self, features: np.ndarray) -> np.ndarray:
         """Mahalanobis distance / sqrt(F) of each row of ``features`` (B, F) -> (B,); maps
         (B, L, F) are pooled first."""
-        features = pooled(features) if features.dim() == 3 else features  # (B, F)
-        if features.dim() != 2 or features.size(1) != self.feature_dim:
+        features = pooled(features)  # (B, F)
+        if features.ndim != 2 or features.shape[1] != self.feature_dim:
             raise ValueError(f"features must have shape (B, {self.feature_dim}), got {tuple(features.shape)}")
-        x = features.detach().float().cpu() - self.mean  # (B, F)
+        x = features - self.mean  # (B, F)
         proj = x @ self.directions  # (B, R)
         inside = (proj**2 / self.variances).sum(1)  # (B,)
-        outside = ((x**2).sum(1) - (proj**2).sum(1)).clamp_min(0) / self.rest_variance  # (B,)
-        return ((inside + outside) / self.feature_dim).sqrt()  # (B,)
+        outside = np.clip((x**2).sum(1) - (proj**2).sum(1), 0, None) / self.rest_variance  # (B,)
+        return np.sqrt((inside + outside) / self.feature_dim)  # (B,)
 
-    def set_threshold(self, held_out: Tensor, quantile: float = DEFAULT_QUANTILE) -> float:
+    def set_threshold(self, held_out: np.ndarray, quantile: float = DEFAULT_QUANTILE) -> float:
         """Threshold = the ``quantile`` of the distances of held-out features (N, F)."""
         if not 0.5 <= quantile < 1.0:
             raise ValueError("quantile must be in [0.5, 1)")
         d = self.distance(held_out)
-        self.threshold = float(torch.quantile(d.double(), quantile))
-        self.quantile, self.held_out = float(quantile), int(d.numel())
+        self.threshold = float(np.quantile(d.astype(np.float64), quantile))
+        self.quantile, self.held_out = float(quantile), int(d.size)
         return self.threshold
 
-    def tensors(self) -> dict[str, Tensor]:
+    def tensors(self) -> dict[str, np.ndarray]:
         return {
-            "domain.mean": self.mean.contiguous(),
-            "domain.directions": self.directions.contiguous(),
-            "domain.variances": self.variances.contiguous(),
+            "domain.mean": np.ascontiguousarray(self.mean),
+            "domain.directions": np.ascontiguousarray(self.directions),
+            "domain.variances": np.ascontiguousarray(self.variances),
         }
 
     def facts(self) -> dict:
@@ -306,7 +309,7 @@ class DomainModel:
             "quantile": self.quantile,
             "rest_variance": self.rest_variance,
             "shrinkage": self.shrinkage,
-            "rank": int(self.variances.numel()),
+            "rank": int(self.variances.size),
             "feature_dim": self.feature_dim,
             "images": self.images,
             "held_out": self.held_out,
@@ -341,7 +344,7 @@ class TrustStats:
 def save_trust(folder: str | os.PathLike, trust: TrustStats) -> Path:
     """Write ``trust.json`` (and ``trust.safetensors`` when there is a domain model) into a
     checkpoint folder, each file replaced atomically. Returns the JSON path."""
-    from safetensors.torch import save_file
+    from safetensors.numpy import save_file
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -369,7 +372,7 @@ def load_trust(folder: str | os.PathLike) -> TrustStats:
     """The trust statistics of a checkpoint folder; empty (every field None) when it has none,
     which is said once per folder in the log. Damaged files raise :class:`CheckpointError`."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.numpy import load_file
 
     folder = Path(folder)
     path = folder / TRUST_CONFIG
@@ -394,11 +397,11 @@ def load_trust(folder: str | os.PathLike) -> TrustStats:
     facts = config.get("domain")
     if facts:
         try:
-            t = load_file(str(folder / TRUST_WEIGHTS), device="cpu")
+            t = load_file(str(folder / TRUST_WEIGHTS))
             domain = DomainModel(
-                t["domain.mean"].float(),
-                t["domain.directions"].float(),
-                t["domain.variances"].float(),
+                t["domain.mean"].astype(np.float32),
+                t["domain.directions"].astype(np.float32),
+                t["domain.variances"].astype(np.float32),
                 float(facts["rest_variance"]),
                 threshold=float(facts["threshold"]),
                 quantile=float(facts.get("quantile", DEFAULT_QUANTILE)),
@@ -421,48 +424,6 @@ def load_trust(folder: str | os.PathLike) -> TrustStats:
 #: are (the attention model names "two cups and an umbrella" for a coffee photo with
 #: calibrated confidence 0.92). So outside the domain the confidence is capped here.
 OUT_OF_DOMAIN_CONFIDENCE = 0.05
-
-
-def annotate(
-    model,
-    features: Tensor,
-    results: list,
-    labels: int = 0,
-    distances: list[float] | None = None,
-    known_logprobs: dict[int, Tensor] | None = None,
-) -> None:
-    """Fill ``confidence``, ``in_domain``, ``domain_distance`` and ``labels`` of a batch's
-    results (a :class:`captioner.Captioner`'s, for its features (B, F)) in place.
-    ``distances``: the batch's domain distances when the caller has computed them already;
-    ``known_logprobs``: result index -> its caption's per-token log-probs (words and
-    ``<end>``) already computed (the unsure-word cut's pass), so only the others are run.
-
-    Fields the checkpoint cannot fill stay ``None``: no calibration, no domain model, or
-    (``labels`` > 0) a backbone without an ImageNet classifier or a fine-tuned one."""
-    trust: TrustStats = model.trust
-    if trust.calibration is not None:
-        v, known = model.vocab, known_logprobs or {}
-        todo = [i for i in range(len(results)) if i not in known]
-        logps = dict(known)
-        if todo:
-            ids = [results[i].tokens for i in todo]
-            logps.update(zip(todo, model.decoder.token_logprobs(features[todo], ids, v.start_id, v.end_id)))
-        stats = [caption_statistic(logps[i], trust.calibration.statistic) for i in range(len(results))]
-        for r, c in zip(results, trust.calibration.confidence(stats).tolist()):
-            r.confidence = round(float(c), 4)
-    if trust.domain is not None:
-        if distances is None:
-            distances = trust.domain.distance(features).tolist()  # (B,)
-        for r, d in zip(results, distances):
-            r.domain_distance = round(float(d), 4)
-            r.in_domain = bool(d <= trust.domain.threshold)
-            if not r.in_domain and r.confidence is not None:  # the calibration says nothing out there
-                r.confidence = min(r.confidence, OUT_OF_DOMAIN_CONFIDENCE)
-    if labels > 0:
-        head = model.label_head()
-        if head is not None:
-            for r, row in zip(results, head.top_k(pooled(features), labels)):  # the classifier reads (B, F)
-                r.labels = row
 
 
 def out_of_domain_summary(flags: Sequence[bool | None]) -> str | None:

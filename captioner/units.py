@@ -38,7 +38,7 @@ from .vocab import Vocabulary, tokenize
 
 if TYPE_CHECKING:
     from .decoder import CaptionDecoder
-    from .model import Captioner
+    from .model import ReferenceCaptioner as Captioner
 
 PROPERTIES: dict[str, str] = {
     "colour": "a colour word",
@@ -369,7 +369,7 @@ def encode_images(model: Captioner, paths: Sequence[Path], batch_size: int = 32)
     chunks = []
     for lo in range(0, len(paths), batch_size):
         tensors = [model.preprocess(p) for p in paths[lo : lo + batch_size]]
-        chunks.append(pipeline.encode_batch(model, tensors).float())
+        chunks.append(torch.from_numpy(pipeline.encode_batch(model, tensors)))
     return torch.cat(chunks)
 
 
@@ -391,7 +391,7 @@ def analyse_units(
     sets = word_sets(data_dir, split)
     features = encode_images(model, [s.path for s in samples])  # (B, F) or (B, N, F)
     v = model.vocab
-    generated = model.generate(features)
+    generated = model.generate(features.numpy())
     captions = {
         "reference": [(i, v.encode(c, add_special=False)) for i, s in enumerate(samples) for c in s.captions],
         "generated": [(i, r.tokens) for i, r in enumerate(generated)],

@@ -28,10 +28,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from captioner import Captioner, __version__
+from captioner import __version__
+from captioner.runtime.captioner import CaptionerBase, load_captioner
 
 from .admission import AdmissionMiddleware
 from .captioning import CaptionService
+from .client_limits import ClientLimits
 from .errors import error_response, install_error_handlers
 from .metrics import Metrics
 from .routers import captions, health, page
@@ -54,6 +56,8 @@ class ObservabilityMiddleware:
         self.routes = routes
 
     def route_label(self, scope: Scope, original: Scope) -> str:
+        if isinstance(scope.get("route_label"), str):  # set by a middleware that answered before routing
+            return str(scope["route_label"])
         route = scope.get("route")
         path = getattr(route, "path", None)
         if isinstance(path, str) and path:
@@ -114,7 +118,7 @@ class JSONCORSMiddleware(CORSMiddleware):
         return response
 
 
-def create_app(settings: Settings | None = None, model: Captioner | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, model: CaptionerBase | None = None) -> FastAPI:
     """Build the app. Without ``model`` the checkpoint named by ``settings`` is loaded at
     startup (in a worker thread); a load error stops the server from starting."""
     settings = settings or settings_from_environment()
@@ -127,7 +131,7 @@ def create_app(settings: Settings | None = None, model: Captioner | None = None)
             loaded = await anyio.to_thread.run_sync(load_model, settings)
         service = CaptionService(loaded, settings, metrics)
         service.start()
-        backend = str(getattr(loaded, "encoder_backend", "pytorch"))  # onnxruntime on the fast CPU path
+        backend = str(loaded.runtime_status()["encoder"])  # onnxruntime, or pytorch on CUDA
         metrics.model_info.labels(loaded.model_id, loaded.encoder_name, str(loaded.device), backend).set(1)
         app.state.service = service
         log.info("model %s ready on %s", loaded.model_id, loaded.device)
@@ -152,6 +156,7 @@ def create_app(settings: Settings | None = None, model: Captioner | None = None)
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.client_limits = ClientLimits(settings.max_client_pixels, settings.max_client_buffered_bytes)
     install_error_handlers(app)
     app.include_router(page.router)
     app.include_router(captions.build_router(settings))
@@ -191,11 +196,10 @@ def install_offline_docs(app: FastAPI) -> None:
         )
 
 
-def load_model(settings: Settings) -> Captioner:
-    """The checkpoint named by the settings (None: the shipped default weights), with the
-    configured torch thread count."""
-    import torch
-
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    return Captioner.load(settings.checkpoint, device=settings.device, precision=settings.precision)
+def load_model(settings: Settings) -> CaptionerBase:
+    """The checkpoint named by the settings (None: the shipped default weights): from its
+    graphs on ONNX Runtime, or on CUDA through the PyTorch reference path."""
+    threads = settings.threads or settings.torch_threads
+    if settings.torch_threads and not settings.threads:
+        log.warning("CAPTIONER_TORCH_THREADS / --torch-threads is deprecated: use CAPTIONER_THREADS / --threads")
+    return load_captioner(settings.checkpoint, settings.device, settings.precision, threads)

@@ -36,8 +36,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
 log = logging.getLogger("captioner.service.batcher")
 
@@ -61,13 +60,13 @@ class BatchInfo:
 
 @dataclass
 class _Item:
-    x: Tensor  # (3, H, W)
+    x: np.ndarray  # (3, H, W)
     key: Hashable
     future: Future
     enqueued: float = field(default_factory=time.monotonic)
 
 
-RunBatch = Callable[[Tensor, Any], Sequence[Any]]  # (B, 3, H, W), options -> B results
+RunBatch = Callable[[np.ndarray, Any], Sequence[Any]]  # (B, 3, H, W), options -> B results
 
 
 class Batcher:
@@ -105,7 +104,7 @@ class Batcher:
         self._thread.start()
         return self
 
-    def submit(self, x: Tensor, key: Hashable) -> Future:
+    def submit(self, x: np.ndarray, key: Hashable) -> Future:
         """Queue one image ``x`` (3, H, W) to run with options ``key``; returns its future."""
         item = _Item(x, key, Future())
         with self._cond:
@@ -115,7 +114,7 @@ class Batcher:
             self._cond.notify()
         return item.future
 
-    def submit_many(self, xs: Sequence[Tensor], key: Hashable) -> list[Future]:
+    def submit_many(self, xs: Sequence[np.ndarray], key: Hashable) -> list[Future]:
         """Queue several images at once (one request's images), so they can share a batch."""
         items = [_Item(x, key, Future()) for x in xs]
         with self._cond:
@@ -205,7 +204,7 @@ class Batcher:
     def _run(self, items: list[_Item]) -> None:
         start = time.monotonic()
         try:
-            x = torch.stack([it.x for it in items])  # (B, 3, H, W)
+            x = np.stack([it.x for it in items])  # (B, 3, H, W)
             results = self.run_batch(x, items[0].key)
             if len(results) != len(items):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} images")

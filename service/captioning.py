@@ -25,15 +25,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
-from captioner import Captioner, pipeline
+from captioner import pipeline
 from captioner.decode_budget import DecodePool, DecodeTimeout
 from captioner.errors import ImageLoadError
 from captioner.fair_executor import FairExecutor
 from captioner.images import load_image
-from captioner.options import LABELS
+from captioner.options import LABELS, CaptionOptions
+from captioner.runtime.captioner import CaptionerBase
 
 from .batcher import Batcher, BatcherStopped
 from .errors import APIError, image_error
@@ -85,11 +85,11 @@ def _stamp_time(item: ItemResult, start: float, _future: object) -> None:
 class CaptionService:
     """Owns the model, the decode pool and the batcher of one app."""
 
-    def __init__(self, model: Captioner, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, model: CaptionerBase, settings: Settings, metrics: Metrics) -> None:
         self.model = model
         self.settings = settings
         self.metrics = metrics
-        self.default_max_length = int(model.decoder.config.max_length)
+        self.default_max_length = model.max_length
         # Requests take turns for the decode threads (a DECODE_GROUP each: service.client_limits).
         self._pool = FairExecutor(settings.decode_workers, thread_name_prefix="captioner-decode")
         # The pool's threads wait on decode processes that are killed when a decode outlives
@@ -203,7 +203,7 @@ class CaptionService:
         return self._buffered
 
     # ------------------------------------------------------------------ the pipeline
-    def _decode(self, upload: Upload, label: str, deadline: float) -> Tensor:
+    def _decode(self, upload: Upload, label: str, deadline: float) -> np.ndarray:
         """Runs in the decode pool: bytes -> (3, H, W), or ImageLoadError."""
         budget_s = deadline - time.monotonic()  # a decode may last as long as its request has left
         if budget_s <= 0:  # the request gave up while this waited for a thread
@@ -225,24 +225,24 @@ class CaptionService:
             )
             raise
 
-    def _run_batch(self, x: Tensor, opts: GenerationOptions) -> list:
+    def _run_batch(self, x: np.ndarray, opts: GenerationOptions) -> list:
         """Runs in the batcher thread: (B, 3, H, W) -> B CaptionResults."""
         features = self.model.encode(x)  # (B, F)
-        results = self.model.generate(
-            features,
+        options = CaptionOptions(
             beam_size=opts.beam_size,
             max_length=opts.max_length,
             length_penalty=opts.length_penalty,
             no_repeat_ngram_size=opts.no_repeat_ngram_size,
             labels=int(LABELS.high),
         )
+        results = self.model.generate(features, options, attention=opts.explain)
         if not opts.explain:
             return results
         from captioner.explain import word_maps
 
-        return list(zip(results, word_maps(self.model, features, [r.tokens for r in results])))
+        return list(zip(results, word_maps(self.model, results)))
 
-    async def _decode_one(self, index: int, upload: Upload, deadline: float) -> tuple[ItemResult, Tensor | None]:
+    async def _decode_one(self, index: int, upload: Upload, deadline: float) -> tuple[ItemResult, np.ndarray | None]:
         """Decode one upload off the event loop; a bad image becomes an error result."""
         loop = asyncio.get_running_loop()
         label = upload.filename or f"image {index + 1}"
@@ -333,7 +333,7 @@ class CaptionService:
             "max_length_limit": s.max_length_limit,
             "default_beam_size": s.default_beam_size,
             "default_max_length": min(self.default_max_length, s.max_length_limit),
-            "torch_threads": torch.get_num_threads(),
+            "threads": self.model.runtime_status().get("threads"),
             "decode_in": s.decode_in,
             "auth_required": s.api_key is not None,
         }

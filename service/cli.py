@@ -36,7 +36,7 @@ EPILOG = """examples:
 #: under "other settings" (a test checks that every setting has one).
 FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "where to listen": ("host", "port"),
-    "model": ("checkpoint", "device", "torch_threads"),
+    "model": ("checkpoint", "device", "threads", "torch_threads"),
     "batching": ("max_batch_size", "max_wait_ms", "queue_size", "decode_workers", "decode_in"),
     "limits": (
         "max_files",
@@ -45,9 +45,14 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
         "request_timeout_s",
         "body_timeout_s",
         "max_buffered_bytes",
+        "max_client_buffered_bytes",
+        "min_upload_bytes_per_s",
+        "max_request_pixels",
+        "max_client_pixels",
         "max_header_bytes",
         "header_timeout_s",
         "max_connections",
+        "write_timeout_s",
         "max_beam_size",
         "max_length_limit",
         "default_beam_size",
@@ -64,6 +69,8 @@ METAVARS = {
     "cors_origins": "ORIGIN",
     "max_body_bytes": "BYTES",
     "max_buffered_bytes": "BYTES",
+    "max_client_buffered_bytes": "BYTES",
+    "min_upload_bytes_per_s": "BYTES",
     "max_header_bytes": "BYTES",
     "max_wait_ms": "MS",
     "drain_seconds": "S",
@@ -73,7 +80,7 @@ METAVARS = {
 HELP_NOTES = {
     "api_key": "prefer the environment variable: flags are visible to other users of the machine",
     "cors_origins": "repeat the flag for several; the variable is comma-separated",
-    "torch_threads": "with several replicas on one machine give each cores/replicas",
+    "threads": "with several replicas on one machine give each cores/replicas",
 }
 
 

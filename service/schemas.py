@@ -158,7 +158,7 @@ class ServiceLimits(BaseModel):
     max_length_limit: int
     default_beam_size: int
     default_max_length: int
-    torch_threads: int
+    threads: int | None
     decode_in: str = Field(description="processes (each decode killed past its request's time) or threads")
     auth_required: bool
 

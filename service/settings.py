@@ -36,8 +36,13 @@ class Settings(BaseSettings):
 
     # the model
     checkpoint: Path | None = Field(None, description="checkpoint folder; empty means the shipped default weights")
-    device: str | None = Field(None, description="cpu, cuda or cuda:N; empty means cuda when available")
-    torch_threads: int | None = Field(None, ge=1, description="intra-op threads for the model (torch.set_num_threads)")
+    device: str | None = Field(
+        None,
+        description="cpu (the torch-free ONNX Runtime path), or cuda / cuda:N (the PyTorch path: needs "
+        "captioner[train]); empty means cpu",
+    )
+    threads: int | None = Field(None, ge=1, description="threads running the encoder; empty means every CPU allowed")
+    torch_threads: int | None = Field(None, ge=1, description="deprecated: the old name of threads")
     precision: str | None = Field(
         None,
         description="what the ONNX Runtime encoder computes in: int8 or fp32; empty means the checkpoint's choice",
@@ -74,6 +79,31 @@ class Settings(BaseSettings):
         description="most request-body bytes held in memory across all requests; "
         "an upload that does not fit gets 503 + Retry-After before its body is read",
     )
+    max_request_pixels: int = Field(
+        200_000_000,
+        ge=1,
+        description="most pixels in one request's images together, read from their headers before any "
+        "is decoded; more is refused with 413 too_many_pixels",
+    )
+    max_client_pixels: int = Field(
+        400_000_000,
+        ge=1,
+        description="most pixels of one client address's requests being decoded or captioned at once; "
+        "more gets 429 client_busy + Retry-After (behind a proxy every client has the proxy's address)",
+    )
+    max_client_buffered_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024,
+        description="most request-body bytes one client address may hold of max_buffered_bytes; "
+        "more gets 429 client_busy + Retry-After before the body is read",
+    )
+    min_upload_bytes_per_s: int = Field(
+        16 * 1024,
+        ge=0,
+        le=1024 * 1024 * 1024,
+        description="slowest accepted upload: a body that falls behind this rate (after a grace of "
+        "header_timeout_s) is cut with 408 body_too_slow; 0 turns the check off",
+    )
     max_header_bytes: int = Field(
         64 * 1024, ge=1024, le=16 * 1024 * 1024, description="largest request line + headers; then 431"
     )
@@ -81,7 +111,17 @@ class Settings(BaseSettings):
         10.0, gt=0, description="time limit for receiving a request line and headers; then 408 and close"
     )
     max_connections: int = Field(
-        1000, ge=1, description="most open connections; one more is answered 503 + Retry-After and closed"
+        1000,
+        ge=1,
+        description="most open connections; one more is answered 503 + Retry-After and closed (a few more "
+        "are kept for /healthz and /readyz)",
+    )
+    write_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="a response the client does not read for this long (the send buffer stays full) "
+        "closes its connection",
     )
     request_timeout_s: float = Field(30.0, gt=0, description="time limit for one request, queueing included; then 504")
     max_beam_size: int = Field(5, ge=1, le=int(BEAM_SIZE.high), description="largest beam size a request may ask for")
@@ -180,6 +220,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_buffered_bytes ({self.max_buffered_bytes}) must be at least max_body_bytes "
                 f"({self.max_body_bytes}), or a full-size body could never be accepted"
+            )
+        if self.max_client_buffered_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_client_buffered_bytes ({self.max_client_buffered_bytes}) must be at least max_body_bytes "
+                f"({self.max_body_bytes}), or a full-size body could never be accepted"
+            )
+        if self.max_request_pixels < self.max_pixels or self.max_client_pixels < self.max_request_pixels:
+            raise ValueError(
+                f"max_pixels ({self.max_pixels}) <= max_request_pixels ({self.max_request_pixels}) <= "
+                f"max_client_pixels ({self.max_client_pixels}) must hold, or a request within one limit "
+                "could never pass the next"
             )
         if self.default_beam_size > self.max_beam_size:
             raise ValueError(

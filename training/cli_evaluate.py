@@ -174,11 +174,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _model_run(args: argparse.Namespace, checkpoint: str | None, refs) -> tuple[list, list[str], dict]:
     """Caption ``refs`` with a checkpoint: (pairs, notes, source)."""
-    from captioner.model import Captioner
+    from captioner.runtime.captioner import load_captioner
 
     from . import evaluate as ev
 
-    model = Captioner.load(checkpoint, device=args.device)
+    model = load_captioner(checkpoint, device=args.device)
     run = ev.caption_split(
         model,
         refs,
@@ -268,9 +268,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.predictions is not None:
         report = ev.evaluate_predictions(args.predictions, refs, **options)
     else:
-        from captioner.model import Captioner
+        from captioner.runtime.captioner import load_captioner
 
-        model = Captioner.load(args.checkpoint, device=args.device)
+        model = load_captioner(args.checkpoint, device=args.device)
         report = ev.evaluate_model(
             model,
             refs,

@@ -15,7 +15,7 @@ import torch
 from captioner.attention import DECODER_KINDS, AttentionConfig
 from captioner.decoder import CELLS, DecoderConfig
 from captioner.errors import CaptionerError
-from captioner.runtime.quantize import PRECISIONS
+from captioner.runtime.graphs import PRECISIONS
 
 METRICS = ("auto", "scene_accuracy", "bleu_4", "cider_d", "val_loss")
 FINE_TUNE = ("none", "last", "all")
@@ -137,6 +137,8 @@ class TrainConfig:
     attention_dim: int = 256  # decoder=attention: hidden size of the attention MLP
     attention_lambda: float = 0.02  # decoder=attention: weight of the doubly stochastic regulariser
     annotation_dim: int = 512  # decoder=attention: learned annotation per location; 0: the raw channels
+    attention_sentinel: bool = False  # decoder=attention: a learned "look nowhere" choice beside the grid
+    attention_sharpen: float = 0.0  # decoder=attention: weight of each step's attention entropy, in [0, 10]
     # --- optimisation
     epochs: int = 20
     batch_size: int = 128  # global: split evenly over the processes of a torchrun launch
@@ -199,6 +201,8 @@ class TrainConfig:
             return "the attention decoder trains on cached feature maps; it cannot be combined with fine_tune"
         if self.attention_lambda < 0:
             return "attention_lambda must be >= 0"
+        if not 0 <= self.attention_sharpen <= 10:
+            return "attention_sharpen must be in [0, 10]"
         if self.precision not in PRECISIONS:
             return f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
         if self.precision == "int8" and self.fine_tune != "none":
@@ -231,6 +235,8 @@ class TrainConfig:
                 attention_dim=self.attention_dim,
                 doubly_stochastic=self.attention_lambda,
                 annotation_dim=self.annotation_dim,
+                sentinel=self.attention_sentinel,
+                sharpen=self.attention_sharpen,
             )
         return DecoderConfig(**self._decoder_settings(vocab_size, feature_dim, max_length))
 

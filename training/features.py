@@ -56,16 +56,17 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from captioner.cache import weights_digest
 from captioner.errors import CaptionerError
 from captioner.fsio import atomic_write_path
+from captioner.model.digest import weights_digest
+from captioner.model.torchscript import best_forward
 from captioner.pipeline import Failure, ordered_map, try_prepare
-from captioner.runtime.torchscript import best_forward
 
 __all__ = [
     "CacheReport",
@@ -242,7 +243,7 @@ def encode_images(
 
     def run() -> None:
         nonlocal forward, name
-        x = torch.stack([t for _, t in batch]).to(device)  # (B, 3, H, W)
+        x = torch.from_numpy(np.stack([t for _, t in batch])).to(device)  # (B, 3, H, W)
         if forward is None:
             if trace and device.type == "cpu":
                 forward, name = best_forward(encoder, x, backend=backend)

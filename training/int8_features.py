@@ -46,7 +46,7 @@ class Int8FeatureEncoder(nn.Module):
 
     def write_calibration(self, folder: Path) -> None:
         """Store the calibration set in a checkpoint folder (``calibration.safetensors``)."""
-        from captioner.runtime.quantize import write_calibration
+        from captioner.model.quantize import write_calibration
 
         write_calibration(folder, self.images)
 
@@ -78,8 +78,8 @@ def calibration_images(paths: Sequence[str], count: int = CALIBRATION_IMAGES) ->
 def int8_feature_encoder(encoder: nn.Module, train_paths: Sequence[str]) -> Int8FeatureEncoder:
     """The int8 encoder calibrated on the first training images; a CaptionerError saying what
     to do when it cannot be built (no ONNX Runtime quantisation, the self-check fails...)."""
-    from captioner.runtime.onnx import build_onnx_encoder
-    from captioner.runtime.quantize import calibration_set
+    from captioner.model.onnx_encoder import build_onnx_encoder
+    from captioner.model.quantize import calibration_set
 
     images = calibration_images(train_paths)
     if not images:

@@ -21,8 +21,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from captioner.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from captioner.errors import CaptionerError
+from captioner.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 
 from .config import RESUME_OVERRIDABLE, TrainConfig
 

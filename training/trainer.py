@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from captioner.attention import build_decoder
-from captioner.checkpoint import load_checkpoint, save_checkpoint, update_metadata
+from captioner.checkpoint import update_metadata
 from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.errors import CaptionerError
-from captioner.model import Captioner
+from captioner.model import ReferenceCaptioner
+from captioner.model.checkpoint import load_checkpoint, save_checkpoint
 from captioner.vocab import Vocabulary
 
 from . import runlog
@@ -210,8 +212,8 @@ class Trainer:
             self._restore(self.saved)
         else:
             self.state.feature_seconds = self.feature_seconds
-        self.captioner = Captioner(
-            self.encoder, self.decoder, self.vocab, preprocess=self.preprocess, device=ctx.device, fast=False
+        self.captioner = ReferenceCaptioner(
+            self.encoder, self.decoder, self.vocab, preprocess=self.preprocess, device=ctx.device
         )
         self.ddp_model: nn.Module = self.model
         if ctx.distributed:
@@ -324,7 +326,7 @@ class Trainer:
                     self.log(f"skipped unreadable image {name}: {err}")
             ok = [(i, img) for i, img, _ in items if img is not None]
             b = torch.tensor([i for i, _ in ok], dtype=torch.long)
-            x = torch.stack([t for _, t in ok]).to(device) if ok else None  # (B, 3, H, W)
+            x = torch.from_numpy(np.stack([t for _, t in ok])).to(device) if ok else None  # (B, 3, H, W)
         toks = trim_padding(pairs.tokens[b]).to(device) if b.numel() else None  # (B, T)
         return x, toks
 
@@ -444,14 +446,14 @@ class Trainer:
             runlog.plot(self.out, self.history, self.metric)
 
     # ------------------------------------------------------------------ the end
-    def _best_model(self) -> Captioner:
+    def _best_model(self) -> ReferenceCaptioner:
         """OUT/best as saved (fp16 included) on the run's encoder (its tuned weights loaded)."""
         ck = load_checkpoint(self.out / BEST)
         best = build_decoder(ck.decoder_config)
         best.load_state_dict(ck.decoder_state)
         if self.fine_tuning and ck.encoder_state is not None:
             self.encoder.load_state_dict(ck.encoder_state)
-        return Captioner(self.encoder, best, ck.vocab, preprocess=self.preprocess, device=self.ctx.device, fast=False)
+        return ReferenceCaptioner(self.encoder, best, ck.vocab, preprocess=self.preprocess, device=self.ctx.device)
 
     def _test(self) -> dict | None:
         """Score the best checkpoint, as saved (fp16 included), on the test split."""

@@ -24,10 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import Tensor
 
-from captioner.encoders.registry import pooled
 from captioner.errors import CaptionerError
 from captioner.metrics.scene import SceneTruth, check_caption, find_scene_truth
 from captioner.trust import (
@@ -38,6 +36,7 @@ from captioner.trust import (
     DomainModel,
     TrustStats,
     caption_statistic,
+    pooled,
     save_trust,
 )
 from captioner.vocab import tokenize
@@ -66,15 +65,15 @@ def trained_on(metadata: dict) -> str:
     return ""
 
 
-def encode_paths(model, paths: Sequence[str | os.PathLike], batch_size: int = 32) -> Tensor:
-    """Pooled features (N, F) of image files, through the model's own image path."""
+def encode_paths(model, paths: Sequence[str | os.PathLike], batch_size: int = 32) -> np.ndarray:
+    """Features (N, F) or maps (N, L, F) of image files, through the model's own image path."""
     rows = []
     for i in range(0, len(paths), batch_size):
-        batch = torch.stack([model.preprocess(p) for p in paths[i : i + batch_size]])  # (B, 3, H, W)
-        rows.append(model.encode(batch).float().cpu())  # (B, F)
+        batch = np.stack([model.preprocess(p) for p in paths[i : i + batch_size]])  # (B, 3, H, W)
+        rows.append(model.encode(batch))  # (B, F)
     if not rows:
         raise CaptionerError("no images to encode")
-    return torch.cat(rows)  # (N, F)
+    return np.concatenate(rows)  # (N, F)
 
 
 def correctness(dataset: CaptionDataset, items: Sequence[CaptionedImage]) -> tuple[Callable[[int, str], bool], str]:
@@ -155,7 +154,7 @@ def trust_after_training(
     """Training's last step: fit both statistics from the cached features of the training
     split (N, F; at most ``train_images`` rows, evenly spread) and of the validation split
     (M, F) with its references, and write them into ``checkpoint`` (the kept model's folder).
-    ``model`` is a :class:`captioner.Captioner` with the kept decoder."""
+    ``model`` is a :class:`captioner.model.ReferenceCaptioner` with the kept decoder."""
     n = train_features.size(0)
     rows = spread(list(range(n)), train_images)
     judge, target = judge_split(val_split)
@@ -163,8 +162,8 @@ def trust_after_training(
     metadata = json.loads(metadata_path.read_text(encoding="utf-8")) if metadata_path.exists() else {}
     trust = fit_trust(
         model,
-        pooled(train_features[rows]),  # (N, F): the domain model needs only the pooled features
-        val_features if val_features.dim() == 3 else val_features.float(),  # the decoder's input
+        pooled(train_features[rows].float().cpu().numpy()),  # (N, F): the domain model needs only the pooled features
+        val_features.float().cpu().numpy(),  # the decoder's input
         judge,
         target=target,
         trained_on_text=trained_on(metadata),
@@ -177,7 +176,7 @@ def trust_after_training(
 
 def calibrate(
     model,
-    features: Tensor,
+    features: np.ndarray,
     judge: Callable[[int, str], bool],
     *,
     target: str,
@@ -189,16 +188,13 @@ def calibrate(
     Returns (calibration, statistics (N,), right (N,) as 0/1)."""
     stats: list[float] = []
     right: list[float] = []
-    for i in range(0, features.size(0), batch_size):
+    for i in range(0, len(features), batch_size):
         chunk = features[i : i + batch_size]  # (b, F)
-        results = model.generate(chunk)
-        ids = [r.tokens for r in results]
-        logps = model.decoder.token_logprobs(chunk.to(model.device), ids, model.vocab.start_id, model.vocab.end_id)
-        for j, (r, lp) in enumerate(zip(results, logps)):
-            stats.append(caption_statistic(lp, statistic))
+        for j, r in enumerate(model.generate(chunk, min_word_prob=0.0)):  # each word's log-prob, as generated
+            stats.append(caption_statistic(np.asarray(r.logprobs), statistic))
             right.append(float(judge(i + j, r.caption)))
     s, c = np.array(stats), np.array(right)
-    from captioner.decoder import DEFAULT_NO_REPEAT_NGRAM
+    from captioner.runtime.search import DEFAULT_NO_REPEAT_NGRAM
 
     decoding = {"beam_size": 1, "no_repeat_ngram_size": DEFAULT_NO_REPEAT_NGRAM}
     cal = Calibration.fit(s, c, statistic, method, target=target, decoding=decoding)
@@ -207,8 +203,8 @@ def calibrate(
 
 def fit_trust(
     model,
-    train_features: Tensor,
-    held_out_features: Tensor,
+    train_features: np.ndarray,
+    held_out_features: np.ndarray,
     judge: Callable[[int, str], bool],
     *,
     target: str,
@@ -250,9 +246,9 @@ def calibrate_checkpoint(
 ) -> tuple[TrustStats, np.ndarray, np.ndarray]:
     """Fit and (``write=True``) store the trust statistics of a checkpoint from its dataset.
     Returns (statistics, held-out confidences, held-out 0/1 right) for reports and plots."""
-    from captioner.model import Captioner
+    from captioner.runtime.captioner import load_captioner
 
-    model = Captioner.load(checkpoint, device=device)
+    model = load_captioner(checkpoint, device=device)
     dataset = load_dataset(Path(data), format, images_dir=None if images_dir is None else Path(images_dir))
     train = spread([i for i in dataset.items if i.split == "train"], train_images)
     held = [i for i in dataset.items if i.split in set(held_out)]

@@ -13,17 +13,18 @@ from torch import Tensor
 from captioner.decoder import CaptionDecoder
 from captioner.metrics import score_captions
 from captioner.metrics.scene import scene_accuracy
-from captioner.model import Captioner
+from captioner.model import ReferenceCaptioner
 
 from .splits import Pairs, SplitData, trim_padding
 
 
-def caption_features(captioner: Captioner, features: Tensor, batch_size: int = 512) -> list[str]:
-    """Greedy captions of features (N, F), as the served model writes them."""
+def caption_features(captioner: ReferenceCaptioner, features: Tensor, batch_size: int = 512) -> list[str]:
+    """Greedy captions of features (N, F), as the served model writes them (the same search)."""
     captioner.decoder.eval()
     out: list[str] = []
     for i in range(0, features.size(0), batch_size):
-        out.extend(r.caption for r in captioner.generate(features[i : i + batch_size]))
+        chunk = features[i : i + batch_size].float().cpu().numpy()
+        out.extend(r.caption for r in captioner.generate(chunk))
     return out
 
 

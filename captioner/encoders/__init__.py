@@ -15,10 +15,10 @@ size, preprocessing, weights source/licence and ImageNet accuracy without buildi
 """
 
 # Importing the backbone modules registers their specs.
+from ..runtime.preprocess import INTERPOLATIONS, Preprocess
 from . import efficientnet_lite as _efficientnet_lite  # noqa: F401
 from . import torchvision_backbones as _torchvision_backbones  # noqa: F401
 from .labels import Label, LabelHead, build_label_head, has_labels, imagenet_classes
-from .preprocess import INTERPOLATIONS, Preprocess
 from .registry import (
     DEFAULT_ENCODER,
     Encoder,

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .preprocess import Preprocess
+from ..runtime.preprocess import Preprocess
 from .registry import EncoderSpec, EncoderWeightsError, StateDict, register
 
 

@@ -13,30 +13,15 @@ carry as ``meta["categories"]``); nothing is downloaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 from torch import Tensor, nn
 
+from ..runtime.results import MAX_LABELS, Label
 from .registry import EncoderWeightsError, WeightsArg, _resolve_weights, get_spec, load_weights
 
 IMAGENET_CLASSES = 1000
-MAX_LABELS = 20  # the most labels one image may ask for
-
-
-@dataclass(frozen=True)
-class Label:
-    """One ImageNet class the backbone sees, with the classifier's probability."""
-
-    name: str
-    probability: float
-
-    def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "probability": round(self.probability, 4)}
-
-    def __str__(self) -> str:
-        return f"{self.name} {self.probability * 100:.0f} %"
 
 
 @lru_cache(maxsize=1)

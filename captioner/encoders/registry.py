@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import CaptionerError
-from .preprocess import Preprocess
+from ..runtime.preprocess import Preprocess
 
 StateDict = dict[str, torch.Tensor]
 WeightsArg = str | os.PathLike | Mapping[str, torch.Tensor]

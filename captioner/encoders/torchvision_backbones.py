@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .preprocess import Preprocess
+from ..runtime.preprocess import Preprocess
 from .registry import EncoderSpec, EncoderWeightsError, StateDict, register
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoint import read_checkpoint_info
 from ..errors import CaptionerError
 from ..folder import FolderSummary
 from ..options import DEFAULT_LABELS, CaptionOptions, Range
@@ -174,18 +175,12 @@ class CaptionActor:
     """One model per actor: captions the rows of a batch that decoded, passes the others on."""
 
     def __init__(self, checkpoint: str | None, device: str, threads: int, options: dict) -> None:
-        os.environ["CAPTIONER_ENCODER_THREADS"] = str(threads)
-        import torch
+        from ..runtime.captioner import load_captioner
 
-        from ..model import Captioner
-
-        torch.set_num_threads(threads)
-        self.model = Captioner.load(checkpoint, device=device)
+        self.model = load_captioner(checkpoint, device=device, threads=threads)
         self.options = CaptionOptions(**options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
-
         from ..trust import result_fields
 
         keys = batch["key"]
@@ -197,16 +192,9 @@ class CaptionActor:
         if good:
             opts = self.options
             try:
-                pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good]))  # (G, 3, S, S)
+                pixels = np.ascontiguousarray(batch["pixels"][good])  # (G, 3, S, S)
                 features = self.model.encode(pixels)  # (G, F)
-                results = self.model.generate(
-                    features,
-                    beam_size=opts.beam_size,
-                    max_length=opts.max_length,
-                    length_penalty=opts.length_penalty,
-                    no_repeat_ngram_size=opts.no_repeat_ngram_size,
-                    labels=opts.labels,
-                )
+                results = self.model.generate(features, opts)
                 for i, res in zip(good, results):
                     captions[i], scores[i] = res.caption, round(res.score, 4)
                     trust[i] = json.dumps(result_fields(res))
@@ -344,10 +332,13 @@ def _build_dataset(
 def _checkpoint_preprocessing(checkpoint: str | None) -> dict:
     """The checkpoint's preprocessing recipe, read on the driver: a bad checkpoint fails
     here, before any cluster work starts."""
-    from ..encoders import Preprocess
-    from ..model import Captioner
+    from ..runtime.captioner import default_weights_path
+    from ..runtime.graphs import read_graphs
+    from ..runtime.preprocess import Preprocess
 
-    recipe = Captioner.load(checkpoint, device="cpu", fast=False).preprocessing
+    folder = Path(checkpoint) if checkpoint else default_weights_path()
+    info = read_checkpoint_info(folder)
+    recipe = Preprocess.from_dict(info.preprocess or read_graphs(folder).manifest["encoder"]["preprocess"])
     if not isinstance(recipe, Preprocess):
         raise CaptionerError(f"the Ray engine needs a checkpoint with a standard preprocessing recipe, not {recipe!r}")
     return recipe.to_dict()

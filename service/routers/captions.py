@@ -15,11 +15,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import WithJsonSchema
 
-from captioner.decoder import DEFAULT_NO_REPEAT_NGRAM
 from captioner.options import LABELS, Range
+from captioner.runtime.search import DEFAULT_NO_REPEAT_NGRAM
 
 from ..auth import require_api_key
 from ..captioning import GenerationOptions, ItemResult
+from ..client_limits import caption_within_budgets
 from ..deps import ServiceDep
 from ..errors import APIError, ErrorBody
 from ..json_uploads import JSON_MEDIA_TYPE, json_body_schema, parse_json_images
@@ -137,12 +138,13 @@ async def read_images(
 ERROR_TEXTS: dict[int, str] = {
     400: "malformed multipart body (invalid_multipart) or JSON body (invalid_json), bad Content-Length (bad_request)",
     401: "API key missing or wrong (unauthorized)",
-    408: "the body did not arrive in time (body_timeout)",
-    413: "body_too_large, too_many_files, or the only image is image_too_large",
+    408: "the body did not arrive in time (body_timeout) or fell behind the slowest accepted rate (body_too_slow)",
+    413: "body_too_large, too_many_files, too_many_pixels, or the only image is image_too_large",
     415: "unsupported_media_type, or the only image is unsupported_image",
     422: "invalid_option / invalid_request / unknown_parameter / no_image / unknown_field / invalid_base64 / "
     "explain_unavailable, or every image failed",
-    503: "queue_full or not_ready; see Retry-After",
+    429: "client_busy: this client holds its share of the pixels or buffered bytes; see Retry-After",
+    503: "queue_full, busy or not_ready; see Retry-After",
     504: "timeout",
 }
 #: Statuses whose body may also carry the per-image ``results`` (every image failed).
@@ -279,7 +281,7 @@ def build_router(settings: Settings) -> APIRouter:
         }
         for name, allowed in ranges.items():
             check_range(given[name], allowed)  # before reading the body: a bad option costs nothing
-        if explain and not hasattr(service.model.decoder, "attention"):
+        if explain and not service.model.attends:
             from captioner.explain import NEEDS_ATTENTION
 
             raise APIError(422, "explain_unavailable", NEEDS_ATTENTION)
@@ -294,7 +296,9 @@ def build_router(settings: Settings) -> APIRouter:
             length_penalty=float(given["length_penalty"] or 0.0),
             no_repeat_ngram_size=DEFAULT_NO_REPEAT_NGRAM if ngram is None else int(ngram),
         )
-        items = await service.caption(uploads, opts, s.request_timeout_s if limit is None else limit)
+        items = await caption_within_budgets(
+            request, service, uploads, opts, s.request_timeout_s if limit is None else limit
+        )
         return build_response(service.model.model_id, opts, items, started)
 
     @router.get("/model", response_model=ModelInfo, summary="The loaded model and this server's limits")

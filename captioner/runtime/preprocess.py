@@ -1,4 +1,4 @@
-"""Image preprocessing that travels with an encoder: PIL RGB image -> normalised tensor.
+"""Image preprocessing that travels with an encoder: PIL RGB image -> normalised float32 array.
 
 (Decoding comes before it, in :mod:`captioner.pipeline`; a model holds its recipe as
 ``Captioner.preprocessing``; a checkpoint stores it as a dict under ``"preprocess"``.)
@@ -29,7 +29,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..errors import CaptionerError
@@ -99,21 +98,20 @@ class Preprocess:
             return img
         return resize_and_crop(img, *self.resize_spec)
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        """PIL image -> float32 tensor (3, crop_size, crop_size), normalised."""
-        out = torch.empty(3, self.crop_size, self.crop_size)  # (3, H, W)
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        """PIL image -> float32 array (3, crop_size, crop_size), normalised."""
+        out = np.empty((3, self.crop_size, self.crop_size), dtype=np.float32)  # (3, H, W)
         return self.normalise_into(np.asarray(self.resize_and_crop(img), dtype=np.uint8), out)
 
-    def normalise_into(self, pixels: np.ndarray, out: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels (H, W, 3) -> ``out`` (3, H, W) float32 (contiguous, on the CPU), normalised.
+    def normalise_into(self, pixels: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """uint8 pixels (H, W, 3) -> ``out`` (3, H, W) float32 (contiguous), normalised.
 
         ``(x / 255 - mean) / std == x * scale + offset``: one numpy multiply reads the pixels
         in (3, H, W) order and widens them straight into ``out``, one add finishes in place.
         Bitwise what ``astype * scale + offset`` then a transposed copy gave, in a tenth of
-        its time, and on the calling thread only: torch's elementwise ops would use the
-        intra-op thread pool, which the model's own threads need while serving."""
+        its time, and on the calling thread only."""
         scale, offset = self._affine
-        target = out.numpy()  # (3, H, W), shares out's memory
+        target = out  # (3, H, W)
         np.multiply(pixels.transpose(2, 0, 1), scale, out=target, dtype=np.float32)
         np.add(target, offset, out=target)
         return out
@@ -126,18 +124,18 @@ class Preprocess:
         offset = (-np.asarray(self.mean, dtype=np.float32) / std).reshape(3, 1, 1)
         return scale, offset
 
-    def batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """List of PIL images -> float32 tensor (B, 3, crop_size, crop_size)."""
-        out = torch.empty(len(images), 3, self.crop_size, self.crop_size)  # (B, 3, H, W)
+    def batch(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """List of PIL images -> float32 array (B, 3, crop_size, crop_size)."""
+        out = np.empty((len(images), 3, self.crop_size, self.crop_size), dtype=np.float32)  # (B, 3, H, W)
         for i, img in enumerate(images):
             self.normalise_into(np.asarray(self.resize_and_crop(img), dtype=np.uint8), out[i])
         return out
 
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+    def denormalize(self, x: np.ndarray) -> np.ndarray:
         """Inverse of the normalisation: (..., 3, H, W) -> pixel values in [0, 1] (for display)."""
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-        return (x * std + mean).clamp(0.0, 1.0)
+        mean = np.asarray(self.mean, dtype=np.float32).reshape(3, 1, 1)
+        std = np.asarray(self.std, dtype=np.float32).reshape(3, 1, 1)
+        return np.clip(np.asarray(x) * std + mean, 0.0, 1.0)
 
     # ------------------------------------------------------------------ storing it
     def to_dict(self) -> dict[str, Any]:

@@ -53,8 +53,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..cache import CACHE_ENV, default_cache_dir, weights_digest
+from ..cache import CACHE_ENV, default_cache_dir
 from ..fsio import atomic_write_bytes
+from .digest import weights_digest
 from .quantize import INT8_TOLERANCE, Calibration, Int8Tolerance, quantize_graph, tool_versions
 
 log = logging.getLogger("captioner.runtime")

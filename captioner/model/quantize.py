@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import CaptionerError
+from ..checkpoint import CALIBRATION
+from ..runtime.graphs import PRECISION_ENV, PRECISIONS, PrecisionError, precision_requested
 
 __all__ = [
     "CALIBRATION",
@@ -57,35 +58,11 @@ __all__ = [
     "write_calibration",
 ]
 
-PRECISIONS = ("int8", "fp32")
-PRECISION_ENV = "CAPTIONER_PRECISION"
-CALIBRATION = "calibration.safetensors"  # in a checkpoint folder
-DEFAULT_PRECISION = "fp32"  # for a checkpoint whose metadata names none
 DEFAULT_METHOD = "minmax"  # percentile: no better agreement, ~7x the build time (docs/performance.md)
 METHODS = ("minmax", "percentile", "entropy")
 # Bump when the quantisation recipe changes, so cached int8 graphs are rebuilt.
 QUANT_FORMAT = 1
 CALIBRATION_BATCH = 16  # images per calibration run (bounds the collected activations)
-
-
-def precision_requested(precision: str | None = None, metadata: dict | None = None) -> str:
-    """The precision to run: ``precision`` when given, else ``$CAPTIONER_PRECISION``, else the
-    checkpoint's ``metadata["precision"]``, else fp32. Raises PrecisionError for another name."""
-    for source, value in (
-        ("precision", precision),
-        (PRECISION_ENV, os.environ.get(PRECISION_ENV, "").strip() or None),
-        ("the checkpoint's metadata precision", (metadata or {}).get("precision")),
-    ):
-        if value is not None:
-            name = str(value).strip().lower()
-            if name not in PRECISIONS:
-                raise PrecisionError(f"{source} must be one of {', '.join(PRECISIONS)}, not {value!r}")
-            return name
-    return DEFAULT_PRECISION
-
-
-class PrecisionError(CaptionerError, ValueError):
-    """A precision that is neither int8 nor fp32 (a one-line message naming both)."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +131,7 @@ def calibration_set(images: Sequence[bytes], preprocessing: object) -> Calibrati
     prep = to_dict() if callable(to_dict) else {}
 
     def tensors() -> np.ndarray:  # (N, 3, S, S) float32
-        return torch.stack([pipeline.prepare(b, preprocessing) for b in images]).numpy()  # type: ignore[arg-type]
+        return np.stack([pipeline.prepare(b, preprocessing) for b in images])  # type: ignore[arg-type]
 
     return Calibration(calibration_digest(images, prep), len(images), tensors)
 

@@ -1,7 +1,7 @@
 """Encoder forward functions for batch encoding on CPU (training's feature cache).
 
 * :func:`traced_forward`: a frozen TorchScript trace of the encoder, checked against it.
-* :func:`best_forward`: the chooser: ONNX Runtime (:mod:`captioner.runtime.onnx`), else
+* :func:`best_forward`: the chooser: ONNX Runtime (:mod:`captioner.model.onnx_encoder`), else
   :func:`traced_forward`, else the eager module. docs/performance.md has the measured speeds.
 """
 
@@ -61,7 +61,7 @@ def best_forward(
         return encoder, "eager"
     if backend == "auto":
         try:
-            from .onnx import build_onnx_encoder
+            from .onnx_encoder import build_onnx_encoder
 
             onnx, reason = build_onnx_encoder(encoder, example.size(-1), device="cpu")
         except Exception as e:  # ONNX Runtime is an optimisation, never a requirement

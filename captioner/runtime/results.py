@@ -1,0 +1,128 @@
+"""From search hypotheses to the captions users get: the unsure-word cut, trust and labels.
+
+Everything here reads what the search recorded (each word's log-probability, ``<end>``'s at
+every step, the attention weights); nothing runs the decoder again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..trust import OUT_OF_DOMAIN_CONFIDENCE, TrustStats, caption_statistic
+from ..vocab import Vocabulary
+from .search import Hypothesis
+
+MAX_LABELS = 20  # the most labels one image may ask for
+
+
+@dataclass(frozen=True)
+class Label:
+    """One ImageNet class the backbone sees, with the classifier's probability."""
+
+    name: str
+    probability: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "probability": round(self.probability, 4)}
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.probability * 100:.0f} %"
+
+
+def top_labels(logits: np.ndarray, classes: list[str] | tuple[str, ...], k: int) -> list[list[Label]]:
+    """The ``k`` most probable classes of each row of ``logits`` (B, C), best first."""
+    if not 1 <= int(k) <= MAX_LABELS:
+        raise ValueError(f"labels must be an integer from 1 to {MAX_LABELS}")
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = z / z.sum(axis=1, keepdims=True)  # (B, C)
+    top = np.argsort(-probs, axis=1, kind="stable")[:, : int(k)]  # (B, k)
+    return [[Label(classes[i], float(p[i])) for i in row] for row, p in zip(top, probs)]
+
+
+@dataclass
+class CaptionResult:
+    caption: str
+    score: float  # log-probability of the caption (words and <end>) under the model
+    tokens: list[int] = field(default_factory=list)
+    # How far to trust it (captioner.trust); None where the checkpoint cannot tell.
+    confidence: float | None = None  # calibrated chance in [0, 1] that the caption is right
+    in_domain: bool | None = None  # whether the image looks like the training images
+    domain_distance: float | None = None  # its distance to them (in domain up to the threshold)
+    labels: list | None = None  # top ImageNet classes (Label), when asked for
+    logprobs: list[float] = field(default_factory=list)  # each word's log-prob, then <end>'s
+    attention: np.ndarray | None = None  # (words + 1, L) where the model looked, when asked for
+    candidates: list[CaptionResult] = field(default_factory=list)  # n-best: the K best, this one first
+
+
+def cut_unsure(hyp: Hypothesis, floor: float) -> Hypothesis:
+    """The caption ended before its first word of probability < ``floor``, scored as the
+    model scores it: the kept words, then ``<end>`` after them (recorded by the search)."""
+    below = np.flatnonzero(hyp.logprobs[: len(hyp.tokens)] < math.log(floor))
+    if not len(below):
+        return hyp
+    k = int(below[0])
+    lps = np.append(hyp.logprobs[:k], hyp.end_logprobs[k]).astype(np.float32)
+    att = None if hyp.attention is None else hyp.attention[: k + 1]
+    return Hypothesis(hyp.tokens[:k], float(lps.sum(dtype=np.float64)), lps, hyp.end_logprobs[: k + 1], att)
+
+
+def to_result(hyp: Hypothesis, vocab: Vocabulary, attention: bool) -> CaptionResult:
+    return CaptionResult(
+        vocab.decode(hyp.tokens),
+        hyp.score,
+        list(hyp.tokens),
+        logprobs=[float(v) for v in hyp.logprobs],
+        attention=hyp.attention if attention else None,
+    )
+
+
+def finish(
+    nbest: list[list[Hypothesis]],
+    vocab: Vocabulary,
+    trust: TrustStats,
+    distances: np.ndarray | None,
+    *,
+    min_word_prob: float,
+    attention: bool = False,
+) -> list[CaptionResult]:
+    """One result per image (its n-best as ``candidates`` when there are several): captions of
+    out-of-domain images cut before their first unsure word, confidence from the recorded
+    log-probs (capped out of the domain), the distance and the flag."""
+    domain = trust.domain
+    results = []
+    for b, hyps in enumerate(nbest):
+        outside = domain is not None and distances is not None and bool(distances[b] > domain.threshold)
+        if outside and min_word_prob > 0:
+            hyps = _distinct([cut_unsure(h, min_word_prob) for h in hyps])
+        group = [to_result(h, vocab, attention) for h in hyps]
+        for r in group:
+            _trust_fields(r, trust, None if distances is None else float(distances[b]))
+        best = group[0]
+        best.candidates = group if len(group) > 1 else []
+        results.append(best)
+    return results
+
+
+def _distinct(hyps: list[Hypothesis]) -> list[Hypothesis]:
+    """Cutting can make two candidates the same caption: keep the first (best) of each."""
+    seen: set[tuple[int, ...]] = set()
+    out = []
+    for h in hyps:
+        if tuple(h.tokens) not in seen:
+            seen.add(tuple(h.tokens))
+            out.append(h)
+    return out
+
+
+def _trust_fields(r: CaptionResult, trust: TrustStats, distance: float | None) -> None:
+    if trust.calibration is not None:
+        stat = caption_statistic(np.asarray(r.logprobs), trust.calibration.statistic)
+        r.confidence = round(float(trust.calibration.confidence([stat])[0]), 4)
+    if trust.domain is not None and distance is not None:
+        r.domain_distance = round(distance, 4)
+        r.in_domain = bool(distance <= trust.domain.threshold)
+        if not r.in_domain and r.confidence is not None:  # the calibration says nothing out there
+            r.confidence = min(r.confidence, OUT_OF_DOMAIN_CONFIDENCE)
