@@ -1,76 +1,78 @@
-"""`captioner explain` on the command line: folders and -r as `captioner caption` walks them,
-an unreadable file reported by name while the others are still drawn (exit status 1), the
-output folder created, and one figure per input even when two inputs share a base name."""
+"""`captioner explain` on the command line, with the shipped attention model: folders and -r as
+`captioner caption` walks them, an unreadable or missing input reported by name while the others
+are still drawn (exit status 1), the output folder created, and one figure per input even when
+two inputs share a base name (test/000003.jpg and val/000003.jpg)."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
-from test_explain import _image, tiny_model  # noqa: F401 (the fixture)
+from PIL import Image
 
 from captioner.cli import main
-from captioner.model import Captioner
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.fixture
-def loads_tiny(monkeypatch, tiny_model):  # noqa: F811
-    """`Captioner.load` gives the tiny attention model the explain tests train."""
-    monkeypatch.setattr(Captioner, "load", classmethod(lambda cls, *a, **k: tiny_model))
-    return tiny_model
+def images(tmp_path: Path) -> Path:
+    """images/top.jpg, images/test/000003.jpg (a cat), images/val/000003.jpg (coffee)."""
+    root = tmp_path / "images"
+    for split, photo in (("test", "chelsea.jpg"), ("val", "coffee.jpg")):
+        (root / split).mkdir(parents=True)
+        shutil.copy(DATA / photo, root / split / "000003.jpg")
+    shutil.copy(DATA / "coffee.jpg", root / "top.jpg")
+    return root
 
 
-def test_a_bad_file_is_reported_by_name_and_the_good_ones_are_drawn(loads_tiny, tmp_path, capsys):
-    _image("red", 4).save(tmp_path / "good.png")
+def test_a_bad_file_is_reported_by_name_and_the_good_ones_are_drawn(images, tmp_path, capsys):
     (tmp_path / "empty.jpg").write_bytes(b"")
+    good = images / "top.jpg"
     out = tmp_path / "e" / "nested"
-    code = main(["explain", str(tmp_path / "good.png"), str(tmp_path / "empty.jpg"), "--out", str(out)])
-    captured = capsys.readouterr()
+    code = main(["explain", str(good), str(tmp_path / "empty.jpg"), "--out", str(out)])
+    err = capsys.readouterr().err
     assert code == 1  # as `captioner caption FILE...` does when some failed
-    assert "empty.jpg" in captured.err and "Traceback" not in captured.err
-    assert (out / "good.png").is_file()
+    assert "empty.jpg" in err and "Traceback" not in err
+    assert (out / "images" / "top.png").is_file()  # named as the walk keys it: from the inputs' common folder
     record = json.loads((out / "explain.json").read_text())
-    assert list(record) == [str(tmp_path / "good.png")]
-    assert record[str(tmp_path / "good.png")]["caption"] == "a red square on gray"
+    assert list(record) == [str(good)] and record[str(good)]["caption"]
+    assert record[str(good)]["figure"] == "images/top.png"
 
 
-def test_folders_recursive_and_same_base_names_get_distinct_figures(loads_tiny, tmp_path, capsys):
-    images = tmp_path / "images"
-    for split, colour in (("test", "red"), ("val", "green")):
-        (images / split).mkdir(parents=True)
-        _image(colour, 2).save(images / split / "000003.png")
-    _image("blue", 0).save(images / "top.png")
+def test_folders_recursive_and_same_base_names_get_distinct_figures(images, tmp_path):
     out = tmp_path / "explained"
     assert main(["explain", str(images), "--out", str(out)]) == 0  # without -r: the folder's own images
-    assert sorted(p.name for p in out.rglob("*.png")) == ["top.png"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == ["top.png"]
     assert main(["explain", str(images), "-r", "--out", str(out)]) == 0
     record = json.loads((out / "explain.json").read_text())
     figures = {path: entry["figure"] for path, entry in record.items()}
-    assert len(figures) == 3 and len(set(figures.values())) == 3
-    test_fig = figures[str(images / "test" / "000003.png")]
-    val_fig = figures[str(images / "val" / "000003.png")]
-    assert (out / test_fig).is_file() and (out / val_fig).is_file() and test_fig != val_fig
-    assert record[str(images / "val" / "000003.png")]["caption"] == "a green square on gray"
-    assert record[str(images / "test" / "000003.png")]["caption"] == "a red square on gray"
+    assert figures == {
+        str(images / "test" / "000003.jpg"): "test/000003.png",
+        str(images / "top.jpg"): "top.png",
+        str(images / "val" / "000003.jpg"): "val/000003.png",
+    }
+    cat, coffee = (record[str(images / s / "000003.jpg")]["caption"] for s in ("test", "val"))
+    assert cat != coffee  # two pictures, two captions: neither overwrote the other
+    with Image.open(out / "test" / "000003.png") as a, Image.open(out / "val" / "000003.png") as b:
+        assert a.tobytes() != b.tobytes()
 
 
-def test_a_missing_input_is_reported_and_the_rest_still_drawn(loads_tiny, tmp_path, capsys):
-    _image("blue", 8).save(tmp_path / "a.png")
-    _image("blue", 8).save(tmp_path / "a.jpg")  # same stem, other extension: two figures
-    code = main(
-        [
-            "explain",
-            str(tmp_path / "a.png"),
-            str(tmp_path / "a.jpg"),
-            str(tmp_path / "nope.png"),
-            "--out",
-            str(tmp_path / "o"),
-        ]
-    )
+def test_a_missing_input_is_reported_and_same_stems_keep_their_whole_name(images, tmp_path, capsys):
+    Image.open(images / "top.jpg").save(images / "top.png")  # same stem, another extension
+    args = [str(images / "top.jpg"), str(images / "top.png"), str(images / "nope.jpg")]
+    code = main(["explain", *args, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert code == 1 and "nope.png" in err
+    assert code == 1 and "nope.jpg" in err and "no such file" in err
     record = json.loads((tmp_path / "o" / "explain.json").read_text())
-    assert len(record) == 2 and len({e["figure"] for e in record.values()}) == 2
+    assert sorted(e["figure"] for e in record.values()) == ["top.jpg.png", "top.png.png"]
     assert all((tmp_path / "o" / e["figure"]).is_file() for e in record.values())
+
+
+def test_the_output_folder_inside_the_input_folder_is_not_read_back(images, tmp_path):
+    out = images / "explain"
+    assert main(["explain", str(images), "-r", "--out", str(out)]) == 0
+    assert main(["explain", str(images), "-r", "--out", str(out)]) == 0  # its PNGs are not new inputs
+    assert len(json.loads((out / "explain.json").read_text())) == 3
