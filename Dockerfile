@@ -1,55 +1,80 @@
-# The captioning service with the shipped default weights, on CPU.
+# The captioning service on CPU: the lean runtime (numpy, Pillow, ONNX Runtime, FastAPI; no
+# PyTorch) with the shipped weights and their exported ONNX graphs. Nothing is exported or
+# downloaded when a container starts, and nothing is written outside /tmp.
 #
-#   docker build -t captioner .
-#   docker run --rm -p 8000:8000 captioner          # then open http://127.0.0.1:8000/
+#   docker build -t captioner .                        the service image (the default target)
+#   docker run --rm -p 8000:8000 captioner             then open http://127.0.0.1:8000/
+#   docker build --target train -t captioner-train .   optional: the same package with PyTorch
+#                                                      (training, fine-tuning, export; GBs)
 #
-# Build arguments:
-#   TORCH_INDEX_URL  a pip index to take torch/torchvision from first, e.g. PyTorch's CPU-only
-#                    wheel index, which makes the image about 2 GB smaller than the default
-#                    wheels with CUDA libraries (leave empty to use the normal index).
-# Threads: the model uses CAPTIONER_TORCH_THREADS (and OMP_NUM_THREADS) threads; give each
-# container as many as the CPUs it is allowed (docker-compose.yml sets both from one variable).
-FROM python:3.11-slim
+# Threads: give each container as many as the CPUs it may use (docker-compose.yml sets the
+# thread settings and the CPU limit from one variable, CAPTIONER_CPUS).
+# `make image-check` builds and runs this file with podman (scripts/image-check.sh).
+FROM python:3.11-slim AS base
 
-ARG TORCH_INDEX_URL=
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+# The unprivileged user that runs the service; its home is the /tmp tmpfs, the only place a
+# container may write.
+RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp \
+        --shell /usr/sbin/nologin captioner
 
-RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin captioner
-WORKDIR /app
 
-# torch first (largest layer, changes least often)
-RUN if [ -n "$TORCH_INDEX_URL" ]; then \
-        pip install --index-url "$TORCH_INDEX_URL" "torch>=2.4" "torchvision>=0.19"; \
-    fi
-
+# The package and the shipped weights (with their graphs) as one wheel; the sources stay in
+# this stage and never reach an image.
+FROM base AS wheel
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY captioner ./captioner
 COPY service ./service
 COPY training ./training
 COPY weights ./weights
-RUN pip install . && rm -rf /app/build
+RUN pip wheel --no-deps --wheel-dir /wheels . && ls /wheels/captioner-*.whl
 
-# Refuse to build an image whose default weights are missing or do not load. Loading also
-# exports the encoder for the fast CPU path (ONNX Runtime) into CAPTIONER_CACHE_DIR, so
-# containers start without that export (and the read-only container needs no cache writes).
-ENV CAPTIONER_CACHE_DIR=/app/cache
-RUN mkdir -p /app/cache && captioner info > /dev/null && chmod -R a+rX /app/cache
 
-USER captioner
+# Optional: training, fine-tuning and `captioner export`. TORCH_INDEX_URL, e.g. PyTorch's
+# CPU-only index (https://download.pytorch.org/whl/cpu), takes torch from there first, which
+# makes this image GBs smaller than PyPI's wheels with their CUDA libraries.
+FROM base AS train
+ARG TORCH_INDEX_URL=
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    if [ -n "$TORCH_INDEX_URL" ]; then \
+        pip install --index-url "$TORCH_INDEX_URL" "torch>=2.4" "torchvision>=0.19"; \
+    fi \
+    && pip install "$(echo /wheels/captioner-*.whl)[train]"
+USER 10001:10001
+WORKDIR /tmp
+CMD ["captioner", "--help"]
+
+
+# The service (the last stage, so the default target).
+FROM base AS service
+# The runtime must not pull in PyTorch: a dependency that would makes pip fail here, at once.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    printf 'torch<0\ntorchvision<0\n' > /tmp/no-torch.txt \
+    && pip install --constraint /tmp/no-torch.txt /wheels/captioner-*.whl \
+    && rm /tmp/no-torch.txt
+# Refuse to build an image whose default weights are missing, lack their exported graphs or
+# do not load without PyTorch (`captioner info` then says which file and what to run).
+RUN python -c "import importlib.util as u, sys; sys.exit('torch is installed' if u.find_spec('torch') else 0)" \
+    && captioner info
+
+USER 10001:10001
+WORKDIR /tmp
 ENV CAPTIONER_HOST=0.0.0.0 \
     CAPTIONER_PORT=8000 \
+    HOME=/tmp \
     XDG_CACHE_HOME=/tmp/.cache \
-    MPLCONFIGDIR=/tmp/matplotlib \
     CAPTIONER_TORCH_THREADS=2 \
     OMP_NUM_THREADS=2
 EXPOSE 8000
 
-# Ready = model loaded and not draining (503 while shutting down).
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"]
+# Ready = model loaded and not draining (503 while shutting down); follows CAPTIONER_PORT.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD python -c 'import os, sys, urllib.request as u; sys.exit(u.urlopen("http://127.0.0.1:%s/readyz" % os.environ.get("CAPTIONER_PORT", "8000"), timeout=2).status != 200)'
 
 # SIGTERM drains: /readyz turns 503, in-flight requests finish, then the process exits 0.
 STOPSIGNAL SIGTERM

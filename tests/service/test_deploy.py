@@ -1,12 +1,15 @@
-"""Deployment files: docker-compose.yml, Dockerfile and .dockerignore agree with the code.
+"""Deployment files: Dockerfile, docker-compose.yml, .dockerignore and deploy/kubernetes.yaml
+agree with the code and with each other.
 
-No Docker engine is needed (nor used): the compose file is parsed as YAML and checked
-field by field, and every CAPTIONER_* variable they set must be a real setting.
+No container engine is needed (nor used): the files are parsed and checked field by field;
+`make image-check` (scripts/image_check.py) builds and runs the image for real. Every
+CAPTIONER_* variable they set must be a real setting.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -16,38 +19,41 @@ from captioner.service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTING_VARS = {f"CAPTIONER_{name.upper()}" for name in Settings.model_fields}
+THREAD_VARS = {"OMP_NUM_THREADS"}  # read by the native libraries, not by the settings
 
 
 def compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def test_compose_service_with_healthcheck_on_readyz():
-    svc = compose()["services"]["captioner"]
-    assert svc["build"]["context"] == "."
-    test = svc["healthcheck"]["test"]
-    assert test[0] == "CMD" and "/readyz" in " ".join(test)
-    assert any(str(p).endswith(":8000") for p in svc["ports"])
-    assert svc["environment"]["CAPTIONER_HOST"] == "0.0.0.0" and str(svc["environment"]["CAPTIONER_PORT"]) == "8000"
-    assert "replicas" in svc["deploy"] and "cpus" in svc["deploy"]["resources"]["limits"]
+def service() -> dict:
+    return compose()["services"]["captioner"]
 
 
-def test_compose_threads_match_the_cpu_limit():
-    svc = compose()["services"]["captioner"]
-    env = svc["environment"]
-    cpus = str(svc["deploy"]["resources"]["limits"]["cpus"])
-    assert env["CAPTIONER_TORCH_THREADS"] == env["OMP_NUM_THREADS"] == cpus.strip('"') == "${CAPTIONER_CPUS:-2}"
+def dockerfile() -> str:
+    """The Dockerfile with its continuation lines joined."""
+    return re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
 
 
-def test_compose_gives_time_to_drain_before_sigkill():
-    env = compose()["services"]["captioner"]["environment"]
-    grace = compose()["services"]["captioner"]["stop_grace_period"]
-    grace_match = re.fullmatch(r"(\d+)s", grace)
-    timeout_match = re.search(r"(\d+)\}?$", str(env["CAPTIONER_REQUEST_TIMEOUT_S"]))
-    assert grace_match and timeout_match, (grace, env["CAPTIONER_REQUEST_TIMEOUT_S"])
-    seconds = int(grace_match.group(1))
-    timeout = float(timeout_match.group(1))
-    assert seconds > float(env["CAPTIONER_DRAIN_SECONDS"]) + timeout
+def stages() -> dict[str, str]:
+    """Each ``FROM ... AS name`` stage's instructions, by name, in order."""
+    parts = re.split(r"^FROM \S+ AS (\w+)\s*$", dockerfile(), flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def instruction(text: str, name: str) -> list[str]:
+    return re.findall(rf"^{name} (.+)$", text, re.M)
+
+
+def default_of(value: object) -> str:
+    """``${CAPTIONER_CPUS:-2}`` -> ``2``: the value compose uses when the variable is unset."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+
+
+def seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+)s", duration)
+    assert match, duration
+    return float(match.group(1))
 
 
 def library_vars() -> set[str]:
@@ -56,30 +62,126 @@ def library_vars() -> set[str]:
     return set(re.findall(r'"(CAPTIONER_[A-Z_]+)"', source))
 
 
-def test_every_captioner_variable_is_a_real_setting():
-    env = compose()["services"]["captioner"]["environment"]
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    used = {k for k in env if k.startswith("CAPTIONER_")} | set(re.findall(r"\b(CAPTIONER_[A-Z_]+)=", dockerfile))
-    known = SETTING_VARS | library_vars()
-    assert used and used <= known, sorted(used - known)
+def known_vars() -> set[str]:
+    return SETTING_VARS | library_vars() | THREAD_VARS
 
 
-def test_dockerfile_serves_the_default_weights_with_a_readiness_healthcheck():
-    text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^COPY weights ", text, re.M), "the image must contain the shipped weights"
-    assert re.search(r"^RUN .*\bcaptioner info\b", text, re.M), "the build must check that the weights load"
-    assert re.search(r"^HEALTHCHECK .*\n?.*/readyz", text, re.M)
-    assert re.search(r'^CMD \["captioner", "serve"\]', text, re.M)
-    assert re.search(r"^USER (?!root)", text, re.M), "the service must not run as root"
+def k8s() -> dict[str, dict]:
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "kubernetes.yaml").read_text()) if d]
+    return {d["kind"]: d for d in docs}
+
+
+def test_every_path_the_dockerfile_copies_exists_and_reaches_the_build():
     ignored = {
         line.strip()
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", "tests", "data", "runs"} <= ignored
-    for line in re.findall(r"^COPY (.+)$", text, re.M):  # nothing the build copies may be ignored
-        for copied in line.split()[:-1]:
-            assert copied not in ignored and (ROOT / copied).exists(), copied
+    copied = [
+        src
+        for line in instruction(dockerfile(), "COPY")
+        if "--from" not in line
+        for src in [w for w in line.split() if not w.startswith("--")][:-1]
+    ]
+    assert {"pyproject.toml", "captioner", "service", "weights"} <= set(copied)
+    for src in copied:
+        assert src not in ignored and (ROOT / src).exists(), src
+
+
+def test_dockerfile_builds_a_lean_non_root_service_that_refuses_missing_weights():
+    parts = stages()
+    assert list(parts)[-1] == "service", "the service must be the default (last) target"
+    svc = parts["service"]
+    assert re.search(r"--constraint \S+", svc) and "torch<0" in svc, "pip must refuse torch in the service image"
+    assert re.search(r"^RUN .*find_spec\('torch'\).*&& captioner info\s*$", svc, re.M), (
+        "the weights must load torch-free"
+    )
+    users = instruction(svc, "USER")
+    assert users and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1]), users  # numeric: runAsNonRoot can check it
+    assert instruction(svc, "STOPSIGNAL") == ["SIGTERM"]
+    assert instruction(svc, "CMD") == ['["captioner", "serve"]']
+    env = dict(pair.split("=", 1) for line in instruction(svc, "ENV") for pair in line.split())
+    assert env["CAPTIONER_HOST"] == "0.0.0.0" and env["HOME"].startswith("/tmp")
+    assert {k for k in env if k.startswith("CAPTIONER_")} <= known_vars()
+    assert instruction(svc, "EXPOSE") == [env["CAPTIONER_PORT"]]
+
+
+def test_compose_names_the_dockerfiles_stage_port_and_healthcheck():
+    svc, text = service(), dockerfile()
+    assert svc["build"] == {"context": ".", "target": "service"} and svc["build"]["target"] in stages()
+    assert default_of(svc["image"]) == "captioner:latest"
+    port = instruction(text, "EXPOSE")[0]
+    assert svc["ports"] and all(str(p).endswith(f":{port}") for p in svc["ports"])
+    assert str(svc["environment"]["CAPTIONER_PORT"]) == port and svc["environment"]["CAPTIONER_HOST"] == "0.0.0.0"
+    # the same probe as the image's HEALTHCHECK, as a string (CMD-SHELL): podman-compose 1.0
+    # mangles the exec form and loses the list form's first item from the second replica on
+    (health,) = instruction(text, "HEALTHCHECK")
+    probe = health.split(" CMD ", 1)[1]
+    assert svc["healthcheck"]["test"] == probe and "/readyz" in probe
+    argv = shlex.split(probe)
+    assert argv[:2] == ["python", "-c"] and "CAPTIONER_PORT" in argv[2]
+    compile(argv[2], "healthcheck", "exec")  # the probe is valid Python
+    flags = dict(re.findall(r"--([\w-]+)=(\S+)", health.split(" CMD ", 1)[0]))
+    for key in ("interval", "timeout", "retries"):
+        assert str(svc["healthcheck"][key]) == flags[key], key
+
+
+def test_compose_runs_it_locked_down_with_threads_matching_the_cpu_limit():
+    svc = service()
+    assert svc["read_only"] is True and svc["tmpfs"] == ["/tmp"]
+    assert "no-new-privileges:true" in svc["security_opt"] and svc["restart"] == "unless-stopped"
+    limits = svc["deploy"]["resources"]["limits"]
+    assert "replicas" in svc["deploy"] and {"cpus", "memory"} <= set(limits)
+    threads = {k: v for k, v in svc["environment"].items() if k.endswith("_THREADS")}
+    assert threads and set(threads.values()) == {str(limits["cpus"])}, (threads, limits)
+    assert set(svc["environment"]) <= known_vars(), sorted(set(svc["environment"]) - known_vars())
+
+
+def test_compose_variables_substitute_the_same_under_docker_compose_and_podman_compose():
+    """``${NAME:-}`` (an empty default) is kept as literal text by podman-compose 1.0, which once
+    made the literal string the API key; a variable passed through has no value instead."""
+    text = yaml.safe_dump(compose())  # the values, not the comments
+    assert not re.findall(r"\$\{\w+:-\}", text)
+    assert re.findall(r"\$\{\w+:-[^}]+\}", text)  # the defaults that remain are not empty
+    env = service()["environment"]
+    assert env["CAPTIONER_API_KEY"] is None and env["CAPTIONER_CORS_ORIGINS"] is None
+
+
+def test_compose_gives_time_to_drain_before_sigkill():
+    env = service()["environment"]
+    grace = seconds(service()["stop_grace_period"])
+    timeout = float(default_of(env["CAPTIONER_REQUEST_TIMEOUT_S"]))
+    assert grace > float(env["CAPTIONER_DRAIN_SECONDS"]) + timeout
+
+
+def test_kubernetes_deployment_probes_resources_and_settings():
+    docs = k8s()
+    deploy = docs["Deployment"]
+    assert deploy["apiVersion"] == "apps/v1" and deploy["spec"]["replicas"] >= 2
+    pod = deploy["spec"]["template"]
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert docs["Service"]["spec"]["selector"] == deploy["spec"]["selector"]["matchLabels"]
+    (box,) = pod["spec"]["containers"]
+    port = {p["name"]: p["containerPort"] for p in box["ports"]}["http"]
+    assert str(port) == instruction(dockerfile(), "EXPOSE")[0]
+    assert box["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert box["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert box["startupProbe"]["httpGet"]["path"] == "/readyz"
+    res = box["resources"]
+    assert {"cpu", "memory"} <= set(res["requests"]) and {"cpu", "memory"} <= set(res["limits"])
+    env = {e["name"]: e.get("value") for e in box["env"]}
+    assert set(env) <= known_vars(), sorted(set(env) - known_vars())
+    assert {v for k, v in env.items() if k.endswith("_THREADS")} == {res["limits"]["cpu"]}
+    grace = pod["spec"]["terminationGracePeriodSeconds"]
+    assert grace > float(env["CAPTIONER_DRAIN_SECONDS"]) + float(env["CAPTIONER_REQUEST_TIMEOUT_S"])
+    # non-root, as the image's numeric USER; read-only root with /tmp writable
+    user = instruction(stages()["service"], "USER")[-1]
+    ctx = pod["spec"]["securityContext"]
+    assert ctx["runAsNonRoot"] is True and f"{ctx['runAsUser']}:{ctx['runAsGroup']}" == user
+    assert box["securityContext"]["readOnlyRootFilesystem"] is True
+    assert box["securityContext"]["allowPrivilegeEscalation"] is False
+    assert [m["mountPath"] for m in box["volumeMounts"]] == ["/tmp"]
 
 
 def test_plain_uvicorn_factory_serves_with_settings_from_the_environment(checkpoint, tmp_path):
