@@ -63,7 +63,13 @@ def library_vars() -> set[str]:
 
 
 def known_vars() -> set[str]:
-    return SETTING_VARS | library_vars() | THREAD_VARS
+    """Real settings, less the deprecated old names (kept working for a release, not for new files)."""
+    deprecated = {
+        f"CAPTIONER_{name.upper()}"
+        for name, field in Settings.model_fields.items()
+        if (field.description or "").startswith("deprecated")
+    }
+    return (SETTING_VARS - deprecated) | library_vars() | THREAD_VARS
 
 
 def k8s() -> dict[str, dict]:
