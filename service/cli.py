@@ -60,7 +60,11 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "security and lifecycle": ("api_key", "cors_origins", "drain_seconds", "log_level"),
 }
 #: Flag names and metavars where the setting's own name would read badly.
-FLAG_NAMES = {"cors_origins": "--cors-origin"}
+FLAG_NAMES = {"cors_origins": "--cors-origin", "decode_workers": "--workers"}
+#: Old spellings, hidden from --help: each still sets its setting for a release, with a one-line
+#: note on stderr (captioner.cli_names). A setting listed here has no flag of its own.
+OLD_FLAGS = {"decode_workers": "--decode-workers", "torch_threads": "--torch-threads"}
+DEPRECATED_SETTINGS = {"torch_threads": "--threads"}
 SHORT_FLAGS = {"checkpoint": "-c"}
 METAVARS = {
     "port": "PORT",
@@ -124,7 +128,13 @@ def _add_setting_flag(group: argparse._ArgumentGroup, name: str) -> None:
         numeric = kwargs["type"] in (int, float) if "type" in kwargs else False
         kwargs["metavar"] = METAVARS.get(name, "S" if name.endswith("_s") else "N" if numeric else name.upper())
     flags = [flag_name(name)] + ([SHORT_FLAGS[name]] if name in SHORT_FLAGS else [])
-    group.add_argument(*flags, **kwargs)  # type: ignore[arg-type]
+    if name not in DEPRECATED_SETTINGS:
+        group.add_argument(*flags, **kwargs)  # type: ignore[arg-type]
+    if name in OLD_FLAGS:
+        from captioner.cli_names import add_deprecated
+
+        new = DEPRECATED_SETTINGS.get(name, flags[0])
+        add_deprecated(group, OLD_FLAGS[name], new, **{k: v for k, v in kwargs.items() if k != "help"})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -220,9 +230,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app, load_model
     from .server import bind_socket, serve
 
-    print(f"captioner serve: loading {settings.checkpoint or 'the default weights'} ...", file=sys.stderr, flush=True)
-    model = load_model(settings)
-    sock = bind_socket(settings.host, settings.port)
+    sock = bind_socket(settings.host, settings.port)  # a port in use is said at once, not after loading
+    try:
+        print(
+            f"captioner serve: loading {settings.checkpoint or 'the default weights'} ...", file=sys.stderr, flush=True
+        )
+        model = load_model(settings)
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     shown = (
         "127.0.0.1"
