@@ -17,8 +17,8 @@ Crash safety: every line is written with a single ``write`` call on an unbuffere
 so a killed run leaves at most one torn line at the end (only on power loss or a full
 disk). A rerun with the same ``--out`` first cuts any partial trailing line, reads the
 files already captioned and skips them. Files that cannot be captioned (corrupt, empty,
-not an image, unreadable) go to an errors file, one JSON object per line with ``path`` and
-``reason``; that file describes the latest run, because failed files are retried each time.
+not an image, unreadable) go to an errors file, one JSON object per line with ``file`` and
+``reason`` (and ``path``, the old name of ``file``, for a release); that file describes the latest run, because failed files are retried each time.
 
 Beyond one machine: ``--engine ray`` (:mod:`captioner.engines.ray_engine`, docs/scale.md)
 writes the same rows from a Ray cluster.
@@ -104,7 +104,8 @@ class _Failures:
         self.count = 0
 
     def add(self, key: str, reason: str) -> None:
-        self.writer.write({"path": key, "reason": reason})
+        # "file", as in the captions file; "path" is its old name, kept for a release
+        self.writer.write({"file": key, "path": key, "reason": reason})
         self.count += 1
 
 

@@ -4,7 +4,8 @@ Every line is written with a single ``write`` call on an unbuffered file, so a k
 leaves at most one torn line at the end (only on power loss or a full disk).
 :meth:`LineWriter.open_for_resume` cuts any partial trailing line and returns the records
 already there. Files that cannot be captioned go to an errors file
-(:func:`default_errors_path`), one JSON object per line with ``path`` and ``reason``.
+(:func:`default_errors_path`), one JSON object per line with ``file`` (named as in the
+captions file) and ``reason``.
 """
 
 from __future__ import annotations

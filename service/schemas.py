@@ -8,8 +8,8 @@ Per image, :class:`CaptionItem` is built from the engine's result by
 fact (a confidence, an out-of-domain flag, labels, attention) is two typed lines: an
 optional field here and the same attribute on :class:`service.captioning.ItemResult`.
 Optional fields that are ``None`` are left out of the JSON (``exclude_if``: a failed image
-has no ``caption``; a caption has no ``error``); ``filename`` is always there (null when
-the client gave none).
+has no ``caption``; a caption has no ``error``); ``file`` is always there (null when
+the client gave none), and so is ``filename``, its old name, for a release.
 """
 
 from __future__ import annotations
@@ -53,9 +53,15 @@ class CaptionItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     index: int = Field(description="position of the image in the request, from 0")
+    file: str | None = Field(
+        None,
+        description="the image's name as the client gave it, cleaned (echoed only, never used as a path); null "
+        "when none was given. `file` names the image in every output: `captioner caption` files, errors files",
+    )
     filename: str | None = Field(
         None,
-        description="the uploaded file name, cleaned (echoed only, never used as a path); null when none was given",
+        description="deprecated: the old name of `file`, the same value; removed in the next release",
+        json_schema_extra={"deprecated": True},
     )
     caption: str | None = Field(
         None, exclude_if=omitted_when_none, description="the caption (absent when this image failed)"
@@ -110,6 +116,8 @@ class CaptionItem(BaseModel):
     def from_result(cls, result: Any) -> CaptionItem:
         """The response entry of one engine result (any object with these attributes)."""
         values = {name: getattr(result, name) for name in cls.model_fields if hasattr(result, name)}
+        name = values.get("file") or values.get("filename")  # one value under both names for a release
+        values["file"] = values["filename"] = name
         if values.get("score") is not None:
             values["score"] = round(float(values["score"]), 4)
         values["time_ms"] = round(float(values.get("time_ms") or 0.0), 1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from captioner.cli_names import add_deprecated
 from captioner.trust import DEFAULT_QUANTILE, DEFAULT_RANK, DEFAULT_STATISTIC, METHODS, STATISTICS
 
 DESCRIPTION = """Fit the statistics that let a checkpoint say how far to trust its captions, and
@@ -51,7 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", "-c", metavar="DIR", required=True, help="checkpoint folder to add them to")
     p.add_argument("--data", metavar="PATH", required=True, help="the dataset the checkpoint was trained on")
     p.add_argument("--format", default="auto", choices=("auto", "coco", "flickr", "karpathy", "jsonl", "csv"))
-    p.add_argument("--images", metavar="DIR", default=None, help="folder the image paths are relative to")
+    p.add_argument(
+        "--images-dir", dest="images", metavar="DIR", default=None, help="folder the image paths are relative to"
+    )
+    add_deprecated(p, "--images", "--images-dir", dest="images", metavar="DIR")
     p.add_argument("--held-out", default="val", metavar="SPLITS", help="comma-separated held-out splits (default: val)")
     p.add_argument(
         "--train-images",

@@ -2,7 +2,7 @@
 
     captioner data scenes --out data/scenes --train 10000 --val 1000 --test 1000 --seed 0
     captioner data stats data/scenes
-    captioner data stats Flickr8k.token.txt --images Flicker8k_Dataset
+    captioner data stats Flickr8k.token.txt --images-dir Flicker8k_Dataset
     captioner data preview --out docs/scenes_grid.png
 
 Registered as the ``data`` entry point of the ``captioner.commands`` group.
@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+from captioner.cli_names import add_deprecated
 from captioner.errors import CaptionerError
 
 DESCRIPTION = """Datasets for training and evaluation: render the built-in scenes dataset, or
@@ -23,8 +24,8 @@ inspect a caption dataset in any supported format.
 examples:
   captioner data scenes --out data/scenes --train 10000 --val 1000 --test 1000
   captioner data stats data/scenes
-  captioner data stats Flickr8k.token.txt --images Flicker8k_Dataset
-  captioner data stats dataset_coco.json --images coco --split test
+  captioner data stats Flickr8k.token.txt --images-dir Flicker8k_Dataset
+  captioner data stats dataset_coco.json --images-dir coco --split test
   captioner data preview --out docs/scenes_grid.png"""
 
 
@@ -110,11 +111,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="dataset format (default: auto, from file names and content)",
     )
     p.add_argument(
-        "--images",
+        "--images-dir",
+        dest="images",
         metavar="DIR",
         default=None,
         help="folder the image file names are relative to (default: guessed from the layout)",
     )
+    add_deprecated(p, "--images", "--images-dir", dest="images", metavar="DIR")
     p.add_argument("--split", default=None, help="only this split (train, val, test, restval)")
     p.add_argument(
         "--keep-restval",

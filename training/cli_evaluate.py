@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from captioner.cli_names import add_deprecated
 from captioner.errors import CaptionerError
 from captioner.metrics import METRIC_GROUPS
 from captioner.options import Range
@@ -22,7 +23,7 @@ TOKENIZERS = ("auto", "ptb", "ours")
 
 EPILOG = """examples:
   captioner evaluate --checkpoint runs/scenes/best --data data/scenes --split test --out report.json
-  captioner evaluate --checkpoint runs/coco/best --data dataset_coco.json --images coco/ --beam-size 3
+  captioner evaluate --checkpoint runs/coco/best --data dataset_coco.json --images-dir coco/ --beam-size 3
   captioner evaluate --predictions results.json --references annotations/captions_val2014.json
   captioner evaluate --predictions captions.jsonl --references data/scenes --split test --html report.html
   captioner evaluate --predictions a.jsonl --compare b.jsonl --references data/scenes --split test
@@ -102,11 +103,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="format of --data (default: auto-detect)",
     )
     src.add_argument(
-        "--images",
+        "--images-dir",
+        dest="images",
         metavar="DIR",
         default=None,
         help="folder the dataset's image paths are relative to (default: found from --data)",
     )
+    add_deprecated(src, "--images", "--images-dir", dest="images", metavar="DIR")
     src.add_argument(
         "--limit",
         type=LIMIT.argparse,

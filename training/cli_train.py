@@ -20,6 +20,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from captioner.cli_names import add_deprecated
 from captioner.errors import CaptionerError
 
 from .config import CACHE_KEYS, DECODER_KINDS, FINE_TUNE, METRICS, SCHEDULES, SettingError, TrainConfig
@@ -97,10 +98,11 @@ HELP: dict[str, str] = {
     "evaluate_test": "score the best checkpoint on the test split at the end (default: yes)",
     "zero_features": "ablation: train and evaluate with all-zero image features, to measure what the image adds",
     "device": "cpu, cuda or cuda:N (default: cuda when available)",
-    "num_workers": "image-loading worker processes for caching and fine-tuning (default: 0)",
+    "num_workers": "processes reading and decoding images for the feature cache and fine-tuning "
+    "(setting num_workers; default: 0, in the main process)",
     "threads": "torch CPU threads (default: one per core, divided among the processes of a torchrun launch "
     "on this machine; OMP_NUM_THREADS lowers it)",
-    "progress": "progress bars (default: yes)",
+    "progress": "no progress bars (setting progress: false)",
     "plot": "write OUT/curves.png after every epoch (default: yes)",
 }
 
@@ -114,6 +116,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "format": ("auto", "coco", "flickr", "karpathy", "jsonl", "csv"),
 }
 SHORT = {"data": ["-d"], "out": ["-o"]}
+#: Flags named apart from their setting, so every verb says the same thing the same way
+#: (captioner.cli_names); the old spelling still works for a release.
+FLAG_NAMES = {"num_workers": "--workers"}
+OLD_FLAGS = {"num_workers": "--num-workers"}
 
 
 def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -138,8 +144,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--print-config", action="store_true", help="print the effective settings as JSON and exit")
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag = FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
         kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=HELP.get(f.name, ""))
+        if f.name == "progress":  # --quiet, as in every verb (captioner.cli_names)
+            p.add_argument("--quiet", "-q", action="store_false", **kw)
+            add_deprecated(p, "--no-progress", "--quiet", action="store_false", dest=f.name, default=argparse.SUPPRESS)
+            add_deprecated(p, "--progress", "--quiet", action="store_true", dest=f.name, default=argparse.SUPPRESS)
+            continue
         if f.type in ("bool", bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue
@@ -155,6 +166,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
             metavar=None if f.name in CHOICES else f.name.split("_")[-1].upper(),
             **kw,
         )
+        if f.name in OLD_FLAGS:
+            add_deprecated(p, OLD_FLAGS[f.name], flag, type=base, dest=f.name, default=argparse.SUPPRESS)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

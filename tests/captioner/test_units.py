@@ -123,7 +123,7 @@ def test_units_on_the_shipped_model_over_200_held_out_scenes(tmp_path, browser, 
     data = tmp_path / "scenes"
     generate_scenes(data, {"val": 200}, seed=4242, progress=False)
     out = tmp_path / "report" / "units.html"
-    assert main(["units", "--data", str(data), "--split", "val", "--images", "200", "--out", str(out)]) == 0
+    assert main(["units", "--data", str(data), "--split", "val", "--limit", "200", "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().out
     result = json.loads((out.parent / "units.json").read_text())
     assert result["images"] == 200 and result["captions"] == {"reference": 1000, "generated": 200}

@@ -92,7 +92,7 @@ def launch_server(
         str(MAX_PIXELS),
         "--request-timeout",
         "30",
-        "--decode-workers",
+        "--workers",
         "2",
         *args,
     )
