@@ -268,12 +268,23 @@ def build_parser(load: set[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     _add_caption_verb(sub)
 
-    p = sub.add_parser("info", help="describe a checkpoint: what it is, trained on what, how good, how big")
+    p = sub.add_parser(
+        "info",
+        help="describe a checkpoint: what it is, trained on what, how good, how big",
+        description="Describe a checkpoint (the shipped weights by default): its encoder and decoder, what it "
+        "was trained on, its test scores, whether it can say how far to trust a caption (calibrated "
+        "confidence, out-of-domain flag) and what it runs on. --json prints the whole record.",
+    )
     add_model_options(p)
     p.add_argument("--json", action="store_true", help="print the full record as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("encoders", help="list the CNN encoders and whether their weights are on this machine")
+    p = sub.add_parser(
+        "encoders",
+        help="list the CNN encoders and whether their weights are on this machine",
+        description="List the CNN encoders `captioner train --encoder` accepts, with their feature size and "
+        "whether their pretrained weights are on this machine (weights are never downloaded).",
+    )
     p.set_defaults(func=cmd_encoders)
     from .explain_cli import add_explain_verbs  # units, explain (torch is imported by their handlers)
 
@@ -351,7 +362,7 @@ def _add_caption_verb(sub: argparse._SubParsersAction) -> None:
         "--errors",
         metavar="FILE",
         default=None,
-        help="where to list the files that failed, as JSONL with path and reason "
+        help="where to list the files that failed, as JSONL with file and reason "
         "(default: next to --out: captions.errors.jsonl for captions.jsonl, captions.csv.errors.jsonl for captions.csv)",
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

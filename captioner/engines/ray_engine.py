@@ -234,7 +234,7 @@ class _Outputs:
         (self.parquet or self.lines).write(record)  # type: ignore[union-attr]
 
     def fail(self, key: str, reason: str) -> None:
-        self.errors.write({"path": key, "reason": reason})
+        self.errors.write({"file": key, "path": key, "reason": reason})  # "path": the old name, for a release
         self.failed += 1
 
     def close(self) -> None:
