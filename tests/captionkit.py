@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from captioner.encoders import Preprocess
@@ -48,15 +49,17 @@ def teach_checkpoint(
     metadata: dict | None = None,
     expect: Sequence[str] | None = None,
 ) -> Path:
-    """Save a checkpoint whose greedy and beam captions of ``images[i]`` are ``captions[i]``.
+    """Save a checkpoint whose greedy and beam captions of ``images[i]`` are ``captions[i]``
+    (weights only: :meth:`captioner.Captioner.load` exports its graphs into the cache on first load).
 
-    An image may be listed more than once with different captions (the decoder then learns
-    how often each follows); ``expect`` is what greedy and beam search must then give for each
-    row (default: ``captions``).
+        An image may be listed more than once with different captions (the decoder then learns
+        how often each follows); ``expect`` is what greedy and beam search must then give for each
+        row (default: ``captions``).
     """
-    from captioner import Captioner
     from captioner.decoder import CaptionDecoder, DecoderConfig
     from captioner.encoders import build_encoder
+    from captioner.model import ReferenceCaptioner
+    from captioner.options import CaptionOptions
     from captioner.vocab import Vocabulary
 
     assert len(images) == len(captions)
@@ -77,10 +80,10 @@ def teach_checkpoint(
             max_length=max_length,
         )
         decoder = CaptionDecoder(cfg)
-        model = Captioner(encoder, decoder, vocab, device="cpu", metadata=metadata, fast=False)
-        with torch.no_grad():
-            x = torch.stack([model.preprocess(im if isinstance(im, bytes) else Path(im).read_bytes()) for im in images])
-            feats = model.encode(x).clone()  # (N, 1280), as every caption path computes them
+        model = ReferenceCaptioner(encoder, decoder, vocab, device="cpu", metadata=metadata)
+        x = np.stack([model.preprocess(im if isinstance(im, bytes) else Path(im).read_bytes()) for im in images])
+        feats_np = model.encode(x)  # (N, 1280), as every caption path computes them
+        feats = torch.from_numpy(feats_np)
         seqs = [vocab.encode(c) for c in captions]
         T = max(len(s) for s in seqs)
         tokens = torch.tensor([s + [vocab.pad_id] * (T - len(s)) for s in seqs])  # (N, T)
@@ -89,8 +92,8 @@ def teach_checkpoint(
             decoder.train()
             adam_steps(decoder, lambda: decoder.loss(feats, tokens, vocab.pad_id), steps=150, lr=1e-2)
             decoder.eval()
-            got = [r.caption for r in model.generate(feats)]
-            beam = [r.caption for r in model.generate(feats, beam_size=2)]
+            got = [r.caption for r in model.generate(feats_np)]
+            beam = [r.caption for r in model.generate(feats_np, CaptionOptions(beam_size=2))]
             if got == wanted and beam == got:
                 break
         assert got == wanted and beam == got, f"the test decoder did not learn its captions: {got}, {beam}"
@@ -134,10 +137,10 @@ class TinyEncoder(torch.nn.Module):
 
 
 def tiny_captioner(seed: int = 0, **kwargs):
-    """A Captioner of :class:`TinyEncoder` and a small random decoder (32 px input);
-    ``kwargs`` go to ``Captioner`` (fast=, precision=, calibration=...)."""
-    from captioner import Captioner
+    """A :class:`~captioner.model.ReferenceCaptioner` of :class:`TinyEncoder` and a small
+    random decoder (32 px input) on the CPU; ``kwargs`` go to it (metadata=, trust=, ...)."""
     from captioner.decoder import CaptionDecoder, DecoderConfig
+    from captioner.model import ReferenceCaptioner
     from captioner.vocab import Vocabulary
 
     torch.manual_seed(seed)
@@ -145,4 +148,4 @@ def tiny_captioner(seed: int = 0, **kwargs):
     decoder = CaptionDecoder(
         DecoderConfig(vocab_size=len(vocab), feature_dim=16, embed_dim=8, hidden_dim=16, img_proj_dim=8, max_length=5)
     )
-    return Captioner(TinyEncoder().eval(), decoder, vocab, preprocess=TINY_PRE, device="cpu", **kwargs)
+    return ReferenceCaptioner(TinyEncoder().eval(), decoder, vocab, preprocess=TINY_PRE, device="cpu", **kwargs)
