@@ -184,12 +184,12 @@ def caption_folder(
             unlike += result.in_domain is False
             if on_result is not None:
                 on_result(record)
-    finally:
+    finally:  # an interrupted run too: an empty errors file would only confuse
         bar.close()
         writer.close()
         failures.writer.close()
-    if failures.count == 0:
-        errors.unlink(missing_ok=True)  # an empty errors file would only confuse
+        if failures.count == 0:
+            errors.unlink(missing_ok=True)
     return FolderSummary(
         found=len(items),
         done=done,
