@@ -49,12 +49,12 @@ def teach_checkpoint(
     metadata: dict | None = None,
     expect: Sequence[str] | None = None,
 ) -> Path:
-    """Save a checkpoint whose greedy and beam captions of ``images[i]`` are ``captions[i]``
-    (weights only: :meth:`captioner.Captioner.load` exports its graphs into the cache on first load).
+    """Save a checkpoint whose greedy and beam captions of ``images[i]`` are ``captions[i]``.
 
-        An image may be listed more than once with different captions (the decoder then learns
-        how often each follows); ``expect`` is what greedy and beam search must then give for each
-        row (default: ``captions``).
+    An image may be listed more than once with different captions (the decoder then learns
+    how often each follows); ``expect`` is what greedy and beam search must then give for each
+    row (default: ``captions``). Weights only: :meth:`captioner.Captioner.load` exports the
+    graphs into the cache on first load.
     """
     from captioner.decoder import CaptionDecoder, DecoderConfig
     from captioner.encoders import build_encoder
