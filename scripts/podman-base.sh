@@ -28,9 +28,10 @@ debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-cert
 rm -f "$root.log"
 chroot "$root" python3 -m venv /usr/local
 chroot "$root" /usr/local/bin/python -c 'import sys, ssl; assert sys.version_info[:2] == (3, 11), sys.version'
-# what the official slim image leaves out too: package caches, documentation, manual pages
+# what Debian's slim images leave out too: package caches, documentation, manual pages, translations
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* \
     "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/*
+find "$root"/usr/share/locale -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
 tar -C "$root" -c . | podman import --quiet \
     --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' \
