@@ -1,7 +1,7 @@
 """Walking folders for images to caption.
 
-:func:`find_images` lists the files with an image extension (hidden files and folders
-skipped, symbolic-link loops detected by the real path of every folder entered) and sorts
+:func:`find_images` lists the files with an image extension, and those without any
+extension whose first bytes are an image's (hidden files and folders skipped, symbolic-link loops detected by the real path of every folder entered) and sorts
 them, so every run sees the same list (and a rerun can skip what an earlier one wrote).
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CaptionerError
-from .images import IMAGE_EXTENSIONS
+from .images import ACCEPTED_FORMATS, IMAGE_EXTENSIONS, sniff_format
 from .pipeline import ImageItem
 
 __all__ = ["FileProblem", "ImageItem", "find_images"]
@@ -47,6 +47,18 @@ def _roots(paths: Sequence[str | os.PathLike]) -> list[tuple[Path, bool]]:
         else:
             raise CaptionerError(f"{path}: no such file or folder")
     return roots
+
+
+def _image_bytes(path: Path) -> bool:
+    """Whether a file's first bytes are those of an accepted image format (for files named
+    without an extension: a camera dump's ``000003`` is a JPEG all the same)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    fmt = sniff_format(head)
+    return fmt is not None and (fmt in ACCEPTED_FORMATS or fmt == "WebP")  # sniff_format names WEBP "WebP"
 
 
 class _Walk:
@@ -96,7 +108,8 @@ class _Walk:
         path = Path(entry.path)
         if is_subdir:
             return path if self.recursive else None
-        if Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
+        suffix = Path(entry.name).suffix.lower()
+        if suffix not in IMAGE_EXTENSIONS and (suffix or not is_file or not _image_bytes(path)):
             return None
         if is_file:
             self.add_file(path)
@@ -113,7 +126,8 @@ def find_images(
     """All images under ``paths`` (folders and/or files), sorted by key.
 
     A folder contributes its files with an image extension (``IMAGE_EXTENSIONS``,
-    case-insensitive), and with ``recursive`` those of its sub-folders. Names starting
+    case-insensitive) or with no extension and an accepted image format's first bytes
+    (``000003`` from a camera), and with ``recursive`` those of its sub-folders. Names starting
     with a dot are skipped. Symbolic links are followed, but a folder whose real path was
     already entered is not entered again, so link loops end. A file given by name is
     taken whatever its extension (the user asked for it). Keys are relative to the
