@@ -16,12 +16,21 @@ Only then is the app called, so a client that sent ``Expect: 100-continue`` (cur
 bodies over 1 MB) gets the 503 instead of ``100 Continue`` and never sends its body. A
 request whose ``Content-Length`` is invalid or over ``max_body_bytes`` reserves nothing:
 the upload reader answers it 400 or 413 without reading the body.
+
+One client address may hold at most ``max_client_buffered_bytes`` of the budget (429
+``client_busy``, :mod:`service.client_limits`), and an admitted body must keep arriving at
+``min_upload_bytes_per_s`` after a grace of ``header_timeout_s`` (else 408 ``body_too_slow``
+and the reservation is returned), so connections that declare a large body and send it
+slowly, or not at all, cannot hold the budget for the whole ``body_timeout_s``.
 """
 
 from __future__ import annotations
 
+import time
+
+import anyio
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import APIError, error_response
 
@@ -60,8 +69,17 @@ class AdmissionMiddleware:
         if service is None or n is None:
             await self.app(scope, receive, send)
             return
+        client = (scope.get("client") or ("",))[0]
+        limits = getattr(getattr(app, "state", None), "client_limits", None)
         try:
-            service.reserve_body(n)
+            if limits is not None:
+                limits.body_bytes.take(client, n)  # 429 client_busy: this client's share is held
+            try:
+                service.reserve_body(n)
+            except APIError:
+                if limits is not None:
+                    limits.body_bytes.give_back(client, n)
+                raise
         except APIError as e:
             headers = dict(e.headers)
             if headers_in.get("expect", "").lower() == "100-continue":
@@ -70,9 +88,56 @@ class AdmissionMiddleware:
                 # (never buffered), and its connection stays open: closing it with the body
                 # unread would reset it, and the client might never see this answer.
                 headers["Connection"] = "close"
+            scope["route_label"] = scope["path"]  # refused before routing: the metrics still name the route
             await error_response(e.status, e.code, e.detail, headers)(scope, receive, send)
             return
         try:
-            await self.app(scope, receive, send)
+            s = service.settings
+            rate = getattr(s, "min_upload_bytes_per_s", 0)
+            paced = receive if not rate or not n else min_rate_receive(receive, rate, s.header_timeout_s)
+            await self.app(scope, paced, send)
         finally:
             service.release_body(n)
+            if limits is not None:
+                limits.body_bytes.give_back(client, n)
+
+
+def min_rate_receive(receive: Receive, rate: int, grace_s: float) -> Receive:
+    """``receive`` for a request body that must keep up ``rate`` bytes/s after ``grace_s``:
+    once it falls behind (``grace_s + received / rate`` seconds after the first call) the
+    wait is cut with APIError 408 ``body_too_slow`` and the connection closed, so a client
+    that declares a large body and trickles it cannot hold its reservation for the whole
+    ``body_timeout_s``."""
+    start: float | None = None
+    received = 0
+    done = False
+
+    async def paced() -> Message:
+        nonlocal start, received, done
+        if done:
+            return await receive()
+        now = time.monotonic()
+        if start is None:
+            start = now
+        left = start + grace_s + received / rate - now
+        try:
+            if left <= 0:
+                raise TimeoutError
+            with anyio.fail_after(left):
+                message = await receive()
+        except TimeoutError:
+            raise APIError(
+                408,
+                "body_too_slow",
+                f"the request body arrived slower than {rate} bytes/s ({received} bytes in "
+                f"{time.monotonic() - start:.1f} s); the server does not hold room for uploads that slow",
+                {"Connection": "close"},
+            ) from None
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            done = not message.get("more_body", False)
+        else:
+            done = True
+        return message
+
+    return paced

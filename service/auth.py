@@ -7,15 +7,25 @@ upload page stay open (protect /metrics at the network level if it matters).
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .errors import APIError
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="captioner"'}
+#: Declares the scheme in the OpenAPI document (components.securitySchemes); the check is below.
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    description="'Authorization: Bearer <key>' when the server has CAPTIONER_API_KEY set (else 401)",
+)
 
 
-async def require_api_key(request: Request) -> None:
+async def require_api_key(
+    request: Request, _declared: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None
+) -> None:
     """FastAPI dependency: 401 unless the request carries the configured key."""
     key = request.app.state.settings.api_key
     if key is None:

@@ -14,9 +14,16 @@ the process runs out of file descriptors. :class:`GuardedHttpToolsProtocol` adds
   and close. This is what ends slowloris connections that send a header line every few
   seconds (uvicorn's own keep-alive timeout stops counting at the first byte).
 * **a connection cap** (``max_connections``): a connection beyond it is answered 503 JSON
-  with ``Retry-After`` at once and closed, and a warning is logged (at most once per
+  with ``Retry-After`` and closed, and a warning is logged (at most once per
   ``LOG_EVERY_S`` seconds, with the count), so the process keeps file descriptors for its
-  own work and says why clients are refused.
+  own work and says why clients are refused. ``PROBE_SLOTS`` connections beyond the cap
+  are still read, for one request each: a health probe (``GET``/``HEAD`` of ``/healthz``
+  or ``/readyz``) is answered, so an orchestrator does not restart a process that is only
+  full; anything else gets the 503. Beyond those, the 503 comes at once.
+* **a write timeout** (``write_timeout_s``): a response the client does not read fills
+  the socket and then the transport's buffer (64 KiB), and the app waits to send more.
+  When it has waited that long, the connection is dropped, so a client that asks for large
+  files and never reads them holds memory and a connection for at most that long.
 
 The body is guarded elsewhere (the size limit and ``body_timeout_s`` while it is read, and
 the admission gate before it is read: :mod:`service.admission`). A proxy in front still
@@ -26,8 +33,11 @@ does what a single process cannot: per-client rate and connection limits (docs/r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import socket
+import struct
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -46,6 +56,14 @@ class ConnectionLimits:
     max_header_bytes: int = 64 * 1024
     header_timeout_s: float = 10.0
     max_connections: int = 1000
+    write_timeout_s: float = 30.0
+
+
+#: Connections kept beyond ``max_connections`` for health probes (one request each).
+PROBE_SLOTS = 16
+#: Requests such a connection may make; their heads must arrive within PROBE_HEAD_TIMEOUT_S.
+PROBE_PATHS = frozenset({b"/healthz", b"/readyz"})
+PROBE_HEAD_TIMEOUT_S = 2.0
 
 
 class _RateLimitedLog:
@@ -92,6 +110,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _refused_log: ClassVar[_RateLimitedLog]
     _timeout_log: ClassVar[_RateLimitedLog]
     _too_large_log: ClassVar[_RateLimitedLog]
+    _write_log: ClassVar[_RateLimitedLog]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -100,35 +119,88 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False  # answered and closing: nothing more is parsed or said
         self._message_done = True  # the parser has seen the end of the current request
+        self._probe_only = False  # beyond the cap: one health probe, nothing else
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._running_cycle: Any = None
+        self._heads_begun = 0  # request heads the parser has started (counts pipelined ones)
 
     # ------------------------------------------------------------------ connection cap
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         cap = self.limits.max_connections
-        if len(self.connections) > cap:
-            self._refused_log(limit=cap)
-            self._in_head = False
-            transport.write(
-                error_bytes(
-                    503,
-                    "Service Unavailable",
-                    "too_many_connections",
-                    f"the server holds its limit of {cap} open connections; retry shortly",
-                    {"retry-after": "1"},
-                )
-            )
-            transport.close()
+        open_now = len(self.connections)
+        if open_now > cap + PROBE_SLOTS:
+            self._refuse_connection()
             return
+        self._probe_only = open_now > cap
         self._arm_head_timer()
+
+    def _refuse_connection(self) -> None:
+        cap = self.limits.max_connections
+        self._refused_log(limit=cap)
+        self._in_head = False
+        self._refused = True
+        self.transport.write(
+            error_bytes(
+                503,
+                "Service Unavailable",
+                "too_many_connections",
+                f"the server holds its limit of {cap} open connections; retry shortly",
+                {"retry-after": "1"},
+            )
+        )
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self._cancel_write_timer()
+        # uvicorn marks only its newest cycle as disconnected; with pipelined requests the
+        # running one is older, and its next write raised on the closed transport (two
+        # tracebacks per connection). Every unfinished cycle of this connection is told.
+        pending = [self._running_cycle, *(c for c, _ in self.pipeline)]
+        for cycle in pending:
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         super().connection_lost(exc)
+
+    # ------------------------------------------------------------------ write timeout
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.limits.write_timeout_s, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        self._cancel_write_timer()
+        super().resume_writing()
+
+    def _cancel_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_timed_out(self) -> None:
+        """The client has read nothing for write_timeout_s: reset the connection, so neither
+        the transport's buffer nor the kernel's (a plain close would wait behind the unsent
+        bytes, in FIN-WAIT-1) holds the response any longer."""
+        self._write_timer = None
+        self._write_log(seconds=self.limits.write_timeout_s)
+        sock = self.transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+        self.transport.abort()
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self._running_cycle = cycle  # uvicorn keeps only the newest parsed cycle in self.cycle
+        super()._start_asgi_task(cycle, app)
 
     # ------------------------------------------------------------------ head time limit
     def _arm_head_timer(self) -> None:
         self._cancel_head_timer()
-        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+        t = self.limits.header_timeout_s
+        self._head_timer = self.loop.call_later(
+            min(t, PROBE_HEAD_TIMEOUT_S) if self._probe_only else t, self._head_timed_out
+        )
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -142,6 +214,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self._in_head:
             if not self._message_done:  # the rest of an answered request's body never came
                 self.transport.close()
+            return
+        if self._probe_only:  # a connection beyond the cap that sent no probe: it is told why
+            self._refuse_connection()
             return
         t = self.limits.header_timeout_s
         self._timeout_log(seconds=t)
@@ -159,12 +234,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------------ head size limit
     def data_received(self, data: bytes) -> None:
         reading_head = self._in_head
+        begun = self._heads_begun
         super().data_received(data)
-        if not reading_head or not self._in_head or self.transport.is_closing():
+        if not self._in_head or self.transport.is_closing():
             return
-        self._head_bytes += len(data)
+        if self._heads_begun != begun:
+            # A head began within this read (after pipelined requests, say): only what the
+            # parser has of it so far counts, not the requests before it in the same read.
+            self._head_bytes = self._parsed_head_size()
+        elif reading_head:
+            self._head_bytes += len(data)
         if self._head_bytes > self.limits.max_header_bytes:
             self._refuse_head()
+
+    def _parsed_head_size(self) -> int:
+        return len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
 
     def _refuse_head(self) -> None:
         limit = self.limits.max_header_bytes
@@ -193,12 +277,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # ------------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
+        if self._refused:
+            return
         super().on_message_begin()
+        self._heads_begun += 1
         self._in_head = True
         self._head_bytes = 0
         self._message_done = False
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         self._message_done = True
         super().on_message_complete()
         # An answer sent before its body had arrived (413, 503): the body has now been read
@@ -207,14 +300,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._await_next_head()
 
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
         self._in_head = False
         self._cancel_head_timer()
         # A head that arrived in one read was not counted by data_received: count it here.
-        size = len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers)
+        size = self._parsed_head_size()
         if size > self.limits.max_header_bytes:
             self._refuse_head()
             raise HeadRefused  # stops the parser; the app never sees this request
+        if self._probe_only:
+            method = self.parser.get_method()
+            if method not in (b"GET", b"HEAD") or self.url.split(b"?", 1)[0] not in PROBE_PATHS:
+                self._refuse_connection()
+                return  # no request cycle: the callbacks below ignore the rest of this connection
         super().on_headers_complete()
+        if self._probe_only and self.cycle is not None:
+            self.cycle.keep_alive = False  # one probe, then the connection closes
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -245,6 +347,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type[GuardedHttpToolsProtocol]
         ),
         "_too_large_log": _RateLimitedLog(
             "refused {count} request(s) whose request line and headers exceed {limit} bytes (max_header_bytes)"
+        ),
+        "_write_log": _RateLimitedLog(
+            "closed {count} connection(s) that read none of their response for {seconds:g} s (write_timeout_s)"
         ),
     }
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), attrs)

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from captioner.errors import ImageLoadError
 
@@ -93,6 +94,17 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc) if loc else "request"
 
 
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves on this path. Starlette's 405 names only the methods
+    of the last route it tried (a path served by a GET and a HEAD route said ``Allow: HEAD``)."""
+    scope = {k: request.scope.get(k) for k in ("type", "path", "root_path")}
+    routes = request.app.router.routes
+    return [m for m in METHODS if any(r.matches({**scope, "method": m})[0] is Match.FULL for r in routes)]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Make every error path answer JSON in the shape of :class:`ErrorBody`."""
 
@@ -114,8 +126,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             detail = f"no such endpoint: {request.method} {request.url.path}; see /docs for the API"
         elif exc.status_code == 405:
-            allow = (exc.headers or {}).get("Allow", "")
+            allow = ", ".join(allowed_methods(request)) or (exc.headers or {}).get("Allow", "")
             detail = f"{request.method} is not allowed on {request.url.path}" + (f"; use {allow}" if allow else "")
+            return error_response(405, code, detail, {**dict(exc.headers or {}), "Allow": allow})
         else:
             detail = str(exc.detail)
         return error_response(exc.status_code, code, detail, dict(exc.headers or {}))

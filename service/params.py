@@ -36,8 +36,14 @@ def length_range(settings: Settings) -> Range:
     return Range("max_length", MAX_LENGTH.low, min(MAX_LENGTH.high, settings.max_length_limit))
 
 
+#: The shortest time a request may allow itself: below it a request could only ever end in
+#: 504 (``timeout=5e-324`` did), so it is refused with 422 naming the range instead.
+MIN_TIMEOUT_S = 0.5
+
+
 def timeout_range(settings: Settings) -> Range:
-    return Range("timeout", 0.0, settings.request_timeout_s, integer=False, low_open=True)
+    low = min(MIN_TIMEOUT_S, settings.request_timeout_s)
+    return Range("timeout", low, settings.request_timeout_s, integer=False)
 
 
 #: Beam search's length penalty and the no-repeat n-gram size: the command line's ranges,

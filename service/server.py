@@ -125,6 +125,7 @@ def serve(app: FastAPI, settings: Settings, sock: socket.socket) -> None:
         max_header_bytes=settings.max_header_bytes,
         header_timeout_s=settings.header_timeout_s,
         max_connections=settings.max_connections,
+        write_timeout_s=settings.write_timeout_s,
     )
     config = uvicorn.Config(
         app,

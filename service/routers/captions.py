@@ -51,6 +51,8 @@ def upload_body(settings: Settings) -> dict[str, Any]:
         name: {
             "type": "array",
             "items": {"type": "string", "format": "binary"},
+            "minItems": 1,
+            "maxItems": settings.max_files,
             "description": f"one or more images, at most {settings.max_files} (repeat the '{name}' part)"
             if name == MAIN_FILE_FIELD
             else f"another accepted name for '{MAIN_FILE_FIELD}'",
@@ -74,6 +76,7 @@ def upload_body(settings: Settings) -> dict[str, Any]:
                         **{k: {**v, "description": "as the query parameter"} for k, v in options.items()},
                     },
                     "additionalProperties": False,
+                    "anyOf": [{"required": [name]} for name in files],  # at least one image, under any name
                     "description": f"images as parts named {', '.join(repr(n) for n in files)}; "
                     "options as form fields (a field of any other name is refused with 422 unknown_field)",
                 }
@@ -98,7 +101,7 @@ def range_schema(allowed: Range) -> dict[str, Any]:
 
 
 def timeout_schema(settings: Settings) -> dict[str, Any]:
-    return {"type": "number", "exclusiveMinimum": 0, "maximum": settings.request_timeout_s}
+    return {"type": "number", "minimum": timeout_range(settings).low, "maximum": settings.request_timeout_s}
 
 
 def option_ranges(settings: Settings) -> dict[str, Range]:

@@ -195,8 +195,9 @@ def test_clients_that_vanish_cost_nothing(rel_server: Server) -> None:
 
 def test_slowloris_connections_are_cut_and_extra_ones_refused(guarded: Server) -> None:
     """MAX_CONNECTIONS connections trickle a request head (one header line every 0.5 s, so
-    they never go quiet); the next connections are refused with 503 JSON at once; every
-    trickling one is closed with 408 after HEADER_TIMEOUT_S; then the server serves again."""
+    they never go quiet); the next connections are refused with 503 JSON as soon as their
+    request is not a health probe, while a probe is answered; every trickling one is closed
+    with 408 after HEADER_TIMEOUT_S; then the server serves again."""
     slow = [connect(guarded) for _ in range(MAX_CONNECTIONS - 1)]
     idle = connect(guarded)  # sends nothing at all
     opened = time.monotonic()
@@ -214,14 +215,19 @@ def test_slowloris_connections_are_cut_and_extra_ones_refused(guarded: Server) -
     t = threading.Thread(target=trickle, daemon=True)
     t.start()
     try:
-        # Connections beyond the cap: a 503 with Retry-After, then closed.
+        # Connections beyond the cap: a 503 with Retry-After, then closed; a probe is answered.
         extra = []
         for _ in range(5):
             with connect(guarded) as s:
+                s.sendall(b"GET /v1/model HTTP/1.1\r\nHost: x\r\n\r\n")
                 extra.append(json_error(read_reply(s)))
         for status, headers, body in extra:
             assert status == 503 and body["error"] == "too_many_connections", body
             assert headers["retry-after"] == "1" and str(MAX_CONNECTIONS) in body["detail"]
+        with connect(guarded) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            probe = read_reply(s)
+        assert probe.startswith(b"HTTP/1.1 200") and b"connection: close" in probe, probe
         # The trickling connections: 408 JSON, then closed by the server.
         replies = [read_reply(s) for s in slow]
         cut_after = time.monotonic() - opened
@@ -281,3 +287,46 @@ def test_uploads_beyond_the_buffer_budget_are_refused_before_their_body(guarded:
     assert all(400 <= s < 500 for s in answers), answers  # the admitted bodies were read and judged
     # Without the budget all 40 bodies (160 MiB) would sit in memory at once.
     assert growth_mb < MAX_BUFFERED_BYTES * 3 / 2**20, f"+{growth_mb:.0f} MiB"
+
+
+def test_slowloris_after_a_good_request_is_cut_too(guarded: Server) -> None:
+    """The head timer starts again when a kept-alive connection's response ends: a client
+    that makes one good request and then trickles the next head is cut with 408 like any
+    other (without the re-armed timer it would hold the connection for as long as it likes)."""
+    with connect(guarded) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = read_response(s)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        stop = threading.Event()
+
+        def trickle() -> None:
+            while not stop.wait(0.5):
+                with contextlib.suppress(OSError):
+                    s.sendall(b"X-Slow: 1\r\n")
+
+        t = threading.Thread(target=trickle, daemon=True)
+        t.start()
+        try:
+            reply = read_reply(s)
+        finally:
+            stop.set()
+            t.join(5)
+    status, _, body = json_error(reply)
+    assert status == 408 and body["error"] == "header_timeout", body
+
+
+def test_many_small_pipelined_requests_are_all_answered(rel_server: Server) -> None:
+    """8,000 pipelined GET /healthz (272 KB in one go): each head is small, so none may be
+    refused as too large, however many of them one read of the socket holds."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    n = 8000
+    with connect(rel_server) as s:
+        sender = threading.Thread(target=s.sendall, args=(request * n,), daemon=True)
+        sender.start()
+        data = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while data.count(b"HTTP/1.1 ") < n and (chunk := s.recv(1 << 20)):
+                data += chunk
+        sender.join(WAIT_S)
+    assert data.count(b"HTTP/1.1 200") == n, (data.count(b"HTTP/1.1 200"), data.count(b"431"))

@@ -7,6 +7,7 @@ import asyncio
 import json
 from types import SimpleNamespace
 
+import pytest
 from starlette.datastructures import Headers
 
 from captioner.service.admission import AdmissionMiddleware, body_reservation
@@ -36,8 +37,11 @@ class Counters:
         self.buffered -= n
 
 
-def call(service: Counters, headers: dict[str, str], path: str = "/v1/captions") -> tuple[list[dict], int, int]:
-    """Run one request through the gate; returns (messages sent, receive() calls, app calls)."""
+def call(
+    service: Counters, headers: dict[str, str], path: str = "/v1/captions", fail: bool = False
+) -> tuple[list[dict], int, int]:
+    """Run one request through the gate; returns (messages sent, receive() calls, app calls).
+    ``fail``: the app raises after reading the body (a bug, or a client gone mid-request)."""
     app_calls = 0
     received = 0
     seen_buffered: list[int] = []
@@ -47,6 +51,8 @@ def call(service: Counters, headers: dict[str, str], path: str = "/v1/captions")
         app_calls += 1
         seen_buffered.append(service.buffered)
         await receive()
+        if fail:
+            raise RuntimeError("the app failed")
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
@@ -67,8 +73,10 @@ def call(service: Counters, headers: dict[str, str], path: str = "/v1/captions")
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
         "app": SimpleNamespace(state=SimpleNamespace(service=service)),
     }
-    asyncio.run(AdmissionMiddleware(inner)(scope, receive, send))
-    service.seen_buffered = seen_buffered
+    try:
+        asyncio.run(AdmissionMiddleware(inner)(scope, receive, send))
+    finally:
+        service.seen_buffered = seen_buffered
     return sent, received, app_calls
 
 
@@ -104,8 +112,13 @@ def test_the_byte_budget_is_shared_and_returned() -> None:
 def test_a_chunked_body_reserves_the_most_a_body_may_be() -> None:
     service = Counters(budget=MAX_BODY + 10)
     service.buffered = 11
+    sent, received, app_calls = call(service, {"transfer-encoding": "chunked"})
+    status, headers, body = status_and_body(sent)
+    assert (status, body["error"], headers[b"retry-after"], app_calls, received) == (503, "busy", b"1", 0, 0)
+    assert service.buffered == 11  # nothing reserved for the refused body
+    service.buffered = 10  # exactly max_body_bytes left: a chunked body is admitted
     sent, _, app_calls = call(service, {"transfer-encoding": "chunked"})
-    assert app_calls == 0 and status_and_body(sent)[1:] and status_and_body(sent)[2]["error"] == "busy"
+    assert (status_and_body(sent)[0], app_calls, service.buffered) == (200, 1, 10)
 
 
 def test_other_paths_and_unreadable_lengths_pass_untouched() -> None:
@@ -115,3 +128,46 @@ def test_other_paths_and_unreadable_lengths_pass_untouched() -> None:
         assert body_reservation(Headers({"content-length": value}), MAX_BODY) is None
         assert call(service, {"content-length": value})[2] == 1
     assert body_reservation(Headers({"content-length": "0"}), MAX_BODY) == 0
+
+
+def test_the_reservation_is_returned_when_the_app_raises() -> None:
+    """A raising app must not keep its bytes: otherwise each failure shrinks the budget until
+    every upload is refused 503 busy."""
+    service = Counters(budget=800)
+    for _ in range(3):  # more reservations than the budget holds at once
+        with pytest.raises(RuntimeError, match="the app failed"):
+            call(service, {"content-length": "500"}, fail=True)
+        assert service.seen_buffered == [500] and service.buffered == 0
+    assert status_and_body(call(service, {"content-length": "500"})[0])[0] == 200
+
+
+def test_a_refusal_before_routing_is_counted_under_its_route() -> None:
+    """A queue_full answered by the gate (before the router ran) is labelled /v1/captions in
+    the metrics, not <unmatched>."""
+    from captioner.service.app import ObservabilityMiddleware
+    from captioner.service.metrics import Metrics
+
+    metrics = Metrics()
+    service = Counters(queue_full=True)
+
+    async def never(scope, receive, send) -> None:
+        raise AssertionError("the gate must answer first")
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        pass
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/captions",
+        "root_path": "",
+        "headers": [(b"content-length", b"5")],
+        "app": SimpleNamespace(state=SimpleNamespace(service=service)),
+    }
+    stack = ObservabilityMiddleware(AdmissionMiddleware(never), metrics, routes=[])
+    asyncio.run(stack(scope, receive, send))
+    assert metrics.requests.labels("/v1/captions", "POST", "503")._value.get() == 1
+    assert metrics.requests.labels("<unmatched>", "POST", "503")._value.get() == 0
