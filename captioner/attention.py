@@ -61,6 +61,8 @@ class AttentionConfig(DecoderConfig):
     attention_dim: int = 256  # A: hidden size of f_att
     doubly_stochastic: float = 0.02  # lambda of the regulariser; 0 switches it off
     annotation_dim: int = 0  # D: size of the learned annotation a_i; 0: the C channels as they are
+    sentinel: bool = False  # a learned "nowhere" logit from h: mass off the grid, so the context's size can count
+    sharpen: float = 0.0  # weight of each step's attention entropy in the loss (0: off); in [0, 10]
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -70,6 +72,8 @@ class AttentionConfig(DecoderConfig):
             raise ValueError("doubly_stochastic must be >= 0")
         if int(self.annotation_dim) < 0:
             raise ValueError("annotation_dim must be >= 0")
+        if not 0.0 <= float(self.sharpen) <= 10.0:
+            raise ValueError("sharpen must be in [0, 10]")
 
     @property
     def annotation_width(self) -> int:
@@ -127,6 +131,8 @@ class AttentionDecoder(CaptionDecoder):
         self.att_hidden = nn.Linear(c.hidden_dim, c.attention_dim)  # W_ha
         self.att_score = nn.Linear(c.attention_dim, 1)  # v
         self.gate = nn.Linear(c.hidden_dim, D)  # W_b
+        # w_s: the sentinel's logit from h (the "look nowhere" choice), only with sentinel=True
+        self.att_sentinel = nn.Linear(c.hidden_dim, 1) if c.sentinel else None
         self.img_proj = nn.Linear(D, c.img_proj_dim)  # W_ih for the gated context
         self._add_cell_layers(c, init_dim=D)
 
@@ -160,8 +166,14 @@ class AttentionDecoder(CaptionDecoder):
         top layer's previous hidden state h (B, H)."""
         a, keys = memory.split([self.config.annotation_width, self.config.attention_dim], dim=2)  # (B, N, D), (B, N, A)
         e = self.att_score(torch.tanh(keys + self.att_hidden(h).unsqueeze(1))).squeeze(2)  # (B, N)
-        alpha = torch.softmax(e.float(), dim=1)  # (B, N)
-        z = torch.bmm(alpha.unsqueeze(1).to(a.dtype), a).squeeze(1)  # (B, D)
+        if self.att_sentinel is None:
+            alpha = torch.softmax(e.float(), dim=1)  # (B, N)
+            z = torch.bmm(alpha.unsqueeze(1).to(a.dtype), a).squeeze(1)  # (B, D)
+        else:  # softmax over the N locations and the sentinel, whose annotation is zero
+            full = torch.softmax(torch.cat([e, self.att_sentinel(h)], dim=1).float(), dim=1)  # (B, N + 1)
+            mass = full[:, :-1]  # (B, N): sums to 1 minus the sentinel's share
+            z = torch.bmm(mass.unsqueeze(1).to(a.dtype), a).squeeze(1)  # (B, D)
+            alpha = mass / mass.sum(dim=1, keepdim=True).clamp(min=1e-12)  # (B, N): where it looked on the grid
         beta = torch.sigmoid(self.gate(h))  # (B, D)
         return beta * z, alpha
 
@@ -221,6 +233,9 @@ class AttentionDecoder(CaptionDecoder):
         real = (target != pad_id).unsqueeze(2)  # (B, T-1, 1): the caption's steps, <end> included
         coverage = (alphas * real).sum(dim=1)  # (B, N): sum_t alpha_ti
         total = ce + self.config.doubly_stochastic * ((1.0 - coverage) ** 2).sum()
+        if self.config.sharpen:  # + sharpen * sum_t H(alpha_t): each step looks at few locations
+            entropy = -(alphas * torch.log(alphas.clamp(min=1e-12))).sum(dim=2, keepdim=True)  # (B, T-1, 1)
+            total = total + self.config.sharpen * (entropy * real).sum()
         return total / real.sum().clamp(min=1) if reduction == "mean" else total
 
     @torch.no_grad()

@@ -22,6 +22,8 @@ from captioner.attention import (
     decoder_kind,
 )
 from captioner.decoder import CaptionDecoder, DecoderConfig
+from captioner.model import ReferenceCaptioner
+from searchkit import beam, greedy, sample, token_logprobs
 
 START, END = 1, 2
 CELLS = ("lstm", "gru", "rnn")
@@ -55,9 +57,9 @@ def _maps(batch: int = 4, locations: int = 9, channels: int = 8, seed: int = 1) 
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("annotation_dim", [0, 6])
 def test_attention_weights_are_distributions_at_every_step(cell, layers, annotation_dim):
-    dec = _decoder(cell, layers, annotation_dim=annotation_dim)
+    dec = _decoder(cell, layers, annotation_dim=annotation_dim, sentinel=layers == 2)
     feats = _maps()
-    ids, _ = dec.greedy(feats, START, END, no_repeat_ngram_size=0)
+    ids, _ = greedy(dec, feats, START, END, no_repeat_ngram_size=0)
     maps = dec.attention(feats, ids, START, END)
     for row, weights in zip(ids, maps):
         assert weights.shape == (len(row) + 1, feats.size(1))
@@ -78,13 +80,13 @@ def test_attention_weights_are_distributions_at_every_step(cell, layers, annotat
 def test_beam_of_one_is_greedy_and_batched_beam_is_one_image_at_a_time(cell, annotation_dim):
     dec = _decoder(cell, layers=2, annotation_dim=annotation_dim)
     feats = _maps(batch=5)
-    g_ids, g_scores = dec.greedy(feats, START, END)
-    b_ids, b_scores = dec.beam_search(feats, START, END, beam_size=1)
+    g_ids, g_scores = greedy(dec, feats, START, END)
+    b_ids, b_scores = beam(dec, feats, START, END, beam_size=1)
     assert b_ids == g_ids
     torch.testing.assert_close(b_scores, g_scores)
-    ids, scores = dec.beam_search(feats, START, END, beam_size=3, length_penalty_alpha=0.6)
+    ids, scores = beam(dec, feats, START, END, beam_size=3, length_penalty=0.6)
     for i in range(feats.size(0)):
-        one_ids, one_scores = dec.beam_search(feats[i : i + 1], START, END, beam_size=3, length_penalty_alpha=0.6)
+        one_ids, one_scores = beam(dec, feats[i : i + 1], START, END, beam_size=3, length_penalty=0.6)
         assert one_ids[0] == ids[i]
         torch.testing.assert_close(one_scores[0], scores[i])
 
@@ -93,12 +95,12 @@ def test_scores_are_the_models_log_probabilities_for_greedy_beam_and_sampling():
     dec = _decoder("gru")
     feats = _maps(batch=3)
     runs = {
-        "greedy": dec.greedy(feats, START, END),
-        "beam": dec.beam_search(feats, START, END, beam_size=3),
-        "sample": dec.sample(feats, START, END, temperature=1.5, generator=torch.Generator().manual_seed(0)),
+        "greedy": greedy(dec, feats, START, END),
+        "beam": beam(dec, feats, START, END, beam_size=3),
+        "sample": sample(dec, feats, START, END, temperature=1.5, seed=0),
     }
     for name, (ids, scores) in runs.items():
-        per_word = dec.token_logprobs(feats, ids, START, END)
+        per_word = token_logprobs(dec, feats, ids, START, END)
         torch.testing.assert_close(torch.stack([p.sum() for p in per_word]), scores, msg=name)
         for row in ids:  # the decoder's no-repeat rule holds for it too: no word three times running
             assert all(not (a == b == c) for a, b, c in zip(row, row[1:], row[2:])), name
@@ -120,14 +122,57 @@ def test_the_loss_is_cross_entropy_plus_the_doubly_stochastic_term():
     torch.testing.assert_close(dec.loss(feats, tokens), (ce + lam * reg) / 6)
     off = _decoder(doubly_stochastic=0.0)
     torch.testing.assert_close(off.loss(feats, tokens), CaptionDecoder.loss(off, feats, tokens))
+    # sharpen adds each real step's attention entropy, weighted
+    sharp = _decoder(doubly_stochastic=lam, sharpen=0.5)
+    logits, alphas = sharp.forward_with_attention(feats, tokens)  # (2, 4, V), (2, 4, N)
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=0, reduction="sum")
+    entropy = sum(
+        float(-(alphas[b, :steps] * alphas[b, :steps].log()).sum().detach()) for b, steps in enumerate([4, 2])
+    )
+    torch.testing.assert_close(sharp.loss(feats, tokens, reduction="sum"), ce + lam * reg + 0.5 * entropy)
+    assert entropy > 0
+
+
+def test_the_sentinel_takes_mass_off_the_grid_and_the_maps_stay_distributions():
+    feats = _maps(batch=3)
+    tokens = torch.tensor([[START, 4, 5, END]] * 3)
+    plain = _decoder(annotation_dim=6)
+    with_sentinel = _decoder(annotation_dim=6, sentinel=True)
+    with_sentinel.load_state_dict(plain.state_dict(), strict=False)  # the same weights, plus w_s
+    assert with_sentinel.att_sentinel is not None
+    memory, state = with_sentinel._prepare(feats)  # (B, N, D + A)
+    h = state[0][-1]  # (B, H)
+    torch.nn.init.zeros_(with_sentinel.att_sentinel.weight)
+    torch.nn.init.constant_(with_sentinel.att_sentinel.bias, -30.0)  # never chosen: the plain decoder
+    torch.testing.assert_close(with_sentinel._attend(memory, h), plain._attend(memory, h))
+    torch.nn.init.constant_(with_sentinel.att_sentinel.bias, 30.0)  # always chosen: no context at all
+    context, alpha = with_sentinel._attend(memory, h)  # (B, D), (B, N)
+    assert float(context.abs().max()) < 1e-6
+    torch.testing.assert_close(alpha, plain._attend(memory, h)[1])  # the map is still where it looked
+    torch.nn.init.constant_(with_sentinel.att_sentinel.bias, 0.0)  # in between: a shorter context
+    context, _ = with_sentinel._attend(memory, h)
+    assert 0 < float(context.norm()) < float(plain._attend(memory, h)[0].norm())
+    _, alphas = with_sentinel.forward_with_attention(feats, tokens)  # (B, 3, N)
+    torch.testing.assert_close(alphas.sum(dim=2), torch.ones(3, 3))
+
+
+def test_new_attention_settings_default_off_and_are_checked():
+    old = config_to_dict(_decoder().config)
+    del old["sentinel"], old["sharpen"]  # a checkpoint written before they existed
+    cfg = config_from_dict(old)
+    assert isinstance(cfg, AttentionConfig) and (cfg.sentinel, cfg.sharpen) == (False, 0.0)
+    assert build_decoder(cfg).att_sentinel is None  # type: ignore[union-attr]
+    for bad in (-0.1, 10.5, float("nan")):
+        with pytest.raises(ValueError, match="sharpen"):
+            _decoder(sharpen=bad)
 
 
 def test_wrong_feature_shape_is_refused_with_the_expected_shape():
     dec = _decoder()
     with pytest.raises(ValueError, match=r"\(B, N, 8\)"):
-        dec.greedy(torch.zeros(2, 8), START, END)  # pooled features: not a map
+        greedy(dec, torch.zeros(2, 8), START, END)  # pooled features: not a map
     with pytest.raises(ValueError, match=r"\(B, N, 8\)"):
-        dec.greedy(torch.zeros(2, 9, 5), START, END)
+        greedy(dec, torch.zeros(2, 9, 5), START, END)
 
 
 def test_config_records_the_kind_and_builds_the_right_decoder():
@@ -206,7 +251,7 @@ def _fit(dec: CaptionDecoder, feats: torch.Tensor, tokens: torch.Tensor, steps: 
 
 
 def _side_accuracy(dec: CaptionDecoder, feats: torch.Tensor, tokens: torch.Tensor) -> float:
-    ids, _ = dec.greedy(feats, START, END, max_length=3)
+    ids, _ = greedy(dec, feats, START, END, max_length=3)
     said = torch.tensor([row[1] if len(row) > 1 else -1 for row in ids])
     return float((said == tokens[:, 2]).float().mean())
 
@@ -230,7 +275,7 @@ def test_attention_learns_where_the_patch_is_and_the_pooled_decoder_cannot():
     assert att_acc >= 0.95, att_acc
     assert 0.38 <= pooled_acc <= 0.62, pooled_acc  # chance is 0.5 (400 images: +-0.12 is 5 sd)
     # and the model looks at the patch when it names the side
-    ids, _ = att.greedy(test_maps[:50], START, END, max_length=3)
+    ids, _ = greedy(att, test_maps[:50], START, END, max_length=3)
     weights = att.attention(test_maps[:50], ids, START, END)
     patch_at = test_maps[:50, :, 2].argmax(dim=1)  # (50,)
     on_patch = torch.stack([w[1, p] for w, p in zip(weights, patch_at)])  # weight when choosing the side
@@ -265,7 +310,7 @@ def test_training_caches_float16_maps_resumes_saves_fp16_and_loads_the_attention
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from captioner import Captioner, pipeline
+    from captioner import pipeline
     from captioner.checkpoint import CONFIG, WEIGHTS
     from captioner.encoders import SpatialEncoder
     from captioner.training.train import TrainConfig, resume_config, train
@@ -315,7 +360,7 @@ def test_training_caches_float16_maps_resumes_saves_fp16_and_loads_the_attention
     assert config["kind"] == "attention" and config["attention_dim"] == 16
     assert config["annotation_dim"] == 512  # the training default: learned annotations
     assert {v.dtype for v in load_file(str(best / WEIGHTS)).values() if v.is_floating_point()} == {torch.float16}
-    model = Captioner.load(best, device="cpu", fast=False)
+    model = ReferenceCaptioner.load(best)
     assert isinstance(model.decoder, AttentionDecoder) and isinstance(model.encoder, SpatialEncoder)
     assert model.describe()["decoder"]["kind"] == "attention"
     rows = [json.loads(x) for x in (tmp_path / "full" / "test_captions.jsonl").read_text().splitlines()]
@@ -330,7 +375,7 @@ def test_training_caches_float16_maps_resumes_saves_fp16_and_loads_the_attention
 
 @pytest.mark.parametrize(("cell", "annotation_dim"), [("lstm", 0), ("gru", 0), ("lstm", 6)])
 def test_the_onnx_runtime_step_agrees_with_pytorch(cell, annotation_dim):
-    from captioner.runtime.onnx_decoder import build_onnx_decoder
+    from captioner.model.onnx_decoder import build_onnx_decoder
 
     dec = _decoder(cell, layers=2, annotation_dim=annotation_dim)
     fast, reason = build_onnx_decoder(dec)
@@ -338,8 +383,8 @@ def test_the_onnx_runtime_step_agrees_with_pytorch(cell, annotation_dim):
     assert isinstance(fast, AttentionDecoder) and "onnx_step" in fast.__dict__  # its step is ONNX Runtime's
     feats = _maps(batch=3, locations=49)  # another grid than the export's 4 locations
     for run in (
-        lambda d: d.greedy(feats, START, END),
-        lambda d: d.beam_search(feats, START, END, beam_size=3),
+        lambda d: greedy(d, feats, START, END),
+        lambda d: beam(d, feats, START, END, beam_size=3),
     ):
         ref_ids, ref_scores = run(dec)
         ids, scores = run(fast)
