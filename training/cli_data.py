@@ -101,7 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "size at min counts 1 and 5, a histogram of caption lengths in words, missing image files and "
         "any other problem found while loading. Formats: COCO captions JSON (or a folder of "
         "captions_*.json, such as a scenes dataset), Flickr8k/30k token files with their split lists, "
-        "Karpathy split JSON, JSONL or CSV of (file, caption) rows.",
+        "Karpathy split JSON, JSONL or CSV of (file, caption) rows. Exit status 1 when any problem was "
+        "found (malformed lines or entries, missing images, ...), 0 for a clean dataset.",
     )
     p.add_argument("path", metavar="PATH", help="caption file, or a folder holding one")
     p.add_argument(
@@ -137,7 +138,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=5,
         metavar="N",
-        help="show the first N problems of each kind on stderr (default: 5)",
+        help="list the first N problems of each kind (at the end of the report; on stderr with --json; default: 5)",
     )
     p.set_defaults(func=cmd_stats)
 
@@ -202,13 +203,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
         fold_restval=not args.keep_restval,
     )
     stats = compute_stats(ds)
+    listed = ds.report.summary(shown=args.problems) if not ds.report.ok and args.problems > 0 else None
     if args.json:
         print(json.dumps(stats.to_dict(), ensure_ascii=False))
+        if listed:  # stdout stays one JSON object
+            print(listed, file=sys.stderr)
     else:
-        print(format_stats(stats))
-    if not ds.report.ok and args.problems > 0:
-        print(ds.report.summary(shown=args.problems), file=sys.stderr)
-    return 0
+        print(format_stats(stats, problems=listed))  # each problem once, at the end of the report
+    return 0 if ds.report.ok else 1  # a dataset with problems fails a script's check
 
 
 def cmd_preview(args: argparse.Namespace) -> int:

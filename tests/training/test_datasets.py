@@ -366,11 +366,11 @@ def run_cli(*argv: str) -> int:
 
 def test_cli_stats(tmp_path, capsys):
     write_flickr(tmp_path)
-    assert run_cli("data", "stats", str(tmp_path)) == 0
+    assert run_cli("data", "stats", str(tmp_path)) == 1  # problems found: exit status 1
     out, err = capsys.readouterr()
-    assert "images       3" in out and "captions     4" in out and "missing image files  1" in out
-    assert "Flickr8k.token.txt:7" in err  # the malformed line is shown
-    assert run_cli("data", "stats", str(tmp_path / "Flickr8k.token.txt"), "--json", "--split", "train") == 0
+    assert "images       3" in out and "captions     4" in out and "1 image files missing" in out
+    assert "Flickr8k.token.txt:7" in out  # the malformed line is shown, once, at the end of the report
+    assert run_cli("data", "stats", str(tmp_path / "Flickr8k.token.txt"), "--json", "--split", "train") == 1
     data = json.loads(capsys.readouterr().out)
     assert data["images"] == 2 and data["format"] == "flickr" and data["splits"]["train"]["captions"] == 3
     with pytest.raises(CaptionerError, match="missing"):

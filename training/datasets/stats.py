@@ -97,8 +97,9 @@ def histogram_lines(counts: Counter, width: int = 40, max_rows: int = 16, label:
     return lines
 
 
-def format_stats(stats: DatasetStats) -> str:
-    """The human-readable report."""
+def format_stats(stats: DatasetStats, problems: str | None = None) -> str:
+    """The human-readable report. ``problems``: the load report's list of problems, shown
+    at the end instead of the count lines (so each problem is said once)."""
     per = stats.captions_per_image
     n_img = sum(per.values())
     mean = sum(k * v for k, v in per.items()) / n_img if n_img else 0.0
@@ -115,14 +116,17 @@ def format_stats(stats: DatasetStats) -> str:
         lines.append(f"captions per image  min {min(per)}  mean {mean:.2f}  max {max(per)}")
     for k, v in stats.vocab_sizes.items():
         lines.append(f"vocabulary (words seen >= {k} time{'s' if k > 1 else ''})  {v}")
-    lines.append(f"missing image files  {stats.missing_files}")
-    other = {k: v for k, v in stats.problems.items() if k != "missing_file"}
-    if other:
-        lines.append("other problems  " + ", ".join(f"{k}: {v}" for k, v in sorted(other.items())))
+    if not problems:
+        lines.append(f"missing image files  {stats.missing_files}")
+        other = {k: v for k, v in stats.problems.items() if k != "missing_file"}
+        if other:
+            lines.append("other problems  " + ", ".join(f"{k}: {v}" for k, v in sorted(other.items())))
     if total_len:
         lines.append(
             f"caption length in words  min {min(stats.caption_lengths)}  mean {mean_len:.1f}  "
             f"max {max(stats.caption_lengths)}"
         )
     lines += histogram_lines(stats.caption_lengths)
+    if problems:
+        lines.append(problems)
     return "\n".join(lines)
