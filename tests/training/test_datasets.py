@@ -367,7 +367,7 @@ def run_cli(*argv: str) -> int:
 def test_cli_stats(tmp_path, capsys):
     write_flickr(tmp_path)
     assert run_cli("data", "stats", str(tmp_path)) == 1  # problems found: exit status 1
-    out, err = capsys.readouterr()
+    out, _ = capsys.readouterr()
     assert "images       3" in out and "captions     4" in out and "1 image files missing" in out
     assert "Flickr8k.token.txt:7" in out  # the malformed line is shown, once, at the end of the report
     assert run_cli("data", "stats", str(tmp_path / "Flickr8k.token.txt"), "--json", "--split", "train") == 1
