@@ -410,6 +410,18 @@ def _needs_torch(verb: str, args: argparse.Namespace | None = None) -> int:
     return 2
 
 
+def torch_side_importable(verb: str) -> bool:
+    """False when ``verb`` is a plugin verb whose module needs PyTorch and this install has none."""
+    for ep in entry_points(group="captioner.commands", name=verb):
+        try:
+            ep.load()
+        except ModuleNotFoundError as e:
+            return e.name not in TORCH_MODULES
+        except Exception:  # reported with the verb list
+            return True
+    return True
+
+
 def verb_of(argv: list[str]) -> str | None:
     """The verb in a command line (its first word that is not an option), or None."""
     return next((a for a in argv if not a.startswith("-")), None)
@@ -418,6 +430,8 @@ def verb_of(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     verb = verb_of(argv)
+    if verb is not None and not torch_side_importable(verb):
+        return _needs_torch(verb)
     parser = build_parser(load={verb} if verb else set())
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

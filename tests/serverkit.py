@@ -32,7 +32,7 @@ def serve_command(checkpoint: Path, *args: str) -> list[str]:
         "127.0.0.1",
         "--port",
         "0",
-        "--torch-threads",
+        "--threads",
         "1",
         "--log-level",
         "warning",

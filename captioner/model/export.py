@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..attention import AttentionDecoder
 from ..checkpoint import GRAPHS
+from ..decoder import CaptionDecoder
 from ..errors import CheckpointError
 from ..fsio import fsync_dir, replace_dir
 from ..runtime.graphs import (
@@ -75,11 +77,12 @@ def _compare(what: str, graph: bytes, feed: dict[str, np.ndarray], reference: li
     return diff
 
 
-def _decoder_graphs(model: ReferenceCaptioner, feature_shape: tuple[int, ...]) -> tuple[bytes, bytes, dict]:
-    """start.onnx and step.onnx, each checked on random inputs; and their facts."""
-    dec = model.decoder.cpu().eval()
+def decoder_graphs(decoder: CaptionDecoder, feature_shape: tuple[int, ...]) -> tuple[bytes, bytes, dict]:
+    """start.onnx and step.onnx of ``decoder`` (on features of ``feature_shape`` per image),
+    each checked against PyTorch on random inputs; and their facts for the manifest."""
+    dec = decoder.cpu().eval()
     c = dec.config
-    lstm, attends = c.cell == "lstm", model.attends
+    lstm, attends = c.cell == "lstm", isinstance(dec, AttentionDecoder)
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(3, *feature_shape, generator=gen).abs()  # (3, F) or (3, N, C): CNN outputs are >= 0
     start = StartGraph(dec)
@@ -116,7 +119,7 @@ def _decoder_graphs(model: ReferenceCaptioner, feature_shape: tuple[int, ...]) -
     feed.update({s: t.numpy() for s, t in zip(state_names, st)})
     d_step = _compare("decoder step", step_graph, feed, ref, STEP_TOLERANCE)
     facts = {
-        "kind": model.decoder_settings.get("kind", "pooled"),
+        "kind": "attention" if attends else "pooled",
         "vocab_size": c.vocab_size,
         "state": len(state_names),
         "attention": attends,
@@ -192,7 +195,7 @@ def export_graphs(checkpoint: str | Path, out: str | Path | None = None) -> Path
     target = Path(out) if out is not None else folder / GRAPHS
     model = ReferenceCaptioner.load(folder, device="cpu")
     files, encoder_facts, feature_shape = _encoder_graphs(model)
-    files[START], files[STEP], decoder_facts = _decoder_graphs(model, feature_shape)
+    files[START], files[STEP], decoder_facts = decoder_graphs(model.decoder, feature_shape)
     labels = _label_graph(model, feature_shape[-1])
     extra: dict[str, bytes] = {}
     if labels is not None:

@@ -211,5 +211,3 @@ class ReferenceCaptioner(CaptionerBase):
     def runtime_status(self) -> dict:
         return {"encoder": "pytorch", "decoder": "pytorch", "reasons": {}}
 
-    def describe(self) -> dict:
-        return {**super().describe(), "device": str(self.device)}

@@ -29,7 +29,7 @@ from PIL import Image
 
 from .. import pipeline
 from ..checkpoint import CONFIG, read_checkpoint_info
-from ..errors import CheckpointError, ImageLoadError
+from ..errors import CaptionerError, CheckpointError, ImageLoadError
 from ..images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource
 from ..options import DEFAULT_MIN_WORD_PROB, MIN_WORD_PROB, CaptionOptions
 from ..trust import TrustStats, load_trust, pooled
@@ -57,6 +57,7 @@ class CaptionerBase:
     decoder step (:meth:`encode`, :meth:`decoder_step`, :meth:`_label_logits`)."""
 
     backend = "onnxruntime"
+    device: Any = "cpu"  # where the model runs (the reference path may use a CUDA device)
 
     def __init__(
         self,
@@ -240,7 +241,7 @@ class CaptionerBase:
             "precision_requested": getattr(self, "precision_wanted", self.precision),
             "decoder": self.decoder_settings,
             "vocab_size": len(self.vocab),
-            "device": "cpu",
+            "device": str(self.device),
             "metadata": self.metadata,
             "trained_on": self.trust.trained_on or None,  # one sentence, for people
             "trust": self.trust.describe(),
@@ -260,7 +261,7 @@ class Captioner(CaptionerBase):
             log.warning("the encoder runs in fp32, not int8: %s", self.int8_reason)
             precision = "fp32"
         self.encoder = OnnxEncoder(graphs, precision, threads)
-        self.step = OnnxStep(graphs)
+        self.step = OnnxStep.of(graphs)
         self._labels = OnnxLabels(graphs) if graphs.has(LABELS) else None
 
     @classmethod
@@ -272,7 +273,13 @@ class Captioner(CaptionerBase):
         ``precision`` (``"int8"`` or ``"fp32"``; default: env ``CAPTIONER_PRECISION``, else the
         checkpoint's metadata, else fp32) is what the encoder computes in; int8 falls back to
         fp32, with the reason logged, when the checkpoint has no int8 graph. ``threads``: the
-        encoder's threads (default ``CAPTIONER_ENCODER_THREADS``, else every CPU allowed)."""
+        encoder's threads (default ``CAPTIONER_ENCODER_THREADS``, else every CPU allowed).
+        ``device`` may only be the CPU: :func:`load_captioner` reaches CUDA through PyTorch."""
+        if (device or "cpu").strip().lower() != "cpu":
+            raise CaptionerError(
+                f"Captioner runs on the CPU (ONNX Runtime), not {device!r}: use "
+                "captioner.runtime.captioner.load_captioner(path, device=...) or ReferenceCaptioner for CUDA"
+            )
         folder = Path(path) if path is not None else default_weights_path()
         if path is None and not (folder / CONFIG).exists():
             raise CheckpointError(

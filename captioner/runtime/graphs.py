@@ -196,15 +196,20 @@ class OnnxStep:
     """The exported decoder as a :class:`captioner.runtime.search.DecoderStep`: one session
     call per step for the whole batch, on one thread (a step is a handful of small products)."""
 
-    def __init__(self, graphs: Graphs) -> None:
-        self.start_session = session(str(graphs.file(START)))
-        self.step_session = session(str(graphs.file(STEP)))
-        decoder = graphs.manifest["decoder"]
+    def __init__(self, start: bytes | str, step: bytes | str, decoder: dict) -> None:
+        """``start`` and ``step``: the graphs (bytes or file names); ``decoder``: their facts
+        from the manifest (vocab_size, state, attention)."""
+        self.start_session = session(start)
+        self.step_session = session(step)
         self.vocab_size = int(decoder["vocab_size"])
         self.state_size = int(decoder["state"])  # 2 for the LSTM's (h, c), else 1
         self.attends = bool(decoder["attention"])
         self._state_names = ["h", "c"][: self.state_size]
         self._outs = ["logp", *(f"{n}_out" for n in self._state_names)] + (["alpha"] if self.attends else [])
+
+    @classmethod
+    def of(cls, graphs: Graphs) -> OnnxStep:
+        return cls(str(graphs.file(START)), str(graphs.file(STEP)), graphs.manifest["decoder"])
 
     def start(self, features: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         memory, *state = self.start_session.run(None, {"features": np.ascontiguousarray(features, np.float32)})

@@ -2,8 +2,10 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from searchkit import beam, greedy, sample, token_logprobs
 
 from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.vocab import Vocabulary
@@ -66,7 +68,7 @@ def trained():
 def test_all_cells_train_and_memorise(cell):
     dec, vocab, feats, _tokens, loss = train_tiny(cell=cell, num_layers=2 if cell == "lstm" else 1)
     assert loss < 0.05, f"{cell} did not fit: loss {loss}"
-    ids, scores = dec.greedy(feats, vocab.start_id, vocab.end_id)
+    ids, scores = greedy(dec, feats, vocab.start_id, vocab.end_id)
     assert [vocab.decode(i) for i in ids] == CAPTIONS
     assert torch.all(scores <= 0)
 
@@ -86,8 +88,8 @@ def test_padding_never_contributes_to_loss(trained):
 
 def test_beam_one_equals_greedy(trained):
     dec, vocab, feats, _, _ = trained
-    g_ids, g_scores = dec.greedy(feats, vocab.start_id, vocab.end_id)
-    b_ids, b_scores = dec.beam_search(feats, vocab.start_id, vocab.end_id, beam_size=1)
+    g_ids, g_scores = greedy(dec, feats, vocab.start_id, vocab.end_id)
+    b_ids, b_scores = beam(dec, feats, vocab.start_id, vocab.end_id, beam_size=1)
     assert g_ids == b_ids
     assert torch.allclose(g_scores, b_scores, atol=1e-5)
 
@@ -99,9 +101,9 @@ def test_beam_finds_at_least_greedy_logprob_on_untrained_model():
         DecoderConfig(vocab_size=len(vocab), feature_dim=8, embed_dim=16, hidden_dim=32, img_proj_dim=8, dropout=0.0)
     ).eval()
     feats = torch.randn(12, 8) * 3
-    _, g = dec.greedy(feats, vocab.start_id, vocab.end_id, max_length=6)
+    _, g = greedy(dec, feats, vocab.start_id, vocab.end_id, max_length=6)
     for k in (2, 3, 5):
-        _, b = dec.beam_search(feats, vocab.start_id, vocab.end_id, beam_size=k, max_length=6)
+        _, b = beam(dec, feats, vocab.start_id, vocab.end_id, beam_size=k, max_length=6)
         assert torch.all(b >= g - 1e-5), (k, b, g)
 
 
@@ -114,12 +116,10 @@ def test_batched_beam_equals_one_at_a_time():
         )
     ).eval()
     feats = torch.randn(6, 8) * 3
-    ids, scores = dec.beam_search(
-        feats, vocab.start_id, vocab.end_id, beam_size=4, max_length=7, length_penalty_alpha=0.6
-    )
+    ids, scores = beam(dec, feats, vocab.start_id, vocab.end_id, beam_size=4, max_length=7, length_penalty=0.6)
     for i in range(6):
-        one_ids, one_score = dec.beam_search(
-            feats[i : i + 1], vocab.start_id, vocab.end_id, beam_size=4, max_length=7, length_penalty_alpha=0.6
+        one_ids, one_score = beam(
+            dec, feats[i : i + 1], vocab.start_id, vocab.end_id, beam_size=4, max_length=7, length_penalty=0.6
         )
         assert one_ids[0] == ids[i]
         assert math.isclose(one_score.item(), scores[i].item(), abs_tol=1e-4)
@@ -127,37 +127,35 @@ def test_batched_beam_equals_one_at_a_time():
 
 def test_generation_stops_at_end_and_respects_max_length(trained):
     dec, vocab, feats, _, _ = trained
-    ids, _ = dec.greedy(feats, vocab.start_id, vocab.end_id, max_length=3)
+    ids, _ = greedy(dec, feats, vocab.start_id, vocab.end_id, max_length=3)
     assert all(len(i) <= 3 for i in ids)
     assert all(vocab.end_id not in i and vocab.start_id not in i for i in ids)
-    ids, _ = dec.beam_search(feats, vocab.start_id, vocab.end_id, beam_size=3, max_length=2)
+    ids, _ = beam(dec, feats, vocab.start_id, vocab.end_id, beam_size=3, max_length=2)
     assert all(len(i) <= 2 for i in ids)
     # memorised captions end on their own before the limit
-    ids, _ = dec.beam_search(feats, vocab.start_id, vocab.end_id, beam_size=3, max_length=30)
+    ids, _ = beam(dec, feats, vocab.start_id, vocab.end_id, beam_size=3, max_length=30)
     assert [vocab.decode(i) for i in ids] == CAPTIONS
 
 
 def test_sampling_is_seeded_and_low_temperature_matches_greedy(trained):
     dec, vocab, feats, _, _ = trained
-    g1 = torch.Generator().manual_seed(7)
-    g2 = torch.Generator().manual_seed(7)
-    a, _ = dec.sample(feats, vocab.start_id, vocab.end_id, temperature=1.5, generator=g1)
-    b, _ = dec.sample(feats, vocab.start_id, vocab.end_id, temperature=1.5, generator=g2)
+    a, _ = sample(dec, feats, vocab.start_id, vocab.end_id, temperature=1.5, seed=7)
+    b, _ = sample(dec, feats, vocab.start_id, vocab.end_id, temperature=1.5, seed=7)
     assert a == b
-    cold, _ = dec.sample(feats, vocab.start_id, vocab.end_id, temperature=1e-3, generator=g1)
-    greedy, _ = dec.greedy(feats, vocab.start_id, vocab.end_id)
-    assert cold == greedy
+    cold, _ = sample(dec, feats, vocab.start_id, vocab.end_id, temperature=1e-3, seed=8)
+    warm, _ = greedy(dec, feats, vocab.start_id, vocab.end_id)
+    assert cold == warm
     with pytest.raises(ValueError):
-        dec.sample(feats, vocab.start_id, vocab.end_id, temperature=0)
+        sample(dec, feats, vocab.start_id, vocab.end_id, temperature=0)
 
 
 def test_init_state_off_and_bad_shapes():
     cfg = DecoderConfig(vocab_size=10, feature_dim=4, init_state=False, dropout=0.0)
     dec = CaptionDecoder(cfg).eval()
-    ids, scores = dec.beam_search(torch.randn(2, 4), 1, 2, beam_size=2, max_length=4)
+    ids, scores = beam(dec, torch.randn(2, 4), 1, 2, beam_size=2, max_length=4)
     assert len(ids) == 2 and scores.shape == (2,)
     with pytest.raises(ValueError, match="shape"):
-        dec.greedy(torch.randn(2, 5), 1, 2)
+        greedy(dec, torch.randn(2, 5), 1, 2)
     with pytest.raises(ValueError, match="cell"):
         DecoderConfig(vocab_size=10, feature_dim=4, cell="transformer")
     with pytest.raises(ValueError, match="unknown decoder settings"):
@@ -190,29 +188,28 @@ def _ngrams(ids, n):
 
 
 def test_banned_words_masks_runs_and_repeated_ngrams():
-    from captioner.decoder import banned_words
+    from captioner.runtime.search import banned_words
 
-    history = torch.tensor([[5, 6, 7, 5, 6], [4, 4, 9, 8, 8], [1, 2, 3, 4, 5]])  # (3, 5)
+    history = np.array([[5, 6, 7, 5, 6], [4, 4, 9, 8, 8], [1, 2, 3, 4, 5]])  # (3, 5)
     off = banned_words(history, 12, 0)
-    assert off[1].nonzero().flatten().tolist() == [8]  # "8 8" -> a third 8 is refused
+    assert np.flatnonzero(off[1]).tolist() == [8]  # "8 8" -> a third 8 is refused
     assert not off[0].any() and not off[2].any()
     tri = banned_words(history, 12, 3)
-    assert tri[0].nonzero().flatten().tolist() == [7]  # "5 6" was followed by 7 before
-    assert tri[1].nonzero().flatten().tolist() == [8]
+    assert np.flatnonzero(tri[0]).tolist() == [7]  # "5 6" was followed by 7 before
+    assert np.flatnonzero(tri[1]).tolist() == [8]
     assert not tri[2].any()
     uni = banned_words(history, 12, 1)
-    assert uni[2].nonzero().flatten().tolist() == [1, 2, 3, 4, 5]
+    assert np.flatnonzero(uni[2]).tolist() == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
 def test_no_word_three_times_in_a_row_even_with_ngrams_off(method):
     dec, vocab, feats = _repeater()
     s, e = vocab.start_id, vocab.end_id
-    g = torch.Generator().manual_seed(1)
     run = {
-        "greedy": lambda n: dec.greedy(feats, s, e, max_length=12, no_repeat_ngram_size=n),
-        "beam": lambda n: dec.beam_search(feats, s, e, beam_size=3, max_length=12, no_repeat_ngram_size=n),
-        "sample": lambda n: dec.sample(feats, s, e, 12, temperature=0.7, generator=g, no_repeat_ngram_size=n),
+        "greedy": lambda n: greedy(dec, feats, s, e, max_length=12, no_repeat_ngram_size=n),
+        "beam": lambda n: beam(dec, feats, s, e, beam_size=3, max_length=12, no_repeat_ngram_size=n),
+        "sample": lambda n: sample(dec, feats, s, e, 12, temperature=0.7, seed=1, no_repeat_ngram_size=n),
     }[method]
     ids, scores = run(0)
     assert all(len(i) == 12 for i in ids)  # the model never wants <end>: full-length captions
@@ -226,47 +223,52 @@ def test_no_word_three_times_in_a_row_even_with_ngrams_off(method):
 def test_scores_stay_the_models_log_probabilities_under_constraints():
     dec, vocab, feats = _repeater()
     for ids, scores in (
-        dec.greedy(feats, vocab.start_id, vocab.end_id, max_length=9, no_repeat_ngram_size=2),
-        dec.beam_search(feats, vocab.start_id, vocab.end_id, beam_size=4, max_length=9, no_repeat_ngram_size=2),
+        greedy(dec, feats, vocab.start_id, vocab.end_id, max_length=9, no_repeat_ngram_size=2),
+        beam(dec, feats, vocab.start_id, vocab.end_id, beam_size=4, max_length=9, no_repeat_ngram_size=2),
     ):
-        rescored = dec.token_logprobs(feats, ids, vocab.start_id, vocab.end_id)
+        rescored = token_logprobs(dec, feats, ids, vocab.start_id, vocab.end_id)
         assert [len(r) for r in rescored] == [len(i) + 1 for i in ids]
         assert torch.allclose(torch.stack([r.sum() for r in rescored]), scores, atol=1e-4)
 
 
 def test_default_no_repeat_keeps_memorised_captions(trained):
-    from captioner.decoder import DEFAULT_NO_REPEAT_NGRAM
+    from captioner.runtime.search import DEFAULT_NO_REPEAT_NGRAM
 
     assert DEFAULT_NO_REPEAT_NGRAM >= 1
     dec, vocab, feats, _, _ = trained
-    ids, _ = dec.greedy(feats, vocab.start_id, vocab.end_id)
+    ids, _ = greedy(dec, feats, vocab.start_id, vocab.end_id)
     assert [vocab.decode(i) for i in ids] == CAPTIONS
     with pytest.raises(ValueError, match="no_repeat_ngram_size"):
-        dec.greedy(feats, vocab.start_id, vocab.end_id, no_repeat_ngram_size=-1)
+        greedy(dec, feats, vocab.start_id, vocab.end_id, no_repeat_ngram_size=-1)
 
 
 def test_batched_beam_equals_one_at_a_time_with_ngram_blocking():
     dec, vocab, feats = _repeater(seed=6)
-    ids, scores = dec.beam_search(feats, vocab.start_id, vocab.end_id, beam_size=3, max_length=8)
+    ids, scores = beam(dec, feats, vocab.start_id, vocab.end_id, beam_size=3, max_length=8)
     for i in range(feats.size(0)):
-        one, one_score = dec.beam_search(feats[i : i + 1], vocab.start_id, vocab.end_id, beam_size=3, max_length=8)
+        one, one_score = beam(dec, feats[i : i + 1], vocab.start_id, vocab.end_id, beam_size=3, max_length=8)
         assert one[0] == ids[i]
         assert math.isclose(one_score.item(), scores[i].item(), abs_tol=1e-4)
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])
-def test_the_onnx_step_path_applies_the_same_rules(method):
-    """captioner.runtime swaps only ``step`` for ONNX Runtime; the rules live in the loops."""
-    from captioner.runtime.onnx_decoder import build_onnx_decoder
+def test_the_exported_step_gives_the_same_captions_under_the_same_rules(method):
+    """The search is one module; the exported graphs (what serving runs) only replace the step."""
+    from captioner.model.export import decoder_graphs
+    from captioner.model.steps import TorchStep
+    from captioner.runtime import search
+    from captioner.runtime.graphs import OnnxStep
 
     dec, vocab, feats = _repeater()
-    fast, reason = build_onnx_decoder(dec)
-    assert isinstance(fast, CaptionDecoder), reason  # a copy whose step runs on ONNX Runtime
-    s, e = vocab.start_id, vocab.end_id
-    for n in (0, 2):
+    onnx = OnnxStep(*decoder_graphs(dec, (feats.size(1),)))
+    s, e, f = vocab.start_id, vocab.end_id, feats.numpy()
+    def run(step, n):
         if method == "greedy":
-            ref, got = dec.greedy(feats, s, e, 10, n), fast.greedy(feats, s, e, 10, n)
-        else:
-            ref, got = dec.beam_search(feats, s, e, 3, 10, 0.0, n), fast.beam_search(feats, s, e, 3, 10, 0.0, n)
-        assert got[0] == ref[0] and torch.allclose(got[1], ref[1], atol=1e-3)
-        assert not any(_has_run_of_three(i) for i in got[0])
+            return [(h.tokens, h.score) for h in search.sequential(step, f, s, e, 10, n)]
+        return [(h[0].tokens, h[0].score) for h in search.beam_search(step, f, s, e, 10, 3, 0.0, n)]
+
+    for n in (0, 2):
+        ref, got = run(TorchStep(dec), n), run(onnx, n)
+        assert [t for t, _ in got] == [t for t, _ in ref]
+        assert np.allclose([x for _, x in got], [x for _, x in ref], atol=1e-4)
+        assert not any(_has_run_of_three(t) for t, _ in got)
