@@ -304,7 +304,12 @@ def build_router(settings: Settings) -> APIRouter:
         )
         return build_response(service.model.model_id, opts, items, started)
 
-    @router.get("/model", response_model=ModelInfo, summary="The loaded model and this server's limits")
+    @router.get(
+        "/model",
+        response_model=ModelInfo,
+        responses={401: {"model": ErrorBody, "description": ERROR_TEXTS[401]}},
+        summary="The loaded model and this server's limits",
+    )
     async def model_info(service: ServiceDep) -> dict[str, Any]:
         """Encoder, decoder settings, vocabulary size, training data and metrics from the checkpoint
         (absolute paths of the machine that trained it reduced to their last part), and this server's limits."""
