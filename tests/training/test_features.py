@@ -13,7 +13,7 @@ from torch import nn
 
 from captioner.encoders import Preprocess
 from captioner.errors import CaptionerError
-from captioner.runtime.torchscript import traced_forward
+from captioner.model.torchscript import traced_forward
 from captioner.training.features import FeatureCache, encode_images, weights_digest
 
 
@@ -62,7 +62,7 @@ def test_cache_computes_once_and_reuses(tmp_path):
             table2.features[table2.rows([p])[0]],
         )
     # the features are the encoder's own output for the preprocessed image
-    x = enc.spec.preprocess(Image.open(paths[2]).convert("RGB")).unsqueeze(0)
+    x = torch.from_numpy(enc.spec.preprocess(Image.open(paths[2]).convert("RGB")))[None]  # (1, 3, 32, 32)
     assert torch.allclose(table2.features[table2.rows([paths[2]])[0]], enc(x)[0], atol=1e-6)
 
 
@@ -78,7 +78,7 @@ def test_changed_image_is_stale_and_recomputed(tmp_path):
     assert (report.computed, report.stale, report.reused) == (1, 1, 4)
     after = table2.features[table2.rows([paths[1]])[0]]
     assert not torch.allclose(before, after)
-    x = enc.spec.preprocess(Image.open(paths[1]).convert("RGB")).unsqueeze(0)
+    x = torch.from_numpy(enc.spec.preprocess(Image.open(paths[1]).convert("RGB")))[None]  # (1, 3, 32, 32)
     assert torch.allclose(after, enc(x)[0], atol=1e-6)
 
 
