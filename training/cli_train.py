@@ -85,7 +85,7 @@ HELP: dict[str, str] = {
     "lr": "peak learning rate of AdamW (default: 2e-3)",
     "weight_decay": "AdamW weight decay on weight matrices (default: 0.01)",
     "schedule": "learning rate after warm-up: cosine decay (default) or constant",
-    "warmup_steps": "steps of linear learning-rate warm-up (default: 100)",
+    "warmup_steps": "steps of linear learning-rate warm-up, at most a tenth of the run's steps (default: 100)",
     "min_lr_ratio": "the cosine ends at lr x this (default: 0.05)",
     "grad_clip": "clip the global gradient norm to this; 0 disables (default: 1.0)",
     "label_smoothing": "label smoothing of the cross-entropy (default: 0)",

@@ -84,9 +84,20 @@ def build_optimizer(decoder: nn.Module, encoder_params: list[nn.Parameter], cfg:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
 
 
+#: The warm-up takes at most this share of a run's steps: with little data (20 steps in all)
+#: the default 100 warm-up steps would still be raising the learning rate at the last step.
+WARMUP_MAX_SHARE = 0.1
+
+
+def warmup_steps(total: int, cfg: TrainConfig) -> int:
+    """The warm-up of a run of ``total`` steps: ``cfg.warmup_steps``, capped at
+    :data:`WARMUP_MAX_SHARE` of the run."""
+    return min(cfg.warmup_steps, int(WARMUP_MAX_SHARE * total))
+
+
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
-    warm = min(cfg.warmup_steps, max(total - 1, 0))
+    warm = warmup_steps(total, cfg)
     if step < warm:
         return (step + 1) / warm
     if cfg.schedule == "constant":

@@ -95,6 +95,19 @@ def load_splits(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[dict[str,
     return by_split, info
 
 
+def sizes_line(info: dict) -> str:
+    """The data's sizes as a person reads them: ``train 32,000 images (160,000 captions),
+    val 500 images (2,500 captions)``, from :func:`load_splits`' facts."""
+    captions = info.get("captions", {})
+    parts = []
+    for name, images in info["splits"].items():
+        text = f"{name} {images:,} image{'s' if images != 1 else ''}"
+        if name in captions:
+            text += f" ({captions[name]:,} caption{'s' if captions[name] != 1 else ''})"
+        parts.append(text)
+    return ", ".join(parts)
+
+
 def hold_out(train: SplitData, fraction: float, seed: int, source: str) -> tuple[SplitData, SplitData]:
     """(train, val): a deterministic ``fraction`` of train (at least one image) as validation."""
     if len(train) < 2 or fraction == 0:

@@ -44,7 +44,7 @@ from .optim import (
     set_trainable_encoder,
 )
 from .resume import LAST, SavedRun, TrainerState, check_resume_config, load_run, save_last
-from .splits import Pairs, SplitData, build_vocabulary, load_splits, make_pairs, trim_padding
+from .splits import Pairs, SplitData, build_vocabulary, load_splits, make_pairs, sizes_line, trim_padding
 from .validation import caption_features, caption_metrics, teacher_forced_loss
 
 BEST = "best"
@@ -155,7 +155,7 @@ class Trainer:
         else:
             self.vocab = build_vocabulary(self.splits["train"], self.cfg.min_count)
         self.log(
-            f"data: {self.data_info['splits']} images; vocabulary {len(self.vocab)} tokens "
+            f"data: {sizes_line(self.data_info)}; vocabulary {len(self.vocab):,} tokens "
             f"(min count {self.cfg.min_count})"
         )
 
