@@ -5,6 +5,17 @@ normalisation, lower-cases, and keeps runs of letters and digits, allowing apost
 inside a word ("dog's" stays one token, as does "don't"). Every other character
 (punctuation, symbols, whitespace) separates tokens and is dropped. So
 ``"A Dog's toy, on a RED mat!"`` becomes ``["a", "dog's", "toy", "on", "a", "red", "mat"]``.
+
+Chinese and Japanese are written without spaces between words, so a run of letters there is
+a whole sentence. In those scripts (:data:`UNSPACED_SCRIPTS`: Han, Hiragana, Katakana,
+Bopomofo) every character is one token, the usual practice of Chinese captioning metrics:
+``"两只狗在草地上"`` becomes ``["两", "只", "狗", "在", "草", "地", "上"]`` and ``"两只cat"``
+``["两", "只", "cat"]``. Korean (Hangul) is written with spaces and keeps its words. Thai,
+Lao, Khmer and Myanmar are written without spaces too, but their characters combine with
+marks and are no units of meaning: they stay as today (runs of letters; a word segmenter
+is needed to train on them). :meth:`Vocabulary.decode` writes such characters without
+spaces between them, so a caption reads as the language is written and tokenizes back to
+the same tokens.
 """
 
 from __future__ import annotations
@@ -18,11 +29,58 @@ from pathlib import Path
 
 _WORD = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*")
 
+#: Scripts written without spaces between words, tokenized one character per token.
+UNSPACED_SCRIPTS = ("Han", "Hiragana", "Katakana", "Bopomofo")
+_UNSPACED_CLASS = (
+    "\u3005\u3007\u3021-\u3029\u3038-\u303b"  # Han iteration mark, ideographic zero, Hangzhou numerals
+    "\u3041-\u309f\u30a0-\u30ff\u31f0-\u31ff"  # Hiragana, Katakana (with the prolonged sound mark)
+    "\u3100-\u312f\u31a0-\u31bf"  # Bopomofo
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs: extension A, unified, compatibility
+    "\U0001b000-\U0001b16f"  # kana supplement and extensions
+    "\U00020000-\U0003134f"  # CJK ideographs: extensions B-G, compatibility supplement
+)
+_UNSPACED = re.compile(f"[{_UNSPACED_CLASS}]")
+_LETTER = f"(?:(?![{_UNSPACED_CLASS}])[^\\W_])"  # a letter or digit of a spaced script
+_MIXED = re.compile(f"(?=[^\\W_])[{_UNSPACED_CLASS}]|{_LETTER}+(?:['\u2019]{_LETTER}+)*")
+#: How :func:`tokenize` splits, in words (``captioner data stats`` and the evaluation report say it).
+TOKENIZATION_RULE = (
+    "words: runs of letters and digits; scripts written without spaces "
+    f"({', '.join(UNSPACED_SCRIPTS)}: Chinese, Japanese): one token per character"
+)
+
+
+def is_unspaced(text: str) -> bool:
+    """True when ``text`` has a character of a script written without spaces (:data:`UNSPACED_SCRIPTS`)."""
+    return _UNSPACED.search(text) is not None
+
 
 def tokenize(text: str) -> list[str]:
-    """Split a caption into lower-case word tokens (see the module docstring)."""
+    """Split a caption into lower-case word tokens, characters in Chinese and Japanese (module docstring)."""
     text = unicodedata.normalize("NFKC", text or "").lower()
-    return [t.replace("\u2019", "'") for t in _WORD.findall(text)]
+    pattern = _MIXED if _UNSPACED.search(text) else _WORD  # the plain rule is several times faster
+    return [t.replace("\u2019", "'") for t in pattern.findall(text)]
+
+
+def split_unspaced(tokens: Iterable[str]) -> list[str]:
+    """Tokens from another tokenizer (coco-caption's PTB) with every Chinese or Japanese
+    character made a token of its own, as :func:`tokenize` makes them."""
+    out: list[str] = []
+    for t in tokens:
+        if _UNSPACED.search(t):
+            out += _MIXED.findall(t)
+        else:
+            out.append(t)
+    return out
+
+
+def join_tokens(words: Sequence[str]) -> str:
+    """Words as text: a space between two words, none beside a Chinese or Japanese character."""
+    parts: list[str] = []
+    for i, w in enumerate(words):
+        if i and not (_UNSPACED.match(w) or _UNSPACED.match(words[i - 1][-1:])):
+            parts.append(" ")
+        parts.append(w)
+    return "".join(parts)
 
 
 class Vocabulary:
@@ -80,7 +138,7 @@ class Vocabulary:
             if i in (self.start_id, self.pad_id):
                 continue
             words.append(self.itos[i] if 0 <= i < len(self.itos) else self.UNK)
-        return " ".join(words)
+        return join_tokens(words)
 
     def to_dict(self) -> dict:
         return {"format": "captioner-vocab/1", "tokens": self.itos}

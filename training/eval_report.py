@@ -54,6 +54,8 @@ def format_table(report: dict) -> str:
     lines = []
     if tok:
         lines.append(f"tokenizer: {tok['name']} = {tok['description']}")
+        if tok.get("units") == "characters":
+            lines.append("scored over characters: the captions are (partly) Chinese or Japanese")
     boot = report.get("bootstrap")
     intervals = report.get("intervals", {})
     head = f"{'metric':<16}{'value':>8}"

@@ -39,7 +39,7 @@ from captioner.errors import CaptionerError
 from captioner.metrics import DEFAULT_METRICS, CaptionScores, score_captions
 from captioner.metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL, ImageStats, intervals
 from captioner.metrics.scene import SceneTruth, find_scene_truth, scene_accuracy
-from captioner.metrics.tokenize import TOKENIZER_DESCRIPTIONS, resolve_tokenizer
+from captioner.metrics.tokenize import TOKENIZER_DESCRIPTIONS, has_unspaced, resolve_tokenizer
 
 from .datasets import CaptionDataset, CaptionedImage, load_dataset
 from .eval_predictions import (
@@ -247,7 +247,12 @@ def evaluate_captions(
     report: dict = {
         "format": REPORT_FORMAT,
         "images": len(pairs),
-        "tokenizer": {"name": scored.tokenizer, "description": TOKENIZER_DESCRIPTIONS[scored.tokenizer]},
+        "tokenizer": {
+            "name": scored.tokenizer,
+            "description": TOKENIZER_DESCRIPTIONS[scored.tokenizer],
+            # "characters" when captions are (partly) Chinese or Japanese: n-grams of characters there
+            "units": "characters" if has_unspaced(t for item, c in pairs for t in (c, *item.captions)) else "words",
+        },
         "metrics": {k: _clean(v) for k, v in scored.metrics().items()},
         "skipped": dict(scores.skipped),
         "cross_checks": {k: _clean(v) for k, v in scores.cross_checks.items()},

@@ -11,25 +11,36 @@ All metrics score the output of one tokenizer:
   (:func:`resolve_tokenizer` says which, and why).
 * any function from ``str`` to ``list[str]``.
 
+With ``"ours"`` and ``"ptb"``, Chinese and Japanese (scripts written without spaces,
+:data:`captioner.vocab.UNSPACED_SCRIPTS`) are scored one character per token, the usual
+practice of Chinese captioning metrics: BLEU-4 then counts 4-grams of characters. Without
+that, a caption in those scripts would be one "word" and every metric would be all or nothing.
+
 docs/metrics.md lists how the two tokenizers differ.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from captioner.errors import CaptionerError
 from captioner.metrics import ptb
-from captioner.vocab import tokenize
+from captioner.vocab import is_unspaced, split_unspaced, tokenize
 
 Tokenizer = Callable[[str], list[str]]
 TOKENIZERS = ("auto", "ptb", "ours")
+CHARACTERS_NOTE = "; Chinese and Japanese one token per character"
 TOKENIZER_DESCRIPTIONS = {
-    "ptb": ptb.PTB_DESCRIPTION,
-    "ours": "the project's: captioner.vocab.tokenize, NFKC, lower case, words of letters and digits",
+    "ptb": ptb.PTB_DESCRIPTION + CHARACTERS_NOTE,
+    "ours": "the project's: captioner.vocab.tokenize, NFKC, lower case, words of letters and digits" + CHARACTERS_NOTE,
 }
+
+
+def has_unspaced(texts: Iterable[str]) -> bool:
+    """True when a caption is (partly) in a script scored by characters (Chinese, Japanese)."""
+    return any(isinstance(t, str) and is_unspaced(t) for t in texts)
 
 
 def resolve_tokenizer(name: str) -> tuple[str, str | None]:
@@ -145,8 +156,9 @@ def _tokenize_all(texts: list[str], tokenizer: Tokenizer | str) -> list[list[str
         name, _ = resolve_tokenizer(tokenizer)
         if name == "ptb":
             try:
-                return ptb.ptb_tokenize(texts)
+                tokens = ptb.ptb_tokenize(texts)
             except ptb.TokenizerUnavailable as e:
                 raise CaptionerError(f"coco-caption's PTB tokenizer failed: {e}") from None
+            return [split_unspaced(t) for t in tokens]  # Chinese and Japanese: characters, as ours
         tokenizer = tokenize
     return [tokenizer(t) for t in texts]

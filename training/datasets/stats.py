@@ -2,7 +2,9 @@
 
 Vocabulary sizes follow :meth:`captioner.vocab.Vocabulary.build` exactly: the words of
 ``captioner.vocab.tokenize`` seen at least ``min_count`` times, not counting the four
-special tokens.
+special tokens. The report says which rule split the captions: words, or one token per
+character for captions in Chinese or Japanese (written without spaces), so a dataset in
+those scripts is visibly counted in characters, not as one "word" per caption.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from captioner.vocab import tokenize
+from captioner.vocab import TOKENIZATION_RULE, is_unspaced, tokenize
 
 from .common import CaptionDataset
 
@@ -31,6 +33,14 @@ class DatasetStats:
     caption_lengths: Counter  # length in tokens -> number of captions
     missing_files: int
     problems: dict[str, int] = field(default_factory=dict)
+    by_characters: int = 0  # captions (partly) in Chinese or Japanese: one token per character
+
+    @property
+    def token_unit(self) -> str:
+        """What a caption's length counts: words, characters, or both (a mixed dataset)."""
+        if not self.by_characters:
+            return "words"
+        return "characters" if self.by_characters == self.captions else "words and characters"
 
     def to_dict(self) -> dict:
         return {
@@ -44,6 +54,11 @@ class DatasetStats:
             "caption_lengths": {str(k): v for k, v in sorted(self.caption_lengths.items())},
             "missing_files": self.missing_files,
             "problems": self.problems,
+            "tokenization": {
+                "rule": TOKENIZATION_RULE,
+                "captions_by_characters": self.by_characters,
+                "unit": self.token_unit,
+            },
         }
 
 
@@ -52,6 +67,7 @@ def compute_stats(ds: CaptionDataset, progress: bool | None = None) -> DatasetSt
     words: Counter = Counter()
     lengths: Counter = Counter()
     per_image: Counter = Counter()
+    by_characters = 0
     splits: dict[str, dict[str, int]] = {s: {"images": 0, "captions": 0} for s in ds.splits}
     show = progress if progress is not None else ds.num_captions >= 50_000
     for item in tqdm(ds.items, desc="counting words", unit="img", disable=not show, leave=False):
@@ -60,6 +76,7 @@ def compute_stats(ds: CaptionDataset, progress: bool | None = None) -> DatasetSt
         splits[item.split]["captions"] += len(item.captions)
         for caption in item.captions:
             tokens = tokenize(caption)
+            by_characters += is_unspaced(caption)
             words.update(tokens)
             lengths[len(tokens)] += 1
     vocab = {k: sum(1 for n in words.values() if n >= k) for k in VOCAB_MIN_COUNTS}
@@ -74,6 +91,7 @@ def compute_stats(ds: CaptionDataset, progress: bool | None = None) -> DatasetSt
         caption_lengths=lengths,
         missing_files=ds.report.missing_files,
         problems=dict(ds.report.counts),
+        by_characters=by_characters,
     )
 
 
@@ -114,8 +132,16 @@ def format_stats(stats: DatasetStats, problems: str | None = None) -> str:
         lines.append(f"  {split:<10} {c['images']:>8} images {c['captions']:>9} captions")
     if per:
         lines.append(f"captions per image  min {min(per)}  mean {mean:.2f}  max {max(per)}")
+    if stats.by_characters:
+        tokenized = (
+            f"{stats.by_characters} of {stats.captions} captions in Chinese or Japanese: one token per character"
+        )
+    else:
+        tokenized = "words (no caption in a script written without spaces)"
+    lines.append(f"tokens       {tokenized}")
+    unit = "words" if stats.token_unit == "words" else "tokens"
     for k, v in stats.vocab_sizes.items():
-        lines.append(f"vocabulary (words seen >= {k} time{'s' if k > 1 else ''})  {v}")
+        lines.append(f"vocabulary ({unit} seen >= {k} time{'s' if k > 1 else ''})  {v}")
     if not problems:
         lines.append(f"missing image files  {stats.missing_files}")
         other = {k: v for k, v in stats.problems.items() if k != "missing_file"}
@@ -123,7 +149,7 @@ def format_stats(stats: DatasetStats, problems: str | None = None) -> str:
             lines.append("other problems  " + ", ".join(f"{k}: {v}" for k, v in sorted(other.items())))
     if total_len:
         lines.append(
-            f"caption length in words  min {min(stats.caption_lengths)}  mean {mean_len:.1f}  "
+            f"caption length in {stats.token_unit}  min {min(stats.caption_lengths)}  mean {mean_len:.1f}  "
             f"max {max(stats.caption_lengths)}"
         )
     lines += histogram_lines(stats.caption_lengths)
