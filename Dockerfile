@@ -23,40 +23,38 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp \
         --shell /usr/sbin/nologin captioner
 
 
-# The package and the shipped weights (with their graphs) as one wheel; the sources stay in
-# this stage and never reach an image.
-FROM base AS wheel
+# The package, the shipped weights (with their graphs) and the runtime's dependencies, installed
+# under /install; the sources stay in this stage. The runtime must not pull in PyTorch: a
+# dependency that would makes pip fail here, at once.
+FROM base AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY captioner ./captioner
 COPY service ./service
 COPY training ./training
 COPY weights ./weights
-RUN pip wheel --no-deps --wheel-dir /wheels . && ls /wheels/captioner-*.whl
+RUN printf 'torch<0\ntorchvision<0\n' > /tmp/no-torch.txt \
+    && pip install --prefix=/install --constraint /tmp/no-torch.txt . \
+    && rm -rf /tmp/no-torch.txt build
 
 
 # Optional: training, fine-tuning and `captioner export`. TORCH_INDEX_URL, e.g. PyTorch's
 # CPU-only index (https://download.pytorch.org/whl/cpu), takes torch from there first, which
 # makes this image GBs smaller than PyPI's wheels with their CUDA libraries.
-FROM base AS train
+FROM build AS train
 ARG TORCH_INDEX_URL=
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    if [ -n "$TORCH_INDEX_URL" ]; then \
+RUN if [ -n "$TORCH_INDEX_URL" ]; then \
         pip install --index-url "$TORCH_INDEX_URL" "torch>=2.4" "torchvision>=0.19"; \
     fi \
-    && pip install "$(echo /wheels/captioner-*.whl)[train]"
+    && pip install "/src[train]"
 USER 10001:10001
 WORKDIR /tmp
 CMD ["captioner", "--help"]
 
 
-# The service (the last stage, so the default target).
+# The service (the last stage, so the default target): the base plus what `build` installed.
 FROM base AS service
-# The runtime must not pull in PyTorch: a dependency that would makes pip fail here, at once.
-RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    printf 'torch<0\ntorchvision<0\n' > /tmp/no-torch.txt \
-    && pip install --constraint /tmp/no-torch.txt /wheels/captioner-*.whl \
-    && rm /tmp/no-torch.txt
+COPY --from=build /install /usr/local
 # Refuse to build an image whose default weights are missing, lack their exported graphs or
 # do not load without PyTorch (`captioner info` then says which file and what to run).
 RUN python -c "import importlib.util as u, sys; sys.exit('torch is installed' if u.find_spec('torch') else 0)" \

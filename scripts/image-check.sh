@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 
 bash scripts/podman-setup.sh > /dev/null
 bash scripts/podman-base.sh
-exec python3 scripts/image_check.py "$@"
+# the system python3: PyYAML comes with podman-compose
+exec /usr/bin/python3 scripts/image_check.py "$@"

@@ -98,8 +98,9 @@ def test_every_path_the_dockerfile_copies_exists_and_reaches_the_build():
 def test_dockerfile_builds_a_lean_non_root_service_that_refuses_missing_weights():
     parts = stages()
     assert list(parts)[-1] == "service", "the service must be the default (last) target"
-    svc = parts["service"]
-    assert re.search(r"--constraint \S+", svc) and "torch<0" in svc, "pip must refuse torch in the service image"
+    svc, build = parts["service"], parts["build"]
+    assert re.search(r"--constraint \S+", build) and "torch<0" in build, "pip must refuse torch for the service"
+    assert instruction(svc, "COPY") == ["--from=build /install /usr/local"], "the service gets only what pip installed"
     assert re.search(r"^RUN .*find_spec\('torch'\).*&& captioner info\s*$", svc, re.M), (
         "the weights must load torch-free"
     )
