@@ -35,7 +35,12 @@ th{background:#f0f0f0}
 #per-image th{cursor:pointer;user-select:none;position:sticky;top:0}
 #per-image th.sorted-asc::after{content:" \\25B2"}#per-image th.sorted-desc::after{content:" \\25BC"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.refs{min-width:280px}td.refs ul{margin:0;padding-left:16px}td.caption{min-width:180px}
+td.refs ul{margin:0;padding-left:16px}
+#per-image{width:100%;font-size:13px}
+#per-image th,#per-image td{padding:4px 6px}
+#per-image td.file,#per-image td.caption,#per-image td.refs,#per-image td.scene{overflow-wrap:anywhere}
+#per-image td.caption,#per-image td.refs{min-width:150px}#per-image td.file{min-width:110px}
+#per-image td.scene{min-width:120px}
 img.thumb{display:block;max-width:96px;max-height:96px}
 .note{color:#8a4b00}
 """
@@ -124,7 +129,7 @@ def _image_rows(report: dict, metrics: list[str], images: Mapping[str, str | os.
         refs = "".join(f"<li>{_e(r)}</li>" for r in row["references"])
         cells = [
             f"<td>{thumb}</td>",
-            f"<td>{_e(row['file'])}</td>",
+            f'<td class="file">{_e(row["file"])}</td>',
             f'<td class="caption">{_e(row["caption"])}</td>',
             f'<td class="refs"><ul>{refs}</ul></td>',
         ]
@@ -136,7 +141,8 @@ def _image_rows(report: dict, metrics: list[str], images: Mapping[str, str | os.
         if "scene_correct" in row:
             ok = row["scene_correct"]
             cells.append(
-                f'<td data-sort="{int(ok)}">{"yes" if ok else _e("; ".join(row.get("scene_errors", [])))}</td>'
+                f'<td class="scene" data-sort="{int(ok)}">'
+                f"{'yes' if ok else _e('; '.join(row.get('scene_errors', [])))}</td>"
             )
         out.append(f'<tr data-image="{_e(row["image_id"])}">{"".join(cells)}</tr>')
     return out
