@@ -1,8 +1,8 @@
 """Helpers of the reliability tests: a small checkpoint and a real server in a subprocess.
 
 * :func:`build_checkpoint` - the real pretrained EfficientNet-Lite0 encoder with a small random
-  LSTM decoder and a ten-word vocabulary, saved with ``Captioner.save`` (no training: the
-  tests check that nothing breaks, not what the captions say).
+  LSTM decoder and a ten-word vocabulary, saved with ``ReferenceCaptioner.save`` and its graphs
+  exported (no training: the tests check that nothing breaks, not what the captions say).
 * :func:`launch_server` / :func:`wait_ready` - ``captioner serve`` in a subprocess on a loopback port it picks itself,
   with an API key and small limits (queue of 16 images, 4 files and 4 MiB per request,
   16 megapixels per image), so the limits are reached quickly. ``Server.rss_kb()``
@@ -42,8 +42,10 @@ def build_checkpoint(out: Path) -> Path:
     """Pretrained encoder + small random decoder, saved as a checkpoint folder."""
     import torch
 
-    from captioner import CaptionDecoder, Captioner, DecoderConfig, Vocabulary
+    from captioner import CaptionDecoder, DecoderConfig, Vocabulary
     from captioner.encoders import build_encoder
+    from captioner.model import ReferenceCaptioner
+    from captioner.model.export import export_graphs
 
     torch.manual_seed(0)
     encoder = build_encoder("efficientnet_lite0")
@@ -57,7 +59,7 @@ def build_checkpoint(out: Path) -> Path:
         dropout=0.0,
         max_length=8,
     )
-    model = Captioner(
+    model = ReferenceCaptioner(
         encoder,
         CaptionDecoder(cfg),
         vocab,
@@ -65,6 +67,7 @@ def build_checkpoint(out: Path) -> Path:
         metadata={"model_id": "reliability-random", "training_data": "none (random weights)"},
     )
     model.save(out)
+    export_graphs(out)  # what the servers run (their environment has no CAPTIONER_CACHE_DIR)
     return out
 
 

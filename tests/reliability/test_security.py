@@ -25,9 +25,9 @@ from packaging.version import Version
 from pydantic import SecretStr
 from relkit import API_KEY, Payload, Server, plant
 
-from captioner.checkpoint import load_checkpoint, save_checkpoint
 from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.errors import CheckpointError
+from captioner.model.checkpoint import load_checkpoint, save_checkpoint
 from captioner.vocab import Vocabulary
 
 
@@ -55,17 +55,23 @@ def small_checkpoint(path: Path, with_encoder: bool = False) -> Path:
 
 
 @pytest.mark.parametrize("target", ["model.safetensors", "encoder.safetensors"])
-def test_pickle_planted_in_a_checkpoint_is_refused(tmp_path, target) -> None:
-    from captioner import Captioner
+def test_pickle_planted_in_a_checkpoint_is_refused(tmp_path, monkeypatch, target) -> None:
+    """Refused by the PyTorch reference path and by the runtime, which (the checkpoint
+    having no graphs) would export them from those weights into the cache."""
+    from captioner import Captioner, ReferenceCaptioner
 
+    monkeypatch.setenv("CAPTIONER_CACHE_DIR", str(tmp_path / "cache"))
     ckpt = small_checkpoint(tmp_path / "ckpt", with_encoder=True)
     marker = tmp_path / "PWNED"
     plant(ckpt / target, marker)
     with pytest.raises(CheckpointError, match="safetensors"):
         load_checkpoint(ckpt)
+    with pytest.raises(CheckpointError, match="safetensors"):
+        ReferenceCaptioner.load(ckpt)
     with pytest.raises(CheckpointError):
         Captioner.load(ckpt)
     assert not marker.exists()
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.onnx"))
 
 
 @pytest.mark.parametrize("name,how", [("evil.pt", "torch"), ("evil.pth", "pickle"), ("evil.safetensors", "pickle")])
