@@ -20,7 +20,7 @@ from .options import Range
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import ImageItem
 
-UNITS_IMAGES = Range("images", 1, 10_000)
+UNITS_IMAGES = Range("limit", 1, 10_000)
 TOP_UNITS = Range("top units", 1, 50)
 SHUFFLES = Range("shuffles", 1, 100)
 EXPLAIN_CHUNK = 8  # images per explain() call; a chunk with an unreadable image is redone one by one

@@ -28,14 +28,20 @@ Training writes them at its end; use this verb for an older checkpoint or other 
 
 
 def _quantile(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"quantile must be a number from 0.5 to below 1, got {text!r}") from None
     if not 0.5 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"quantile must be a number from 0.5 to below 1, got {text}")
     return value
 
 
 def _count(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 2 to 1000000, got {text!r}") from None
     if not 2 <= value <= 1_000_000:
         raise argparse.ArgumentTypeError(f"must be an integer from 2 to 1000000, got {text}")
     return value

@@ -126,6 +126,7 @@ def _optional(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         return None if text.lower() in ("none", "") else kind(text)
 
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse names the type: "invalid int value"
     return parse
 
 
