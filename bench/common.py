@@ -128,19 +128,22 @@ def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> st
 # ---------------------------------------------------------------------- the model
 def synthetic_checkpoint(vocab_size: int = 1000, max_length: int = 12) -> Path:
     """A checkpoint with the real EfficientNet-Lite0 encoder and a random decoder of the
-    default size (embed 256, hidden 512, LSTM), built once under bench/.cache.
+    default size (embed 256, hidden 512, LSTM), with its exported graphs, built once under
+    bench/.cache.
 
     A random decoder almost never emits ``<end>``, so every caption runs to ``max_length``
     words; 12 is about the length of a real caption, which keeps decoding costs realistic.
     """
-    from captioner import Captioner
-    from captioner.checkpoint import CONFIG
+    from captioner.checkpoint import GRAPHS
     from captioner.decoder import CaptionDecoder, DecoderConfig
     from captioner.encoders import build_encoder
+    from captioner.model import ReferenceCaptioner
+    from captioner.model.export import export_graphs
+    from captioner.runtime.graphs import MANIFEST
     from captioner.vocab import Vocabulary
 
     out = SCRATCH / f"synthetic-v{vocab_size}-len{max_length}"
-    if (out / CONFIG).exists():
+    if (out / GRAPHS / MANIFEST).exists():
         return out
     torch.manual_seed(0)
     vocab = Vocabulary.build([" ".join(f"word{i}" for i in range(vocab_size - 4))])
@@ -148,7 +151,10 @@ def synthetic_checkpoint(vocab_size: int = 1000, max_length: int = 12) -> Path:
     decoder = CaptionDecoder(
         DecoderConfig(vocab_size=len(vocab), feature_dim=encoder.feature_dim, max_length=max_length)
     )
-    Captioner(encoder, decoder, vocab, fast=False, metadata={"model_id": f"synthetic-v{vocab_size}"}).save(out)
+    ReferenceCaptioner(encoder, decoder, vocab, device="cpu", metadata={"model_id": f"synthetic-v{vocab_size}"}).save(
+        out
+    )
+    export_graphs(out)  # what Captioner.load runs
     return out
 
 
@@ -157,7 +163,7 @@ def resolve_checkpoint(path: str | None) -> Path:
     if path:
         return Path(path)
     from captioner.checkpoint import CONFIG
-    from captioner.model import default_weights_path
+    from captioner.runtime.captioner import default_weights_path
 
     try:
         default = default_weights_path()
@@ -240,34 +246,31 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 def encoder_limit(model, seconds: float = 3.0, batch_sizes: Sequence[int] = (8, 16, 32)) -> dict:
     """The encoder-only limit: the fastest encoder forward on pre-decoded batches.
 
-    Times the model's encoder (``model.encode``: the fast path when it is on) and, when
-    ONNX Runtime is available, dedicated ONNX Runtime sessions on every core and on one
-    thread, on random (B, 3, S, S) batches of each size, and keeps the best images/s,
-    whatever thread setting the model itself runs with. This is what the machine could
-    do if images arrived decoded and captions cost nothing.
+    Times the model's encoder (``model.encode``) and, for a :class:`captioner.Captioner`,
+    dedicated ONNX Runtime sessions of its encoder graph (the precision it runs) on every
+    core and on one thread, on random (B, 3, S, S) batches of each size, and keeps the best
+    images/s, whatever thread setting the model itself runs with. This is what the machine
+    could do if images arrived decoded and captions cost nothing.
     """
     size = model.input_size
-    candidates: dict[str, Callable] = {f"model.encode ({model.encoder_backend})": model.encode}
-    try:
-        from captioner.runtime.onnx import OnnxEncoder
+    candidates: dict[str, Callable] = {f"model.encode ({model.runtime_status()['encoder']})": model.encode}
+    graphs = getattr(model, "graphs", None)  # the torch-free Captioner's; the reference path has none
+    if graphs is not None:
+        from captioner.runtime.graphs import OnnxEncoder
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        # an int8 model's limit is that of int8 sessions (same calibration set, cached graph)
-        int8 = model.describe().get("precision") == "int8"
-        calibration = model._fast.calibration if int8 else None
         for threads in sorted({cores, 1}, reverse=True):
-            candidates[f"onnxruntime{' int8' if int8 else ''} {threads} thread(s)"] = OnnxEncoder(
-                model.encoder, size, threads=threads, calibration=calibration
+            candidates[f"onnxruntime {model.precision} {threads} thread(s)"] = OnnxEncoder(
+                graphs, model.precision, threads
             )
-    except Exception as e:  # no onnxruntime: the model's own encoder is the limit
-        print(f"(encoder limit without ONNX Runtime: {e})", file=sys.stderr)
     best: dict = {"images_per_s": 0.0}
     table: dict = {}
     per_cell = seconds / (len(batch_sizes) * len(candidates))
+    rng = np.random.default_rng(0)
     for name, fn in candidates.items():
         table[name] = {}
         for b in batch_sizes:
-            x = torch.randn(b, 3, size, size)  # (B, 3, S, S)
+            x = rng.standard_normal((b, 3, size, size), dtype=np.float32)  # (B, 3, S, S)
             with torch.inference_mode():
                 r = rate(b, timed(lambda fn=fn, x=x: fn(x), per_cell))
             table[name][b] = round(r, 1)
