@@ -20,6 +20,7 @@ import argparse
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from captioner import Captioner, ReferenceCaptioner
 
-    rows: list[tuple[str, search.DecoderStep, bool]] = []
+    rows: list[tuple[str, Any, bool]] = []  # (name, step, spatial); the steps are DecoderSteps
     for kind in ("pooled", "attention"):
         folder = checkpoint(kind)
         onnx = Captioner.load(folder).decoder_step()  # OnnxStep on the exported graphs

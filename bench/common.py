@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import json
 import os
@@ -272,7 +273,7 @@ def encoder_limit(model, seconds: float = 3.0, batch_sizes: Sequence[int] = (8, 
         for b in batch_sizes:
             x = rng.standard_normal((b, 3, size, size), dtype=np.float32)  # (B, 3, S, S)
             with torch.inference_mode():
-                r = rate(b, timed(lambda fn=fn, x=x: fn(x), per_cell))
+                r = rate(b, timed(functools.partial(fn, x), per_cell))
             table[name][b] = round(r, 1)
             if r > best["images_per_s"]:
                 best = {"images_per_s": r, "batch_size": b, "backend": name}
