@@ -193,11 +193,16 @@ class CaptionerBase:
         batch_size: int = 32,
         *,
         errors: str = "raise",
+        **settings: Any,
     ) -> list[CaptionResult | ImageLoadError]:
-        """Caption images given as paths, bytes, PIL images or HxWx3 uint8 arrays. An
+        """Caption images given as paths, bytes, PIL images or HxWx3 uint8 arrays, with
+        ``options`` or the same settings as keywords (``beam_size=3, labels=3, ...``). An
         unreadable image raises :class:`ImageLoadError` (``errors="raise"``), or with
         ``errors="return"`` takes its place in the list as that error, so one bad file never
         loses a batch."""
+        if errors not in ("raise", "return"):
+            raise ValueError('errors must be "raise" or "return"')
+        opts = options or CaptionOptions(**settings)
         if isinstance(images, (str, os.PathLike, bytes, bytearray, np.ndarray)) or hasattr(images, "getpixel"):
             images = [images]  # type: ignore[list-item]
         items = list(images)  # type: ignore[arg-type]
@@ -206,23 +211,28 @@ class CaptionerBase:
             prepared: list[np.ndarray | ImageLoadError] = []
             for n, im in enumerate(items[i : i + batch_size]):
                 try:
-                    prepared.append(
-                        self.preprocess(im, name=None if not isinstance(im, np.ndarray) else f"<array {i + n}>")
-                    )
+                    label = f"<array {i + n}>" if isinstance(im, np.ndarray) else None
+                    prepared.append(self.preprocess(im, name=label))
                 except ImageLoadError as e:
                     if errors == "raise":
                         raise
                     prepared.append(e)
             good = [p for p in prepared if isinstance(p, np.ndarray)]
-            results = iter(self.generate(self.encode(np.stack(good)), options) if good else [])
+            results = iter(self.generate(self.encode(np.stack(good)), opts) if good else [])
             out.extend(next(results) if isinstance(p, np.ndarray) else p for p in prepared)
         return out
 
     def caption(
-        self, images: Sequence[ImageSource] | ImageSource, options: CaptionOptions | None = None, batch_size: int = 32
+        self,
+        images: Sequence[ImageSource] | ImageSource,
+        options: CaptionOptions | None = None,
+        batch_size: int = 32,
+        **settings: Any,
     ) -> list[str]:
-        """Captions for one image or a list of images (raises on the first unreadable one)."""
-        return [r.caption for r in self.caption_detailed(images, options, batch_size)]  # type: ignore[union-attr]
+        """Captions for one image or a list of images (raises on the first unreadable one);
+        :meth:`caption_detailed` gives confidence and the out-of-domain flag with each."""
+        results = self.caption_detailed(images, options, batch_size, **settings)
+        return [r.caption for r in results if isinstance(r, CaptionResult)]
 
     def runtime_status(self) -> dict:
         return {"encoder": self.backend, "decoder": self.backend, "reasons": {}}
@@ -266,7 +276,11 @@ class Captioner(CaptionerBase):
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike | None = None, precision: str | None = None, threads: int | None = None
+        cls,
+        path: str | os.PathLike | None = None,
+        precision: str | None = None,
+        threads: int | None = None,
+        device: str | None = None,
     ) -> Captioner:
         """Load a checkpoint folder (no path: the shipped default weights) from its graphs.
 

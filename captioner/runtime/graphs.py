@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import CALIBRATION, ENCODER_WEIGHTS, GRAPHS, WEIGHTS
+from ..checkpoint import CALIBRATION, CONFIG, ENCODER_WEIGHTS, GRAPHS, VOCAB, WEIGHTS
 from ..errors import CaptionerError, CheckpointError
 
 log = logging.getLogger("captioner.runtime")
@@ -43,8 +43,9 @@ ENCODER, ENCODER_INT8, START, STEP, LABELS, LABEL_NAMES = (
     "labels.onnx",
     "labels.json",
 )
-#: The checkpoint files a set of graphs is made from: a change to any makes them stale.
-SOURCES = (WEIGHTS, ENCODER_WEIGHTS, CALIBRATION)
+#: The checkpoint files a set of graphs is made from: a change to any makes them stale
+#: (metadata and trust statistics are read by the runtime directly, and may change).
+SOURCES = (WEIGHTS, ENCODER_WEIGHTS, CALIBRATION, CONFIG, VOCAB)
 THREADS_ENV = "CAPTIONER_ENCODER_THREADS"
 PRECISION_ENV = "CAPTIONER_PRECISION"
 PRECISIONS = ("int8", "fp32")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from captionkit import tiny_scenes
+from searchkit import beam, greedy, sample, token_logprobs
 
 from captioner.attention import (
     AttentionConfig,
@@ -23,7 +25,7 @@ from captioner.attention import (
 )
 from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.model import ReferenceCaptioner
-from searchkit import beam, greedy, sample, token_logprobs
+from captioner.options import CaptionOptions
 
 START, END = 1, 2
 CELLS = ("lstm", "gru", "rnn")
@@ -369,24 +371,51 @@ def test_training_caches_float16_maps_resumes_saves_fp16_and_loads_the_attention
     feats = pipeline.encode_batch(model, [model.preprocess(r["file"]) for r in rows])  # (B, 49, 1280)
     assert feats.shape[1:] == (49, 1280)
     assert [r.caption for r in model.generate(feats, min_word_prob=0)] == [r["caption"] for r in rows]
-    results = model.caption_detailed(rows[0]["file"], beam_size=3)
+    results = model.caption_detailed(rows[0]["file"], CaptionOptions(beam_size=3))
     assert results[0].domain_distance is not None and results[0].confidence is not None  # trust reads the pooled map
 
 
 @pytest.mark.parametrize(("cell", "annotation_dim"), [("lstm", 0), ("gru", 0), ("lstm", 6)])
-def test_the_onnx_runtime_step_agrees_with_pytorch(cell, annotation_dim):
-    from captioner.model.onnx_decoder import build_onnx_decoder
+def test_the_exported_step_agrees_with_pytorch_with_its_attention(cell, annotation_dim):
+    from captioner.model.export import decoder_graphs
+    from captioner.model.steps import TorchStep
+    from captioner.runtime import search
+    from captioner.runtime.graphs import OnnxStep
 
     dec = _decoder(cell, layers=2, annotation_dim=annotation_dim)
-    fast, reason = build_onnx_decoder(dec)
-    assert fast is not None, reason
-    assert isinstance(fast, AttentionDecoder) and "onnx_step" in fast.__dict__  # its step is ONNX Runtime's
-    feats = _maps(batch=3, locations=49)  # another grid than the export's 4 locations
+    onnx = OnnxStep(*decoder_graphs(dec, (4, 8)))  # exported on a 4-location grid of 8 channels
+    feats = _maps(batch=3, locations=49).numpy()  # another grid than the export's
     for run in (
-        lambda d: greedy(d, feats, START, END),
-        lambda d: beam(d, feats, START, END, beam_size=3),
+        lambda st: [[h] for h in search.sequential(st, feats, START, END, 8)],
+        lambda st: search.beam_search(st, feats, START, END, 8, beam_size=3, num_captions=2),
     ):
-        ref_ids, ref_scores = run(dec)
-        ids, scores = run(fast)
-        assert ids == ref_ids
-        torch.testing.assert_close(scores, ref_scores, atol=1e-4, rtol=1e-4)
+        ref, got = run(TorchStep(dec)), run(onnx)
+        assert [[h.tokens for h in r] for r in got] == [[h.tokens for h in r] for r in ref]
+        for r, g in zip(ref, got):
+            for a, b in zip(r, g):
+                assert abs(a.score - b.score) < 1e-4
+                np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+                np.testing.assert_allclose(a.attention, b.attention, atol=1e-5)  # the recorded maps too
+
+
+def test_a_batch_that_repeats_maps_annotates_each_once_with_the_same_loss_and_gradients(monkeypatch):
+    import captioner.attention as attention
+
+    dec = _decoder(annotation_dim=6, dropout=0.0).train()
+    feats = _maps(batch=3)[torch.tensor([0, 0, 1, 2, 1, 0])]  # (6, N, C): three maps, repeated
+    tokens = torch.tensor([[START, 4, 5, END], [START, 6, END, 0], [START, 7, 4, END]] * 2)
+    first, inverse = attention._repeated_rows(feats)
+    assert first.tolist() == [0, 2, 3] and torch.equal(feats[first][inverse], feats)
+    seen: list[int] = []
+    annotate = dec.annotate.forward
+    monkeypatch.setattr(dec.annotate, "forward", lambda x: seen.append(x.size(0)) or annotate(x))
+    loss = dec.loss(feats, tokens)
+    grads = torch.autograd.grad(loss, list(dec.parameters()))
+    assert seen == [3]  # three distinct maps annotated, not six
+    monkeypatch.setattr(attention, "_repeated_rows", lambda f: None)
+    ref = dec.loss(feats, tokens)
+    torch.testing.assert_close(loss, ref)
+    for g, r in zip(grads, torch.autograd.grad(ref, list(dec.parameters()))):
+        torch.testing.assert_close(g, r)
+    assert seen == [3, 6]
+    assert attention._repeated_rows(_maps(batch=4)) is None  # all distinct: nothing to save

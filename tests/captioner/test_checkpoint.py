@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from captioner.checkpoint import load_checkpoint, read_metadata, save_checkpoint, update_metadata
 from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.errors import CheckpointError
+from captioner.model.checkpoint import load_checkpoint, read_metadata, save_checkpoint, update_metadata
 from captioner.vocab import Vocabulary
 
 
@@ -106,7 +106,7 @@ def test_missing_and_broken_pieces(tmp_path):
 def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
     path, _dec = _save(tmp_path / "ck")
     before = {p.name: p.read_bytes() for p in path.iterdir()}
-    import captioner.checkpoint as ckmod
+    import captioner.model.checkpoint as ckmod
 
     def fail(*a, **k):
         raise KeyboardInterrupt("simulated crash mid-save")

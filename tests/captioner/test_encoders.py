@@ -88,31 +88,31 @@ def test_preprocess_rejects_bad_settings() -> None:
 def test_preprocess_shape_dtype_and_normalisation() -> None:
     p = Preprocess(256, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     img = Image.new("RGB", (640, 480), (200, 100, 50))  # a flat colour survives any resize
-    x = p(img)
+    x = torch.from_numpy(p(img))  # the recipe gives numpy (the runtime is torch-free)
     assert x.shape == (3, 224, 224) and x.dtype == torch.float32 and x.is_contiguous()
     expected = (torch.tensor([200, 100, 50]) / 255.0 - torch.tensor(p.mean)) / torch.tensor(p.std)
     assert torch.allclose(x.mean(dim=(1, 2)), expected, atol=1e-5)
     assert torch.allclose(x.std(dim=(1, 2)), torch.zeros(3), atol=1e-5)
-    assert torch.allclose(p.denormalize(x)[:, 0, 0], torch.tensor([200, 100, 50]) / 255.0, atol=1e-6)
+    assert np.allclose(p.denormalize(x.numpy())[:, 0, 0], np.array([200, 100, 50]) / 255.0, atol=1e-6)
     # Grey-scale and RGBA inputs are converted, not rejected.
     assert p(Image.new("L", (300, 300), 128)).shape == (3, 224, 224)
     batch = p.batch([img, Image.new("RGBA", (100, 400))])
-    assert batch.shape == (2, 3, 224, 224) and torch.equal(batch[0], x)
+    assert batch.shape == (2, 3, 224, 224) and np.array_equal(batch[0], x.numpy())
 
 
 def test_in_place_normalisation_is_bitwise_the_numpy_formula() -> None:
-    # Shipped weights and feature caches were computed with the numpy version: the faster
-    # torch one must give the very same floats, for both normalisations in use.
+    # Shipped weights and feature caches were computed with the plain numpy formula: the
+    # two-ufunc one must give the very same floats, for both normalisations in use.
     rng = np.random.default_rng(3)
     pixels = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
     for mean, std in (((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((127 / 255,) * 3, (128 / 255,) * 3)):
         p = Preprocess(224, 224, mean, std)
         s = np.asarray(std, dtype=np.float32)
         ref = pixels.astype(np.float32) * (1.0 / (255.0 * s)) + (-np.asarray(mean, dtype=np.float32) / s)
-        out = torch.full((3, 224, 224), float("nan"))
+        out = np.full((3, 224, 224), np.nan, dtype=np.float32)
         got = p.normalise_into(pixels, out)
-        assert got is out and torch.equal(out, torch.from_numpy(np.ascontiguousarray(ref.transpose(2, 0, 1))))
-        assert torch.equal(p(Image.fromarray(pixels)), out)  # the call path uses it, read-only arrays too
+        assert got is out and np.array_equal(out, np.ascontiguousarray(ref.transpose(2, 0, 1)))
+        assert np.array_equal(p(Image.fromarray(pixels)), out)  # the call path uses it, read-only arrays too
 
 
 def test_lite0_preprocess_keeps_the_whole_square_and_uses_tf_normalisation() -> None:
@@ -120,7 +120,7 @@ def test_lite0_preprocess_keeps_the_whole_square_and_uses_tf_normalisation() -> 
     assert p.resize_size == p.crop_size == 224  # nothing is cropped off a square image
     # (x - 127) / 128 on 0..255 pixels
     x = p(Image.new("RGB", (300, 300), (255, 127, 0)))
-    assert torch.allclose(x[:, 10, 10], torch.tensor([128 / 128, 0.0, -127 / 128]), atol=1e-5)
+    assert np.allclose(x[:, 10, 10], [128 / 128, 0.0, -127 / 128], atol=1e-5)
     # A square image: the four corner pixels reach the output unchanged in position.
     arr = np.zeros((448, 448, 3), dtype=np.uint8)
     arr[:16, :16] = 255
@@ -144,7 +144,7 @@ def test_preprocess_matches_torchvision_resize_and_centre_crop(photos: list[Imag
             ]
         )
         for img in (photos[0], photos[1], photos[0].transpose(Image.Transpose.ROTATE_90)):  # wide and tall
-            diff = (p(img) - reference(img)).abs()
+            diff = (torch.from_numpy(p(img)) - reference(img)).abs()
             # The same Pillow filter on the same source rectangle: at most one 8-bit step
             # (1 / 255 / std = 0.0175) of rounding here and there. A crop shifted by even
             # 2 pixels differs by about 0.2 on average.
@@ -284,7 +284,7 @@ def test_missing_lite0_package_says_how_to_install_it(monkeypatch: pytest.Monkey
 
 # ---------------------------------------------------------------------- real weights
 def test_lite0_pretrained_weights_recognise_a_cat_and_a_coffee(photos, lite0_classifier) -> None:
-    x = get_spec("efficientnet_lite0").preprocess.batch(photos)  # (2, 3, 224, 224)
+    x = torch.from_numpy(get_spec("efficientnet_lite0").preprocess.batch(photos))  # (2, 3, 224, 224)
     cat, coffee = top5(lite0_classifier, x)
     assert cat & CAT_CLASSES, cat
     assert coffee & COFFEE_CLASSES, coffee
@@ -297,7 +297,7 @@ def test_lite0_pretrained_weights_recognise_a_cat_and_a_coffee(photos, lite0_cla
 def test_lite0_encoder_gives_the_classifiers_pooled_features(photos, lite0_classifier) -> None:
     encoder = build_encoder("efficientnet_lite0")
     assert encoder.feature_dim == 1280 and not encoder.training
-    x = encoder.spec.preprocess.batch(photos)  # (2, 3, 224, 224)
+    x = torch.from_numpy(encoder.spec.preprocess.batch(photos))  # (2, 3, 224, 224)
     with torch.no_grad():
         features = encoder(x)  # (2, 1280)
         logits = lite0_classifier(x)  # (2, 1000)
@@ -322,7 +322,7 @@ def test_label_head_names_what_lite0_sees(photos, lite0_classifier) -> None:
     assert len(classes) == 1000 and classes[281] == "tabby" and classes[967] == "espresso"
     encoder = build_encoder("efficientnet_lite0")
     head = build_label_head("efficientnet_lite0")
-    x = encoder.spec.preprocess.batch(photos)  # (2, 3, 224, 224)
+    x = torch.from_numpy(encoder.spec.preprocess.batch(photos))  # (2, 3, 224, 224)
     with torch.no_grad():
         features = encoder(x)  # (2, 1280)
         assert torch.allclose(head(features), lite0_classifier(x), atol=1e-4)

@@ -21,6 +21,8 @@ from PIL import Image
 
 from captioner import Captioner
 from captioner.errors import CheckpointError
+from captioner.model import ReferenceCaptioner
+from captioner.options import CaptionOptions
 from captioner.trust import (
     OUT_OF_DOMAIN_CONFIDENCE,
     TRUST_CONFIG,
@@ -95,39 +97,39 @@ def test_calibration_maps_into_0_1_monotonically_and_round_trips(method: str) ->
 
 # ---------------------------------------------------------------------- the domain model
 def test_domain_model_flags_what_is_far_from_the_training_features() -> None:
-    gen = torch.Generator().manual_seed(0)
-    scales = torch.linspace(0.2, 3.0, 64)
-    train = torch.randn(1500, 64, generator=gen) * scales + 5.0  # (N, F), anisotropic
-    held = torch.randn(2000, 64, generator=gen) * scales + 5.0
+    gen = np.random.default_rng(0)
+    scales = np.linspace(0.2, 3.0, 64, dtype=np.float32)
+    train = (gen.standard_normal((1500, 64), dtype=np.float32) * scales + 5.0).astype(np.float32)  # (N, F), anisotropic
+    held = (gen.standard_normal((2000, 64), dtype=np.float32) * scales + 5.0).astype(np.float32)
     mean, cov, shrink = ledoit_wolf(train)
-    assert 0.0 <= shrink <= 1.0 and torch.allclose(mean.float(), train.mean(0), atol=1e-5)
-    variances = scales.double() ** 2
+    assert 0.0 <= shrink <= 1.0 and np.allclose(mean, train.mean(0), atol=1e-5)
+    variances = scales.astype(np.float64) ** 2
     expected = (1 - shrink) * variances + shrink * variances.mean()  # shrunk toward the mean variance
-    assert 0.0 < shrink < 0.5 and torch.allclose(torch.diag(cov), expected, rtol=0.15)
+    assert 0.0 < shrink < 0.5 and np.allclose(np.diag(cov), expected, rtol=0.15)
     dm = DomainModel.fit(train, rank=64)  # every direction (F = 64)
     threshold = dm.set_threshold(held, 0.99)
-    assert 0.8 < dm.distance(held).median() < 1.2  # about 1 for a typical image
-    fresh = torch.randn(2000, 64, generator=gen) * scales + 5.0
-    assert (dm.distance(fresh) > threshold).float().mean() < 0.03
+    assert 0.8 < np.median(dm.distance(held)) < 1.2  # about 1 for a typical image
+    fresh = gen.standard_normal((2000, 64), dtype=np.float32) * scales + 5.0
+    assert (dm.distance(fresh) > threshold).mean() < 0.03
     # a shift along the smallest direction is far; the same shift along the largest is not
-    small, large = torch.zeros(64), torch.zeros(64)
+    small, large = np.zeros(64, np.float32), np.zeros(64, np.float32)
     small[0], large[-1] = 3.0, 3.0
-    d = dm.distance(torch.stack([mean.float() + small * 2, mean.float() + large * 2]))
+    d = dm.distance(np.stack([mean + small * 2, mean + large * 2]).astype(np.float32))
     assert d[0] > threshold > d[1]
     with pytest.raises(ValueError, match="shape"):
-        dm.distance(torch.zeros(2, 63))
+        dm.distance(np.zeros((2, 63), np.float32))
 
 
 def test_trust_statistics_round_trip_through_a_checkpoint_folder(tmp_path: Path) -> None:
-    gen = torch.Generator().manual_seed(1)
-    dm = DomainModel.fit(torch.randn(300, 32, generator=gen), rank=8)
-    dm.set_threshold(torch.randn(100, 32, generator=gen))
+    gen = np.random.default_rng(1)
+    dm = DomainModel.fit(gen.standard_normal((300, 32), dtype=np.float32), rank=8)
+    dm.set_threshold(gen.standard_normal((100, 32), dtype=np.float32))
     cal = Calibration.fit(np.array([-9.0, -4.0, -1.0, -0.5, -3.0]), np.array([0.0, 0.0, 1.0, 1.0, 1.0]), "score")
     save_trust(tmp_path, TrustStats(calibration=cal, domain=dm, trained_on="tests"))
     back = load_trust(tmp_path)
     assert back.trained_on == "tests" and back.calibration is not None and back.domain is not None
-    x = torch.randn(5, 32, generator=gen)
-    assert torch.allclose(back.domain.distance(x), dm.distance(x))
+    x = gen.standard_normal((5, 32), dtype=np.float32)
+    assert np.allclose(back.domain.distance(x), dm.distance(x))
     assert back.domain.threshold == dm.threshold
     assert back.calibration.slope == cal.slope > 0 and back.calibration.intercept == cal.intercept
     (tmp_path / TRUST_CONFIG).write_text("{not json")
@@ -177,8 +179,8 @@ def test_real_photos_are_out_of_domain_and_labelled(model: Captioner) -> None:
         # was: few words fall under the 10 % floor, so most captions stay whole; the flag,
         # the capped confidence and the labels are what tell the user.
         assert len(r.caption.split()) <= 20, (name, r.caption)
-    features = model.encode(torch.stack([model.preprocess(photos[n]) for n in ("chelsea.jpg", "coffee.jpg")]))
-    cat, coffee = model.generate(features, labels=5)
+    features = model.encode(np.stack([model.preprocess(photos[n]) for n in ("chelsea.jpg", "coffee.jpg")]))
+    cat, coffee = model.generate(features, CaptionOptions(labels=5))
     assert cat.labels is not None and coffee.labels is not None
     assert {label.name for label in cat.labels} & CAT, cat.labels
     assert {label.name for label in coffee.labels} & {"espresso", "cup"}, coffee.labels
@@ -221,10 +223,10 @@ def test_the_unsure_word_rule_never_shortens_a_held_out_scene(model: Captioner, 
 
     generate_scenes(tmp_path, {"test": 48}, HELD_OUT_SEED + 1, progress=False)
     files = sorted((tmp_path / "images" / "test").glob("*.jpg"))
-    features = model.encode(torch.stack([model.preprocess(f) for f in files]))
+    features = model.encode(np.stack([model.preprocess(f) for f in files]))
     for beam in (1, 3):
-        on = model.generate(features, beam_size=beam)
-        off = model.generate(features, beam_size=beam, min_word_prob=0.0)
+        on = model.generate(features, CaptionOptions(beam_size=beam))
+        off = model.generate(features, CaptionOptions(beam_size=beam), min_word_prob=0.0)
         assert [r.caption for r in on] == [r.caption for r in off]
         assert [r.score for r in on] == pytest.approx([r.score for r in off])
     # and only out of domain: even a floor above every word's probability leaves scenes whole
@@ -273,8 +275,8 @@ def test_a_checkpoint_without_statistics_loads_and_captions(tmp_path: Path, capl
     for name in (TRUST_CONFIG, TRUST_WEIGHTS):
         (old / name).unlink()
     with caplog.at_level(logging.INFO, logger="captioner.trust"):
-        m = Captioner.load(old, fast=False)
-        Captioner.load(old, fast=False)
+        m = ReferenceCaptioner.load(old)
+        ReferenceCaptioner.load(old)
     said = [r for r in caplog.records if "no confidence calibration" in r.getMessage()]
     assert len(said) == 1
     (r,) = m.caption_detailed([DATA / "chelsea.jpg"])
@@ -297,7 +299,7 @@ def test_calibrate_writes_statistics_into_a_checkpoint(tmp_path: Path) -> None:
     assert trust.calibration is not None and trust.calibration.target == "scene_correct"
     assert trust.calibration.captions == 30 and len(confidence) == len(right) == 30
     assert trust.trained_on.startswith("emoji scenes")
-    m = Captioner.load(ckpt, fast=False)
+    m = ReferenceCaptioner.load(ckpt)
     (r,) = m.caption_detailed([DATA / "coffee.jpg"])
     assert r.confidence is not None and r.in_domain is False
 
