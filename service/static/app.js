@@ -286,7 +286,7 @@ async function captionOne(file, entry) {
     const detail = (item && item.detail) || (body && body.detail) || response.statusText;
     const code = (item && item.error) || (body && body.error) || "";
     entry.item = { error: code || `http_${response.status}`, detail };
-    showError(card, detail, `${response.status}${code ? " " + code : ""}`, item && item.filename);
+    showError(card, detail, `${response.status}${code ? " " + code : ""}`, item && (item.file || item.filename));
   }
 }
 
