@@ -288,6 +288,8 @@ def check_serving(report: Report, image: str, svc: dict[str, Any]) -> None:
         ok = status == 200 and isinstance(model, dict) and bool(model.get("model_id"))
         shown = {k: model.get(k) for k in ("model_id", "precision")} if isinstance(model, dict) else model
         report.line(ok, "/v1/model", f"{status} {shown}")
+        usage = podman("stats", "--no-stream", "--format", "{{.MemUsage}}", name).stdout.strip()
+        report.line(bool(usage), "memory", f"{usage} (podman stats after one caption; the compose limit)")
         # podman's own mount points (/etc/hosts, /run/.containerenv, ...) aside, nothing changed
         diff = json.loads(podman("diff", "--format", "json", name).stdout or "{}")
         changed = [p for paths in diff.values() for p in paths if p not in PODMAN_PATHS]
