@@ -1,8 +1,9 @@
 """The baseline for ``bench.serve``: a captioning server written the way tutorials write one.
 
 One FastAPI endpoint; every request decodes its upload fully with Pillow, preprocesses it
-and runs one eager PyTorch forward of the encoder at batch 1 and the decoder, inline in
-the request handler. No batching, no JPEG draft decoding, no ONNX Runtime, no thread pool.
+and runs one eager PyTorch forward of the encoder at batch 1 and the decoder (the PyTorch
+reference path, :class:`captioner.ReferenceCaptioner`), inline in the request handler. No
+batching, no JPEG draft decoding, no ONNX Runtime, no thread pool.
 
     python -m bench.naive_server --checkpoint DIR --port 8001
 
@@ -22,10 +23,11 @@ import uvicorn
 from fastapi import FastAPI, File, UploadFile
 from PIL import Image
 
-from captioner import Captioner
+from captioner import ReferenceCaptioner
+from captioner.options import CaptionOptions
 
 
-def create_app(model: Captioner) -> FastAPI:
+def create_app(model: ReferenceCaptioner) -> FastAPI:
     app = FastAPI(title="naive captioning baseline")
 
     @app.get("/readyz")
@@ -36,10 +38,10 @@ def create_app(model: Captioner) -> FastAPI:
     async def caption(file: UploadFile = File(...), beam_size: int = 1) -> dict:
         data = await file.read()
         image = Image.open(io.BytesIO(data)).convert("RGB")  # full-size decode
-        x = model.preprocessing(image).unsqueeze(0)  # (1, 3, 224, 224)
+        x = torch.from_numpy(model.preprocessing(image))[None]  # (1, 3, 224, 224)
         with torch.no_grad():
             features = model.encoder(x)  # (1, 1280), eager PyTorch
-        result = model.generate(features, beam_size=beam_size)[0]
+        result = model.generate(features.numpy(), CaptionOptions(beam_size=beam_size))[0]  # on TorchStep
         return {"caption": result.caption, "score": result.score}
 
     return app
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
     args = p.parse_args(argv)
-    model = Captioner.load(args.checkpoint, device="cpu", fast=False)
+    model = ReferenceCaptioner.load(args.checkpoint, device="cpu")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
