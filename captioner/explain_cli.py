@@ -83,7 +83,7 @@ def add_explain_verbs(sub: argparse._SubParsersAction) -> None:
         '"figure". An unreadable file is reported on stderr by name and the others are still drawn '
         "(exit status 1 if any failed).",
         epilog="examples:\n  captioner explain photo.jpg scene.png --checkpoint runs/attention/best --out explain/\n"
-        "  captioner explain data/scenes/images -r --out explain/",
+        "  captioner explain photos/ -r --out explain/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("images", nargs="+", metavar="PATH", help="image files and/or folders")
