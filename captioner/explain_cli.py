@@ -135,8 +135,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise CaptionerError(f"{out}: cannot create the output folder ({e.strerror or e})") from None
     record: dict[str, dict] = {}
     names = figure_names([it.key for it in items])
+    sources = {Path(str(it.path)).resolve() for it in items}  # never written over
     try:
         for item, ex in _explained(model, items, failures):
+            if (out / names[item.key]).resolve() in sources:
+                failures.append((str(item.path), f"its figure {out / names[item.key]} would overwrite an input"))
+                continue
             figure = _write_figure(ex, out / names[item.key])
             record[str(item.path)] = {**ex.to_dict(), "figure": names[item.key]}
             print(f"wrote {figure}", flush=True)
@@ -165,10 +169,14 @@ def explain_inputs(paths: Sequence[str], recursive: bool, out: Path) -> tuple[li
         return [], failures
     items, problems = find_images(present, recursive=recursive)
     failures += [(str(p.key), p.reason) for p in problems]
-    inside = out.resolve()
-    items = [it for it in items if inside not in Path(str(it.path)).resolve().parents]  # not our own figures
+    inside, named = out.resolve(), {Path(p).resolve() for p in present if not os.path.isdir(p)}
+    found = len(items)
+    # a folder's images inside the output folder may be our own figures: left out (named files stay)
+    items = [it for it in items if (r := Path(str(it.path)).resolve()) in named or inside not in r.parents]
     if not items and not failures:
         hint = "" if recursive else " (add -r to look in sub-folders)"
+        if found:
+            hint = f" outside the output folder {out} (its images may be figures; pick another --out)"
         raise CaptionerError(f"no image files found in {', '.join(map(str, paths))}{hint}")
     return items, failures
 

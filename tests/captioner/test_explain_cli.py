@@ -76,3 +76,15 @@ def test_the_output_folder_inside_the_input_folder_is_not_read_back(images, tmp_
     assert main(["explain", str(images), "-r", "--out", str(out)]) == 0
     assert main(["explain", str(images), "-r", "--out", str(out)]) == 0  # its PNGs are not new inputs
     assert len(json.loads((out / "explain.json").read_text())) == 3
+
+
+def test_an_input_is_never_overwritten_by_a_figure(images, tmp_path, capsys):
+    photo = images / "top.png"
+    Image.open(images / "top.jpg").save(photo)
+    before = photo.read_bytes()
+    assert main(["explain", str(photo), "--out", str(images)]) == 1  # its figure would be images/top.png
+    assert photo.read_bytes() == before
+    assert "would overwrite" in capsys.readouterr().err
+    assert main(["explain", str(images), "--out", str(images)]) == 1  # a folder into itself: said so
+    assert "pick another --out" in capsys.readouterr().err
+    assert photo.read_bytes() == before
