@@ -56,7 +56,7 @@ def test_json_images_get_the_captions_and_scores_multipart_gets(server):
     body, same = r.json(), multipart.json()
     assert (body["succeeded"], body["failed"], body["beam_size"], body["max_length"]) == (4, 0, 2, 6)
     assert [it["caption"] for it in body["results"]] == [f"a {n} picture" for n in names]
-    assert [it["filename"] for it in body["results"]] == ["red.jpg", None, None, None]
+    assert [it["file"] for it in body["results"]] == ["red.jpg", None, None, None]
     assert [it["score"] for it in body["results"]] == [it["score"] for it in same["results"]]
 
 
@@ -105,7 +105,7 @@ def test_one_bad_json_image_fails_only_its_own_entry(server):
     assert r.status_code == 200, r.text
     ok, bad = r.json()["results"]
     assert ok["caption"] == "a red picture" and "error" not in ok
-    assert (bad["filename"], bad["error"]) == ("b.gif", "unreadable_image") and "caption" not in bad
+    assert (bad["file"], bad["error"]) == ("b.gif", "unreadable_image") and "caption" not in bad
 
 
 def test_json_bodies_meet_the_upload_limits(limited):
