@@ -3,7 +3,7 @@
 The five ways an image reaches the encoder (the HTTP service's decode + preprocess, folder
 captioning, evaluation, training's feature cache, and the live encoding validation uses
 while fine-tuning) all go through :mod:`captioner.pipeline`. On the PyTorch path
-(``fast=False``) their features must agree bit for bit, for a small photo and for one large
+(:class:`~captioner.model.ReferenceCaptioner`) their features must agree bit for bit, for a small photo and for one large
 enough for a large JPEG draft reduction (2000x1500: decoded at 1/4 scale). A feature
 cache that decoded at full size, as it once did, would train the decoder on other features
 than the ones it is served with.
@@ -26,6 +26,7 @@ from captioner import Captioner
 from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.encoders import build_encoder
 from captioner.folder import caption_folder
+from captioner.model import ReferenceCaptioner
 from captioner.service.captioning import CaptionService, GenerationOptions
 from captioner.service.metrics import Metrics
 from captioner.service.settings import Settings
@@ -72,7 +73,7 @@ def model() -> Captioner:
     config = DecoderConfig(
         vocab_size=len(vocab), feature_dim=encoder.feature_dim, embed_dim=8, hidden_dim=16, img_proj_dim=8, max_length=4
     )
-    return Captioner(encoder, CaptionDecoder(config), vocab, device="cpu", fast=False)
+    return ReferenceCaptioner(encoder, CaptionDecoder(config), vocab, device="cpu")
 
 
 class Recorder:
@@ -80,13 +81,13 @@ class Recorder:
 
     def __init__(self, model: Captioner) -> None:
         self.model = model
-        self.features: list[torch.Tensor] = []
+        self.features: list[np.ndarray] = []
         self._encode = model.encode
 
     def __enter__(self) -> Recorder:
-        def encode(batch: torch.Tensor) -> torch.Tensor:
+        def encode(batch: np.ndarray) -> np.ndarray:
             out = self._encode(batch)  # (B, F)
-            self.features.extend(out.clone())
+            self.features.extend(out.copy())
             return out
 
         self.model.encode = encode  # type: ignore[method-assign]
@@ -96,28 +97,28 @@ class Recorder:
         del self.model.encode
 
 
-def via_service(model: Captioner, photos: dict[str, bytes]) -> dict[str, torch.Tensor]:
+def via_service(model: Captioner, photos: dict[str, bytes]) -> dict[str, np.ndarray]:
     service = CaptionService(model, Settings(), Metrics())
     out = {}
     try:
         for name, blob in photos.items():
             x = service._decode(Upload(name, blob, "image/jpeg"), name, time.monotonic() + 60)  # (3, H, W)
             with Recorder(model) as rec:
-                service._run_batch(x.unsqueeze(0), GenerationOptions(beam_size=1, max_length=4))
+                service._run_batch(x[None], GenerationOptions(beam_size=1, max_length=4))
             out[name] = rec.features[0]
     finally:
         service.stop(timeout=5)
     return out
 
 
-def via_folder(model: Captioner, folder: Path, tmp: Path) -> dict[str, torch.Tensor]:
+def via_folder(model: Captioner, folder: Path, tmp: Path) -> dict[str, np.ndarray]:
     with Recorder(model) as rec:
         summary = caption_folder(model, [folder], tmp / "captions.jsonl", batch_size=1, workers=0, progress=False)
     assert summary.done == len(SIZES)
     return dict(zip(sorted(SIZES), rec.features))  # the folder is captioned in sorted order
 
 
-def via_evaluation(model: Captioner, folder: Path) -> dict[str, torch.Tensor]:
+def via_evaluation(model: Captioner, folder: Path) -> dict[str, np.ndarray]:
     refs = folder / "captions_test.json"
     images = [{"id": i, "file_name": name} for i, name in enumerate(sorted(SIZES))]
     anns = [{"id": i, "image_id": i, "caption": "a red dog"} for i in range(len(SIZES))]
@@ -129,7 +130,7 @@ def via_evaluation(model: Captioner, folder: Path) -> dict[str, torch.Tensor]:
     return {Path(item.image_path).name: f for (item, _), f in zip(split.pairs, rec.features)}
 
 
-def via_feature_cache(model: Captioner, folder: Path, tmp: Path) -> dict[str, torch.Tensor]:
+def via_feature_cache(model: Captioner, folder: Path, tmp: Path) -> dict[str, np.ndarray]:
     cache = FeatureCache(tmp / "cache", model.encoder, batch_size=1, trace=False)
     paths = [str(folder / name) for name in SIZES]
     table, report = cache.build(paths, progress=False)
@@ -137,7 +138,7 @@ def via_feature_cache(model: Captioner, folder: Path, tmp: Path) -> dict[str, to
     return {Path(p).name: table.features[row] for p, row in zip(paths, table.rows(paths))}
 
 
-def via_validation(model: Captioner, folder: Path) -> dict[str, torch.Tensor]:
+def via_validation(model: Captioner, folder: Path) -> dict[str, np.ndarray]:
     """Validation while fine-tuning encodes the split live, through ``encode_images``."""
     paths = [str(folder / name) for name in SIZES]
     feats, failed = encode_images(model.encoder, model.preprocessing, paths, batch_size=1, trace=False, progress=False)
@@ -159,7 +160,8 @@ def test_every_entry_point_gives_the_same_features(model, photos, folder, tmp_pa
         assert set(features) == set(SIZES), entry
         for name in SIZES:
             assert features[name].shape == (model.decoder.config.feature_dim,)
-            assert torch.equal(features[name], reference[name]), f"{entry} differs from the service on {name}"
+            got = np.asarray(features[name])
+            assert np.array_equal(got, reference[name]), f"{entry} differs from the service on {name}"
 
 
 def test_jpegs_are_decoded_in_draft_mode(model, photos):
@@ -177,4 +179,4 @@ def test_jpegs_are_decoded_in_draft_mode(model, photos):
         image = pipeline.decode(photos[name], pre)
         assert scale > 1 and image.size == (width // scale, height // scale), name
         full = pre(load_image(photos[name]))  # (3, S, S), decoded without draft
-        assert not torch.equal(model.preprocess(photos[name]), full), name
+        assert not np.array_equal(model.preprocess(photos[name]), full), name
