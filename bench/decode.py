@@ -4,7 +4,8 @@
     python -m bench.decode --vocab 100 1000 10000 --seconds 3 --variants pytorch onnxruntime int8 no-onednn
 
 Decoders have the default size (embedding 256, hidden 512, LSTM, W_ih image projection
-256) with random weights, fed random 1280-d features. A random decoder almost never
+256) with random weights (``bench.common.synthetic_checkpoint``, graphs exported), fed
+random 1280-d features, through the one numpy search (:mod:`captioner.runtime.search`). A random decoder almost never
 emits ``<end>``, so every caption runs to ``--max-length`` words (default 12, about a
 real caption's length): the figures are per caption of that length.
 
@@ -12,10 +13,10 @@ For each vocabulary and strategy the table gives milliseconds per image when ima
 decoded one at a time (batch 1, a lone request) and in a batch of 32 (a loaded service,
 a folder run). Variants (``--variants``):
 
-* ``pytorch``: the plain PyTorch decoder (the reference; ``fast=False``);
-* ``onnxruntime``: the generation step on ONNX Runtime, one thread (``captioner.runtime.onnx_decoder``,
-  the default path);
-* ``int8``: ``torch.ao.quantization.quantize_dynamic`` on the LSTM and linear layers, with
+* ``pytorch``: the PyTorch decoder's step (``TorchStep``: the reference path, ``ReferenceCaptioner``);
+* ``onnxruntime``: the exported step graphs on ONNX Runtime, one thread (``OnnxStep``: what
+  ``Captioner`` runs);
+* ``int8``: ``torch.ao.quantization.quantize_dynamic`` on the LSTM and linear layers (as a ``TorchStep``), with
   the share of captions identical to the reference (``agree``; random decoders have tiny
   margins between words, so this is a pessimistic figure);
 * ``no-onednn``: PyTorch with oneDNN switched off (``torch.backends.mkldnn.flags``): its
@@ -25,14 +26,16 @@ a folder run). Variants (``--variants``):
 from __future__ import annotations
 
 import contextlib
+import functools
 import statistics
 import sys
 import warnings
+from typing import Any
 
+import numpy as np
 import torch
 
-from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.runtime.onnx_decoder import build_onnx_decoder
+from captioner.runtime import search
 
 from . import common
 
@@ -40,11 +43,11 @@ STRATEGIES = (("greedy", 1), ("beam 3", 3), ("beam 5", 5))
 VARIANTS = ("pytorch", "onnxruntime", "int8", "no-onednn")
 
 
-def run_strategy(decoder: CaptionDecoder, features: torch.Tensor, beam: int, max_length: int):
-    with torch.inference_mode():
-        if beam == 1:
-            return decoder.greedy(features, 1, 2, max_length)
-        return decoder.beam_search(features, 1, 2, beam, max_length)
+def run_strategy(step: Any, features: np.ndarray, beam: int, max_length: int) -> list[list[int]]:
+    """Each image's caption (word ids) by greedy (``beam`` 1) or beam search over ``step``."""
+    if beam == 1:
+        return [h.tokens for h in search.sequential(step, features, 1, 2, max_length)]
+    return [n[0].tokens for n in search.beam_search(step, features, 1, 2, max_length, beam)]
 
 
 def variant_context(variant: str):
@@ -78,24 +81,25 @@ def main(argv: list[str] | None = None) -> int:
     info = common.machine_info()
     common.header("decode: greedy vs beam search", info)
 
+    from captioner import Captioner, ReferenceCaptioner
+    from captioner.model.steps import TorchStep
+
     rows, results = [], []
-    gen = torch.Generator().manual_seed(0)
-    features = torch.randn(args.batch, 1280, generator=gen)  # (B, F)
+    features = np.abs(np.random.default_rng(0).standard_normal((args.batch, 1280), dtype=np.float32))  # (B, F)
     for V in args.vocab:
-        torch.manual_seed(0)
-        fp32 = CaptionDecoder(DecoderConfig(vocab_size=V, feature_dim=1280, max_length=args.max_length)).eval()
-        decoders = {"pytorch": fp32, "no-onednn": fp32}
+        ckpt = common.synthetic_checkpoint(V, args.max_length)
+        fp32 = ReferenceCaptioner.load(ckpt, device="cpu").decoder
+        reference = TorchStep(fp32)
+        decoders: dict[str, Any] = {"pytorch": reference, "no-onednn": reference}
         if "onnxruntime" in args.variants:
-            decoders["onnxruntime"], reason = build_onnx_decoder(fp32)
-            if decoders["onnxruntime"] is None:
-                raise SystemExit(f"error: {reason}")
+            decoders["onnxruntime"] = Captioner.load(ckpt).decoder_step()
         if "int8" in args.variants:
-            decoders["int8"] = torch.ao.quantization.quantize_dynamic(
-                fp32, {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8
+            decoders["int8"] = TorchStep(
+                torch.ao.quantization.quantize_dynamic(fp32, {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8)
             )
         greedy_ms: dict[tuple[str, int], float] = {}
         for name, beam in STRATEGIES:
-            reference_ids = run_strategy(fp32, features, beam, args.max_length)[0]
+            reference_ids = run_strategy(reference, features, beam, args.max_length)
             one: dict[str, list[float]] = {v: [] for v in args.variants}
             many: dict[str, list[float]] = {v: [] for v in args.variants}
             for r in range(args.rounds):  # variants interleaved, so drifting load hits all alike
@@ -104,19 +108,19 @@ def main(argv: list[str] | None = None) -> int:
                     kw = {"min_runs": 1, "warmup": 1 if r == 0 else 0}
                     with variant_context(variant):
                         one[variant] += common.timed(
-                            lambda dec=dec, beam=beam: run_strategy(dec, features[:1], beam, args.max_length),
+                            functools.partial(run_strategy, dec, features[:1], beam, args.max_length),
                             args.seconds / args.rounds,
                             **kw,
                         )
                         many[variant] += common.timed(
-                            lambda dec=dec, beam=beam: run_strategy(dec, features, beam, args.max_length),
+                            functools.partial(run_strategy, dec, features, beam, args.max_length),
                             args.seconds / args.rounds,
                             **kw,
                         )
             for variant in args.variants:
                 dec = decoders[variant]
                 with variant_context(variant):
-                    ids = run_strategy(dec, features, beam, args.max_length)[0]
+                    ids = run_strategy(dec, features, beam, args.max_length)
                 ms1 = 1000 * statistics.median(one[variant])
                 msb = 1000 * statistics.median(many[variant]) / args.batch
                 if beam == 1:
