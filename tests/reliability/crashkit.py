@@ -122,8 +122,8 @@ def log_rows(out: Path) -> list[dict]:
 def check_checkpoints(out: Path) -> list[str]:
     """Load every checkpoint folder in a run folder; returns their names. Raises on any
     folder that does not load completely."""
-    from captioner.checkpoint import load_checkpoint
     from captioner.decoder import CaptionDecoder
+    from captioner.model.checkpoint import load_checkpoint
     from captioner.training.train import read_last
 
     loaded = []

@@ -185,8 +185,8 @@ def test_a_save_removes_what_killed_saves_left_behind(tmp_path) -> None:
     checkpoint beside the target; the next save there removes those of dead processes."""
     import torch
 
-    from captioner.checkpoint import load_checkpoint, save_checkpoint
     from captioner.decoder import CaptionDecoder, DecoderConfig
+    from captioner.model.checkpoint import load_checkpoint, save_checkpoint
     from captioner.vocab import Vocabulary
 
     dead = subprocess.Popen(["true"])
