@@ -53,6 +53,20 @@ TARGETS = (
     Target("images", "captioner", "captioner/images.py", ("tests/captioner/test_images.py",)),
     Target("decoder", "captioner", "captioner/decoder.py", ("tests/captioner/test_decoder.py",)),
     Target(
+        "admission",
+        "captioner",
+        "captioner/service/admission.py",
+        ("tests/service/test_admission.py",),
+        inside=(("service", "captioner/service"),),
+    ),
+    Target(
+        "bootstrap",
+        "captioner",
+        "captioner/metrics/bootstrap.py",
+        ("tests/captioner/test_bootstrap.py", "tests/captioner/test_metrics.py"),
+        JAVA_TESTS,
+    ),
+    Target(
         "batcher",
         "captioner",
         "captioner/service/batcher.py",
