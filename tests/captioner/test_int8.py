@@ -1,4 +1,4 @@
-"""The int8 encoder (captioner.runtime.quantize): agreement with fp32 on held-out scenes,
+"""The int8 encoder (captioner.model.quantize): agreement with fp32 on held-out scenes,
 the graph cache's key, and the fallback to fp32.
 
 Agreement uses the shipped int8 model (weights/pooled, its decoder trained on int8
@@ -9,19 +9,20 @@ mechanics use a tiny CNN so that each quantisation takes a fraction of a second.
 from __future__ import annotations
 
 import io
-import logging
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from captionkit import TINY_PRE, tiny_captioner
+from captionkit import TINY_PRE, TinyEncoder
 from PIL import Image
 
-from captioner import Captioner, runtime
-from captioner.runtime import onnx as onnx_mod
-from captioner.runtime import quantize
+from captioner import Captioner
+from captioner.model import ReferenceCaptioner, quantize
+from captioner.model import onnx_encoder as onnx_mod
+from captioner.runtime import graphs
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 POOLED = Path(__file__).resolve().parents[2] / "weights" / "pooled"  # the shipped int8 model
@@ -40,14 +41,20 @@ def jpegs(n: int, seed: int) -> list[bytes]:
     return out
 
 
-def tiny(calibration: list[bytes] | None, seed: int = 0, precision: str = "int8") -> Captioner:
-    return tiny_captioner(seed, fast=True, precision=precision, calibration=calibration)
+def tiny(calibration: list[bytes] | None, seed: int = 0):
+    """The int8 ONNX Runtime encoder of a tiny CNN (training's int8 feature cache builds
+    its encoder this way): (encoder or None, reason, the PyTorch module)."""
+    torch.manual_seed(seed)
+    module = TinyEncoder().eval()
+    calib = quantize.calibration_set(calibration, TINY_PRE) if calibration else None
+    built, reason = onnx_mod.build_onnx_encoder(module, 32, calibration=calib)
+    return built, reason, module
 
 
 @pytest.fixture()
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("CAPTIONER_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv(quantize.PRECISION_ENV, raising=False)
+    monkeypatch.delenv(graphs.PRECISION_ENV, raising=False)
     return tmp_path / "onnx"
 
 
@@ -68,32 +75,34 @@ def int8_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("*-int8-*.onnx"))
 
 
+def batch_of(images: list[bytes]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([TINY_PRE(Image.open(io.BytesIO(b)).convert("RGB")) for b in images]))
+
+
 # ---------------------------------------------------------------- the cache key
 
 
 def test_same_inputs_reuse_the_int8_graph(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = quantisations(monkeypatch)
     calib = jpegs(8, seed=1)
-    first = tiny(calib)
-    x = torch.stack([first.preprocess(b) for b in jpegs(4, seed=9)])  # (4, 3, 32, 32)
-    a = first.encode(x)
-    assert first.describe()["precision"] == "int8" and len(calls) == 1
+    first, reason, _ = tiny(calib)
+    assert first is not None and first.precision == "int8", reason
+    x = batch_of(jpegs(4, seed=9))  # (4, 3, 32, 32)
+    a = first(x)
     files = int8_files(cache)
-    assert len(files) == 1 and (cache / (files[0] + ".sha256")).is_file()
-    second = tiny(calib)  # same weights (seed), same calibration images
-    b = second.encode(x)
-    assert len(calls) == 1 and int8_files(cache) == files  # read back, not quantised again
-    assert second.describe()["precision"] == "int8"
-    assert torch.equal(a, b)
+    assert len(calls) == 1 and len(files) == 1 and (cache / (files[0] + ".sha256")).is_file()
+    second, _, _ = tiny(calib)  # same weights (seed), same calibration images
+    assert second is not None and len(calls) == 1 and int8_files(cache) == files  # read back, not quantised again
+    assert torch.equal(a, second(x))
 
 
 def test_other_calibration_or_weights_make_a_new_graph(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = quantisations(monkeypatch)
     calib = jpegs(8, seed=1)
-    tiny(calib).prepare_fast()
-    tiny(calib[:-1] + jpegs(1, seed=2)).prepare_fast()  # one calibration image changed
+    tiny(calib)
+    tiny(calib[:-1] + jpegs(1, seed=2))  # one calibration image changed
     assert len(calls) == 2 and len(int8_files(cache)) == 2
-    tiny(calib, seed=5).prepare_fast()  # other weights, same calibration images
+    tiny(calib, seed=5)  # other weights, same calibration images
     assert len(calls) == 3 and len(int8_files(cache)) == 3
 
 
@@ -107,52 +116,55 @@ def test_calibration_file_round_trip(tmp_path: Path) -> None:
     assert quantize.calibration_digest(images, prep) != quantize.calibration_digest(images[::-1], prep)
 
 
-# ---------------------------------------------------------------- choosing and falling back
+# ---------------------------------------------------------------- choosing and the gate
 
 
 def test_precision_comes_from_argument_env_then_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(quantize.PRECISION_ENV, raising=False)
-    assert runtime.precision_requested(None, {}) == "fp32"
-    assert runtime.precision_requested(None, {"precision": "int8"}) == "int8"
-    monkeypatch.setenv(quantize.PRECISION_ENV, "FP32")
-    assert runtime.precision_requested(None, {"precision": "int8"}) == "fp32"
-    assert runtime.precision_requested("int8", {}) == "int8"
+    monkeypatch.delenv(graphs.PRECISION_ENV, raising=False)
+    assert graphs.precision_requested(None, {}) == "fp32"
+    assert graphs.precision_requested(None, {"precision": "int8"}) == "int8"
+    monkeypatch.setenv(graphs.PRECISION_ENV, "FP32")
+    assert graphs.precision_requested(None, {"precision": "int8"}) == "fp32"
+    assert graphs.precision_requested("int8", {}) == "int8"
     with pytest.raises(ValueError, match="int8, fp32"):
-        runtime.precision_requested("int4")
+        graphs.precision_requested("int4")
 
 
-def test_quantisation_unavailable_falls_back_to_fp32(
-    cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_quantisation_unavailable_is_a_reason_not_a_crash(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)  # import fails
-    with caplog.at_level(logging.WARNING, logger="captioner.runtime"):
-        model = tiny(jpegs(8, seed=1))
-        assert model.prepare_fast()  # the fp32 ONNX Runtime encoder still runs
-    info = model.describe()
-    status = info["runtime"]
-    assert status["encoder"] == "onnxruntime" and info["precision"] == "fp32" == model.precision
-    assert info["precision_requested"] == "int8"
-    assert "onnxruntime.quantization" in status["reasons"]["int8"]
-    assert "fp32, not int8" in caplog.text and int8_files(cache) == []
-    x = torch.stack([model.preprocess(b) for b in jpegs(2, seed=9)])  # (2, 3, 32, 32)
-    with torch.inference_mode():
-        reference = model.encoder(x)  # (2, 16)
-    assert float((model.encode(x) - reference).abs().max()) <= onnx_mod.FEATURE_TOLERANCE.max_abs
+    built, reason, _ = tiny(jpegs(8, seed=1))
+    assert built is None and "onnxruntime.quantization" in reason and int8_files(cache) == []
 
 
-def test_int8_without_calibration_images_runs_fp32(cache: Path) -> None:
-    model = tiny(None)
-    model.prepare_fast()
-    info = model.describe()
-    assert info["precision"] == "fp32" and "calibration" in info["runtime"]["reasons"]["int8"]
+def test_the_int8_gate_needs_both_the_mean_and_the_lowest_cosine() -> None:
+    """Int8Tolerance passes only when the mean cosine AND every image's cosine are high enough."""
+    tol = quantize.Int8Tolerance(min_mean_cosine=0.97, min_cosine=0.90)
+    ref = torch.eye(4)  # four orthogonal feature rows: a cosine is set by how much of row i is kept
+    close = ref.clone()
+    close[:, 0] += 0.05  # every row nearly the same: mean and min high
+    one_off = ref.clone()
+    one_off[0] = torch.tensor([0.6, 0.8, 0.0, 0.0])  # one row at cosine 0.6: mean 0.9, min 0.6
+    assert tol.check(ref, close)[0]
+    ok, mean, low = tol.check(ref, one_off)
+    assert not ok and low < tol.min_cosine and mean < tol.min_mean_cosine
+    slightly = ref.clone()
+    slightly[:, 1] += 0.33  # all rows at cosine ~0.95: min passes 0.90, the mean fails 0.97
+    ok, mean, low = tol.check(ref, slightly)
+    assert not ok and low >= tol.min_cosine and mean < tol.min_mean_cosine
+    lenient = quantize.Int8Tolerance(min_mean_cosine=0.5, min_cosine=0.7)
+    ok, mean, low = lenient.check(ref, one_off)  # the mean passes 0.5, the lowest fails 0.7
+    assert not ok and mean >= 0.5 and low < 0.7
 
 
-def test_fp32_needs_no_calibration(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = quantisations(monkeypatch)
-    model = tiny(jpegs(4, seed=1), precision="fp32")
-    model.prepare_fast()
-    assert model.describe()["precision"] == "fp32" and "int8" not in model.describe()["runtime"]["reasons"]
-    assert calls == []
+def test_export_leaves_out_an_int8_encoder_that_fails_its_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from captioner.model import export
+
+    strict = quantize.Int8Tolerance(min_mean_cosine=1.01, min_cosine=0.0)  # nothing passes
+    monkeypatch.setattr(export, "INT8_TOLERANCE", strict)
+    folder = export.export_graphs(POOLED, tmp_path / "graphs")
+    manifest = json.loads((folder / graphs.MANIFEST).read_text())
+    assert graphs.ENCODER_INT8 not in manifest["files"] and not (folder / graphs.ENCODER_INT8).exists()
+    assert "drifts too far" in manifest["int8"]["reason"] and manifest["int8"]["check"]["images"] >= 64
 
 
 # ---------------------------------------------------------------- the shipped int8 model (weights/pooled)
@@ -163,7 +175,7 @@ def pooled_pair(tmp_path_factory: pytest.TempPathFactory):
     """weights/pooled (trained on int8 features) with its fp32 and its int8 encoder."""
     mp = pytest.MonkeyPatch()
     mp.setenv("CAPTIONER_CACHE_DIR", str(tmp_path_factory.mktemp("int8-cache")))
-    mp.delenv(quantize.PRECISION_ENV, raising=False)
+    mp.delenv(graphs.PRECISION_ENV, raising=False)
     try:
         yield Captioner.load(POOLED, precision="fp32"), Captioner.load(POOLED)
     finally:
@@ -184,7 +196,7 @@ def held_out_scenes(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_the_int8_model_serves_int8_by_default_and_carries_its_calibration_set() -> None:
-    model = Captioner.load(POOLED, fast=False)
+    model = ReferenceCaptioner.load(POOLED)
     assert model.metadata["precision"] == "int8" and model.metadata["train_config"]["precision"] == "int8"
     assert model.path is not None
     images = quantize.read_calibration(model.path)
@@ -199,9 +211,9 @@ def test_int8_features_agree_with_fp32_and_the_int8_trained_model_loses_nothing_
     fp32, int8 = pooled_pair
     assert int8.describe()["precision"] == "int8" and fp32.describe()["precision"] == "fp32"
     jpegs, truths, words = held_out_scenes
-    x = torch.stack([fp32.preprocess(b) for b in jpegs])  # (60, 3, 224, 224)
+    x = np.stack([fp32.preprocess(b) for b in jpegs])  # (60, 3, 224, 224)
     a, b = fp32.encode(x), int8.encode(x)  # (60, 1280) each
-    cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
+    cos = torch.nn.functional.cosine_similarity(torch.from_numpy(a), torch.from_numpy(b), dim=1)
     assert float(cos.mean()) >= 0.95 and float(cos.min()) >= 0.8
     right = {
         name: np.mean([check_caption(r.caption, t, words).correct for r, t in zip(model.generate(f), truths)])
@@ -222,11 +234,11 @@ def test_out_of_domain_flag_unchanged_on_photos(pooled_pair) -> None:
 
 
 def test_saving_a_model_keeps_its_calibration_set(tmp_path: Path) -> None:
-    model = Captioner.load(POOLED, fast=False)
+    model = ReferenceCaptioner.load(POOLED)
     assert model.path is not None
     folder = model.save(tmp_path / "copy")
     assert quantize.read_calibration(folder) == quantize.read_calibration(model.path)
-    assert Captioner.load(folder, fast=False).metadata["precision"] == "int8"
+    assert ReferenceCaptioner.load(folder).metadata["precision"] == "int8"
 
 
 def test_service_setting_takes_int8_or_fp32_only() -> None:
