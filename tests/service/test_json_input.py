@@ -18,6 +18,7 @@ from servicekit import API_KEY, COLOURS, colour_image
 from test_api import TRUNCATED_PNG, assert_error, good_request
 from test_contract import undocumented
 
+from captioner.service.errors import APIError
 from captioner.service.uploads import OPTION_FIELDS
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -173,3 +174,30 @@ def test_openapi_documents_the_json_body_and_the_docs_say_why_no_urls(server):
     assert undocumented(schema, body, {"images": [{"url": "http://x"}]}) != []
     text = DOCS.read_text()
     assert "application/json" in text and "SSRF" in text and "never fetches an image from a URL" in text
+
+
+def test_counts_and_sizes_are_checked_before_any_base64_is_decoded():
+    """Straight on the parser: the refusals that need no decoding come first, so a body of
+    bad base64 is refused by its image count and its images' sizes, not after decoding them."""
+    from captioner.service.json_uploads import decoded_size, parse_json_images
+    from captioner.service.params import LENGTH_PENALTY_RANGE
+
+    def parse(doc: Any, **limits: int):
+        body = json.dumps(doc).encode()
+        return parse_json_images(body, options={"length_penalty": LENGTH_PENALTY_RANGE}, **limits)
+
+    not_base64 = "%" * 200
+    with pytest.raises(APIError) as e:
+        parse({"images": [{"data": not_base64}] * 3}, max_files=2, max_image_bytes=10_000)
+    assert (e.value.status, e.value.code) == (413, "too_many_files")
+    with pytest.raises(APIError) as e:
+        parse({"images": [{"data": not_base64, "name": "big.png"}]}, max_files=2, max_image_bytes=100)
+    assert (e.value.status, e.value.code) == (413, "image_too_large") and "big.png" in e.value.detail
+    with pytest.raises(APIError) as e:
+        parse({"images": [{"data": not_base64}], "length_penalty": 9}, max_files=2, max_image_bytes=10_000)
+    assert e.value.code == "invalid_option"  # options too
+    with pytest.raises(APIError) as e:
+        parse({"images": [{"data": not_base64}]}, max_files=2, max_image_bytes=10_000)
+    assert e.value.code == "invalid_base64"  # and only then the decoding
+    exact = base64.b64encode(b"x" * 100).decode()  # 136 characters, 100 bytes
+    assert decoded_size(exact) >= 100 and parse({"images": [{"data": exact}]}, max_files=1, max_image_bytes=102)
