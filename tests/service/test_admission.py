@@ -38,7 +38,12 @@ class Counters:
 
 
 def call(
-    service: Counters, headers: dict[str, str], path: str = "/v1/captions", fail: bool = False
+    service: Counters,
+    headers: dict[str, str],
+    path: str = "/v1/captions",
+    fail: bool = False,
+    limits: object = None,
+    client: str = "10.0.0.1",
 ) -> tuple[list[dict], int, int]:
     """Run one request through the gate; returns (messages sent, receive() calls, app calls).
     ``fail``: the app raises after reading the body (a bug, or a client gone mid-request)."""
@@ -71,7 +76,8 @@ def call(
         "method": "POST",
         "path": path,
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "app": SimpleNamespace(state=SimpleNamespace(service=service)),
+        "client": (client, 5000),
+        "app": SimpleNamespace(state=SimpleNamespace(service=service, client_limits=limits)),
     }
     try:
         asyncio.run(AdmissionMiddleware(inner)(scope, receive, send))
@@ -171,3 +177,61 @@ def test_a_refusal_before_routing_is_counted_under_its_route() -> None:
     asyncio.run(stack(scope, receive, send))
     assert metrics.requests.labels("/v1/captions", "POST", "503")._value.get() == 1
     assert metrics.requests.labels("<unmatched>", "POST", "503")._value.get() == 0
+
+
+def test_a_body_below_the_minimum_rate_is_cut_with_408_and_a_fast_one_passes() -> None:
+    """min_rate_receive: a body that stops arriving is cut once it is behind its grace plus
+    received / rate; one that keeps up passes through untouched, and so does whatever
+    follows its last chunk."""
+    from captioner.service.admission import min_rate_receive
+
+    async def stalls() -> dict:
+        await asyncio.sleep(3600)  # a client that sends nothing more
+        raise AssertionError("unreachable")
+
+    async def cut() -> APIError:
+        paced = min_rate_receive(stalls, rate=1000, grace_s=0.05)
+        with pytest.raises(APIError) as refused:
+            await paced()
+        return refused.value
+
+    e = asyncio.run(asyncio.wait_for(cut(), 30))  # a hang guard, not a timing assertion
+    assert (e.status, e.code, e.headers) == (408, "body_too_slow", {"Connection": "close"})
+    assert "slower than 1000 bytes/s (0 bytes in" in e.detail
+
+    chunks = [
+        {"type": "http.request", "body": b"x" * 500, "more_body": True},
+        {"type": "http.request", "body": b"y" * 500, "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+
+    async def fast() -> dict:
+        return chunks.pop(0)
+
+    async def read_all() -> list[dict]:
+        paced = min_rate_receive(fast, rate=1, grace_s=3600)
+        return [await paced() for _ in range(3)]
+
+    got = asyncio.run(read_all())
+    assert [m["type"] for m in got] == ["http.request", "http.request", "http.disconnect"]
+    assert b"".join(m.get("body", b"") for m in got) == b"x" * 500 + b"y" * 500
+
+
+def test_one_client_holds_at_most_its_share_of_the_budget() -> None:
+    from captioner.service.client_limits import ClientLimits
+
+    service = Counters(budget=10_000)
+    limits = ClientLimits(max_client_pixels=1, max_client_buffered_bytes=800)
+    sent, received, app_calls = call(service, {"content-length": "500"}, limits=limits)
+    assert (status_and_body(sent)[0], app_calls) == (200, 1)
+    assert limits.body_bytes.held("10.0.0.1") == 0 and service.buffered == 0  # both returned
+    limits.body_bytes.take("10.0.0.1", 400)  # this client has another upload in flight
+    sent, received, app_calls = call(service, {"content-length": "500"}, limits=limits)
+    status, headers, body = status_and_body(sent)
+    assert (status, body["error"], headers[b"retry-after"], app_calls, received) == (429, "client_busy", b"1", 0, 0)
+    assert "max_client_buffered_bytes" in body["detail"] and service.buffered == 0
+    sent, _, app_calls = call(service, {"content-length": "500"}, limits=limits, client="10.0.0.2")
+    assert (status_and_body(sent)[0], app_calls) == (200, 1)  # another client is served
+    service.queue_full = True  # the shared budget refuses: the client's share is given back
+    sent, _, _ = call(service, {"content-length": "300"}, limits=limits)
+    assert status_and_body(sent)[2]["error"] == "queue_full" and limits.body_bytes.held("10.0.0.1") == 400
