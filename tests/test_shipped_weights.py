@@ -20,7 +20,7 @@ import pytest
 
 from captioner import Captioner
 from captioner.metrics.scene import SceneTruth, check_caption
-from captioner.model import default_weights_path
+from captioner.runtime.captioner import default_weights_path
 from captioner.training.scenes import generate_scenes
 
 N_IMAGES = 48
@@ -46,8 +46,10 @@ def test_the_shipped_checkpoint_is_the_default(shipped: Captioner):
     folder = default_weights_path()
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
     config = json.loads((folder / "config.json").read_text())
-    assert shipped.decoder.config.vocab_size == len(shipped.vocab)
-    assert config["encoder"]["name"] == shipped.encoder.spec.name == "efficientnet_lite0"
+    assert shipped.decoder_settings["vocab_size"] == len(shipped.vocab)
+    assert config["encoder"]["name"] == shipped.encoder_name == "efficientnet_lite0"
+    assert shipped.describe()["runtime"]["encoder"] == "onnxruntime"  # served from its own graphs
+    assert (folder / "graphs" / "manifest.json").is_file()
 
 
 def test_shipped_model_names_kinds_counts_and_background(shipped: Captioner, held_out):

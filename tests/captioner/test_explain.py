@@ -31,7 +31,7 @@ from captioner.explain import (
     scene_cells,
     write_figures,
 )
-from captioner.model import Captioner
+from captioner.model import ReferenceCaptioner
 from captioner.vocab import Vocabulary
 
 SIZE = 48
@@ -58,7 +58,7 @@ def _image(colour: str, cell: int) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def tiny_model() -> Captioner:
+def tiny_model() -> ReferenceCaptioner:
     torch.set_num_threads(1)
     rng = random.Random(0)
     samples = [(rng.choice(list(COLOURS)), rng.randrange(9)) for _ in range(120)]
@@ -69,8 +69,10 @@ def tiny_model() -> Captioner:
         vocab_size=len(vocab), feature_dim=3, embed_dim=8, hidden_dim=16, img_proj_dim=8, attention_dim=8, dropout=0.0
     )
     pre = Preprocess(resize_size=SIZE, crop_size=SIZE, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    model = Captioner(GridEncoder(), AttentionDecoder(cfg), vocab, preprocess=pre, device="cpu", fast=False)
-    features = model.encode(torch.stack([model.preprocess(_image(c, k)) for c, k in samples]))  # (B, 9, 3)
+    model = ReferenceCaptioner(GridEncoder(), AttentionDecoder(cfg), vocab, preprocess=pre, device="cpu")
+    features = torch.from_numpy(
+        model.encode(np.stack([model.preprocess(_image(c, k)) for c, k in samples]))
+    )  # (B, 9, 3)
     tokens = torch.tensor([vocab.encode(c) for c in captions])  # (B, T): all the same length
     dec = model.decoder.train()
     opt = torch.optim.Adam(dec.parameters(), lr=0.03)
