@@ -9,7 +9,7 @@ Candidates, all on the same weights and the same random (B, 3, 224, 224) input:
 * ``eager channels_last``: the same with channels-last memory format;
 * ``torchscript``: ``torch.jit.trace`` + ``torch.jit.freeze`` (batch-norm folded) +
   ``optimize_for_inference``, channels-last;
-* ``onnxruntime``: ``captioner.runtime.onnx.OnnxEncoder`` (the default path), intra-op threads =
+* ``onnxruntime``: ``captioner.model.onnx_encoder.OnnxEncoder`` (the exported graph, as the runtime runs it), intra-op threads =
   torch threads, no busy-waiting;
 * ``onnxruntime 1 thread``: the same session pinned to one thread.
 
@@ -20,10 +20,13 @@ tracing) are one-time costs, printed separately.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -38,14 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     common.apply_threads(args)
     from captioner.encoders import build_encoder
-    from captioner.runtime.onnx import OnnxEncoder
+    from captioner.model.onnx_encoder import OnnxEncoder
 
     info = common.machine_info()
     common.header("encoder: backends", info)
     enc = build_encoder("efficientnet_lite0")
     x_max = torch.randn(max(args.batch), 3, 224, 224, generator=torch.Generator().manual_seed(0))
     build_s: dict[str, float] = {}
-    backends: dict[str, object] = {}
+    backends: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
 
     backends["eager"] = enc
     enc_cl = build_encoder("efficientnet_lite0").to(memory_format=torch.channels_last)
@@ -68,15 +71,15 @@ def main(argv: list[str] | None = None) -> int:
 
     with torch.inference_mode():
         reference = enc(x_max[:4])  # (4, F)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, fn in backends.items():
         with torch.inference_mode():
             diff = float((fn(x_max[:4]).float() - reference).abs().max())
-        row = {"backend": name, "max_abs_diff": diff}
+        row: dict[str, Any] = {"backend": name, "max_abs_diff": diff}
         for b in args.batch:
             x = x_max[:b]
             with torch.inference_mode():
-                times = common.timed(lambda fn=fn, x=x: fn(x), args.seconds, warmup=2)
+                times = common.timed(functools.partial(fn, x), args.seconds, warmup=2)
             row[f"b{b}"] = b / statistics.median(times)
         rows.append(row)
         print(

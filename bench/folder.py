@@ -7,7 +7,9 @@ Captions a folder of synthetic 640x480 JPEGs with :func:`captioner.folder.captio
 (the library behind ``captioner caption DIR``: decode threads feeding batches to the
 model, one JSONL line per image) and compares its images/s with the encoder-only limit
 measured in the same process before and after (the fastest encoder forward on
-pre-decoded batches). ``--plain`` adds a run with the fast path off, for reference.
+pre-decoded batches). ``--plain`` adds a run on the PyTorch reference path
+(:class:`captioner.ReferenceCaptioner`: eager encoder, the search over the PyTorch step),
+for reference.
 
 Target (issue "Performance"): folder captioning >= 70% of the encoder-only limit.
 """
@@ -45,20 +47,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16, help="caption_folder batch size (default 16, the CLI's)")
     p.add_argument("--workers", type=int, default=2, help="decode threads (default 2, the CLI's)")
     p.add_argument("--beam", type=int, default=1, help="beam size (default 1: greedy)")
-    p.add_argument("--plain", action="store_true", help="also run with the fast path off (plain PyTorch)")
+    p.add_argument("--plain", action="store_true", help="also run on the PyTorch reference path (ReferenceCaptioner)")
     p.add_argument(
         "--precision", choices=["fp32", "int8"], default=None, help="encoder precision (default: the checkpoint's)"
     )
     args = p.parse_args(argv)
     common.apply_threads(args)
-    from captioner import Captioner
+    from captioner import Captioner, ReferenceCaptioner
 
     info = common.machine_info()
     common.header("folder: captioning a folder vs the encoder-only limit", info)
     ckpt = common.resolve_checkpoint(args.checkpoint)
     folder = common.jpeg_folder(args.images)
-    model = Captioner.load(ckpt, device="cpu", precision=args.precision)
-    print(f"checkpoint {ckpt} ({model.encoder_backend}); folder {folder}", file=sys.stderr, flush=True)
+    model = Captioner.load(ckpt, precision=args.precision)
+    backend = f"onnxruntime {model.precision}"
+    print(f"checkpoint {ckpt} ({backend}); folder {folder}", file=sys.stderr, flush=True)
 
     limit_start = common.encoder_limit(model)
     run_folder(model, common.jpeg_folder(16), args)  # warm-up: threads, first batches
@@ -67,13 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     limit = (limit_start["images_per_s"] + limit_end["images_per_s"]) / 2
     rows = [
         {
-            "run": f"folder captioning ({model.encoder_backend})",
+            "run": f"folder captioning ({backend})",
             **fast,
             "pct_encoder_limit": 100 * fast["images_per_s"] / limit,
         }
     ]
     if args.plain:
-        plain_model = Captioner.load(ckpt, device="cpu", fast=False)
+        plain_model = ReferenceCaptioner.load(ckpt, device="cpu")
         plain = run_folder(plain_model, folder, args)
         rows.append(
             {

@@ -13,7 +13,7 @@ For each JPEG size, milliseconds per image (median of repeated runs, one thread)
 * ``normalise``: uint8 pixels -> the normalised float32 (3, S, S) tensor
   (:meth:`Preprocess.normalise_into`), beside the numpy version it replaced;
 * ``prepare``: the whole :func:`captioner.pipeline.prepare` (bytes -> input tensor);
-* ``encoder``: the encoder's share per image at batch 32 (ONNX Runtime when available),
+* ``encoder``: the encoder's share per image at batch 32 (ONNX Runtime, the same threads),
   so each step can be read against what it feeds.
 """
 
@@ -36,11 +36,11 @@ def _ms(fn, seconds: float) -> float:
     return 1000.0 * statistics.median(common.timed(fn, seconds, min_runs=5, warmup=2))
 
 
-def _numpy_normalise(pixels: np.ndarray, pre) -> torch.Tensor:
+def _numpy_normalise(pixels: np.ndarray, pre) -> np.ndarray:
     """The normalisation as the first rounds wrote it (float (H, W, 3), then a transposed copy)."""
     std = np.asarray(pre.std, dtype=np.float32)
     x = pixels.astype(np.float32) * (1.0 / (255.0 * std)) - np.asarray(pre.mean, dtype=np.float32) / std
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # (3, H, W)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, H, W)
 
 
 def steps(jpeg: bytes, model: Captioner, seconds: float) -> dict[str, float]:
@@ -50,7 +50,7 @@ def steps(jpeg: bytes, model: Captioner, seconds: float) -> dict[str, float]:
     drafted = load_image(jpeg, draft_size=draft)
     cropped = pre.resize_and_crop(drafted)
     pixels = np.array(cropped, dtype=np.uint8)  # (S, S, 3)
-    out = torch.empty(3, pre.crop_size, pre.crop_size)
+    out = np.empty((3, pre.crop_size, pre.crop_size), dtype=np.float32)  # (3, S, S)
     return {
         "read header": _ms(lambda: Image.open(io.BytesIO(jpeg)).size, seconds),
         "decode full": _ms(lambda: load_image(jpeg), seconds),
@@ -63,9 +63,9 @@ def steps(jpeg: bytes, model: Captioner, seconds: float) -> dict[str, float]:
 
 
 def encoder_ms(model: Captioner, seconds: float, batch: int = 32) -> float:
-    x = torch.randn(batch, 3, model.preprocessing.crop_size, model.preprocessing.crop_size)
-    with torch.inference_mode():
-        return _ms(lambda: pipeline.encode_batch(model, list(x)), seconds) / batch
+    size = model.preprocessing.crop_size
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)  # (B, 3, S, S)
+    return _ms(lambda: pipeline.encode_batch(model, list(x)), seconds) / batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=1.5, help="time per measurement (default 1.5)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads or 1)
-    model = Captioner.load(common.resolve_checkpoint(args.checkpoint), device="cpu")
+    model = Captioner.load(common.resolve_checkpoint(args.checkpoint), threads=args.threads or 1)
     enc = encoder_ms(model, args.seconds)
     rows = []
     for size in args.sizes:
         w, h = (int(v) for v in size.lower().split("x"))
         (jpeg,) = common.make_jpegs(1, (w, h))
-        row = {"image": f"{w}x{h} ({len(jpeg) // 1024} KiB)", **steps(jpeg, model, args.seconds), "encoder": enc}
+        row: dict = {"image": f"{w}x{h} ({len(jpeg) // 1024} KiB)", **steps(jpeg, model, args.seconds), "encoder": enc}
         row["prepare / encoder"] = row["prepare"] / enc
         rows.append(row)
     columns = [("image", "JPEG"), *((k, f"{k} ms") for k in rows[0] if k not in ("image", "prepare / encoder"))]

@@ -2,7 +2,7 @@
 
     pip install py-spy
     python -m bench.profile_serve                 # 32 clients, greedy, 20 s of samples
-    python -m bench.profile_serve --clients 8 --seconds 30 --service-arg=--torch-threads=1
+    python -m bench.profile_serve --clients 8 --seconds 30 --service-arg=--threads=1
 
 Starts ``captioner serve`` (shipped weights unless ``--checkpoint``), loads it with
 ``bench/loadgen.py`` (640x480 JPEGs, closed loop) and records the server process and its

@@ -81,7 +81,7 @@ def run_local(folder: Path, n_images: int, args) -> dict:
     from captioner.folder import caption_folder
 
     start = time.perf_counter()
-    model = Captioner.load(args.checkpoint_path, device="cpu")
+    model = Captioner.load(args.checkpoint_path)
     with tempfile.TemporaryDirectory() as tmp:
         summary = caption_folder(
             model, [folder], Path(tmp) / "captions.jsonl", batch_size=args.batch_size, workers=1, progress=False

@@ -2,7 +2,7 @@
 
     python -m bench.serve                          # 1/8/32/64 clients, greedy and beam 3, ~8-15 min
     python -m bench.serve --clients 32 --beams 1 --seconds 20
-    python -m bench.serve --service-arg=--max-batch-size=32 --service-arg=--torch-threads=1
+    python -m bench.serve --service-arg=--max-batch-size=32 --service-arg=--threads=1
 
 Three things are measured in one run, on the same machine, against the same checkpoint:
 
@@ -28,6 +28,7 @@ Targets (issue "Performance"): at 32 clients our images/s >= 5x the naive server
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -179,13 +180,13 @@ def in_process(
 ) -> tuple[dict, dict]:
     """(seconds to caption one JPEG in this process per beam size, the encoder-only limit)."""
     from captioner import Captioner
+    from captioner.options import CaptionOptions
 
-    model = Captioner.load(ckpt, device="cpu", precision=precision)
+    model = Captioner.load(ckpt, precision=precision)
     one = {}
     for beam in beams:
-        one[beam] = statistics.median(
-            common.timed(lambda beam=beam: model.caption(jpeg, beam_size=beam), seconds, warmup=2)
-        )
+        options = CaptionOptions(beam_size=beam)
+        one[beam] = statistics.median(common.timed(functools.partial(model.caption, jpeg, options), seconds, warmup=2))
     return one, common.encoder_limit(model, seconds=seconds)
 
 

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     images = common.jpeg_folder(16)
     jpeg = sorted(images.glob("*.jpg"))[0].read_bytes()
     folder_dir = common.jpeg_folder(args.images)
-    models = {pr: Captioner.load(ckpt, device="cpu", precision=pr) for pr in PRECISIONS}
+    models = {pr: Captioner.load(ckpt, precision=pr) for pr in PRECISIONS}
     for pr, m in models.items():
         print(f"{pr}: {m.precision}, {m.describe()['runtime']}", file=sys.stderr, flush=True)
     limits: dict[str, list[float]] = {pr: [common.encoder_limit(m)["images_per_s"]] for pr, m in models.items()}

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from captioner.decoder import CaptionDecoder, DecoderConfig
     from captioner.encoders import build_encoder
     from captioner.images import load_image
-    from captioner.runtime.onnx import build_onnx_encoder
+    from captioner.model.onnx_encoder import build_onnx_encoder
     from captioner.training.features import FeatureCache
     from captioner.vocab import Vocabulary
 
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ------------------------------------------------------------ recompute epochs (extrapolated)
     fast_encoder, reason = build_onnx_encoder(encoder, preprocess.crop_size)
-    forwards = {"eager pytorch": encoder}
+    forwards: dict[str, Any] = {"eager pytorch": encoder}
     if fast_encoder is not None:
         forwards["onnxruntime"] = fast_encoder
     else:
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         per_batch = []
         for b in batches[: args.recompute_batches]:
             t = time.perf_counter()
-            x = torch.stack([preprocess(load_image(paths[int(i)])) for i in pair_image_t[b]])  # (B, 3, H, W)
+            x = torch.from_numpy(preprocess.batch([load_image(paths[int(i)]) for i in pair_image_t[b]]))  # (B, 3, H, W)
             with torch.inference_mode():
                 f = forward(x).float()  # (B, F)
             step(dec, opt, f.clone(), tokens[b])

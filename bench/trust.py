@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from captioner import Captioner
-from captioner.decoder import DEFAULT_NO_REPEAT_NGRAM
 from captioner.metrics.scene import SceneTruth, check_caption
+from captioner.options import CaptionOptions
+from captioner.runtime.search import DEFAULT_NO_REPEAT_NGRAM
 from captioner.training.scenes import generate_scenes
 from captioner.training.trust_fit import encode_paths, plot_reliability, reliability_bins
 
@@ -47,8 +48,8 @@ def main() -> None:
 
     def judged(n: int | None) -> tuple[list, np.ndarray]:
         results = []
-        for i in range(0, features.size(0), 100):
-            results += model.generate(features[i : i + 100], no_repeat_ngram_size=n)
+        for i in range(0, len(features), 100):
+            results += model.generate(features[i : i + 100], CaptionOptions(no_repeat_ngram_size=n))
         right = [
             check_caption(r.caption, truth.get(f"test/{f.name}"), truth.words).correct  # type: ignore[arg-type]
             for f, r in zip(files, results)
