@@ -12,11 +12,12 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from captioner import Captioner
+from captioner import Captioner, ReferenceCaptioner
 from captioner.checkpoint import ENCODER_WEIGHTS, METADATA, WEIGHTS
 from captioner.errors import CaptionerError
 from captioner.training import runlog
@@ -145,7 +146,7 @@ def test_tiny_run_learns_and_needs_the_image(tiny, tmp_path):
     assert meta["dataset"]["splits"] == {"train": 96, "val": 12, "test": 24}
     assert meta["dataset"]["generator"]["seed"] == 3
     # the best checkpoint is a normal checkpoint: the vocabulary came from train captions
-    model = Captioner.load(out / "best", device="cpu")
+    model = Captioner.load(out / "best")
     assert model.model_id == "real"  # the run's name, not "best-<hash>"
     # training's last step: the confidence calibration (on the 12 val captions) and domain statistics
     assert model.trust.calibration is not None and model.trust.calibration.captions == 12
@@ -345,8 +346,18 @@ def _fine_tune(tmp_path, **settings):
 def test_fine_tuning_trains_only_the_last_blocks_and_ships_them(tmp_path):
     result, tuned, changed, _ = _fine_tune(tmp_path, fine_tune="last", fine_tune_blocks=1)
     assert changed and all(k.startswith("trunk.head.") for k in changed), sorted(changed)[:5]
-    model = Captioner.load(result.best_path, device="cpu")  # the fine-tuned CNN travels with the checkpoint
+    model = ReferenceCaptioner.load(result.best_path, device="cpu")  # the fine-tuned CNN travels with the checkpoint
     assert torch.equal(model.encoder.state_dict()["trunk.head.conv.weight"], tuned["trunk.head.conv.weight"])
+    # and the torch-free runtime's encoder graph is exported from that CNN, not the pretrained one
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, model.input_size, model.input_size)).astype(np.float32)
+    from captioner.encoders import build_encoder
+
+    runtime = Captioner.load(result.best_path)
+    pretrained = build_encoder("efficientnet_lite0").eval()
+    with torch.no_grad():
+        before = pretrained(torch.from_numpy(x)).numpy()  # (2, 1280)
+    np.testing.assert_allclose(runtime.encode(x), model.encode(x), atol=1e-4)
+    assert np.abs(runtime.encode(x) - before).max() > 1e-3
 
 
 def test_fine_tune_all_trains_the_whole_cnn_but_not_its_batch_norm_statistics(tmp_path):
@@ -391,7 +402,7 @@ def test_best_by_bleu_fp16_weights_and_a_held_out_val_split(small, tmp_path, cap
     best, last = load_file(str(out / "best" / WEIGHTS)), load_file(str(out / "last" / WEIGHTS))
     assert {v.dtype for v in best.values() if v.is_floating_point()} == {torch.float16}
     assert {v.dtype for v in last.values() if v.is_floating_point()} == {torch.float32}
-    model = Captioner.load(out / "best", device="cpu", fast=False)
+    model = Captioner.load(out / "best")  # what a user runs: the graphs exported from the fp16 weights
     rows = [json.loads(x) for x in (out / "test_captions.jsonl").read_text().splitlines()]
     assert model.caption([r["file"] for r in rows]) == [r["caption"] for r in rows]
 
@@ -422,7 +433,7 @@ def test_cli_run_prints_the_test_metrics_once_and_a_hint_when_it_learned_little(
     assert printed.count("test (best checkpoint, epoch 1)") == 1 and "scene_accuracy" in captured.out
     # one epoch on 8 images learns next to nothing: say so, with the recipe that works
     assert "learned little" in captured.err and runlog.QUICK_RECIPE in captured.err
-    assert Captioner.load(run / "best", device="cpu", fast=False).model_id == "first-run"
+    assert Captioner.load(run / "best").model_id == "first-run"
 
 
 def test_weak_result_hint_only_when_the_result_is_far_below_sensible():
