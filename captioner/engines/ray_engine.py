@@ -166,7 +166,7 @@ def prepare_batch(batch: dict[str, np.ndarray], preprocessing: dict, max_bytes: 
         if isinstance(got, Failure):
             reasons.append(got.reason)
         else:
-            pixels[i] = got.numpy()  # (3, S, S)
+            pixels[i] = got  # (3, S, S)
             reasons.append("")
     return {"key": np.array(keys, dtype=object), "pixels": pixels, "reason": np.array(reasons, dtype=object)}
 
