@@ -148,8 +148,8 @@ def plan_pool(
 def prepare_batch(batch: dict[str, np.ndarray], preprocessing: dict, max_bytes: int) -> dict[str, np.ndarray]:
     """A decode task: every ``location`` -> (3, S, S) input tensor through the one image path,
     or the reason it cannot be captioned (an empty reason means success)."""
-    from ..runtime.preprocess import Preprocess
     from ..pipeline import Failure, Limits, try_prepare
+    from ..runtime.preprocess import Preprocess
 
     recipe = Preprocess.from_dict(preprocessing)
     limits = Limits(max_bytes=max_bytes)
