@@ -34,10 +34,11 @@ def test_int8_training_caches_int8_features_and_writes_a_checkpoint_served_int8(
     from safetensors import safe_open
 
     from captioner import Captioner
-    from captioner.runtime.quantize import CALIBRATION, read_calibration
+    from captioner.checkpoint import CALIBRATION
+    from captioner.model.quantize import read_calibration
     from captioner.training.train import train
 
-    monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "onnx-cache"))  # the int8 graph's own cache
+    monkeypatch.setenv("CAPTIONER_CACHE_DIR", str(tmp_path / "onnx-cache"))  # the int8 graphs' own cache
     monkeypatch.delenv("CAPTIONER_PRECISION", raising=False)
     settings = _settings(tmp_path)
     train(TrainConfig(**settings, out=str(tmp_path / "fp32")))
@@ -64,7 +65,7 @@ def test_int8_training_caches_int8_features_and_writes_a_checkpoint_served_int8(
     assert meta["calibration"] == {"images": 16}
     images = read_calibration(best)
     assert (best / CALIBRATION).is_file() and images is not None and len(images) == 16  # every train image
-    model = Captioner.load(best, device="cpu")
+    model = Captioner.load(best)  # the graphs, int8 encoder included, exported on this first load
     facts = model.describe()
     assert facts["precision_requested"] == "int8" and facts["precision"] == "int8", facts["runtime"]
     assert not (tmp_path / "fp32" / "best" / CALIBRATION).exists()
