@@ -236,7 +236,7 @@ def test_model_mode_cli_scores_scenes_with_scene_accuracy(model_dir, scenes, tmp
 
 
 def test_model_mode_captions_match_the_library(model_dir, scenes):
-    model = Captioner.load(model_dir, device="cpu")
+    model = Captioner.load(model_dir)
     ds = load_dataset(scenes, split="test")
     report = evaluate_model(model, ds, metrics=("bleu",), batch_size=3, workers=1, progress=False)
     captions = [r["caption"] for r in report["per_image"]]
