@@ -63,7 +63,7 @@ def folder(tmp_path_factory) -> Path:
 def local_run(folder, tmp_path_factory) -> tuple[dict[str, dict], dict[str, str]]:
     """The local folder tool's captions and errors for ``folder``, the reference."""
     out = tmp_path_factory.mktemp("local") / "captions.jsonl"
-    model = Captioner.load(device="cpu")
+    model = Captioner.load()
     summary = caption_folder(model, [folder], out, recursive=True, batch_size=8, workers=1, progress=False)
     assert (summary.done, summary.failed) == (GOOD, len(BAD))
     records = {r["file"]: r for r in read_records(out, "jsonl")}
@@ -237,7 +237,7 @@ def test_decode_stage_reads_uris_through_pyarrow(folder, tmp_path):
     from captioner.engines.ray_engine import prepare_batch
     from captioner.pipeline import prepare
 
-    recipe = Captioner.load(device="cpu", fast=False).preprocessing
+    recipe = Captioner.load().preprocessing
     assert isinstance(recipe, Preprocess)
     good = folder / "img01.jpg"
     big = tmp_path / "big.jpg"
@@ -253,4 +253,4 @@ def test_decode_stage_reads_uris_through_pyarrow(folder, tmp_path):
         "file is empty (0 bytes)",
     ]
     assert out["pixels"].shape == (4, 3, recipe.crop_size, recipe.crop_size)  # (N, 3, S, S)
-    assert np.array_equal(out["pixels"][0], prepare(good, recipe).numpy())
+    assert np.array_equal(out["pixels"][0], prepare(good, recipe))
