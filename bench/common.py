@@ -99,8 +99,10 @@ def base_parser(name: str, description: str, checkpoint: bool = True) -> argpars
 
 
 def apply_threads(args: argparse.Namespace) -> None:
+    """--threads: torch's threads, and the ONNX Runtime encoder's unless CAPTIONER_ENCODER_THREADS is set."""
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+        os.environ.setdefault("CAPTIONER_ENCODER_THREADS", str(args.threads))
 
 
 def write_json(name: str, payload: dict, path: str | None = None) -> Path:
