@@ -172,7 +172,8 @@ def test_every_flag_sets_its_setting():
         "body_timeout_s": "11", "max_buffered_bytes": "8192", "max_header_bytes": "2048", "header_timeout_s": "4",
         "max_connections": "50", "max_beam_size": "4", "max_length_limit": "20", "default_beam_size": "3",
         "api_key": "k3y!", "cors_origins": "http://a.example", "drain_seconds": "1.5", "log_level": "debug",
-        "precision": "INT8",
+        "precision": "INT8", "threads": "2", "max_request_pixels": "2000", "max_client_pixels": "3000",
+        "max_client_buffered_bytes": "4096", "min_upload_bytes_per_s": "0", "write_timeout_s": "7",
     }  # fmt: skip
     assert set(values) == set(Settings.model_fields)
     parser = serve_parser()
@@ -194,6 +195,9 @@ def test_every_flag_sets_its_setting():
     assert s.api_key is not None and s.api_key.get_secret_value() == "k3y!"
     assert (s.cors_origins, s.drain_seconds, s.log_level) == (["http://a.example"], 1.5, "debug")
     assert s.precision == "int8"  # case folded
+    assert (s.max_request_pixels, s.max_client_pixels, s.max_client_buffered_bytes) == (2000, 3000, 4096)
+    assert (s.min_upload_bytes_per_s, s.write_timeout_s) == (0, 7)
+    assert s.threads == 2
 
 
 @pytest.mark.parametrize(
