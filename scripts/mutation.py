@@ -64,7 +64,7 @@ TARGETS = (
         "captioner",
         "captioner/metrics/bootstrap.py",
         ("tests/captioner/test_bootstrap.py", "tests/captioner/test_metrics.py"),
-        JAVA_TESTS,
+        "bootstrap or resampled or paired",  # test_metrics.py's bootstrap tests only
     ),
     Target(
         "batcher",
