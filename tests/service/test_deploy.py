@@ -207,7 +207,7 @@ def test_plain_uvicorn_factory_serves_with_settings_from_the_environment(checkpo
     env = {k: v for k, v in os.environ.items() if k not in SETTING_VARS}
     env.update(
         CAPTIONER_CHECKPOINT=str(checkpoint),
-        CAPTIONER_TORCH_THREADS="1",
+        CAPTIONER_THREADS="1",
         CAPTIONER_MAX_BEAM_SIZE="2",
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
