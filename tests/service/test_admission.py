@@ -44,6 +44,8 @@ def call(
     fail: bool = False,
     limits: object = None,
     client: str = "10.0.0.1",
+    method: str = "POST",
+    receive_from: object = None,
 ) -> tuple[list[dict], int, int]:
     """Run one request through the gate; returns (messages sent, receive() calls, app calls).
     ``fail``: the app raises after reading the body (a bug, or a client gone mid-request)."""
@@ -64,6 +66,8 @@ def call(
     async def receive() -> dict:
         nonlocal received
         received += 1
+        if receive_from is not None:
+            return await receive_from()  # type: ignore[operator]
         return {"type": "http.request", "body": b"x", "more_body": False}
 
     sent: list[dict] = []
@@ -73,7 +77,7 @@ def call(
 
     scope = {
         "type": "http",
-        "method": "POST",
+        "method": method,
         "path": path,
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
         "client": (client, 5000),
@@ -134,6 +138,9 @@ def test_other_paths_and_unreadable_lengths_pass_untouched() -> None:
         assert body_reservation(Headers({"content-length": value}), MAX_BODY) is None
         assert call(service, {"content-length": value})[2] == 1
     assert body_reservation(Headers({"content-length": "0"}), MAX_BODY) == 0
+    assert body_reservation(Headers({}), MAX_BODY) == 0  # no body at all
+    assert body_reservation(Headers({"transfer-encoding": "gzip, chunked"}), MAX_BODY) == MAX_BODY
+    assert call(service, {"content-length": "5"}, method="GET")[2] == 1  # only POSTs are gated
 
 
 def test_the_reservation_is_returned_when_the_app_raises() -> None:
@@ -235,3 +242,48 @@ def test_one_client_holds_at_most_its_share_of_the_budget() -> None:
     service.queue_full = True  # the shared budget refuses: the client's share is given back
     sent, _, _ = call(service, {"content-length": "300"}, limits=limits)
     assert status_and_body(sent)[2]["error"] == "queue_full" and limits.body_bytes.held("10.0.0.1") == 400
+
+
+def test_the_gate_paces_an_admitted_body_and_returns_its_reservation() -> None:
+    """With min_upload_bytes_per_s set, the app's receive() is the paced one: a body that
+    stalls after 1000 bytes at 2000 bytes/s is cut with 408 once it is behind, the error
+    counts every byte received, and the reservation comes back."""
+    service = Counters(budget=10_000)
+    service.settings = SimpleNamespace(max_body_bytes=MAX_BODY, min_upload_bytes_per_s=2000, header_timeout_s=0.05)
+    chunks = [b"x" * 500, b"y" * 500]
+
+    async def trickle() -> dict:
+        if chunks:
+            return {"type": "http.request", "body": chunks.pop(0), "more_body": True}
+        await asyncio.sleep(3600)  # then nothing more
+        raise AssertionError("unreachable")
+
+    async def app_reads_all(scope, receive, send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/captions",
+        "headers": [(b"content-length", b"1000")],
+        "app": SimpleNamespace(state=SimpleNamespace(service=service)),
+    }
+    seen: list[int] = []
+
+    async def run() -> None:
+        async def inner(scope, receive, send) -> None:
+            seen.append(service.buffered)
+            await app_reads_all(scope, receive, send)
+
+        async def send(message: dict) -> None:
+            pass
+
+        await AdmissionMiddleware(inner)(scope, trickle, send)
+
+    with pytest.raises(APIError) as refused:
+        asyncio.run(asyncio.wait_for(run(), 10))  # a hang guard: the cut comes after about 0.55 s
+    e = refused.value
+    assert (e.status, e.code) == (408, "body_too_slow")
+    assert "slower than 2000 bytes/s (1000 bytes in" in e.detail
+    assert seen == [1000] and service.buffered == 0
