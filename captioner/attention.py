@@ -106,6 +106,24 @@ def build_decoder(config: DecoderConfig) -> CaptionDecoder:
     return AttentionDecoder(config) if isinstance(config, AttentionConfig) else CaptionDecoder(config)
 
 
+def _repeated_rows(features: Tensor) -> tuple[Tensor, Tensor] | None:
+    """When some of the B maps (B, N, C) are identical: (first row of each distinct map (U,),
+    the distinct map of each row (B,)); else None. Rows are grouped by about 1,024 of their
+    values and the grouping is then checked on all of them."""
+    flat = features.flatten(1)  # (B, N * C)
+    if flat.size(0) < 2:
+        return None
+    sample = flat[:, :: max(1, flat.size(1) // 1024)].float()  # (B, <= 2048): exact copies of values
+    keys, inverse = torch.unique(sample, dim=0, return_inverse=True)  # (U, .), (B,)
+    if keys.size(0) == flat.size(0):
+        return None
+    first = torch.zeros(keys.size(0), dtype=torch.long, device=flat.device)
+    first.scatter_(0, inverse.flip(0), torch.arange(flat.size(0) - 1, -1, -1, device=flat.device))  # (U,)
+    if not torch.equal(features[first][inverse], features):
+        return None
+    return first, inverse
+
+
 def _top_hidden(state: State) -> Tensor:
     """The last layer's hidden state (B, H) of an (L, B, H) state (the LSTM's h of (h, c))."""
     h = state[0] if isinstance(state, tuple) else state
@@ -146,6 +164,11 @@ class AttentionDecoder(CaptionDecoder):
                 f"the attention decoder needs feature maps of shape (B, N, {c.feature_dim}), "
                 f"got {tuple(features.shape)}"
             )
+        # Training batches often repeat an image (one row per caption): annotate each image once.
+        rows = _repeated_rows(features) if self.training and torch.is_grad_enabled() else None
+        if rows is not None:
+            first, inverse = rows  # (U,), (B,)
+            features = features[first]  # (U, N, C)
         a = self.feat_norm(features.float())  # (B, N, C)
         if self.annotate is not None:
             a = torch.relu(self.annotate(a))  # (B, N, D)
@@ -153,13 +176,19 @@ class AttentionDecoder(CaptionDecoder):
         B, L, H = a.size(0), c.num_layers, c.hidden_dim
         if not c.init_state:
             h = a.new_zeros(L, B, H)  # (L, B, H)
-            return memory, ((h, torch.zeros_like(h)) if c.cell == "lstm" else h)
-        mean = a.mean(dim=1)  # (B, D): the mean annotation vector
-        h = torch.tanh(self.init_h(mean)).view(B, L, H).transpose(0, 1).contiguous()  # (L, B, H)
-        if c.cell == "lstm":
-            cs = torch.tanh(self.init_c(mean)).view(B, L, H).transpose(0, 1).contiguous()  # (L, B, H)
-            return memory, (h, cs)
-        return memory, h
+            state: State = (h, torch.zeros_like(h)) if c.cell == "lstm" else h
+        else:
+            mean = a.mean(dim=1)  # (B, D): the mean annotation vector
+            h = torch.tanh(self.init_h(mean)).view(B, L, H).transpose(0, 1).contiguous()  # (L, B, H)
+            state = h
+            if c.cell == "lstm":
+                cs = torch.tanh(self.init_c(mean)).view(B, L, H).transpose(0, 1).contiguous()  # (L, B, H)
+                state = (h, cs)
+        if rows is None:
+            return memory, state
+        if isinstance(state, tuple):  # back to one row per caption: (B, N, D + A), (L, B, H)
+            return memory[inverse], (state[0][:, inverse], state[1][:, inverse])
+        return memory[inverse], state[:, inverse]
 
     def _attend(self, memory: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """Gated context (B, D) and attention weights (B, N) from memory (B, N, D + A) and the

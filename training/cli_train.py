@@ -71,6 +71,12 @@ HELP: dict[str, str] = {
     "precision": "fp32 (default) or int8: cache the features with the int8 ONNX Runtime encoder, "
     "calibrated on the first 128 training images, so the decoder learns the features it is served; "
     "the checkpoint then serves int8 by default",
+    "attention_sentinel": "with --decoder attention: let each step put attention mass on a learned 'nowhere' "
+    "beside the grid, so the context's size can say how much of a kind there is (default: no)",
+    "attention_sharpen": "with --decoder attention: weight of each step's attention entropy in the loss, "
+    "so each word looks at few locations; 0 to 10 (default: 0)",
+    "batch_by_image": "put every caption of an image in the same batch, side by side (images shuffled), so the "
+    "attention decoder annotates each map once per batch instead of once per caption (default: no)",
     "annotation_dim": "with --decoder attention: size of the learned annotation vector of each location, "
     "relu(W_p f_i), that attention and the initial state read (default: 512; 0: the CNN's channels as they are)",
     "cell": "recurrent cell: lstm (default), gru or rnn (tanh)",

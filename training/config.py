@@ -139,6 +139,7 @@ class TrainConfig:
     annotation_dim: int = 512  # decoder=attention: learned annotation per location; 0: the raw channels
     attention_sentinel: bool = False  # decoder=attention: a learned "look nowhere" choice beside the grid
     attention_sharpen: float = 0.0  # decoder=attention: weight of each step's attention entropy, in [0, 10]
+    batch_by_image: bool = False  # an image's captions side by side in a batch (its map is annotated once)
     # --- optimisation
     epochs: int = 20
     batch_size: int = 128  # global: split evenly over the processes of a torchrun launch

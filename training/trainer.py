@@ -277,8 +277,22 @@ class Trainer:
     def _batches(self, epoch: int) -> list[Tensor]:
         """This rank's batches of pair indices for one epoch (a pure function of seed and epoch)."""
         self.sampler.set_epoch(epoch)
-        order = torch.tensor(list(iter(self.sampler)), dtype=torch.long)  # (N / world,)
+        if self.cfg.batch_by_image:
+            order = self._by_image(epoch)  # (N / world,)
+        else:
+            order = torch.tensor(list(iter(self.sampler)), dtype=torch.long)  # (N / world,)
         return [order[i : i + self.per_rank] for i in range(0, order.numel(), self.per_rank)]
+
+    def _by_image(self, epoch: int) -> Tensor:
+        """This rank's pairs for one epoch with the images shuffled (seed + epoch) and each
+        image's captions side by side, padded and split over the ranks as the sampler does."""
+        image, world = self.pairs["train"].image, self.ctx.world_size  # (P,)
+        g = torch.Generator().manual_seed(self.cfg.seed + epoch)
+        place = torch.empty(int(image.max()) + 1, dtype=torch.long)  # (I,): each image's turn
+        place[torch.randperm(place.numel(), generator=g)] = torch.arange(place.numel())
+        order = torch.sort(place[image], stable=True).indices  # (P,)
+        order = torch.cat([order, order[: (-order.numel()) % world]])  # (P + pad,)
+        return order[self.ctx.rank :: world]
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
         """One pass over the train pairs; train loss per token and mean gradient norm (all ranks)."""

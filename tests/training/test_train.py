@@ -474,3 +474,27 @@ def test_curves_of_a_short_run_have_whole_epoch_ticks_and_plain_axes():
         assert "e-1" not in ax.yaxis.get_offset_text().get_text()  # no 1e-13 offset on a flat curve
     lr_axis = fig.axes[2]
     assert lr_axis.get_ylim()[1] >= 2e-3
+
+
+def test_batch_by_image_keeps_an_images_captions_together_and_splits_like_the_sampler():
+    from types import SimpleNamespace
+
+    from captioner.training.trainer import Trainer
+
+    image = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 4, 4])  # (P,): pairs of 5 images
+    orders = []
+    for rank in (0, 1):
+        stub = SimpleNamespace(
+            pairs={"train": SimpleNamespace(image=image)},
+            ctx=SimpleNamespace(world_size=2, rank=rank),
+            cfg=SimpleNamespace(seed=3),
+        )
+        orders.append(Trainer._by_image(stub, 1))
+    assert len(orders[0]) == len(orders[1]) == 6
+    whole = torch.stack(orders, dim=1).flatten()  # the global order the ranks interleave
+    assert sorted(whole.tolist()) == list(range(12))
+    seq = image[whole].tolist()
+    assert all(seq.index(i) + seq.count(i) - 1 == len(seq) - 1 - seq[::-1].index(i) for i in set(seq))  # contiguous
+    stub.ctx = SimpleNamespace(world_size=1, rank=0)
+    assert Trainer._by_image(stub, 1).tolist() == whole.tolist()  # one process sees the same order
+    assert Trainer._by_image(stub, 2).tolist() != whole.tolist()  # reshuffled every epoch
