@@ -88,7 +88,7 @@ KEY_MODES = ("stat", "content")
 # ---------------------------------------------------------------------------- identities
 def encoder_identity(encoder: nn.Module, name: str | None = None, preprocess: dict | None = None) -> dict:
     """Everything a cached feature depends on besides the image: name, preprocess, the
-    pipeline's decode rule, weights (:func:`captioner.cache.weights_digest`)."""
+    pipeline's decode rule, weights (:func:`captioner.model.digest.weights_digest`)."""
     spec = getattr(encoder, "spec", None)
     if name is None:
         name = getattr(spec, "name", None) or type(encoder).__name__
@@ -223,7 +223,7 @@ def encode_images(
     the same decode and JPEG draft rule as serving), prepared by ``num_workers`` threads
     ahead of the encoder (0: in this thread). ``trace=False`` runs the eager module
     (needed while fine-tuning, when the weights change between calls); otherwise
-    :func:`captioner.runtime.torchscript.best_forward` picks the backend. Batches are small
+    :func:`captioner.model.torchscript.best_forward` picks the backend. Batches are small
     on purpose (docs/training.md has the measurements).
     """
     from tqdm.auto import tqdm

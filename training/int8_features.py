@@ -2,10 +2,10 @@
 
 The CNN is frozen, so the decoder can learn from the very features it will be served:
 with ``precision="int8"`` the feature cache is computed by the statically quantised ONNX
-Runtime graph (:mod:`captioner.runtime.quantize`) instead of the float32 encoder, and the
+Runtime graph (:mod:`captioner.model.quantize`) instead of the float32 encoder, and the
 checkpoint is written with ``metadata["precision"] = "int8"`` and the calibration set that
-built that graph (``calibration.safetensors``), so loading it rebuilds the same graph and
-serves int8 by default. A decoder trained on fp32 features and served int8 sees features
+built that graph (``calibration.safetensors``), so its export (``captioner export``, or the
+first load) builds the same int8 graph, served by default. A decoder trained on fp32 features and served int8 sees features
 it never saw (feature cosine ~0.98 against fp32) and loses scene accuracy; one trained on
 int8 features does not have that gap to cross.
 
