@@ -5,9 +5,9 @@ with ``precision="int8"`` the feature cache is computed by the statically quanti
 Runtime graph (:mod:`captioner.model.quantize`) instead of the float32 encoder, and the
 checkpoint is written with ``metadata["precision"] = "int8"`` and the calibration set that
 built that graph (``calibration.safetensors``), so its export (``captioner export``, or the
-first load) builds the same int8 graph, served by default. A decoder trained on fp32 features and served int8 sees features
-it never saw (feature cosine ~0.98 against fp32) and loses scene accuracy; one trained on
-int8 features does not have that gap to cross.
+first load) builds the same int8 graph, served by default. A decoder trained on fp32
+features and served int8 sees features it never saw (feature cosine ~0.98 against fp32)
+and loses scene accuracy; one trained on int8 features does not have that gap to cross.
 
 Calibration images are the first :data:`CALIBRATION_IMAGES` readable training images, in
 the split's order (their bytes are stored, so the set does not depend on the data folder
