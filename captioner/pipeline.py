@@ -49,6 +49,7 @@ __all__ = [
     "Limits",
     "Loader",
     "Preprocessing",
+    "Source",
     "caption_stream",
     "decode",
     "draft_size",
@@ -58,6 +59,9 @@ __all__ = [
     "preprocess",
     "try_prepare",
 ]
+
+#: What may become an input: a path, bytes, a PIL image or HxWx3 uint8 RGB pixels.
+Source = ImageSource | np.ndarray
 
 #: Anything that turns an RGB PIL image into a (3, S, S) tensor; normally a
 #: :class:`~captioner.encoders.Preprocess` (which also says the JPEG draft size).
@@ -107,7 +111,7 @@ def draft_size(preprocessing: object) -> tuple[int, int] | None:
 
 
 def decode(
-    source: ImageSource,
+    source: Source,
     preprocessing: object = None,
     *,
     name: str | None = None,
@@ -158,7 +162,7 @@ def preprocess(image: Image.Image, preprocessing: Preprocessing, *, name: str = 
 
 
 def prepare(
-    source: ImageSource,
+    source: Source,
     preprocessing: Preprocessing,
     *,
     name: str | None = None,
@@ -171,7 +175,7 @@ def prepare(
 
 
 def try_prepare(
-    source: ImageSource, preprocessing: Preprocessing, *, name: str | None = None, limits: Limits = DEFAULT_LIMITS
+    source: Source, preprocessing: Preprocessing, *, name: str | None = None, limits: Limits = DEFAULT_LIMITS
 ) -> np.ndarray | Failure:
     """:func:`prepare`, with any failure returned as a :class:`Failure` instead of raised:
     one bad file must never end a run of many."""

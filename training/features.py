@@ -234,11 +234,11 @@ def encode_images(
     failed: list[tuple[int, str]] = []
     forward: Callable[[Tensor], Tensor] | None = None
     name = "eager"
-    batch: list[tuple[int, Tensor]] = []
+    batch: list[tuple[int, np.ndarray]] = []
     out_dtype = torch.float16 if getattr(encoder, "spatial", False) else torch.float32
     store = _Rows(len(paths))
 
-    def prep(i: int) -> Tensor | Failure:
+    def prep(i: int) -> np.ndarray | Failure:
         return try_prepare(paths[i], preprocess, name=paths[i])
 
     def run() -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -87,8 +88,8 @@ def report_skipped(skipped: list[tuple[str, str]], out: Path, log: Callable[[str
         runlog.write_json(out / runlog.SKIPPED, [list(x) for x in skipped])
 
 
-def image_or_error(path: str, preprocess: Callable[[Any], Tensor]) -> tuple[Tensor | None, str | None]:
-    """(image tensor (3, H, W), None) or (None, why it could not be read)."""
+def image_or_error(path: str, preprocess: Callable[[Any], np.ndarray]) -> tuple[np.ndarray | None, str | None]:
+    """(image array (3, H, W), None) or (None, why it could not be read)."""
     got = try_prepare(path, preprocess, name=path)  # the one image path, as when serving
     return (None, got.reason) if isinstance(got, Failure) else (got, None)
 
@@ -96,13 +97,13 @@ def image_or_error(path: str, preprocess: Callable[[Any], Tensor]) -> tuple[Tens
 class PairImages(torch.utils.data.Dataset):
     """Fine-tuning input: pair index -> (index, image tensor or None, error)."""
 
-    def __init__(self, paths: list[str], pair_image: Tensor, preprocess: Callable[[Any], Tensor]) -> None:
+    def __init__(self, paths: list[str], pair_image: Tensor, preprocess: Callable[[Any], np.ndarray]) -> None:
         self.paths, self.pair_image, self.preprocess = paths, pair_image.tolist(), preprocess
 
     def __len__(self) -> int:
         return len(self.pair_image)
 
-    def __getitem__(self, i: int) -> tuple[int, Tensor | None, str | None]:
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
         x, err = image_or_error(self.paths[self.pair_image[i]], self.preprocess)
         return i, x, err
 

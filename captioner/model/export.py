@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -149,7 +150,7 @@ def _encoder_graphs(model: ReferenceCaptioner) -> tuple[dict[str, bytes], dict, 
         "preprocess": model.preprocessing.to_dict(),
         "check": {"max_abs": diff, "min_cosine": cos},
     }
-    int8 = {"reason": "the checkpoint has no calibration images (calibration.safetensors)"}
+    int8: dict[str, Any] = {"reason": "the checkpoint has no calibration images (calibration.safetensors)"}
     images = read_calibration(model.path) if model.path is not None else None
     if images:
         calib = calibration_set(images, model.preprocessing)

@@ -210,4 +210,3 @@ class ReferenceCaptioner(CaptionerBase):
 
     def runtime_status(self) -> dict:
         return {"encoder": "pytorch", "decoder": "pytorch", "reasons": {}}
-

@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -30,7 +30,7 @@ from PIL import Image
 from .. import pipeline
 from ..checkpoint import CONFIG, read_checkpoint_info
 from ..errors import CaptionerError, CheckpointError, ImageLoadError
-from ..images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageSource
+from ..images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from ..options import DEFAULT_MIN_WORD_PROB, MIN_WORD_PROB, CaptionOptions
 from ..trust import TrustStats, load_trust, pooled
 from ..vocab import Vocabulary
@@ -102,7 +102,7 @@ class CaptionerBase:
     # ------------------------------------------------------------------ the three steps
     def decode(
         self,
-        image: ImageSource,
+        image: pipeline.Source,
         name: str | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_bytes: int = DEFAULT_MAX_BYTES,
@@ -113,7 +113,7 @@ class CaptionerBase:
 
     def preprocess(
         self,
-        image: ImageSource,
+        image: pipeline.Source,
         name: str | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_bytes: int = DEFAULT_MAX_BYTES,
@@ -173,11 +173,11 @@ class CaptionerBase:
         domain = self.trust.domain
         distances = domain.distance(f) if domain is not None else None  # (B,)
         results = finish(nbest, v, self.trust, distances, min_word_prob=floor, attention=attention)
-        if opts.labels > 0:
-            for r, row in zip(results, self.labels(f, opts.labels) or [None] * len(results)):
-                r.labels = row
-                for c in r.candidates:
-                    c.labels = row
+        names = self.labels(f, opts.labels) if opts.labels > 0 else None
+        for r, row in zip(results, names or []):
+            r.labels = row
+            for c in r.candidates:
+                c.labels = row
         return results
 
     def labels(self, features: np.ndarray, k: int) -> list[list[Label]] | None:
@@ -188,7 +188,7 @@ class CaptionerBase:
     # ------------------------------------------------------------------ convenience
     def caption_detailed(
         self,
-        images: Sequence[ImageSource] | ImageSource,
+        images: Sequence[pipeline.Source] | pipeline.Source,
         options: CaptionOptions | None = None,
         batch_size: int = 32,
         *,
@@ -203,9 +203,8 @@ class CaptionerBase:
         if errors not in ("raise", "return"):
             raise ValueError('errors must be "raise" or "return"')
         opts = options or CaptionOptions(**settings)
-        if isinstance(images, (str, os.PathLike, bytes, bytearray, np.ndarray)) or hasattr(images, "getpixel"):
-            images = [images]  # type: ignore[list-item]
-        items = list(images)  # type: ignore[arg-type]
+        one = isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Image.Image))
+        items: list[pipeline.Source] = [cast(pipeline.Source, images)] if one else list(cast(Sequence, images))
         out: list[CaptionResult | ImageLoadError] = []
         for i in range(0, len(items), max(1, batch_size)):
             prepared: list[np.ndarray | ImageLoadError] = []
@@ -224,7 +223,7 @@ class CaptionerBase:
 
     def caption(
         self,
-        images: Sequence[ImageSource] | ImageSource,
+        images: Sequence[pipeline.Source] | pipeline.Source,
         options: CaptionOptions | None = None,
         batch_size: int = 32,
         **settings: Any,

@@ -7,6 +7,7 @@ every step, the attention weights); nothing runs the decoder again.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +33,7 @@ class Label:
         return f"{self.name} {self.probability * 100:.0f} %"
 
 
-def top_labels(logits: np.ndarray, classes: list[str] | tuple[str, ...], k: int) -> list[list[Label]]:
+def top_labels(logits: np.ndarray, classes: Sequence[str], k: int) -> list[list[Label]]:
     """The ``k`` most probable classes of each row of ``logits`` (B, C), best first."""
     if not 1 <= int(k) <= MAX_LABELS:
         raise ValueError(f"labels must be an integer from 1 to {MAX_LABELS}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -39,12 +39,13 @@ class DecoderStep(Protocol):
 
     vocab_size: int
 
-    def start(self, features: np.ndarray) -> tuple[np.ndarray, State]:
-        """features (B, F) or maps (B, N, C) -> memory (B, ...) per image, initial state (B, ...)."""
+    def start(self, features: np.ndarray) -> tuple[Any, State]:
+        """features (B, F) or maps (B, N, C) -> memory (B, ...) per image (opaque to the search:
+        a torch tensor on the reference path's device), initial state (B, ...)."""
         ...
 
     def step(
-        self, words: np.ndarray, rows: np.ndarray, memory: np.ndarray, state: State
+        self, words: np.ndarray, rows: np.ndarray, memory: Any, state: State
     ) -> tuple[np.ndarray, State, np.ndarray | None]:
         """previous words (N,) int64, each row's image rows (N,) int64 into memory -> log-probs
         (N, V), new state, attention weights (N, L) or None."""

@@ -262,6 +262,7 @@ def test_the_exported_step_gives_the_same_captions_under_the_same_rules(method):
     dec, vocab, feats = _repeater()
     onnx = OnnxStep(*decoder_graphs(dec, (feats.size(1),)))
     s, e, f = vocab.start_id, vocab.end_id, feats.numpy()
+
     def run(step, n):
         if method == "greedy":
             return [(h.tokens, h.score) for h in search.sequential(step, f, s, e, 10, n)]
