@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import pytest
-import torch
 
 from captioner.service.batcher import Batcher, BatcherStopped
 
@@ -33,9 +33,9 @@ class FakeModel:
         self.gate.set()
         self.entered = threading.Event()
 
-    def __call__(self, x: torch.Tensor, key):
-        assert x.dim() == 4  # (B, 3, H, W)
-        self.batches.append((x.size(0), key))
+    def __call__(self, x: np.ndarray, key):
+        assert x.ndim == 4  # (B, 3, H, W)
+        self.batches.append((x.shape[0], key))
         self.entered.set()
         assert self.gate.wait(WAIT_S), "the test never released the model"
         if key == self.fail_key:
@@ -51,8 +51,8 @@ class FakeModel:
         assert self.entered.wait(WAIT_S), "no batch reached the model"
 
 
-def img(v: float) -> torch.Tensor:
-    return torch.full((3, 2, 2), float(v))  # (3, H, W)
+def img(v: float) -> np.ndarray:
+    return np.full((3, 2, 2), float(v), dtype=np.float32)  # (3, H, W)
 
 
 def wait_until(predicate, what: str) -> None:

@@ -21,9 +21,11 @@ from servicekit import adam, colour_image, launch, wait_ready
 def build_attention_checkpoint(out: Path) -> Path:
     """The real spatial EfficientNet-Lite0 and a small attention decoder taught "a red
     picture" / "a blue picture" for a few seconds."""
-    from captioner import Captioner, Vocabulary
+    from captioner import Vocabulary
     from captioner.attention import AttentionConfig, AttentionDecoder
     from captioner.encoders import build_encoder
+    from captioner.model import ReferenceCaptioner
+    from captioner.model.export import export_graphs
 
     torch.manual_seed(0)
     threads = torch.get_num_threads()
@@ -34,7 +36,9 @@ def build_attention_checkpoint(out: Path) -> Path:
         captions = [f"a {c} picture" for c in ("red", "blue") for _ in range(3)]
         pictures = [colour_image(c.split()[1], seed=i) for i, c in enumerate(captions)]
         with torch.no_grad():
-            feats = encoder(torch.stack([pre(Image.open(io.BytesIO(p)).convert("RGB")) for p in pictures])).float()
+            feats = encoder(
+                torch.from_numpy(np.stack([pre(Image.open(io.BytesIO(p)).convert("RGB")) for p in pictures]))
+            ).float()
         vocab = Vocabulary.build(captions)
         tokens = torch.tensor([vocab.encode(c) for c in captions])  # (6, 5)
         cfg = AttentionConfig(
@@ -49,8 +53,8 @@ def build_attention_checkpoint(out: Path) -> Path:
         )
         decoder = AttentionDecoder(cfg)
         adam(decoder, lambda: decoder.loss(feats, tokens), steps=60, lr=1e-2)
-        model = Captioner(encoder, decoder.eval(), vocab, device="cpu", fast=False)
-        return model.save(out)
+        model = ReferenceCaptioner(encoder, decoder.eval(), vocab, device="cpu")
+        return export_graphs(model.save(out)).parent
     finally:
         torch.set_num_threads(threads)
 
