@@ -52,6 +52,8 @@ TARGETS = (
     Target("checkpoint", "captioner", "captioner/checkpoint.py", ("tests/captioner/test_checkpoint.py",)),
     Target("images", "captioner", "captioner/images.py", ("tests/captioner/test_images.py",)),
     Target("decoder", "captioner", "captioner/decoder.py", ("tests/captioner/test_decoder.py",)),
+    # The search every caption goes through, against a toy step whose probabilities are known.
+    Target("search", "captioner", "captioner/runtime/search.py", ("tests/runtime/test_search.py",)),
     Target(
         "admission",
         "captioner",
