@@ -19,10 +19,13 @@ import json
 import os
 import sys
 from importlib.metadata import entry_points
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .errors import CaptionerError
-from .options import BATCH_SIZE, BEAM_SIZE, LENGTH_PENALTY, MAX_LENGTH, NO_REPEAT_NGRAM, WORKERS
+from .options import BATCH_SIZE, BEAM_SIZE, LENGTH_PENALTY, MAX_LENGTH, NO_REPEAT_NGRAM, NUM_CAPTIONS, WORKERS
+
+if TYPE_CHECKING:
+    from .runtime.results import CaptionResult
 
 EPILOG = """examples:
   captioner caption photo.jpg                 caption one image with the shipped model
@@ -98,41 +101,64 @@ def _caption_files(args: argparse.Namespace) -> int:
     from .errors import ImageLoadError
     from .options import DEFAULT_LABELS, CaptionOptions
     from .runtime.captioner import load_captioner
-    from .trust import describe_result, out_of_domain_summary, result_fields
+    from .trust import out_of_domain_summary, result_fields
 
-    model = load_captioner(args.checkpoint, device=args.device)
-    options = CaptionOptions(
+    options = CaptionOptions(  # checked before the model loads: a bad combination answers at once
         beam_size=args.beam_size,
         max_length=args.max_length,
         length_penalty=args.length_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size,
         labels=DEFAULT_LABELS,
+        num_captions=args.num_captions,
     )
+    model = load_captioner(args.checkpoint, device=args.device)
     failures = 0
     in_domain: list[bool | None] = []
     for name in args.images:
         try:
-            tensor = model.preprocess(name)
+            image = model.preprocess(name)
         except ImageLoadError as e:
             print(f"error: {e}", file=sys.stderr)
             failures += 1
             continue
-        result = model.generate(model.encode(tensor[None]), options)[0]
+        result = model.generate(model.encode(image[None]), options)[0]
         in_domain.append(result.in_domain)
         if args.json:
             record = {"file": name, "caption": result.caption, "score": round(result.score, 4)}
+            if options.num_captions > 1:
+                record["candidates"] = candidate_records(result)
             print(json.dumps({**record, **result_fields(result)}, ensure_ascii=False))
         else:
-            # An image unlike the training data: "?" before its caption, and what the CNN sees.
-            text = result.caption or "(no caption: the model is unsure of every word)"
-            if result.in_domain is False:
-                text = f"? {text}  ({describe_result(result, model.trust.trained_on)})"
-            print(f"{name}\t{text}" if len(args.images) > 1 else text)
+            for line in text_lines(result, model.trust.trained_on, options.num_captions):
+                print(f"{name}\t{line}" if len(args.images) > 1 else line)
         sys.stdout.flush()
     summary = out_of_domain_summary(in_domain)
     if summary:
         print(summary, file=sys.stderr)
     return 1 if failures else 0
+
+
+def candidate_records(result: CaptionResult) -> list[dict]:
+    """The n-best of one result for JSON: caption, score and confidence of each, best first."""
+    return [
+        {"caption": c.caption, "score": round(c.score, 4), "confidence": c.confidence}
+        for c in (result.candidates or [result])
+    ]
+
+
+def text_lines(result: CaptionResult, trained_on: str, num_captions: int = 1) -> list[str]:
+    """The text output of one image: its caption (or its ``num_captions`` best, one a line),
+    and, on the first line only, a note in a column of its own: why there is no caption, and
+    for an image unlike the training data what the CNN sees. The caption column stays the
+    caption alone (``cut -f2`` with several files), empty when the model was unsure of every word."""
+    from .trust import describe_result
+
+    notes = [] if result.caption else ["no caption: the model is unsure of every word"]
+    if result.in_domain is False:
+        notes.append(describe_result(result, trained_on))
+    captions = [c.caption for c in (result.candidates or [result])][: max(1, num_captions)]
+    first = "\t".join([captions[0], "; ".join(notes)]) if notes else captions[0]
+    return [first, *captions[1:]]
 
 
 def _caption_folder(args: argparse.Namespace) -> int:
@@ -172,6 +198,10 @@ def cmd_caption(args: argparse.Namespace) -> int:
     if args.format == "parquet" or (args.out or "").lower().endswith(".parquet"):
         raise CaptionerError("Parquet output needs --engine ray; the local engine writes JSONL or CSV")
     if args.out is not None:
+        if args.num_captions > 1:
+            raise CaptionerError(
+                "--num-captions prints the best captions of image files; a folder run (--out) writes one per image"
+            )
         return _caption_folder(args)
     folders = [p for p in args.images if os.path.isdir(p)]
     if folders:
@@ -297,7 +327,9 @@ def _add_caption_verb(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "caption",
         help="caption image files or whole folders",
-        description="Without --out: print a caption for each image file; an unreadable file is reported on "
+        description="Without --out: print a caption for each image file, tab-separated: file (with several "
+        "files), caption, and for an image unlike the training data a note of its own (what the CNN sees), so "
+        "`cut -f2` gives the captions; an unreadable file is reported on "
         "stderr by name and the others are still captioned (exit status 1 if any failed).\n\n"
         "With --out: caption every image in the given files and folders into a JSONL or CSV file "
         "(one line per image: file path relative to the folder, caption, score), written as it goes. "
@@ -324,7 +356,19 @@ def _add_caption_verb(sub: argparse._SubParsersAction) -> None:
         "(default: 3; a word never comes three times in a row either way)",
     )
     p.add_argument(
-        "--json", action="store_true", help="print one JSON object per image (file, caption, score); without --out only"
+        "--num-captions",
+        "-n",
+        type=NUM_CAPTIONS.argparse,
+        default=1,
+        metavar="K",
+        help=f"print the K best captions of each image (beam search's n-best, best first), {NUM_CAPTIONS.describe()}"
+        "; at most --beam-size; without --out only (default: 1)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object per image (file, caption, score, trust fields; with --num-captions K a "
+        "candidates list of caption, score and confidence); without --out only",
     )
     g = p.add_argument_group("folder captioning (with --out)")
     g.add_argument(

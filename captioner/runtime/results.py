@@ -51,20 +51,49 @@ class CaptionResult:
     # How far to trust it (captioner.trust); None where the checkpoint cannot tell.
     confidence: float | None = None  # calibrated chance in [0, 1] that the caption is right
     in_domain: bool | None = None  # whether the image looks like the training images
-    domain_distance: float | None = None  # its distance to them (in domain up to the threshold)
+    domain_distance: float | None = None  # its distance to them (in domain up to domain_threshold)
+    domain_threshold: float | None = None  # the checkpoint's threshold on that distance
     labels: list | None = None  # top ImageNet classes (Label), when asked for
     logprobs: list[float] = field(default_factory=list)  # each word's log-prob, then <end>'s
     attention: np.ndarray | None = None  # (words + 1, L) where the model looked, when asked for
     candidates: list[CaptionResult] = field(default_factory=list)  # n-best: the K best, this one first
 
 
-def cut_unsure(hyp: Hypothesis, floor: float) -> Hypothesis:
-    """The caption ended before its first word of probability < ``floor``, scored as the
-    model scores it: the kept words, then ``<end>`` after them (recorded by the search)."""
+#: Words no caption may end on, and where a phrase starts (English, the shipped vocabulary's
+#: language): articles and other determiners, numbers, prepositions, conjunctions, auxiliaries
+#: and relative pronouns. Cutting a caption before an unsure word keeps only whole phrases.
+_FUNCTION_WORDS = """a an the this that these those some any each every no another its his her their our my your
+    one two three four five six seven eight nine ten several many few both
+    on in at of with without by for from to into onto over under above below behind beside besides
+    between near next through across along around against among beneath inside outside toward towards
+    up down off out about after before during past upon via like
+    and or but nor while as than so yet if
+    is are was were be being been has have had who which whose"""
+FUNCTION_WORDS = frozenset(_FUNCTION_WORDS.split())
+
+
+def function_word_ids(vocab: Vocabulary) -> frozenset[int]:
+    """The ids of :data:`FUNCTION_WORDS` and of numerals (``3``, ``12``) in ``vocab``."""
+    return frozenset(i for i, w in enumerate(vocab.itos) if w.lower() in FUNCTION_WORDS or w.isdigit())
+
+
+def cut_unsure(hyp: Hypothesis, floor: float, function_words: frozenset[int] = frozenset()) -> Hypothesis:
+    """The caption ended at a phrase boundary before its first word of probability < ``floor``,
+    scored as the model scores it: the kept words, then ``<end>`` after them (recorded by the
+    search at every prefix).
+
+    The rule, the same for every dataset: a phrase starts at a function word (``function_words``,
+    the ids of :data:`FUNCTION_WORDS`), so when the unsure word is not one itself, its phrase
+    (from the last function word before it) is left out too; then the caption never ends on a
+    function word. Nothing left: the empty caption. "a dog on a red [boat]" -> "a dog"."""
     below = np.flatnonzero(hyp.logprobs[: len(hyp.tokens)] < math.log(floor))
     if not len(below):
         return hyp
     k = int(below[0])
+    if function_words and hyp.tokens[k] not in function_words:
+        k = next((j for j in range(k - 1, -1, -1) if hyp.tokens[j] in function_words), 0)
+    while k > 0 and hyp.tokens[k - 1] in function_words:
+        k -= 1
     lps = np.append(hyp.logprobs[:k], hyp.end_logprobs[k]).astype(np.float32)
     att = None if hyp.attention is None else hyp.attention[: k + 1]
     return Hypothesis(hyp.tokens[:k], float(lps.sum(dtype=np.float64)), lps, hyp.end_logprobs[: k + 1], att)
@@ -94,10 +123,11 @@ def finish(
     log-probs (capped out of the domain), the distance and the flag."""
     domain = trust.domain
     results = []
+    function_words = function_word_ids(vocab)
     for b, hyps in enumerate(nbest):
         outside = domain is not None and distances is not None and bool(distances[b] > domain.threshold)
         if outside and min_word_prob > 0:
-            hyps = _distinct([cut_unsure(h, min_word_prob) for h in hyps])
+            hyps = _distinct([cut_unsure(h, min_word_prob, function_words) for h in hyps])
         group = [to_result(h, vocab, attention) for h in hyps]
         for r in group:
             _trust_fields(r, trust, None if distances is None else float(distances[b]))
@@ -124,6 +154,7 @@ def _trust_fields(r: CaptionResult, trust: TrustStats, distance: float | None) -
         r.confidence = round(float(trust.calibration.confidence([stat])[0]), 4)
     if trust.domain is not None and distance is not None:
         r.domain_distance = round(distance, 4)
+        r.domain_threshold = round(float(trust.domain.threshold), 4)
         r.in_domain = bool(distance <= trust.domain.threshold)
         if not r.in_domain and r.confidence is not None:  # the calibration says nothing out there
             r.confidence = min(r.confidence, OUT_OF_DOMAIN_CONFIDENCE)

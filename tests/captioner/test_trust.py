@@ -316,9 +316,9 @@ def test_command_line_marks_unlike_images_and_outputs_carry_the_fields(tmp_path:
     out, err = capsys.readouterr()
     lines = out.strip().splitlines()
     assert len(lines) == 4
-    assert not any("\t? " in line for line in lines[:2])  # scenes: no marker
-    for line in lines[2:]:
-        assert "\t? " in line and "outside what this model was trained on (emoji scenes); the CNN sees: " in line
+    assert all(len(line.split("\t")) == 2 for line in lines[:2])  # scenes: file, caption; no note
+    for line in lines[2:]:  # photos: file, caption, and the note in a column of its own
+        assert line.split("\t")[2].startswith("outside what this model was trained on (emoji scenes); the CNN sees: ")
     assert "2 of 4 images look unlike the training data" in err
     with pytest.raises(SystemExit) as stop:
         main(["caption", "--no-repeat-ngram-size", "11", str(photos[0])])
