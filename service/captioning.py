@@ -56,6 +56,7 @@ class GenerationOptions:
     explain: bool = False  # per-word attention maps (attention models); such requests batch together
     length_penalty: float = 0.0  # beam search's GNMT length penalty (captioner.options.LENGTH_PENALTY)
     no_repeat_ngram_size: int | None = None  # None: the decoder's default; 0: off
+    num_captions: int = 1  # n-best: the K best beams per image (at most beam_size)
 
 
 @dataclass
@@ -74,6 +75,8 @@ class ItemResult:
     confidence: float | None = None  # how far to trust the caption (captioner.trust)
     in_domain: bool | None = None
     domain_distance: float | None = None
+    domain_threshold: float | None = None  # in domain up to this distance
+    candidates: list[dict[str, Any]] | None = None  # n-best: [{"caption", "score", "confidence"}], best first
     labels: list[dict[str, Any]] | None = None  # [{"name", "probability"}], when asked for
     attention: list[dict[str, Any]] | None = None  # per word: {"word", "attention", "peak"}, with explain
 
@@ -136,6 +139,7 @@ class CaptionService:
         explain: bool = False,
         length_penalty: float = 0.0,
         no_repeat_ngram_size: int | None = None,
+        num_captions: int = 1,
     ) -> GenerationOptions:
         """A request's generation options with this server's defaults filled in. The values
         were range-checked by the router (``service.params``, 422 naming the range) before
@@ -143,7 +147,7 @@ class CaptionService:
         s = self.settings
         beam = s.default_beam_size if beam_size is None else beam_size
         length = min(self.default_max_length, s.max_length_limit) if max_length is None else max_length
-        return GenerationOptions(beam, length, labels, explain, length_penalty, no_repeat_ngram_size)
+        return GenerationOptions(beam, length, labels, explain, length_penalty, no_repeat_ngram_size, num_captions)
 
     # ------------------------------------------------------------------ admission
     def _admit(self, n: int) -> None:
@@ -234,6 +238,7 @@ class CaptionService:
             length_penalty=opts.length_penalty,
             no_repeat_ngram_size=opts.no_repeat_ngram_size,
             labels=int(LABELS.high),
+            num_captions=opts.num_captions,
         )
         results = self.model.generate(features, options, attention=opts.explain)
         if not opts.explain:
@@ -282,7 +287,12 @@ class CaptionService:
                 result, item.attention = result
             item.caption, item.score, item.batch_size = result.caption, result.score, info.size
             item.confidence, item.in_domain = result.confidence, result.in_domain
-            item.domain_distance = result.domain_distance
+            item.domain_distance, item.domain_threshold = result.domain_distance, result.domain_threshold
+            if opts.num_captions > 1:
+                item.candidates = [
+                    {"caption": c.caption, "score": round(c.score, 4), "confidence": c.confidence}
+                    for c in (result.candidates or [result])
+                ]
             if opts.labels and result.labels:
                 item.labels = [label.to_dict() for label in result.labels[: opts.labels]]
         now = time.monotonic()

@@ -47,6 +47,18 @@ class WordAttention(BaseModel):
     peak: list[int] = Field(description="[row, column] of the largest weight")
 
 
+class Candidate(BaseModel):
+    """One of the K best captions of an image (``num_captions=K``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    caption: str = Field(description="the caption")
+    score: float = Field(description="its log-probability (words and end token) under the model")
+    confidence: float | None = Field(
+        None, ge=0, le=1, description="its calibrated chance of being right; null without calibration"
+    )
+
+
 class CaptionItem(BaseModel):
     """One image of the request: a caption, or an error for this image alone."""
 
@@ -89,7 +101,20 @@ class CaptionItem(BaseModel):
         None,
         exclude_if=omitted_when_none,
         description="distance of the image's features to the training images' (Mahalanobis / sqrt(F)); "
-        "in domain up to the threshold in /v1/model trust.domain.threshold",
+        "in domain up to domain_threshold",
+    )
+    domain_threshold: float | None = Field(
+        None,
+        exclude_if=omitted_when_none,
+        description="the checkpoint's threshold on domain_distance: in domain up to it (as /v1/model "
+        "trust.domain.threshold); absent when the checkpoint has no domain statistics",
+    )
+    candidates: list[Candidate] | None = Field(
+        None,
+        exclude_if=omitted_when_none,
+        description="with num_captions=K > 1: the K best captions (beam search's n-best, distinct, best first; "
+        "the first is `caption`), each with its score and confidence; fewer when cutting unsure words made "
+        "two the same",
     )
     labels: list[Label] | None = Field(
         None,
@@ -125,7 +150,7 @@ class CaptionItem(BaseModel):
             values.update(
                 caption=None, score=None, batch_size=None, confidence=None, in_domain=None, domain_distance=None
             )
-            values.update(labels=None, attention=None)
+            values.update(labels=None, attention=None, domain_threshold=None, candidates=None)
         return cls(**values)
 
 
@@ -137,6 +162,7 @@ class CaptionResponse(BaseModel):
     max_length: int = Field(description="the most words a caption could have")
     length_penalty: float = Field(description="beam search's length penalty used (0: none)")
     no_repeat_ngram_size: int = Field(description="no n-gram of this many words twice in a caption (0: off)")
+    num_captions: int = Field(1, description="captions asked for per image (candidates when above 1)")
     succeeded: int = Field(description="images that got a caption")
     failed: int = Field(description="images that failed (their entries carry error and detail)")
     time_ms: float = Field(description="time spent on the whole request")
@@ -208,6 +234,7 @@ class Ready(BaseModel):
 
 
 __all__ = [
+    "Candidate",
     "CaptionFailure",
     "CaptionItem",
     "CaptionResponse",

@@ -25,7 +25,9 @@ from .errors import APIError
 #: Multipart field names that carry an image.
 FILE_FIELDS = frozenset({"file", "files", "image", "images"})
 #: Multipart text fields accepted as generation options (same names as the query parameters).
-OPTION_FIELDS = frozenset({"beam_size", "max_length", "timeout", "labels", "length_penalty", "no_repeat_ngram_size"})
+OPTION_FIELDS = frozenset(
+    {"beam_size", "max_length", "timeout", "labels", "length_penalty", "no_repeat_ngram_size", "num_captions"}
+)
 #: Most option parts in one body (repeats included). The three options need three; the
 #: limit leaves room for clients that repeat them and stops bodies of endless tiny parts.
 MAX_OPTION_PARTS = 2048

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import WithJsonSchema
 
-from captioner.options import LABELS, Range
+from captioner.options import LABELS, NUM_CAPTIONS, Range
 from captioner.runtime.search import DEFAULT_NO_REPEAT_NGRAM
 
 from ..auth import require_api_key
@@ -113,7 +113,24 @@ def option_ranges(settings: Settings) -> dict[str, Range]:
         "labels": LABELS,
         "length_penalty": LENGTH_PENALTY_RANGE,
         "no_repeat_ngram_size": NO_REPEAT_NGRAM_RANGE,
+        "num_captions": num_captions_range(settings),
     }
+
+
+def num_captions_range(settings: Settings) -> Range:
+    """n-best: the command line's range under the API's name, capped by this server's beam size."""
+    return Range("num_captions", NUM_CAPTIONS.low, min(NUM_CAPTIONS.high, settings.max_beam_size))
+
+
+def check_num_captions(num_captions: int, beam_size: int) -> None:
+    """422 ``invalid_option`` when more captions are asked for than beam search keeps."""
+    if num_captions > beam_size:
+        raise APIError(
+            422,
+            "invalid_option",
+            f"num_captions must be at most beam_size ({beam_size}), got {num_captions}; "
+            f"raise beam_size to {num_captions} or more",
+        )
 
 
 async def read_images(
@@ -176,6 +193,7 @@ def build_response(
         max_length=opts.max_length,
         length_penalty=opts.length_penalty,
         no_repeat_ngram_size=opts.no_repeat_ngram_size,
+        num_captions=opts.num_captions,
         succeeded=ok,
         failed=len(items) - ok,
         time_ms=round((time.monotonic() - started) * 1000.0, 1),
@@ -202,7 +220,7 @@ def build_router(settings: Settings) -> APIRouter:
         prefix="/v1", tags=["captions"], dependencies=[Depends(require_api_key), Depends(reject_unknown_query)]
     )
     ranges = option_ranges(settings)
-    beams, lengths = ranges["beam_size"], ranges["max_length"]
+    beams, lengths, nbest = ranges["beam_size"], ranges["max_length"], ranges["num_captions"]
 
     @router.post(
         "/captions",
@@ -256,6 +274,15 @@ def build_router(settings: Settings) -> APIRouter:
             ascii_int("no_repeat_ngram_size"),
             WithJsonSchema(range_schema(NO_REPEAT_NGRAM_RANGE)),
         ] = None,
+        num_captions: Annotated[
+            int | None,
+            Query(
+                description="the K best captions of each image (beam search's n-best, best first) in each "
+                "result's `candidates`, each with its score and confidence; at most beam_size (default 1)"
+            ),
+            ascii_int("num_captions"),
+            WithJsonSchema(range_schema(nbest)),
+        ] = None,
         explain: Annotated[
             bool,
             Query(
@@ -281,6 +308,7 @@ def build_router(settings: Settings) -> APIRouter:
             "labels": labels,
             "length_penalty": length_penalty,
             "no_repeat_ngram_size": no_repeat_ngram_size,
+            "num_captions": num_captions,
         }
         for name, allowed in ranges.items():
             check_range(given[name], allowed)  # before reading the body: a bad option costs nothing
@@ -298,7 +326,9 @@ def build_router(settings: Settings) -> APIRouter:
             explain,
             length_penalty=float(given["length_penalty"] or 0.0),
             no_repeat_ngram_size=DEFAULT_NO_REPEAT_NGRAM if ngram is None else int(ngram),
+            num_captions=int(given["num_captions"] or 1),
         )
+        check_num_captions(opts.num_captions, opts.beam_size)
         items = await caption_within_budgets(
             request, service, uploads, opts, s.request_timeout_s if limit is None else limit
         )

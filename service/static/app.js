@@ -7,6 +7,7 @@
 
 const MAX_PARALLEL = 4;
 const LABELS = 3; // ImageNet classes asked for per image (shown when an image is out of domain)
+const MAX_CAPTIONS = 10; // the most captions per image the API gives (captioner.options.NUM_CAPTIONS)
 // Confidence words: "high" from HIGH up, "medium" from MEDIUM up, else "low".
 const HIGH = 0.8;
 const MEDIUM = 0.5;
@@ -126,6 +127,8 @@ function showCaption(card, item) {
   const [notes, confidence] = trustLines(item);
   caption.before(...notes);
   caption.after(...confidence);
+  // the K best go after the caption and its confidence
+  if (item.candidates && item.candidates.length > 1) [caption, ...confidence].pop().after(candidateList(item));
   const meta = el("p", "meta", `score ${item.score.toFixed(2)} · ${Math.round(item.time_ms)} ms`);
   const copy = el("button", "copy", "Copy caption");
   copy.type = "button";
@@ -134,6 +137,23 @@ function showCaption(card, item) {
   const actions = el("div", "card-actions");
   actions.append(copy);
   card.querySelector(".body").append(meta, actions);
+}
+
+// The K best captions (num_captions), best first, each with its confidence (else its score).
+function candidateList(item) {
+  const box = el("div", "candidates");
+  box.append(el("p", "candidates-title", `${item.candidates.length} best captions`));
+  const list = el("ol");
+  for (const c of item.candidates) {
+    const li = el("li", "candidate");
+    const how = typeof c.confidence === "number"
+      ? `${confidenceWord(c.confidence)} confidence · ${percent(c.confidence)}`
+      : `score ${c.score.toFixed(2)}`;
+    li.append(el("span", "text", c.caption || "(no caption)"), " ", el("span", "how", how));
+    list.append(li);
+  }
+  box.append(list);
+  return box;
 }
 
 // ------------------------------------------------------------------ attention maps
@@ -222,7 +242,7 @@ function records() {
       return { file: name, error: item.error || "error", detail: item.detail || "" };
     }
     const rec = { file: name, caption: item.caption, score: item.score };
-    for (const k of ["confidence", "in_domain", "domain_distance", "labels"]) if (k in item) rec[k] = item[k];
+    for (const k of ["confidence", "in_domain", "domain_distance", "labels", "candidates"]) if (k in item) rec[k] = item[k];
     return rec;
   });
 }
@@ -263,11 +283,14 @@ async function captionOne(file, entry) {
   const card = entry.card;
   const form = new FormData();
   form.append("file", file, file.name);
-  const beam = Math.min(Math.max(parseInt($("beam-size").value, 10) || 1, 1), maxBeam);
+  // K captions need a beam of at least K: the beam is widened to K when it is narrower.
+  const k = Math.min(Math.max(parseInt($("num-captions").value, 10) || 1, 1), maxBeam, MAX_CAPTIONS);
+  const beam = Math.max(Math.min(Math.max(parseInt($("beam-size").value, 10) || 1, 1), maxBeam), k);
   let response, body;
   try {
     const explain = !$("explain-row").hidden && $("explain").checked ? "&explain=true" : "";
-    const url = `/v1/captions?beam_size=${beam}&labels=${LABELS}${explain}`;
+    const nbest = k > 1 ? `&num_captions=${k}` : "";
+    const url = `/v1/captions?beam_size=${beam}&labels=${LABELS}${nbest}${explain}`;
     response = await fetch(url, { method: "POST", body: form, headers: apiHeaders() });
     body = await response.json();
   } catch (err) {
@@ -351,6 +374,7 @@ function showModel(m) {
     maxBeam = m.service.max_beam_size;
     $("beam-size").max = String(maxBeam);
     $("beam-size").value = String(m.service.default_beam_size);
+    $("num-captions").max = String(Math.min(maxBeam, MAX_CAPTIONS));
     $("limits").textContent =
       `up to ${formatCount(m.service.max_pixels)} pixels and ${formatBytes(m.service.max_body_bytes)} per image`;
   }
@@ -381,6 +405,11 @@ function setup() {
     download("captions.json", "application/json", JSON.stringify(records(), null, 2) + "\n"));
   $("download-csv").addEventListener("click", () => download("captions.csv", "text/csv", csvText()));
   $("options").addEventListener("submit", (e) => e.preventDefault());
+  // K captions come from a beam of K or more: the beam follows the captions asked for.
+  $("num-captions").addEventListener("input", () => {
+    const k = parseInt($("num-captions").value, 10) || 1;
+    if (k > (parseInt($("beam-size").value, 10) || 1)) $("beam-size").value = String(Math.min(k, maxBeam));
+  });
 
   // A key typed in is remembered for this tab and tried at once on /v1/model.
   $("api-key").addEventListener("change", () => {
