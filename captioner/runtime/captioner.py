@@ -35,6 +35,7 @@ from ..options import DEFAULT_MIN_WORD_PROB, MIN_WORD_PROB, CaptionOptions
 from ..trust import TrustStats, load_trust, pooled
 from ..vocab import Vocabulary
 from . import search
+from .blas import limit_blas_threads
 from .graphs import ENCODER_INT8, LABELS, Graphs, OnnxEncoder, OnnxLabels, OnnxStep, find_graphs, precision_requested
 from .preprocess import Preprocess
 from .results import CaptionResult, Label, finish, top_labels
@@ -202,6 +203,8 @@ class CaptionerBase:
         loses a batch."""
         if errors not in ("raise", "return"):
             raise ValueError('errors must be "raise" or "return"')
+        if options is not None and settings:
+            raise TypeError(f"pass options or keyword settings, not both (got options and {', '.join(settings)})")
         opts = options or CaptionOptions(**settings)
         one = isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Image.Image))
         items: list[pipeline.Source] = [cast(pipeline.Source, images)] if one else list(cast(Sequence, images))
@@ -269,6 +272,7 @@ class Captioner(CaptionerBase):
             self.int8_reason = graphs.int8_reason
             log.warning("the encoder runs in fp32, not int8: %s", self.int8_reason)
             precision = "fp32"
+        limit_blas_threads(1)  # numpy's few products beside the sessions (runtime/blas.py)
         self.encoder = OnnxEncoder(graphs, precision, threads)
         self.step = OnnxStep.of(graphs)
         self._labels = OnnxLabels(graphs) if graphs.has(LABELS) else None
