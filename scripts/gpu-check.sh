@@ -94,7 +94,7 @@ EOF
 TRAIN=(--data "$WORK/scenes" "${RECIPE[@]}" --epochs 3 --device cuda --quiet --no-plot --max-val-images 100)
 check train 150 "$PY" "$WORK/train_check.py" "${TRAIN[@]}" --out "$WORK/run-amp"
 check ddp 120 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 "$WORK/train_check.py" \
-    "${TRAIN[@]}" --epochs 1 --out "$WORK/run-ddp"
+    "${TRAIN[@]}" --out "$WORK/run-ddp"
 check torchrun 120 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 -m captioner.training.cli_train \
     "${TRAIN[@]}" --epochs 1 --out "$WORK/run-torchrun"
 
