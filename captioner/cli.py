@@ -191,6 +191,10 @@ def _caption_folder(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
+    if args.num_captions > 1 and (args.out is not None or args.engine == "ray"):
+        raise CaptionerError(
+            "--num-captions prints the best captions of image files; a folder run (--out) writes one per image"
+        )
     if args.engine == "ray":  # captioner.engines: Ray Data, an optional extra
         from .engines import run_ray_command
 
@@ -198,10 +202,6 @@ def cmd_caption(args: argparse.Namespace) -> int:
     if args.format == "parquet" or (args.out or "").lower().endswith(".parquet"):
         raise CaptionerError("Parquet output needs --engine ray; the local engine writes JSONL or CSV")
     if args.out is not None:
-        if args.num_captions > 1:
-            raise CaptionerError(
-                "--num-captions prints the best captions of image files; a folder run (--out) writes one per image"
-            )
         return _caption_folder(args)
     folders = [p for p in args.images if os.path.isdir(p)]
     if folders:
