@@ -21,9 +21,10 @@ def in_flight(url: str) -> float:
 def test_sigterm_drains_then_exits_cleanly(drainer):
     url = drainer.url
     results: dict[str, httpx.Response] = {}
-    files = [("file", (f"{c}.png", colour_image(c, 40 + i))) for i, c in enumerate(["red", "green", "blue", "yellow"])]
+    colours = ["red", "green", "blue", "yellow"] * 4
+    files = [("file", (f"{c}{i}.png", colour_image(c, 40 + i))) for i, c in enumerate(colours)]
 
-    def long_request() -> None:  # four images, one per batch on this server: it takes a while
+    def long_request() -> None:  # sixteen images, one per batch on this server: it takes a while
         results["in_flight"] = httpx.post(url + "/v1/captions", files=files, timeout=60)
 
     worker = threading.Thread(target=long_request)
@@ -31,7 +32,7 @@ def test_sigterm_drains_then_exits_cleanly(drainer):
     deadline = time.monotonic() + 10
     while in_flight(url) < 1 and time.monotonic() < deadline and worker.is_alive():
         time.sleep(0.01)
-    # Four images at one per batch: the request is still being served when the signal comes.
+    # Sixteen images at one per batch: the request is still being served when the signal comes.
     assert in_flight(url) >= 1 and worker.is_alive() and "in_flight" not in results
 
     drainer.proc.send_signal(signal.SIGTERM)
@@ -51,9 +52,7 @@ def test_sigterm_drains_then_exits_cleanly(drainer):
     worker.join(60)
     r = results["in_flight"]
     assert r.status_code == 200, r.text
-    assert [it["caption"] for it in r.json()["results"]] == [
-        f"a {c} picture" for c in ["red", "green", "blue", "yellow"]
-    ]
+    assert [it["caption"] for it in r.json()["results"]] == [f"a {c} picture" for c in colours]
 
     assert drainer.proc.wait(60) == 0, drainer.log_text()
     assert "draining" in drainer.log_text()
