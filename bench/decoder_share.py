@@ -1,0 +1,112 @@
+"""Decoder-side time per image against the encoder's, on the shipped models, in process.
+
+    python -m bench.decoder_share                   # weights/default and weights/pooled, ~1-2 min
+    python -m bench.decoder_share --batch 32 --seconds 3
+
+For each checkpoint, one batch of in-domain scenes (freshly rendered, seed 11) and one of
+real photos (tests/data and scikit-image's, repeated to fill the batch), preprocessed once:
+the median time of ``Captioner.encode`` on the batch, and of ``Captioner.generate`` on its
+features (trust included, labels and attention off) greedy, beam 3, and beam 3 with the
+3 best captions (``CaptionOptions(beam_size=3, num_captions=3)``). Every figure is in ms
+per image; each row's encoder and decoder times are measured back to back, so their
+ratio holds on a shared machine. Target (issue "Performance: serve the shipped default at
+the speed of its CNN"): greedy decoding <= 10 % of the encoder's time at batch 32; beam 3
+<= 1.15x greedy; the n-best list no dearer than beam 3.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import common
+
+CHECKPOINTS = ("weights/default", "weights/pooled")
+
+
+def scene_jpegs(n: int, seed: int = 11) -> list[bytes]:
+    """``n`` freshly rendered held-out scenes (cached under bench/.cache)."""
+    from captioner.training.scenes import generate_scenes
+
+    out = common.SCRATCH / f"decoder-share-scenes-{seed}-{n}"
+    if not (out / "images" / "test").is_dir():
+        generate_scenes(out, {"test": n}, seed=seed, progress=False, overwrite=True)
+    return [p.read_bytes() for p in sorted((out / "images" / "test").glob("*.jpg"))[:n]]
+
+
+def photo_jpegs(n: int) -> list[bytes]:
+    """Real photos (out of the scenes' domain), repeated to ``n``."""
+    from .int8_quality import photos
+
+    found = list(photos().values())
+    return [found[i % len(found)] for i in range(n)]
+
+
+def _median_ms(fn, seconds: float, per: int) -> float:
+    return 1000 * statistics.median(common.timed(fn, seconds, warmup=1)) / per
+
+
+def measure(model, jpegs: list[bytes], seconds: float) -> dict:
+    """ms per image: the encoder, and generate greedy / beam 3 / n-best 3 on its features."""
+    from captioner.options import CaptionOptions
+
+    batch = np.stack([model.preprocess(j) for j in jpegs])  # (B, 3, S, S)
+    n = len(batch)
+    features = model.encode(batch)
+    row = {"encoder_ms": _median_ms(functools.partial(model.encode, batch), seconds, n)}
+    for name, options in (
+        ("greedy", CaptionOptions(beam_size=1)),
+        ("beam3", CaptionOptions(beam_size=3)),
+        ("nbest3", CaptionOptions(beam_size=3, num_captions=3)),
+    ):
+        row[f"{name}_ms"] = _median_ms(functools.partial(model.generate, features, options), seconds, n)
+    results = model.generate(features, CaptionOptions(beam_size=1))
+    row["in_domain"] = sum(bool(r.in_domain) for r in results) / n
+    row["words"] = statistics.mean(len(r.tokens) for r in results)
+    row["greedy_share"] = row["greedy_ms"] / row["encoder_ms"]
+    row["beam3_x_greedy"] = row["beam3_ms"] / row["greedy_ms"]
+    row["nbest3_x_beam3"] = row["nbest3_ms"] / row["beam3_ms"]
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = common.base_parser("decoder_share", __doc__, checkpoint=False)
+    p.add_argument("--checkpoints", nargs="+", default=list(CHECKPOINTS))
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seconds", type=float, default=3.0, help="timing per figure (default 3)")
+    args = p.parse_args(argv)
+    common.apply_threads(args)
+    from captioner import Captioner
+
+    info = common.machine_info()
+    common.header("decoder-side time per image vs the encoder's", info)
+    sets = {"scenes": scene_jpegs(args.batch), "photos": photo_jpegs(args.batch)}
+    rows = []
+    for ckpt in args.checkpoints:
+        model = Captioner.load(Path(ckpt))
+        for kind, jpegs in sets.items():
+            row = {
+                "checkpoint": ckpt,
+                "precision": model.precision,
+                "images": kind,
+                **measure(model, jpegs, args.seconds),
+            }
+            rows.append(row)
+            print(f"  {ckpt} {kind}: {row}", file=sys.stderr, flush=True)
+    cols = ["checkpoint", "precision", "images", "in_domain", "words", "encoder_ms", "greedy_ms", "greedy_share"]
+    cols += ["beam3_ms", "beam3_x_greedy", "nbest3_ms", "nbest3_x_beam3"]
+    shown = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    print(common.format_table(shown, [(c, c.replace("_", " ")) for c in cols]))
+    end = common.machine_info()["load_average"]
+    print(f"\nload average {info['load_average']} -> {end}")
+    out = common.write_json("decoder_share", {"machine": info, "load_average_end": end, "rows": rows}, args.json)
+    print(f"written {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
