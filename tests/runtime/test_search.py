@@ -199,3 +199,63 @@ def test_a_state_follows_its_beam():
         for h in hyps:
             steps = np.arange(len(h.tokens) + 1)
             np.testing.assert_array_equal(h.attention.argmax(axis=1), (steps + b) % L)
+
+
+class PlainStep(ToyStep):
+    """The toy decoder without attention (a pooled decoder's step returns None)."""
+
+    def step(self, words, rows, memory, state):
+        logp, state, _ = super().step(words, rows, memory, state)
+        return logp, state, None
+
+
+def test_beam_applies_the_repeat_rules_and_the_forced_end():
+    edges = table(e1_3=5, e3_3=5, e3_4=4, e4_3=5)  # 3 wants to repeat; 3 and 4 alternate after it
+    f = np.zeros((1, V))
+    (best, *_rest) = search.beam_search(ToyStep(edges), f, START, END, 5, beam_size=2, no_repeat_ngram_size=0)[0]
+    assert len(best.tokens) == 5 and not any(
+        best.tokens[i] == best.tokens[i + 1] == best.tokens[i + 2] for i in range(3)
+    )
+    assert best.logprobs[-1] == pytest.approx(log_softmax(edges)[best.tokens[-1], END])  # <end> forced at the limit
+    for h in search.beam_search(ToyStep(edges), f, START, END, 6, beam_size=3, no_repeat_ngram_size=2, num_captions=3)[
+        0
+    ]:
+        pairs = list(zip(h.tokens, h.tokens[1:]))
+        assert len(pairs) == len(set(pairs)), h.tokens
+
+
+def test_one_word_at_most_and_the_messages_name_the_fix():
+    edges = table(e1_3=5, e3_4=5)
+    f = np.zeros((1, V))
+    assert greedy(ToyStep(edges), f, max_length=1)[0].tokens == [3]
+    assert search.beam_search(ToyStep(edges), f, START, END, 1, beam_size=2)[0][0].tokens == [3]
+    with pytest.raises(ValueError, match=r"^max_length must be >= 1$"):
+        search.beam_search(ToyStep(edges), f, START, END, 0)
+    with pytest.raises(ValueError, match=r"^temperature must be > 0 \(use greedy for temperature 0\)$"):
+        search.sequential(ToyStep(edges), f, START, END, 3, temperature=-1.0)
+    with pytest.raises(ValueError, match=r"^beam_size must be >= 1 and num_captions between 1 and beam_size$"):
+        search.beam_search(ToyStep(edges), f, START, END, 3, beam_size=0)
+    with pytest.raises(ValueError, match=r"^no_repeat_ngram_size must be >= 0 \(0 switches it off\)$"):
+        search.beam_search(ToyStep(edges), f, START, END, 3, no_repeat_ngram_size=-2)
+
+
+def test_a_step_without_attention_records_none():
+    t = np.random.default_rng(2).normal(0, 2, (V, V))
+    f = np.zeros((2, V))
+    assert all(h.attention is None for h in greedy(PlainStep(t), f))
+    assert all(h.attention is None for hs in search.beam_search(PlainStep(t), f, START, END, 6) for h in hs)
+    (h,) = greedy(PlainStep(t), f[:1])
+    assert h.logprobs.dtype == np.float32 and h.end_logprobs.dtype == np.float32
+
+
+def test_sampling_follows_the_model_probabilities():
+    t = np.full((V, V), -30.0)
+    t[START, 3], t[START, 4] = math.log(0.8), math.log(0.2)  # the first word: 3 four times as often as 4
+    t[3, END] = t[4, END] = 10.0
+    feats = np.zeros((4000, V))
+    hyps = search.sequential(ToyStep(t), feats, START, END, 3, 0, 1.0, np.random.default_rng(0))
+    share = np.mean([h.tokens == [3] for h in hyps])
+    assert abs(share - 0.8) < 0.03 and all(h.tokens in ([3], [4]) for h in hyps)
+    hot = search.sequential(ToyStep(t), feats[:2000], START, END, 3, 0, 100.0, np.random.default_rng(0))
+    first = [h.tokens[0] if h.tokens else END for h in hot]
+    assert abs(np.mean(np.array(first) == 3) - 1 / V) < 0.03  # a high temperature flattens: every word ~1/V
