@@ -1,19 +1,10 @@
-"""The checkpoint format: one folder, nothing pickled.
+"""Writing checkpoints and reading their weights as tensors (the torch side).
 
-    CKPT/
-      model.safetensors     decoder weights (fp32 or fp16)
-      encoder.safetensors   only when the CNN was fine-tuned
-      config.json           {"format": ..., "encoder": {"name", "preprocess"}, "decoder": {"kind", ...}}
-      vocab.json            the vocabulary (tokens in id order)
-      metadata.json         training data, metrics, versions, free-form
-                            ("precision": int8 or fp32, the encoder's default; "calibration")
-      calibration.safetensors  optional: encoded training images calibrating the int8 encoder
-                            (captioner.runtime.quantize)
-
-Saving writes a temporary sibling folder and renames it into place, so an interrupted
-save leaves either the old checkpoint or the new one, never a mixture (the temporary
-folders a killed save leaves behind are removed by the next save to the same place). Loading reads
-only safetensors and JSON and checks that the pieces agree with each other.
+The folder's layout and file names are :mod:`captioner.checkpoint`'s, which also reads the
+JSON parts without PyTorch. Saving writes a temporary sibling folder and renames it into
+place, so an interrupted save leaves either the old checkpoint or the new one, never a
+mixture (the temporary folders a killed save leaves behind are removed by the next save to
+the same place). Loading reads only safetensors and JSON and checks that the pieces agree.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ EfficientNet-Lite was designed for int8 (ReLU6, no squeeze-excitation), and ONNX
 int8 kernels run it about twice as fast as float32 on a CPU (docs/performance.md). How it
 is built (once per set of weights and calibration images)::
 
-    the fp32 ONNX graph (captioner.runtime.onnx, from its cache or exported)
+    the fp32 ONNX graph (captioner.model.onnx_encoder, from its cache or exported)
         --quant_pre_process--> shape-inferred, optimised graph
         --quantize_static--> QDQ graph: per-channel int8 weights, uint8 activations, ranges
             calibrated (min-max by default) on the checkpoint's calibration images
