@@ -5,13 +5,15 @@ run's captions with "what the model says" cannot notice a caption written agains
 wrong file, and a score computed from such captions is 0 whatever the scorer does.
 :func:`teach_checkpoint` trains a small decoder on the real EfficientNet-Lite0 encoder
 until it gives each of a few pictures its own caption, and refuses to return otherwise:
-the tests using it know which caption each file must get.
+the tests using it know which caption each file must get. The same function gives the
+service, reliability and graph tests their checkpoints (untaught, attention, exported).
 
 (``tests/conftest.py`` puts this folder on ``sys.path``: ``from captionkit import ...``.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,59 +50,91 @@ def teach_checkpoint(
     max_length: int = 16,
     metadata: dict | None = None,
     expect: Sequence[str] | None = None,
+    *,
+    attention: bool = False,
+    width: int = 32,
+    steps: int = 150,
+    seed: int = 0,
+    export: bool = False,
 ) -> Path:
     """Save a checkpoint whose greedy and beam captions of ``images[i]`` are ``captions[i]``.
 
     An image may be listed more than once with different captions (the decoder then learns
     how often each follows); ``expect`` is what greedy and beam search must then give for each
-    row (default: ``captions``). Weights only: :meth:`captioner.Captioner.load` exports the
-    graphs into the cache on first load.
+    row (default: ``captions``). With no images the decoder stays random (its vocabulary is
+    the captions' words): for tests of plumbing, not of captions.
+
+    ``attention``: the spatial encoder and an attention decoder instead of the pooled LSTM;
+    ``width``: the embedding, projection (and attention) size, the hidden state twice that;
+    ``steps``: Adam steps per round (at most four rounds). Weights only unless ``export``
+    (the graphs, as a server loads them torch-free); else :meth:`captioner.Captioner.load`
+    exports them into the cache on first load.
     """
-    from captioner.decoder import CaptionDecoder, DecoderConfig
-    from captioner.encoders import build_encoder
     from captioner.model import ReferenceCaptioner
-    from captioner.options import CaptionOptions
+    from captioner.model.export import export_graphs
     from captioner.vocab import Vocabulary
 
-    assert len(images) == len(captions)
-    wanted = list(captions if expect is None else expect)
-    torch.manual_seed(0)
+    assert not images or len(images) == len(captions)
+    torch.manual_seed(seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         vocab = Vocabulary.build(list(captions))
-        encoder = build_encoder("efficientnet_lite0").eval()
-        cfg = DecoderConfig(
-            vocab_size=len(vocab),
-            feature_dim=encoder.feature_dim,
-            embed_dim=32,
-            hidden_dim=64,
-            img_proj_dim=32,
-            dropout=0.0,
-            max_length=max_length,
-        )
-        decoder = CaptionDecoder(cfg)
+        encoder, decoder = _lite0_and_decoder(len(vocab), width, max_length, attention)
         model = ReferenceCaptioner(encoder, decoder, vocab, device="cpu", metadata=metadata)
-        x = np.stack([model.preprocess(im if isinstance(im, bytes) else Path(im).read_bytes()) for im in images])
-        feats_np = model.encode(x)  # (N, 1280), as every caption path computes them
-        feats = torch.from_numpy(feats_np)
-        seqs = [vocab.encode(c) for c in captions]
-        T = max(len(s) for s in seqs)
-        tokens = torch.tensor([s + [vocab.pad_id] * (T - len(s)) for s in seqs])  # (N, T)
-        got: list[str] = []
-        for _round in range(4):
-            decoder.train()
-            adam_steps(decoder, lambda: decoder.loss(feats, tokens, vocab.pad_id), steps=150, lr=1e-2)
-            decoder.eval()
-            got = [r.caption for r in model.generate(feats_np)]
-            beam = [r.caption for r in model.generate(feats_np, CaptionOptions(beam_size=2))]
-            if got == wanted and beam == got:
-                break
-        assert got == wanted and beam == got, f"the test decoder did not learn its captions: {got}, {beam}"
+        if images:
+            _teach(model, images, captions, list(captions if expect is None else expect), steps)
         model.save(out)
     finally:
         torch.set_num_threads(threads)
+    if export:
+        export_graphs(out)
     return out
+
+
+def _lite0_and_decoder(vocab_size: int, width: int, max_length: int, attention: bool):
+    """The pretrained Lite0 (pooled, or its 7 x 7 map) and a small fresh decoder for it."""
+    from captioner.attention import AttentionConfig, AttentionDecoder
+    from captioner.decoder import CaptionDecoder, DecoderConfig
+    from captioner.encoders import build_encoder
+
+    encoder = build_encoder("efficientnet_lite0", spatial=attention).eval()
+    cfg = DecoderConfig(
+        vocab_size=vocab_size,
+        feature_dim=encoder.feature_dim,
+        embed_dim=width,
+        hidden_dim=2 * width,
+        img_proj_dim=width,
+        dropout=0.0,
+        max_length=max_length,
+    )
+    if attention:
+        return encoder, AttentionDecoder(AttentionConfig(**dataclasses.asdict(cfg), attention_dim=width))
+    return encoder, CaptionDecoder(cfg)
+
+
+def _teach(model, images: Sequence[Path | bytes], captions: Sequence[str], wanted: list[str], steps: int) -> None:
+    """Train ``model``'s decoder until greedy and beam search give ``wanted``; refuse otherwise."""
+    from captioner.options import CaptionOptions
+
+    decoder, vocab = model.decoder, model.vocab
+    x = np.stack([model.preprocess(im if isinstance(im, bytes) else Path(im).read_bytes()) for im in images])
+    feats_np = model.encode(x)  # (N, 1280) or (N, 49, 1280), as every caption path computes them
+    feats = torch.from_numpy(feats_np)
+    seqs = [vocab.encode(c) for c in captions]
+    T = max(len(s) for s in seqs)
+    tokens = torch.tensor([s + [vocab.pad_id] * (T - len(s)) for s in seqs])  # (N, T)
+    got: list[str] = []
+    beam: list[str] = []
+    for _round in range(4):
+        decoder.train()
+        adam_steps(decoder, lambda: decoder.loss(feats, tokens, vocab.pad_id), steps=steps, lr=1e-2)
+        decoder.eval()
+        got = [r.caption for r in model.generate(feats_np)]
+        beam = [r.caption for r in model.generate(feats_np, CaptionOptions(beam_size=2))]
+        if got == wanted and beam == got:
+            return
+    raise AssertionError(f"the test decoder did not learn its captions: {got}, {beam}")
 
 
 def tiny_scenes(root: Path, seed: int) -> Path:
