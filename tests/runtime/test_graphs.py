@@ -16,19 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from captionkit import teach_checkpoint
 from PIL import Image
 
 from captioner import Captioner
 from captioner.checkpoint import GRAPHS, WEIGHTS
-from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.encoders import build_encoder
 from captioner.errors import CheckpointError
 from captioner.model import ReferenceCaptioner
 from captioner.model import export as export_mod
 from captioner.model.onnx_encoder import FEATURE_TOLERANCE
 from captioner.options import CaptionOptions
 from captioner.runtime import graphs as graphs_mod
-from captioner.vocab import Vocabulary
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 DOCUMENTED_MAX_DIFF = 6e-6  # docs/performance.md: "features differ by at most 6e-6"
@@ -56,20 +54,8 @@ def _hermetic_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def lite0_dir(tmp_path_factory) -> Path:
     """Real Lite0 encoder + a small random decoder with a 200-word vocabulary, exported."""
-    torch.manual_seed(0)
-    vocab = Vocabulary.build([" ".join(f"word{i}" for i in range(196))])
-    encoder = build_encoder("efficientnet_lite0")
-    config = DecoderConfig(
-        vocab_size=len(vocab),
-        feature_dim=encoder.feature_dim,
-        embed_dim=32,
-        hidden_dim=64,
-        img_proj_dim=32,
-        max_length=12,
-    )
-    folder = ReferenceCaptioner(encoder, CaptionDecoder(config), vocab).save(tmp_path_factory.mktemp("ckpt") / "lite0")
-    export_mod.export_graphs(folder)
-    return folder
+    words = [" ".join(f"word{i}" for i in range(196))]
+    return teach_checkpoint(tmp_path_factory.mktemp("ckpt") / "lite0", [], words, max_length=12, export=True)
 
 
 @pytest.fixture(scope="module")
