@@ -22,6 +22,10 @@ How a batch is formed:
 
 Images whose future was cancelled (their request timed out or went away) are dropped
 when their batch is formed. Stopping drains: everything already queued still runs.
+
+``lanes`` worker threads may take batches from the one queue, so one batch's search (one
+core) overlaps the next batch's encoder instead of leaving a core idle; each lane's encoder
+then gets its share of the cores (``captioner serve --lanes``).
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ RunBatch = Callable[[np.ndarray, Any], Sequence[Any]]  # (B, 3, H, W), options -
 
 
 class Batcher:
-    """A FIFO queue of images and the one thread that runs them through the model.
+    """A FIFO queue of images and the ``lanes`` threads that run them through the model.
 
     ``run_batch(x, key)`` receives a stacked batch ``(B, 3, H, W)`` and the options key
     shared by its images and returns one result per image, in order.
@@ -85,9 +89,12 @@ class Batcher:
         max_wait_s: float = 0.005,
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "captioner-batcher",
+        lanes: int = 1,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if lanes < 1:
+            raise ValueError("lanes must be >= 1")
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max(0.0, max_wait_s)
@@ -95,14 +102,22 @@ class Batcher:
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._busy = False  # a batch is running
+        self._busy = 0  # batches running
         self._ewma_batch_s: float | None = None  # smoothed seconds per batch, for Retry-After
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"{name}-{i}" if lanes > 1 else name, daemon=True)
+            for i in range(lanes)
+        ]
 
     # ------------------------------------------------------------------ public API
     def start(self) -> Batcher:
-        self._thread.start()
+        for t in self._threads:
+            t.start()
         return self
+
+    @property
+    def lanes(self) -> int:
+        return len(self._threads)
 
     def submit(self, x: np.ndarray, key: Hashable) -> Future:
         """Queue one image ``x`` (3, H, W) to run with options ``key``; returns its future."""
@@ -131,13 +146,13 @@ class Batcher:
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive() and not self._stopping
+        return any(t.is_alive() for t in self._threads) and not self._stopping
 
     def estimated_wait_s(self, extra_images: int = 0) -> float:
         """Rough time until ``extra_images`` more images could be served (for Retry-After)."""
         per_batch = self._ewma_batch_s if self._ewma_batch_s is not None else 0.5
         batches = math.ceil((self.depth + extra_images) / self.max_batch_size) + (1 if self._busy else 0)
-        return batches * per_batch
+        return batches * per_batch / self.lanes
 
     def stop(self, timeout: float | None = None) -> bool:
         """Refuse new images, run the ones already queued, stop the thread.
@@ -145,9 +160,11 @@ class Batcher:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
+        end = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            if t.is_alive():
+                t.join(None if end is None else max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
 
     # ------------------------------------------------------------------ the worker
     def _take(self, limit: int, key: Hashable) -> list[_Item]:
@@ -184,7 +201,7 @@ class Batcher:
                         break
                     self._cond.wait(remaining)
                     batch += self._take(self.max_batch_size - len(batch), key)
-            self._busy = True
+            self._busy += 1
             return batch
 
     def _loop(self) -> None:
@@ -199,7 +216,7 @@ class Batcher:
                     self._run(live)
             finally:
                 with self._cond:
-                    self._busy = False
+                    self._busy -= 1
 
     def _run(self, items: list[_Item]) -> None:
         start = time.monotonic()

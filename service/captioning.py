@@ -107,6 +107,7 @@ class CaptionService:
             max_batch_size=settings.max_batch_size,
             max_wait_s=settings.max_wait_s,
             on_batch=metrics.observe_batch,
+            lanes=settings.lanes,
         )
         metrics.track_queue(lambda: self.batcher.depth)
         self._admitted = 0  # images accepted and not yet finished
@@ -344,6 +345,7 @@ class CaptionService:
             "default_beam_size": s.default_beam_size,
             "default_max_length": min(self.default_max_length, s.max_length_limit),
             "threads": self.model.runtime_status().get("threads"),
+            "lanes": s.lanes,
             "decode_in": s.decode_in,
             "auth_required": s.api_key is not None,
         }

@@ -37,7 +37,7 @@ EPILOG = """examples:
 FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "where to listen": ("host", "port"),
     "model": ("checkpoint", "device", "threads", "torch_threads"),
-    "batching": ("max_batch_size", "max_wait_ms", "queue_size", "decode_workers", "decode_in"),
+    "batching": ("max_batch_size", "max_wait_ms", "lanes", "queue_size", "decode_workers", "decode_in"),
     "limits": (
         "max_files",
         "max_body_bytes",

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         description="how long a batch that is not full may wait for more "
         "images while the model is busy (an idle model starts at once)",
     )
+    lanes: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="batches run at once, each on threads/lanes encoder threads: 2 lets one batch's "
+        "search overlap the next batch's encoder",
+    )
     queue_size: int = Field(128, ge=1, description="most images accepted and not yet captioned; beyond it 503")
     decode_workers: int = Field(2, ge=1, le=64, description="threads decoding and preprocessing uploads")
     decode_in: str = Field(

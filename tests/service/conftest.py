@@ -4,7 +4,8 @@ The servers run ``captioner serve`` in subprocesses on loopback ports picked by 
 server itself (``--port 0``; the tests read the URL it prints), each waited for on
 ``/readyz``; they are all started at once so they load in parallel:
 
-* ``server``  - defaults (no key, CORS off), used by most tests;
+* ``server``  - defaults (no key, CORS off) but two lanes of one encoder thread each, used
+  by most tests;
 * ``limited`` - API key, tiny queue and body limits, one image per batch, CORS on, its
   own generation limits (default beam 2, at most 3; max_length at most 6), and decoding
   in threads (``--decode-in threads``) rather than worker processes;
@@ -30,7 +31,18 @@ def _servers(checkpoint, tmp_path_factory):
     """Start all servers at once (they load in parallel), stop them at the end."""
     logs = tmp_path_factory.mktemp("logs")
     procs = {
-        "server": launch(checkpoint, logs / "server.log", "--max-batch-size", "16", "--max-wait-ms", "5"),
+        "server": launch(
+            checkpoint,
+            logs / "server.log",
+            "--max-batch-size",
+            "16",
+            "--max-wait-ms",
+            "5",
+            "--lanes",
+            "2",
+            "--threads",
+            "2",
+        ),
         "limited": launch(
             checkpoint,
             logs / "limited.log",

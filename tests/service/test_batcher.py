@@ -205,11 +205,15 @@ def test_retry_estimate_is_batches_ahead_times_the_smoothed_batch_time():
     assert b.estimated_wait_s(0) == pytest.approx(1.0)  # ceil(5 / 4) = 2 batches
     assert b.estimated_wait_s(3) == pytest.approx(1.0)  # ceil(8 / 4) = 2
     assert b.estimated_wait_s(4) == pytest.approx(1.5)  # ceil(9 / 4) = 3
-    b._busy = True  # a batch running counts as one more ahead
+    b._busy = 1  # a batch running counts as one more ahead
     assert b.estimated_wait_s(0) == pytest.approx(1.5)
-    b._busy = False
+    b._busy = 0
     b._ewma_batch_s = 0.2  # measured batches replace the assumption
     assert b.estimated_wait_s(0) == pytest.approx(0.4)
+    two = Batcher(model, max_batch_size=4, max_wait_s=0.0, lanes=2)  # two lanes share the queue
+    for i in range(5):
+        two.submit(img(i), "k")
+    assert two.estimated_wait_s(0) == pytest.approx(0.5)  # 2 batches, two at a time
 
 
 def test_smoothed_batch_time_follows_measured_batches():
@@ -254,3 +258,48 @@ def test_stop_says_whether_the_worker_finished_in_time():
     model.gate.set()
     assert b.stop(timeout=WAIT_S) is True
     assert future.result(timeout=WAIT_S)[0] == "k:1"  # the batch in flight still finished
+
+
+class HoldFirst:
+    """run_batch that holds the first batch (until ``release``) and answers later ones at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.calls = 0
+        self.threads: set[str] = set()
+        self.lock = threading.Lock()
+
+    def __call__(self, x: np.ndarray, key):
+        with self.lock:
+            self.calls += 1
+            first = self.calls == 1
+            self.threads.add(threading.current_thread().name)
+        if first:
+            self.entered.set()
+            assert self.release.wait(WAIT_S), "the test never released the first batch"
+        return [f"{key}:{int(v)}" for v in x[:, 0, 0, 0].tolist()]
+
+
+def test_a_second_lane_runs_batches_while_the_first_is_held_and_stop_drains_both():
+    model = HoldFirst()
+    b = Batcher(model, max_batch_size=2, max_wait_s=0.0, lanes=2).start()
+    try:
+        assert b.lanes == 2
+        first = b.submit(img(0), "k")
+        assert model.entered.wait(WAIT_S)  # lane one is inside the first batch
+        later = [b.submit(img(i), "k") for i in range(1, 6)]
+        # With one lane these could not finish before the first batch is released.
+        assert [f.result(WAIT_S)[0] for f in later] == [f"k:{i}" for i in range(1, 6)]
+        assert not first.done()
+        model.release.set()
+        assert first.result(WAIT_S)[0] == "k:0"
+        assert len(model.threads) == 2  # both lanes ran batches
+    finally:
+        assert b.stop(WAIT_S) is True
+    assert not b.running
+
+
+def test_lanes_below_one_are_refused():
+    with pytest.raises(ValueError, match="lanes"):
+        Batcher(FakeModel(), lanes=0)

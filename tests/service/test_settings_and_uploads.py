@@ -167,7 +167,7 @@ def test_every_setting_is_a_flag_with_its_default_and_description():
 def test_every_flag_sets_its_setting():
     values = {
         "host": "0.0.0.0", "port": "9001", "checkpoint": "ck", "device": "cpu", "torch_threads": "3",
-        "max_batch_size": "7", "max_wait_ms": "2.5", "queue_size": "40", "decode_workers": "3",
+        "max_batch_size": "7", "max_wait_ms": "2.5", "lanes": "2", "queue_size": "40", "decode_workers": "3",
         "decode_in": "threads", "max_files": "9", "max_body_bytes": "4096", "max_pixels": "1000", "request_timeout_s": "12",
         "body_timeout_s": "11", "max_buffered_bytes": "8192", "max_header_bytes": "2048", "header_timeout_s": "4",
         "max_connections": "50", "max_beam_size": "4", "max_length_limit": "20", "default_beam_size": "3",
@@ -181,7 +181,7 @@ def test_every_flag_sets_its_setting():
     argv = [part for name, value in values.items() for part in (flags[name], value)]
     s = settings_from_args(parse_serve(argv))
     assert (s.host, s.port, str(s.checkpoint), s.device, s.torch_threads) == ("0.0.0.0", 9001, "ck", "cpu", 3)
-    assert (s.max_batch_size, s.max_wait_ms, s.queue_size, s.decode_workers) == (7, 2.5, 40, 3)
+    assert (s.max_batch_size, s.max_wait_ms, s.lanes, s.queue_size, s.decode_workers) == (7, 2.5, 2, 40, 3)
     assert s.decode_in == "threads"
     assert (s.max_files, s.max_body_bytes, s.max_pixels, s.request_timeout_s, s.body_timeout_s) == (
         9,
