@@ -120,21 +120,48 @@ def finish(
 ) -> list[CaptionResult]:
     """One result per image (its n-best as ``candidates`` when there are several): captions of
     out-of-domain images cut before their first unsure word, confidence from the recorded
-    log-probs (capped out of the domain), the distance and the flag."""
+    log-probs (capped out of the domain), the distance and the flag. What belongs to the
+    image (distance, flag) is worked out once and shared by its candidates; the confidences
+    of the whole batch come from one call of the calibration."""
     domain = trust.domain
-    results = []
-    function_words = function_word_ids(vocab)
+    groups: list[list[CaptionResult]] = []
+    function_words: frozenset[int] | None = None  # only out of the domain, when captions get cut
     for b, hyps in enumerate(nbest):
         outside = domain is not None and distances is not None and bool(distances[b] > domain.threshold)
         if outside and min_word_prob > 0:
+            function_words = _function_words(vocab) if function_words is None else function_words
             hyps = _distinct([cut_unsure(h, min_word_prob, function_words) for h in hyps])
         group = [to_result(h, vocab, attention) for h in hyps]
-        for r in group:
-            _trust_fields(r, trust, None if distances is None else float(distances[b]))
+        if domain is not None and distances is not None:
+            distance, threshold = float(distances[b]), float(domain.threshold)
+            fields = (round(distance, 4), round(threshold, 4), bool(distance <= threshold))
+            for r in group:
+                r.domain_distance, r.domain_threshold, r.in_domain = fields
+        groups.append(group)
+    if trust.calibration is not None:
+        _confidences([r for g in groups for r in g], trust)
+    results = []
+    for group in groups:
         best = group[0]
         best.candidates = group if len(group) > 1 else []
         results.append(best)
     return results
+
+
+_FUNCTION_WORDS_CACHE: dict[int, tuple[Vocabulary, int, frozenset[int]]] = {}
+
+
+def _function_words(vocab: Vocabulary) -> frozenset[int]:
+    """:func:`function_word_ids` of ``vocab``, worked out once per vocabulary (a scan of every
+    word) rather than once per batch."""
+    got = _FUNCTION_WORDS_CACHE.get(id(vocab))
+    if got is not None and got[0] is vocab and got[1] == len(vocab.itos):
+        return got[2]
+    ids = function_word_ids(vocab)
+    if len(_FUNCTION_WORDS_CACHE) >= 8:  # a few models per process; the entry keeps its vocabulary alive
+        _FUNCTION_WORDS_CACHE.clear()
+    _FUNCTION_WORDS_CACHE[id(vocab)] = (vocab, len(vocab.itos), ids)
+    return ids
 
 
 def _distinct(hyps: list[Hypothesis]) -> list[Hypothesis]:
@@ -148,13 +175,14 @@ def _distinct(hyps: list[Hypothesis]) -> list[Hypothesis]:
     return out
 
 
-def _trust_fields(r: CaptionResult, trust: TrustStats, distance: float | None) -> None:
-    if trust.calibration is not None:
-        stat = caption_statistic(np.asarray(r.logprobs), trust.calibration.statistic)
-        r.confidence = round(float(trust.calibration.confidence([stat])[0]), 4)
-    if trust.domain is not None and distance is not None:
-        r.domain_distance = round(distance, 4)
-        r.domain_threshold = round(float(trust.domain.threshold), 4)
-        r.in_domain = bool(distance <= trust.domain.threshold)
-        if not r.in_domain and r.confidence is not None:  # the calibration says nothing out there
+def _confidences(results: list[CaptionResult], trust: TrustStats) -> None:
+    """Each result's calibrated confidence from its recorded log-probs, capped out of the
+    domain (the calibration says nothing out there)."""
+    calibration = trust.calibration
+    if calibration is None or not results:
+        return
+    stats = [caption_statistic(np.asarray(r.logprobs), calibration.statistic) for r in results]
+    for r, c in zip(results, calibration.confidence(stats)):
+        r.confidence = round(float(c), 4)
+        if r.in_domain is False:
             r.confidence = min(r.confidence, OUT_OF_DOMAIN_CONFIDENCE)

@@ -217,8 +217,8 @@ def beam_search(
     for t in range(max_length + 1):
         nb = len(beams.images)
         rows = np.repeat(beams.images, k)  # (nb*k,) each row's image
-        logp, state, alpha = step.step(words, rows, memory, state)  # (nb*k, V), (nb*k, L)
-        V = logp.shape[1]
+        logp, state, alpha = _live_step(step, words, rows, memory, state, beams.scores.reshape(-1))
+        V = logp.shape[1]  # logp (nb*k, V), alpha (nb*k, L)
         logp = logp.reshape(nb, k, V)
         masked = np.where(banned_words(beams.hist.reshape(nb * k, t), V, ngram).reshape(nb, k, V), -np.inf, logp)
         if t == max_length:  # only <end> is allowed now
@@ -229,6 +229,8 @@ def beam_search(
         new_scores, new_words, new_src, done = _advance(
             beams, masked, logp, alphas, t, k, K, end_id, finished, alpha_lp, bound_lp
         )
+        if alpha_lp >= 0:  # where score / bound_lp bounds what a hypothesis can still reach
+            _drop_hopeless(new_scores, beams.images, finished, K, bound_lp)
         if done.all() or t == max_length:
             break
         keep = ~done
@@ -247,6 +249,48 @@ def beam_search(
         state = tuple(s[sel] for s in state)
         words = new_words[keep].reshape(-1)
     return [[h for _, h in sorted(f, key=lambda x: -x[0])[:K]] for f in finished]
+
+
+def _live_step(
+    step: DecoderStep, words: np.ndarray, rows: np.ndarray, memory: Any, state: State, scores: np.ndarray
+) -> tuple[np.ndarray, State, np.ndarray | None]:
+    """The step on the rows with a finite score (N,) only: empty beam slots (all but one at
+    the first step, and hopeless rows, :func:`_drop_hopeless`) get log-probs -inf, so none of
+    their words is ever chosen, and zero state and attention. Returns (N, V), state, (N, L)."""
+    live = np.flatnonzero(np.isfinite(scores))  # (n,)
+    if len(live) == len(scores):
+        return step.step(words, rows, memory, state)
+    logp, got, alpha = step.step(words[live], rows[live], memory, tuple(s[live] for s in state))  # (n, V)
+    full = np.full((len(scores), logp.shape[1]), -np.inf, np.float32)  # (N, V)
+    full[live] = logp
+    new_state = []
+    for s in got:
+        full_s = np.zeros((len(scores), *s.shape[1:]), s.dtype)  # (N, ...)
+        full_s[live] = s
+        new_state.append(full_s)
+    full_alpha = None
+    if alpha is not None:
+        full_alpha = np.zeros((len(scores), alpha.shape[1]), alpha.dtype)  # (N, L)
+        full_alpha[live] = alpha
+    return full, tuple(new_state), full_alpha
+
+
+def _drop_hopeless(
+    new_scores: np.ndarray,
+    images: np.ndarray,
+    finished: list[list[tuple[float, Hypothesis]]],
+    K: int,
+    bound_lp: float,
+) -> None:
+    """Empty (score -inf) the live beams (nb, k) that can no longer reach their image's
+    ``K`` best: scores only fall, so a beam at or below the ``K``-th best finished score
+    (after the largest length penalty) never gets there, nor do its descendants. Whatever
+    would take its place scores lower still, so the ``K`` best stay the same; its rows then
+    skip the decoder step (:func:`_live_step`)."""
+    for j, b in enumerate(images):
+        if len(finished[b]) >= K:
+            kth = sorted((h[0] for h in finished[b]), reverse=True)[K - 1]
+            new_scores[j, new_scores[j] / bound_lp <= kth] = -np.inf
 
 
 def _grow(old: np.ndarray, new: np.ndarray, src: tuple[np.ndarray, np.ndarray], k: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 
 from captioner.runtime.results import FUNCTION_WORDS, cut_unsure, finish, function_word_ids
 from captioner.runtime.search import Hypothesis
-from captioner.trust import DomainModel, TrustStats
+from captioner.trust import OUT_OF_DOMAIN_CONFIDENCE, Calibration, DomainModel, TrustStats
 from captioner.vocab import Vocabulary
 
 FLOOR = 0.1
@@ -97,3 +97,46 @@ def test_finish_cuts_only_out_of_domain_captions_and_carries_the_threshold():
     assert outside.caption == "a red background with two boats and a dog" and outside.in_domain is False
     assert inside.domain_threshold == outside.domain_threshold == 1.0
     assert outside.domain_distance == 3.0
+
+
+def test_each_candidate_carries_its_own_confidence_and_its_image_s_domain_fields():
+    """n-best of three for two images, one in the domain, one outside: every candidate's
+    confidence is the calibration of its own log-probs (capped outside), while distance,
+    threshold and flag are its image's; outside, the cut candidates that became the same
+    caption are kept once, and the list stays best first."""
+    domain = DomainModel(np.zeros(2, np.float32), np.eye(2, 1, dtype=np.float32), np.ones(1), 1.0, threshold=1.0)
+    calibration = Calibration("mean_token_logprob", slope=2.0, intercept=4.0)
+    trust = TrustStats(calibration=calibration, domain=domain)
+    words = CAPTION.split()
+    shorter = " ".join(words[:-1])  # "... a dog on a red": unsure at "red", cut as the second is
+    hyps = [hypothesis(CAPTION, 99), hypothesis(CAPTION, words.index("boat")), hypothesis(shorter, len(words) - 2)]
+    inside, outside = finish([hyps, hyps], VOCAB, trust, np.array([0.25, 2.5]), min_word_prob=FLOOR)
+
+    def own(r) -> float:
+        return float(calibration.confidence([float(np.mean(np.asarray(r.logprobs, np.float64)))])[0])
+
+    assert [c.caption for c in inside.candidates] == [CAPTION, CAPTION, shorter]
+    assert inside.candidates[0] is inside
+    assert len({c.confidence for c in inside.candidates}) == 3  # each its own, not the best's
+    for c in inside.candidates:
+        assert c.confidence == pytest.approx(own(c), abs=1e-4) and c.confidence > OUT_OF_DOMAIN_CONFIDENCE
+        assert (c.in_domain, c.domain_distance, c.domain_threshold) == (True, 0.25, 1.0)
+    assert [c.caption for c in outside.candidates] == [CAPTION, "a red background with two boats and a dog"]
+    for c in outside.candidates:
+        assert c.confidence == pytest.approx(min(own(c), OUT_OF_DOMAIN_CONFIDENCE), abs=1e-4)
+        assert (c.in_domain, c.domain_distance, c.domain_threshold) == (False, 2.5, 1.0)
+    assert outside.candidates[0] is outside
+
+
+def test_the_cut_reads_the_function_words_of_each_vocabulary():
+    """Two vocabularies in turn (the function words are worked out once per vocabulary):
+    each cut goes back to its own vocabulary's phrase boundary."""
+    domain = DomainModel(np.zeros(2, np.float32), np.eye(2, 1, dtype=np.float32), np.ones(1), 1.0, threshold=1.0)
+    trust = TrustStats(domain=domain)
+    other = Vocabulary.build(["dog boat cat mat red on a with"])  # other ids for the same words
+    for vocab in (VOCAB, other, VOCAB):
+        tokens = vocab.encode("a dog on a red boat", add_special=False)
+        lps = np.array([SURE] * 5 + [UNSURE, -0.5], np.float32)
+        h = Hypothesis(tokens, float(lps.sum()), lps, np.full(7, -0.5, np.float32))
+        (r,) = finish([[h]], vocab, trust, np.array([3.0]), min_word_prob=FLOOR)
+        assert r.caption == "a dog"

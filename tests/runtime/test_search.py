@@ -259,3 +259,65 @@ def test_sampling_follows_the_model_probabilities():
     hot = search.sequential(ToyStep(t), feats[:2000], START, END, 3, 0, 100.0, np.random.default_rng(0))
     first = [h.tokens[0] if h.tokens else END for h in hot]
     assert np.mean(np.array(first) == 3) < 0.25  # a high temperature flattens toward 1/V for every word
+
+
+class TimedStep(ToyStep):
+    """The toy decoder with logits that also depend on the step (``bias[t]``), so two captions
+    made of the same word pairs in another order score differently (no ties)."""
+
+    def __init__(self, table: np.ndarray, bias: np.ndarray) -> None:
+        super().__init__(table)
+        self.bias = bias.astype(np.float32)  # (steps, V)
+
+    def step(self, words, rows, memory, state):
+        t = state[0][:, 0, 0].astype(int)  # (N,) steps taken by each row
+        logp, new_state, alpha = super().step(words, rows, memory, state)
+        return log_softmax(logp + self.bias[t]), new_state, alpha
+
+
+def reference_beam(step: TimedStep, feat: np.ndarray, k: int, K: int, max_length: int, alpha: float, n: int):
+    """The beam search rules, one image at a time and every beam slot kept to the end: the
+    best 2k extensions; <end> among the top k finishes a caption, the best k others live on;
+    stop when the K-th best finished beats every live beam. -> [(tokens, score)] best first."""
+    logp_of = [log_softmax(log_softmax(step.table + feat) + b) for b in step.bias]  # (V, V) per step
+    beams: list[tuple[float, list[int]]] = [(0.0, [])]
+    finished: list[tuple[float, list[int], float]] = []  # (ranked score, tokens, score)
+    bound = search.length_penalty(max_length + 1, alpha)
+    for t in range(max_length + 1):
+        cands = []
+        for score, toks in beams:
+            lp = logp_of[t][toks[-1] if toks else START]
+            banned = search.banned_words(np.array([toks], np.int64).reshape(1, t), V, n)[0]
+            for w in range(V):
+                if not banned[w] and (t < max_length or w == END):
+                    cands.append((score + float(lp[w]), [*toks, w]))
+        cands.sort(key=lambda c: -c[0])
+        beams = []
+        for c, (s, toks) in enumerate(cands[: 2 * k]):
+            if toks[-1] == END:
+                if c < k:
+                    finished.append((s / search.length_penalty(t + 1, alpha), toks[:-1], s))
+            elif len(beams) < k:
+                beams.append((s, toks))
+        ranked = sorted(finished, key=lambda f: -f[0])
+        if not beams or (len(ranked) >= K and ranked[K - 1][0] >= beams[0][0] / bound):
+            break
+    return [(toks, s) for _, toks, s in sorted(finished, key=lambda f: -f[0])[:K]]
+
+
+@pytest.mark.parametrize("k, K, alpha, n", [(3, 1, 0.0, 3), (3, 3, 0.0, 3), (4, 2, 0.8, 0), (5, 5, 1.5, 2)])
+def test_n_best_equals_the_rules_run_with_every_beam_kept(k, K, alpha, n):
+    """Empty slots and beams that can no longer reach an image's K best skip the decoder
+    step; the answers stay those of the plain search that runs every beam to the end."""
+    rng = np.random.default_rng(k * 10 + K)
+    t = rng.normal(0, 1.5, (V, V))
+    t[:, END] += 0.5
+    feats = rng.normal(0, 1.5, (6, V))
+    step = TimedStep(t, rng.normal(0, 1.0, (8, V)))
+    got = search.beam_search(step, feats, START, END, 7, k, alpha, n, num_captions=K)
+    for b in range(len(feats)):
+        want = reference_beam(step, feats[b : b + 1].astype(np.float32), k, K, 7, alpha, n)
+        assert [h.tokens for h in got[b]] == [toks for toks, _ in want]
+        np.testing.assert_allclose([h.score for h in got[b]], [s for _, s in want], rtol=1e-5)
+    assert step.calls[0] == len(feats)  # the first step runs one row per image, not k
+    assert sum(step.calls) < k * len(feats) * len(step.calls)  # and later steps skip the empty and hopeless beams
