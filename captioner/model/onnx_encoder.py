@@ -1,42 +1,23 @@
-"""The ONNX Runtime encoder: the same weights as the PyTorch encoder, run by ONNX Runtime.
+"""The encoder on ONNX Runtime for training's feature cache, fp32 or int8, checked against PyTorch.
 
-The CNN encoder is almost all of the work of captioning an image on a CPU, and eager
-PyTorch runs EfficientNet-Lite0's many small depthwise convolutions poorly, worse at larger
-batches. ONNX Runtime runs the *same weights* with batch-norm folded into the
-convolutions, fused activations and kernels made for depthwise work, several times faster
-(docs/performance.md has the measured table).
+Encoding the training images is most of the work of building the feature cache, and ONNX
+Runtime runs EfficientNet-Lite0's many small depthwise convolutions several times faster than
+eager PyTorch (docs/performance.md). :func:`build_onnx_encoder` gives the cache its encoder
+(fp32 through :func:`captioner.model.torchscript.best_forward`, int8 through
+``training/int8_features.py``) or ``(None, reason)``, never an unchecked one::
 
-How it is built (once per set of weights)::
+    Encoder (eval, frozen) --export_onnx--> ONNX graph (dynamic batch, fixed S x S)
+        [int8: quantize_graph on a calibration set, captioner.model.quantize]
+        --> onnxruntime.InferenceSession (CPU, intra-op threads = $CAPTIONER_ENCODER_THREADS
+            or torch's thread count, no busy-waiting)
+        --> self-check against the eager encoder: fp32 within FEATURE_TOLERANCE on a fixed
+            input, int8 within its Int8Tolerance (feature cosine) on its calibration images
+        --> cache <cache>/onnx/<encoder>-<size>[-int8]-<digest>.onnx (+ .sha256): the next
+            build for the same weights and tools reads the checked graph back.
 
-    Encoder (eval, frozen) --torch.onnx.export--> ONNX graph (dynamic batch, fixed H x W)
-        --> onnxruntime.InferenceSession (CPU, all graph optimisations, intra-op threads =
-            $CAPTIONER_ENCODER_THREADS or torch.get_num_threads(), no busy-waiting so the
-            image-decoding threads keep the CPU)
-        --> self-check: its features for a fixed input must match the eager encoder's
-            within FEATURE_TOLERANCE, or the fast path is not used
-        --> cache file <cache>/onnx/<encoder>-<size>-<digest>.onnx (+ .sha256 of its content;
-            digest = weights + tool versions): the next load of the same weights reads the
-            checked graph back and skips both the export and the check.
-
-The decoder's generation step (embedding, LSTM/GRU/RNN cell, output layer, log-softmax)
-is exported the same way into a one-thread session (:mod:`captioner.runtime.onnx_decoder`, built in
-memory: it is small) and self-checked; greedy, beam search and sampling keep running in
-``captioner.decoder`` and only call it. Eager PyTorch loses most on exactly these tiny
-per-step operations when the CPU is shared (see docs/performance.md).
-
-The eager PyTorch modules stay the reference: :class:`~captioner.model.Captioner` falls
-back to them, with a logged reason, whenever this path is unavailable (``onnxruntime`` not
-installed, the export fails, the self-check fails, a CUDA device, an input of another
-size) or switched off (``Captioner.load(..., fast=False)`` or ``CAPTIONER_FAST=0``).
-
-Environment:
-
-* ``CAPTIONER_FAST``: ``0``/``false``/``off`` turns the fast path off (default on).
-* ``CAPTIONER_ENCODER_THREADS``: intra-op threads of the encoder session (default: torch's
-  thread count, e.g. ``captioner serve --torch-threads``), read when it is built.
-* ``CAPTIONER_CACHE_DIR`` (or ``CAPTIONER_CACHE``): the cache folder; exported graphs go
-  to its ``onnx/`` (default ``$XDG_CACHE_HOME/captioner`` or ``~/.cache/captioner``). An
-  unwritable cache only costs a re-export (a few seconds) at every load.
+:func:`export_onnx` and :data:`FEATURE_TOLERANCE` also serve ``captioner export``
+(:mod:`captioner.model.export`), which writes the graphs the torch-free runtime loads.
+``CAPTIONER_CACHE_DIR`` names the cache folder; an unwritable one only costs a re-export.
 """
 
 from __future__ import annotations
@@ -68,7 +49,7 @@ EXPORT_FORMAT = 1
 
 @dataclass(frozen=True)
 class Tolerance:
-    """How far the fast path's features may drift from the eager reference.
+    """How far the ONNX Runtime encoder's features may drift from the eager reference.
 
     Both run the same float32 weights; they differ only by the order of floating-point
     operations (folded batch-norm, other convolution algorithms), which moves the 1280
@@ -161,8 +142,7 @@ def _read_verified(path: Path) -> bytes | None:
 class OnnxEncoder:
     """An encoder run by ONNX Runtime: callable ``(B, 3, S, S)`` tensor -> ``(B, F)`` float32 tensor.
 
-    Build it with :func:`build_onnx_encoder` (which checks it against the eager encoder);
-    :class:`~captioner.runtime.OnnxPath` rebuilds it when the encoder's weights change.
+    Build it with :func:`build_onnx_encoder` (which checks it against the eager encoder).
     """
 
     backend = "onnxruntime"
@@ -182,7 +162,7 @@ class OnnxEncoder:
         self.input_size = int(input_size)
         self.feature_dim = int(getattr(encoder, "feature_dim", 0)) or None
         self.threads = int(threads if threads is not None else encoder_threads())
-        # int8 with a calibration set (captioner.runtime.quantize), else fp32
+        # int8 with a calibration set (captioner.model.quantize), else fp32
         self.precision = "fp32" if calibration is None else "int8"
         self.calibration = calibration
         digest = graph_digest(encoder, self.input_size)
@@ -287,8 +267,8 @@ def build_onnx_encoder(
     """Build the ONNX Runtime encoder and check it against ``encoder``; int8 when given a
     ``calibration`` set (:mod:`captioner.runtime.quantize`), else fp32.
 
-    Returns ``(fast encoder, "")``, or ``(None, reason)`` when the fast path cannot be used;
-    the reason is a sentence for the log. Never raises for an unavailable fast path.
+    Returns ``(encoder, "")``, or ``(None, reason)`` when it cannot be built or fails its
+    self-check; the reason is a sentence for the log. Never raises for that.
     """
     reason = unavailable_reason(device)
     if reason:
