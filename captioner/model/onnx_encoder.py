@@ -73,7 +73,7 @@ FEATURE_TOLERANCE = Tolerance()
 
 def encoder_threads() -> int:
     """Intra-op threads for the encoder session: ``$CAPTIONER_ENCODER_THREADS``, else torch's
-    thread count (what ``--torch-threads`` and ``torch.set_num_threads`` set)."""
+    thread count (what ``captioner train --threads`` and ``torch.set_num_threads`` set)."""
     env = os.environ.get(THREADS_ENV, "").strip()
     if env:
         try:
