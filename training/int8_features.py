@@ -13,6 +13,11 @@ Calibration images are the first :data:`CALIBRATION_IMAGES` readable training im
 the split's order (their bytes are stored, so the set does not depend on the data folder
 staying where it was). The int8 features get their own cache file: the cache identity
 names the precision and the calibration set's digest.
+
+The int8 graph's gate here is :data:`~captioner.model.quantize.INT8_TRAINED_TOLERANCE` (a floor
+against broken quantisation, not closeness to fp32: this decoder never sees fp32 features); the
+measured feature cosines go into the checkpoint's ``metadata["calibration"]``, and the export
+applies the same gate to checkpoints trained this way.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
 from captioner.errors import CaptionerError
@@ -34,7 +41,14 @@ class Int8FeatureEncoder(nn.Module):
     ``encoder`` stays a child (its weights name the cache, with ``calibration_digest``);
     ``forward`` runs the int8 graph: (B, 3, S, S) -> (B, F) or (B, N, F) maps."""
 
-    def __init__(self, encoder: nn.Module, fast: object, calibration_digest: str, images: list[bytes]) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        fast: object,
+        calibration_digest: str,
+        images: list[bytes],
+        cosine: tuple[float, float] | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.fast = fast
@@ -43,6 +57,14 @@ class Int8FeatureEncoder(nn.Module):
         self.feature_dim = getattr(encoder, "feature_dim", None)
         self.calibration_digest = calibration_digest
         self.images = images  # encoded bytes, written beside the checkpoint
+        self.cosine = cosine  # (mean, min) feature cosine to fp32 on the calibration images
+
+    def facts(self) -> dict:
+        """What the checkpoint's ``metadata["calibration"]`` records about this encoder."""
+        facts: dict = {"images": len(self.images)}
+        if self.cosine is not None:
+            facts.update(mean_cosine=round(self.cosine[0], 4), min_cosine=round(self.cosine[1], 4))
+        return facts
 
     def write_calibration(self, folder: Path) -> None:
         """Store the calibration set in a checkpoint folder (``calibration.safetensors``)."""
@@ -79,7 +101,7 @@ def int8_feature_encoder(encoder: nn.Module, train_paths: Sequence[str]) -> Int8
     """The int8 encoder calibrated on the first training images; a CaptionerError saying what
     to do when it cannot be built (no ONNX Runtime quantisation, the self-check fails...)."""
     from captioner.model.onnx_encoder import build_onnx_encoder
-    from captioner.model.quantize import calibration_set
+    from captioner.model.quantize import INT8_TRAINED_TOLERANCE, calibration_set
 
     images = calibration_images(train_paths)
     if not images:
@@ -88,7 +110,20 @@ def int8_feature_encoder(encoder: nn.Module, train_paths: Sequence[str]) -> Int8
     if spec is None:
         raise CaptionerError("--precision int8 needs an encoder with a spec (its preprocessing)")
     calibration = calibration_set(images, spec.preprocess)
-    fast, reason = build_onnx_encoder(encoder, int(spec.preprocess.crop_size), calibration=calibration)
+    size = int(spec.preprocess.crop_size)
+    fast, reason = build_onnx_encoder(encoder, size, calibration=calibration, int8_tolerance=INT8_TRAINED_TOLERANCE)
     if fast is None:
         raise CaptionerError(f"--precision int8: the int8 encoder is unavailable ({reason}); train with fp32")
-    return Int8FeatureEncoder(encoder, fast, calibration.digest, images)
+    cosine = fast.int8_check or _cosine(encoder, fast, calibration.tensors()[:32])
+    return Int8FeatureEncoder(encoder, fast, calibration.digest, images, cosine)
+
+
+def _cosine(encoder: nn.Module, fast: object, batch: np.ndarray) -> tuple[float, float]:
+    """(mean, min) feature cosine of a cached int8 graph to the eager encoder on ``batch`` (B, 3, S, S)."""
+    from captioner.model.quantize import INT8_TRAINED_TOLERANCE
+
+    x = torch.from_numpy(batch)  # (B, 3, S, S)
+    with torch.inference_mode():
+        reference = encoder(x).float()  # (B, F) or (B, N, C)
+    _, mean, low = INT8_TRAINED_TOLERANCE.check(reference, fast(x))  # type: ignore[operator]
+    return mean, low

@@ -444,7 +444,7 @@ class Trainer:
             encoder_state=self.encoder.state_dict() if self.fine_tuning else None,
         )
         if self.int8 is not None:  # served as trained: the int8 graph of the same calibration set
-            meta.update(precision="int8", calibration={"images": len(self.int8.images)})
+            meta.update(precision="int8", calibration=self.int8.facts())
         if improved:
             save_checkpoint(
                 self.out / BEST,

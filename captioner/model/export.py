@@ -4,8 +4,10 @@ Each graph is exported from the very modules the reference path runs (the encode
 :class:`~captioner.model.steps.StartGraph`, :class:`~captioner.model.steps.StepGraph`, the
 label head), then run by ONNX Runtime against PyTorch on fixed inputs: a graph that
 disagrees is not written. The int8 encoder is written only when it passes its gate
-(:class:`~captioner.model.quantize.Int8Tolerance` on the checkpoint's calibration images);
-otherwise the manifest says why. The folder is replaced atomically.
+(:class:`~captioner.model.quantize.Int8Tolerance` on the checkpoint's calibration images; for a
+checkpoint trained on int8 features only a floor against broken quantisation,
+:func:`~captioner.model.quantize.int8_tolerance`); otherwise the manifest says why. The folder
+is replaced atomically.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ from ..runtime.graphs import (
     session,
     source_digests,
 )
+from .fused import fuse_encoders
 from .onnx_encoder import FEATURE_TOLERANCE, ONNX_OPSET, export_onnx
-from .quantize import INT8_TOLERANCE, calibration_set, quantize_graph, read_calibration
+from .quantize import calibration_set, int8_tolerance, quantize_graph, read_calibration
 from .reference import ReferenceCaptioner
 from .steps import StartGraph, StepGraph
 
@@ -159,15 +162,17 @@ def _encoder_graphs(model: ReferenceCaptioner) -> tuple[dict[str, bytes], dict, 
         x8 = batch[:32]
         with torch.no_grad():
             ref8 = enc(torch.from_numpy(x8)).float()
-        ok, mean, low = INT8_TOLERANCE.check(ref8, torch.from_numpy(session(q).run(None, {"images": x8})[0]))
-        gate = {"mean_cosine": mean, "min_cosine": low, "images": calib.count}
+        tol = int8_tolerance(model.metadata)
+        ok, mean, low = tol.check(ref8, torch.from_numpy(session(q).run(None, {"images": x8})[0]))
+        gate: dict[str, Any] = {"mean_cosine": mean, "min_cosine": low, "images": calib.count}
+        gate["allowed"] = {"mean_cosine": tol.min_mean_cosine, "min_cosine": tol.min_cosine}
         if ok:
             graphs[ENCODER_INT8] = q
             int8 = {"reason": "", "check": gate}
         else:
             int8 = {
                 "reason": f"the int8 encoder drifts too far from PyTorch (feature cosine mean {mean:.4f}, min {low:.4f}; "
-                f"allowed {INT8_TOLERANCE.min_mean_cosine} / {INT8_TOLERANCE.min_cosine})",
+                f"allowed {tol.min_mean_cosine} / {tol.min_cosine})",
                 "check": gate,
             }
     return graphs, {**facts, "int8": int8}, tuple(reference.shape[1:])
@@ -197,6 +202,10 @@ def export_graphs(checkpoint: str | Path, out: str | Path | None = None) -> Path
     model = ReferenceCaptioner.load(folder, device="cpu")
     files, encoder_facts, feature_shape = _encoder_graphs(model)
     files[START], files[STEP], decoder_facts = decoder_graphs(model.decoder, feature_shape)
+    # the encoder graphs also give the start (captioner.model.fused): one call per batch
+    encoder_facts["start"] = fuse_encoders(
+        files, files[START], model.encoder, model.decoder, model.input_size, STEP_TOLERANCE
+    )
     labels = _label_graph(model, feature_shape[-1])
     extra: dict[str, bytes] = {}
     if labels is not None:

@@ -165,6 +165,7 @@ class OnnxEncoder:
         # int8 with a calibration set (captioner.model.quantize), else fp32
         self.precision = "fp32" if calibration is None else "int8"
         self.calibration = calibration
+        self.int8_check: tuple[float, float] | None = None  # (mean, min) feature cosine to fp32, when checked
         digest = graph_digest(encoder, self.input_size)
         name = getattr(getattr(encoder, "spec", None), "name", type(encoder).__name__)
         fp32_path: Path | None = None
@@ -263,9 +264,10 @@ def build_onnx_encoder(
     cache_dir: Path | bool | None = None,
     tolerance: Tolerance = FEATURE_TOLERANCE,
     calibration: Calibration | None = None,
+    int8_tolerance: Int8Tolerance = INT8_TOLERANCE,
 ) -> tuple[OnnxEncoder | None, str]:
     """Build the ONNX Runtime encoder and check it against ``encoder``; int8 when given a
-    ``calibration`` set (:mod:`captioner.runtime.quantize`), else fp32.
+    ``calibration`` set (:mod:`captioner.model.quantize`, gated by ``int8_tolerance``), else fp32.
 
     Returns ``(encoder, "")``, or ``(None, reason)`` when it cannot be built or fails its
     self-check; the reason is a sentence for the log. Never raises for that.
@@ -284,7 +286,7 @@ def build_onnx_encoder(
     if fast.verified:
         return fast, ""
     if calibration is not None:
-        return _checked_int8(encoder, fast, calibration)
+        return _checked_int8(encoder, fast, calibration, int8_tolerance)
     ok, diff, cos, error = self_check(encoder, fast, tolerance)
     if error:
         return None, f"the ONNX Runtime encoder failed its self-check run ({error})"
@@ -327,6 +329,7 @@ def _checked_int8(
     except Exception as e:
         return None, f"the int8 ONNX Runtime encoder failed its self-check run ({type(e).__name__}: {e})"
     ok, mean, low = tolerance.check(reference, got)
+    fast.int8_check = (mean, low)
     if not ok:
         return None, (
             f"the int8 ONNX Runtime encoder drifts too far from PyTorch (feature cosine mean {mean:.4f}, "

@@ -46,15 +46,18 @@ from ..runtime.graphs import PRECISION_ENV, PRECISIONS, PrecisionError, precisio
 __all__ = [
     "CALIBRATION",
     "INT8_TOLERANCE",
+    "INT8_TRAINED_TOLERANCE",
     "PRECISIONS",
     "PRECISION_ENV",
     "Calibration",
     "Int8Tolerance",
     "PrecisionError",
     "calibration_set",
+    "int8_tolerance",
     "precision_requested",
     "quantize_graph",
     "read_calibration",
+    "trained_on_int8",
     "write_calibration",
 ]
 
@@ -223,3 +226,17 @@ class Int8Tolerance:
 
 
 INT8_TOLERANCE = Int8Tolerance()
+INT8_TRAINED_TOLERANCE = Int8Tolerance(min_mean_cosine=0.90, min_cosine=0.70)
+"""The gate of an encoder whose decoder was trained on its own int8 features: closeness to fp32 does not
+matter there (held-out accuracy at int8 is that model's gate, docs/training.md), so this is only a floor
+against broken quantisation, below the 7x7x1280 map's measured mean 0.966 / min 0.861."""
+
+
+def trained_on_int8(metadata: dict | None) -> bool:
+    """Whether a checkpoint's decoder learned int8 features (``captioner train --precision int8``)."""
+    return ((metadata or {}).get("train_config") or {}).get("precision") == "int8"
+
+
+def int8_tolerance(metadata: dict | None) -> Int8Tolerance:
+    """The int8 encoder's gate for a checkpoint: the floor when trained on int8 features, else fp32 closeness."""
+    return INT8_TRAINED_TOLERANCE if trained_on_int8(metadata) else INT8_TOLERANCE
