@@ -7,7 +7,8 @@ trained on exactly the pixels it is later served::
     source (path, bytes, PIL image)
       --decode()-->      RGB PIL image, JPEGs decoded in draft mode (draft_size())
       --preprocess()-->  (3, S, S) float32 tensor: resize, centre crop, normalise
-      --encode_batch()-> (B, F) features
+      --start_batch()--> (B, F) features with the decoder's start (one encoder call;
+                         encode_batch() gives the features alone)
       --Captioner.generate()--> captions
 
 * :func:`decode` raises :class:`~captioner.errors.ImageLoadError`; :func:`prepare` is
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .runtime.captioner import CaptionerBase as Captioner
     from .runtime.results import CaptionResult
+    from .runtime.started import Started
 
 __all__ = [
     "Failure",
@@ -57,6 +59,7 @@ __all__ = [
     "ordered_map",
     "prepare",
     "preprocess",
+    "start_batch",
     "try_prepare",
 ]
 
@@ -220,6 +223,12 @@ def encode_batch(model: Captioner, tensors: Sequence[np.ndarray]) -> np.ndarray:
     return model.encode(np.stack(list(tensors)))  # (B, 3, S, S) -> (B, F)
 
 
+def start_batch(model: Captioner, tensors: Sequence[np.ndarray]) -> Started:
+    """B input arrays (3, S, S) -> features and the decoder's start for ``model.generate``,
+    from one encoder call (:meth:`~captioner.runtime.captioner.CaptionerBase.encode_started`)."""
+    return model.encode_started(np.stack(list(tensors)))  # (B, 3, S, S) -> (B, F), memory, state
+
+
 def check_batching(batch_size: int, workers: int) -> None:
     """:class:`~captioner.options.OptionError` (a ``CaptionerError``) naming the allowed range
     when a batch size or thread count is out of it."""
@@ -248,8 +257,8 @@ def caption_stream(
     batch: list[tuple[ImageItem, Any]] = []
 
     def run_batch() -> list[tuple[ImageItem, CaptionResult | None, str | None]]:
-        features = encode_batch(model, [t for _, t in batch])  # (B, F)
-        results = model.generate(features, opts)
+        started = start_batch(model, [t for _, t in batch])  # (B, F) and the decoder's start
+        results = model.generate(started, opts)
         out: list[tuple[ImageItem, CaptionResult | None, str | None]] = [
             (it, res, None) for (it, _), res in zip(batch, results)
         ]

@@ -232,7 +232,7 @@ class CaptionService:
 
     def _run_batch(self, x: np.ndarray, opts: GenerationOptions) -> list:
         """Runs in the batcher thread: (B, 3, H, W) -> B CaptionResults."""
-        features = self.model.encode(x)  # (B, F)
+        started = self.model.encode_started(x)  # (B, F) and the decoder's start, from one encoder call
         options = CaptionOptions(
             beam_size=opts.beam_size,
             max_length=opts.max_length,
@@ -241,7 +241,7 @@ class CaptionService:
             labels=int(LABELS.high),
             num_captions=opts.num_captions,
         )
-        results = self.model.generate(features, options, attention=opts.explain)
+        results = self.model.generate(started, options, attention=opts.explain)
         if not opts.explain:
             return results
         from captioner.explain import word_maps

@@ -193,8 +193,8 @@ class CaptionActor:
             opts = self.options
             try:
                 pixels = np.ascontiguousarray(batch["pixels"][good])  # (G, 3, S, S)
-                features = self.model.encode(pixels)  # (G, F)
-                results = self.model.generate(features, opts)
+                started = self.model.encode_started(pixels)  # (G, F) and the decoder's start: one call
+                results = self.model.generate(started, opts)
                 for i, res in zip(good, results):
                     captions[i], scores[i] = res.caption, round(res.score, 4)
                     trust[i] = json.dumps(result_fields(res))

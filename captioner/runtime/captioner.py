@@ -7,8 +7,10 @@
 
 Every front end (HTTP service, folder captioning, the Ray engine, evaluation) goes through
 three calls: :meth:`~CaptionerBase.preprocess` (source -> input array: the one image path of
-:mod:`captioner.pipeline`), :meth:`~CaptionerBase.encode` (arrays -> features) and
-:meth:`~CaptionerBase.generate` (features -> captions: the one search, then trust).
+:mod:`captioner.pipeline`), :meth:`~CaptionerBase.encode_started` (arrays -> features and the
+decoder's start, from one encoder call) and :meth:`~CaptionerBase.generate` (those -> captions:
+the one search, then trust). ``encode`` (features only) and ``generate(features)`` serve
+callers who keep features: generate then computes the decoder's start itself.
 :class:`CaptionerBase` holds all of it but the encoder and the decoder step, which
 :class:`Captioner` takes from the checkpoint's exported graphs and the PyTorch reference
 (:class:`captioner.model.ReferenceCaptioner`) from its modules.
@@ -39,6 +41,7 @@ from .blas import limit_blas_threads
 from .graphs import ENCODER_INT8, LABELS, Graphs, OnnxEncoder, OnnxLabels, OnnxStep, find_graphs, precision_requested
 from .preprocess import Preprocess
 from .results import CaptionResult, Label, finish, top_labels
+from .started import Started, StartedStep
 
 log = logging.getLogger("captioner.runtime")
 
@@ -128,6 +131,16 @@ class CaptionerBase:
         """(B, 3, S, S) -> (B, F) features, or (B, N, C) maps for an attention decoder."""
         raise NotImplementedError
 
+    def encode_started(self, batch: np.ndarray) -> Started:
+        """(B, 3, S, S) -> the features with the decoder's memory and initial state for them,
+        for :meth:`generate` (which then skips the start). Here: :meth:`encode`, then the
+        decoder's start; the exported graphs give all three from one encoder call."""
+        features = self.encode(batch)
+        if len(features) == 0:
+            return Started(features, None, ())
+        memory, state = self.decoder_step().start(features)
+        return Started(features, memory, state)
+
     def decoder_step(self) -> search.DecoderStep:
         raise NotImplementedError
 
@@ -137,7 +150,7 @@ class CaptionerBase:
 
     def generate(
         self,
-        features: Any,
+        features: np.ndarray | Started,
         options: CaptionOptions | None = None,
         *,
         temperature: float | None = None,
@@ -145,7 +158,9 @@ class CaptionerBase:
         min_word_prob: float | None = None,
         attention: bool = False,
     ) -> list[CaptionResult]:
-        """Captions for features (B, F) or maps (B, N, C): greedy, beam search (n-best with
+        """Captions for features (B, F) or maps (B, N, C), or for :meth:`encode_started`'s
+        :class:`~captioner.runtime.started.Started` (then the decoder's start is not computed
+        again): greedy, beam search (n-best with
         ``options.num_captions``) or, with a ``temperature``, sampling. The caption of an image
         outside the training data ends before the first word the model gives less than
         ``min_word_prob`` (default :data:`captioner.options.DEFAULT_MIN_WORD_PROB`; 0: off).
@@ -153,10 +168,13 @@ class CaptionerBase:
         checkpoint has the statistics), ``options.labels`` ImageNet classes, and with
         ``attention=True`` where the model looked for each word."""
         opts = options or CaptionOptions()
-        f = np.asarray(features, dtype=np.float32)
+        started = features if isinstance(features, Started) else None
+        f = np.asarray(features.features if isinstance(features, Started) else features, dtype=np.float32)
         if len(f) == 0:
             return []
         v, step = self.vocab, self.decoder_step()
+        if started is not None:
+            step = StartedStep(step, started)
         max_len = opts.max_length or self.max_length
         if temperature is not None:
             hyps = search.sequential(
@@ -220,7 +238,7 @@ class CaptionerBase:
                         raise
                     prepared.append(e)
             good = [p for p in prepared if isinstance(p, np.ndarray)]
-            results = iter(self.generate(self.encode(np.stack(good)), opts) if good else [])
+            results = iter(self.generate(self.encode_started(np.stack(good)), opts) if good else [])
             out.extend(next(results) if isinstance(p, np.ndarray) else p for p in prepared)
         return out
 
@@ -328,6 +346,12 @@ class Captioner(CaptionerBase):
         if len(batch) == 0:
             return np.zeros((0, int(self.decoder_settings.get("feature_dim", 0))), np.float32)
         return self.encoder(batch)  # (B, F) or (B, N, C)
+
+    def encode_started(self, batch: np.ndarray) -> Started:
+        if len(batch) == 0:
+            return Started(self.encode(batch), None, ())
+        features, memory, state = self.encoder.started(batch)  # one call: (B, ...) each
+        return Started(features, memory, state)
 
     def decoder_step(self) -> search.DecoderStep:
         return self.step

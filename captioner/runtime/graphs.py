@@ -3,9 +3,13 @@
     CKPT/graphs/
       manifest.json        format, opset, tool versions, digests of the checkpoint files the
                            graphs were made from, and every graph's digest and self-check figures
-      encoder.onnx         images (B, 3, S, S) -> features (B, F) or maps (B, N, C), fp32
-      encoder-int8.onnx    the same in int8, present only when it passed its gate
-      start.onnx           features or maps -> decoder memory (B, ...), initial state (B, L, H)
+      encoder.onnx         images (B, 3, S, S) -> features (B, F) or maps (B, N, C), fp32, and
+                           the decoder's start on them (start.onnx's outputs, computed in the
+                           same call on the encoder's threads: memory, h[, c])
+      encoder-int8.onnx    the same with the CNN in int8 (the start stays float32), present only
+                           when its features passed their gate
+      start.onnx           features or maps -> decoder memory (B, ...), initial state (B, L, H),
+                           for features that did not come from the encoder graph
       step.onnx            words (N,), rows (N,), memory, state -> log-probs (N, V), state[, attention]
       labels.onnx          pooled features (B, F) -> ImageNet logits (B, 1000), with labels.json
 
@@ -33,7 +37,8 @@ from ..errors import CaptionerError, CheckpointError
 
 log = logging.getLogger("captioner.runtime")
 
-GRAPHS_FORMAT = "captioner-graphs/1"
+# 2: the encoder graphs also output the decoder's start (1: features only)
+GRAPHS_FORMAT = "captioner-graphs/2"
 MANIFEST = "manifest.json"
 ENCODER, ENCODER_INT8, START, STEP, LABELS, LABEL_NAMES = (
     "encoder.onnx",
@@ -43,6 +48,8 @@ ENCODER, ENCODER_INT8, START, STEP, LABELS, LABEL_NAMES = (
     "labels.onnx",
     "labels.json",
 )
+#: The encoder graphs' outputs: the features, then the decoder's start (the names start.onnx gives).
+FEATURES, MEMORY = "features", "memory"
 #: The checkpoint files a set of graphs is made from: a change to any makes them stale
 #: (metadata and trust statistics are read by the runtime directly, and may change).
 SOURCES = (WEIGHTS, ENCODER_WEIGHTS, CALIBRATION, CONFIG, VOCAB)
@@ -122,6 +129,7 @@ class Graphs:
 
     folder: Path
     manifest: dict
+    checkpoint: Path | None = None  # the checkpoint they were exported from
 
     def file(self, name: str) -> Path:
         return self.folder / name
@@ -147,13 +155,18 @@ def read_graphs(checkpoint: Path, folder: Path | None = None) -> Graphs:
     path = folder / MANIFEST
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(manifest, dict) or manifest.get("format") != GRAPHS_FORMAT:
-            raise ValueError(f"expected format {GRAPHS_FORMAT!r}")
+        if not isinstance(manifest, dict):
+            raise ValueError("not a JSON object")
         files = dict(manifest["files"])
     except FileNotFoundError:
         raise CheckpointError(f"{checkpoint}: the checkpoint has no exported graphs; {_fix(checkpoint)}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: invalid graph manifest ({e}); {_fix(checkpoint)}") from None
+    if manifest.get("format") != GRAPHS_FORMAT:
+        raise CheckpointError(
+            f"{path}: graphs of format {manifest.get('format')!r}, this version runs {GRAPHS_FORMAT!r} "
+            f"(stale); {_fix(checkpoint)}"
+        )
     if source_digests(checkpoint) != manifest.get("sources"):
         raise CheckpointError(
             f"{path}: the graphs were exported from other weights than {checkpoint}'s (stale); {_fix(checkpoint)}"
@@ -170,7 +183,7 @@ def read_graphs(checkpoint: Path, folder: Path | None = None) -> Graphs:
             raise CheckpointError(
                 f"{folder / name}: does not match its digest in {MANIFEST} (altered or truncated); {_fix(checkpoint)}"
             )
-    return Graphs(folder, manifest)
+    return Graphs(folder, manifest, checkpoint)
 
 
 def find_graphs(checkpoint: Path) -> Graphs:
@@ -231,7 +244,10 @@ class OnnxStep:
 
 
 class OnnxEncoder:
-    """The exported CNN: (B, 3, S, S) float32 -> (B, F) features or (B, N, C) maps."""
+    """The exported CNN with the decoder's start appended: (B, 3, S, S) float32 -> features
+    (B, F) or maps (B, N, C), and from the same call the decoder's memory and initial state
+    (:meth:`started`). ONNX Runtime runs the whole graph on every call, so asking for the
+    features alone saves nothing: the start costs what it costs either way."""
 
     backend = "onnxruntime"
 
@@ -241,10 +257,21 @@ class OnnxEncoder:
         name = ENCODER_INT8 if precision == "int8" else ENCODER
         self.session = session(str(graphs.file(name)), self.threads)
         self.input_size = int(graphs.manifest["encoder"]["input_size"])
+        outputs = [o.name for o in self.session.get_outputs()]
+        if outputs[:2] != [FEATURES, MEMORY] or len(outputs) != 2 + int(graphs.manifest["decoder"]["state"]):
+            raise CheckpointError(
+                f"{graphs.file(name)}: outputs {', '.join(outputs)}, not features, memory and the decoder's state; "
+                f"{_fix(graphs.checkpoint or graphs.folder.parent)}"
+            )
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run(None, {"images": np.ascontiguousarray(batch, np.float32)})
+        (out,) = self.session.run([FEATURES], {"images": np.ascontiguousarray(batch, np.float32)})
         return out
+
+    def started(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
+        """features (B, F) or (B, N, C), memory (B, ...), initial state (each (B, L, H))."""
+        features, memory, *state = self.session.run(None, {"images": np.ascontiguousarray(batch, np.float32)})
+        return features, memory, tuple(state)
 
     def describe(self) -> dict:
         return {"backend": self.backend, "precision": self.precision, "threads": self.threads}
