@@ -43,7 +43,6 @@ from ..runtime.graphs import (
     source_digests,
 )
 from .fused import fuse_encoders
-from .fused import fuse_encoders
 from .onnx_encoder import FEATURE_TOLERANCE, ONNX_OPSET, export_onnx
 from .quantize import calibration_set, int8_tolerance, quantize_graph, read_calibration
 from .reference import ReferenceCaptioner
@@ -203,10 +202,6 @@ def export_graphs(checkpoint: str | Path, out: str | Path | None = None) -> Path
     model = ReferenceCaptioner.load(folder, device="cpu")
     files, encoder_facts, feature_shape = _encoder_graphs(model)
     files[START], files[STEP], decoder_facts = decoder_graphs(model.decoder, feature_shape)
-    # the encoder graphs also give the start (captioner.model.fused): one call per batch
-    encoder_facts["start"] = fuse_encoders(
-        files, files[START], model.encoder, model.decoder, model.input_size, STEP_TOLERANCE
-    )
     # the encoder graphs also give the start (captioner.model.fused): one call per batch
     encoder_facts["start"] = fuse_encoders(
         files, files[START], model.encoder, model.decoder, model.input_size, STEP_TOLERANCE
