@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import serverkit
-import torch
+from captionkit import teach_checkpoint
 from PIL import Image
 from serverkit import Server
 
@@ -51,77 +51,16 @@ def colour_image(colour: str, seed: int, size: tuple[int, int] = (64, 48), fmt: 
     return buf.getvalue()
 
 
-def adam(module: torch.nn.Module, loss_fn, steps: int, lr: float, betas=(0.9, 0.999), eps=1e-8) -> float:
-    """A few lines of Adam, because importing torch.optim pulls in torch._dynamo (seconds)."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    m = [torch.zeros_like(p) for p in params]
-    v = [torch.zeros_like(p) for p in params]
-    b1, b2 = betas
-    loss = torch.tensor(float("nan"))
-    for step in range(1, steps + 1):
-        loss = loss_fn()
-        grads = torch.autograd.grad(loss, params)
-        with torch.no_grad():
-            for p, g, m_, v_ in zip(params, grads, m, v):
-                m_.mul_(b1).add_(g, alpha=1 - b1)
-                v_.mul_(b2).addcmul_(g, g, value=1 - b2)
-                p.sub_(lr * (m_ / (1 - b1**step)) / ((v_ / (1 - b2**step)).sqrt() + eps))
-    return float(loss.detach())
-
-
 def build_checkpoint(out: Path) -> Path:
-    """Train the colour-naming decoder on top of the pretrained encoder and save it."""
-    from captioner import CaptionDecoder, DecoderConfig, Vocabulary
-    from captioner.encoders import build_encoder
-    from captioner.model import ReferenceCaptioner
-    from captioner.model.export import export_graphs
-
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        encoder = build_encoder("efficientnet_lite0").eval()
-        pre = encoder.spec.preprocess
-        names = list(COLOURS)
-        images, captions = [], []
-        for i, name in enumerate(names):
-            for j in range(3):
-                data = colour_image(
-                    name, seed=100 * i + j, size=(40 + 16 * j, 40 + 8 * j), fmt="PNG" if j % 2 else "JPEG"
-                )
-                images.append(pre(Image.open(io.BytesIO(data)).convert("RGB")))
-                captions.append(f"a {name} picture")
-        with torch.no_grad():
-            feats = encoder(torch.from_numpy(np.stack(images))).float()  # (N, 1280)
-        vocab = Vocabulary.build(captions)
-        seqs = [vocab.encode(c) for c in captions]
-        T = max(len(s) for s in seqs)
-        tokens = torch.tensor([s + [vocab.pad_id] * (T - len(s)) for s in seqs])  # (N, T)
-        cfg = DecoderConfig(
-            vocab_size=len(vocab),
-            feature_dim=encoder.feature_dim,
-            embed_dim=32,
-            hidden_dim=64,
-            img_proj_dim=32,
-            dropout=0.0,
-            max_length=8,
-        )
-        decoder = CaptionDecoder(cfg)
-        adam(decoder, lambda: decoder.loss(feats, tokens, vocab.pad_id), steps=150, lr=1e-2)
-        decoder.eval()
-        model = ReferenceCaptioner(
-            encoder,
-            decoder,
-            vocab,
-            device="cpu",
-            metadata=TRAINING_METADATA,
-        )
-        got = [r.caption for r in model.generate(feats.numpy())]
-        assert got == captions, f"the test decoder did not learn the colours: {got}"
-        export_graphs(model.save(out))  # the servers load it torch-free, as a user's would
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    """Teach the colour-naming decoder on top of the pretrained encoder; save and export it
+    (the servers load it torch-free, as a user's would)."""
+    images, captions = [], []
+    for i, name in enumerate(COLOURS):
+        for j in range(3):
+            fmt = "PNG" if j % 2 else "JPEG"
+            images.append(colour_image(name, seed=100 * i + j, size=(40 + 16 * j, 40 + 8 * j), fmt=fmt))
+            captions.append(f"a {name} picture")
+    return teach_checkpoint(out, images, captions, max_length=8, metadata=TRAINING_METADATA, export=True)
 
 
 def launch(checkpoint: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -5,58 +5,23 @@ body is read, and without explain nothing changes. Documented in OpenAPI."""
 
 from __future__ import annotations
 
-import io
 import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
+from captionkit import teach_checkpoint
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-from servicekit import adam, colour_image, launch, wait_ready
+from servicekit import colour_image, launch, wait_ready
 
 
 def build_attention_checkpoint(out: Path) -> Path:
     """The real spatial EfficientNet-Lite0 and a small attention decoder taught "a red
     picture" / "a blue picture" for a few seconds."""
-    from captioner import Vocabulary
-    from captioner.attention import AttentionConfig, AttentionDecoder
-    from captioner.encoders import build_encoder
-    from captioner.model import ReferenceCaptioner
-    from captioner.model.export import export_graphs
-
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        encoder = build_encoder("efficientnet_lite0", spatial=True).eval()
-        pre = encoder.spec.preprocess
-        captions = [f"a {c} picture" for c in ("red", "blue") for _ in range(3)]
-        pictures = [colour_image(c.split()[1], seed=i) for i, c in enumerate(captions)]
-        with torch.no_grad():
-            feats = encoder(
-                torch.from_numpy(np.stack([pre(Image.open(io.BytesIO(p)).convert("RGB")) for p in pictures]))
-            ).float()
-        vocab = Vocabulary.build(captions)
-        tokens = torch.tensor([vocab.encode(c) for c in captions])  # (6, 5)
-        cfg = AttentionConfig(
-            vocab_size=len(vocab),
-            feature_dim=encoder.feature_dim,
-            embed_dim=16,
-            hidden_dim=32,
-            img_proj_dim=16,
-            attention_dim=16,
-            dropout=0.0,
-            max_length=5,
-        )
-        decoder = AttentionDecoder(cfg)
-        adam(decoder, lambda: decoder.loss(feats, tokens), steps=60, lr=1e-2)
-        model = ReferenceCaptioner(encoder, decoder.eval(), vocab, device="cpu")
-        return export_graphs(model.save(out)).parent
-    finally:
-        torch.set_num_threads(threads)
+    captions = [f"a {c} picture" for c in ("red", "blue") for _ in range(3)]
+    pictures = [colour_image(c.split()[1], seed=i) for i, c in enumerate(captions)]
+    return teach_checkpoint(out, pictures, captions, max_length=5, attention=True, width=16, steps=60, export=True)
 
 
 @pytest.fixture(scope="module")
