@@ -17,7 +17,6 @@ A/B comparisons. Prints one table, writes
 
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 
@@ -29,16 +28,14 @@ LEVELS = (1, 4, 16, 32, 64)
 def _service(ckpt: Path, extra: list[str]) -> serve.Server:
     """``captioner serve`` with ``extra`` arguments; an ``env:NAME=VALUE`` one sets its environment."""
     env = dict(a[4:].split("=", 1) for a in extra if a.startswith("env:"))
-    cmd = [serve.PY, "-m", "captioner", "serve", "--checkpoint", str(ckpt), "--port", "0", "--log-level", "warning"]
-    return serve.Server("service", [*cmd, *(a for a in extra if not a.startswith("env:"))], env=env)
+    return serve.start_service(ckpt, *(a for a in extra if not a.startswith("env:")), env=env)
 
 
 def _levels(server: serve.Server, name: str, images: Path, jpeg: bytes, runs: list, args) -> list[dict]:
     rows = []
     for beam, clients in runs:
         url = f"{server.url}/v1/captions" + (f"?beam_size={beam}" if beam > 1 else "")
-        r = serve.load(url, images, clients, args.seconds, args.warmup, 120.0)
-        serve.drain(url, jpeg)
+        r = serve.level(url, images, jpeg, clients, args, 120.0)
         lat = r.pop("latencies_ms", [])
         row = {"server": name, "beam": beam, "clients": clients, "images_per_s": r["images_per_s"]}
         row.update({f"p{q}_ms": common.percentile(lat, q) for q in (50, 99)})
@@ -49,12 +46,7 @@ def _levels(server: serve.Server, name: str, images: Path, jpeg: bytes, runs: li
 
 
 def _plot(rows: list[dict], limits: dict[str, float], labels: dict[str, str], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig, ax = common.pyplot().subplots(figsize=(7, 4), dpi=100)
     for name, style in (("service", "o-"), ("naive", "s-")):
         pts = sorted((r["clients"], r["images_per_s"]) for r in rows if r["server"] == name and r["beam"] == 1)
         if pts:
@@ -82,18 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", default=[], help="NAME=ARG[,ARG...]: a service at 32 clients")
     p.add_argument("--plot", metavar="PNG")
     args = p.parse_args(argv)
-    common.apply_threads(args)
+    info, ckpt, images, jpeg = common.serving_start(args, "throughput vs clients")
     from captioner import Captioner
 
-    info = common.machine_info()
-    common.header("throughput vs clients", info)
-    ckpt = common.resolve_checkpoint(args.checkpoint)
-    images = common.jpeg_folder(16)
-    jpeg = sorted(images.glob("*.jpg"))[0].read_bytes()
     models = {"own": Captioner.load(ckpt), "int8": Captioner.load(Path(args.int8_checkpoint), precision="int8")}
     names = {"own": f"{models['own'].precision} ({ckpt.name})", "int8": f"int8 ({Path(args.int8_checkpoint).name})"}
     limits = {k: [common.encoder_limit(m)["images_per_s"]] for k, m in models.items()}
-    one_s = statistics.median(common.timed(lambda: models["own"].caption(jpeg), 2.0, warmup=2))
+    one_s = common.one_image_s(models["own"], jpeg)
     del models["int8"]
     rows = []
     runs = [(1, c) for c in args.clients] + [(3, 32)]
@@ -103,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     if not args.no_naive:
-        naive = serve.Server("naive", [serve.PY, "-m", "bench.naive_server", "--checkpoint", str(ckpt)])
+        naive = serve.start_naive(ckpt)
         try:
             rows += _levels(naive, "naive", images, jpeg, [(1, c) for c in args.clients], args)
         finally:

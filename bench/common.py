@@ -283,6 +283,11 @@ def encoder_limit(model, seconds: float = 3.0, batch_sizes: Sequence[int] = (8, 
     return best
 
 
+def one_image_s(model, jpeg: bytes) -> float:
+    """Median seconds to caption one JPEG in this process (greedy)."""
+    return statistics.median(timed(lambda: model.caption(jpeg), 2.0, warmup=2))
+
+
 def header(title: str, info: dict, extra: str = "") -> None:
     print(f"# {title}", file=sys.stderr)
     print(
@@ -292,3 +297,25 @@ def header(title: str, info: dict, extra: str = "") -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+# ---------------------------------------------------------------------- serving runs and figures
+def serving_start(args: argparse.Namespace, title: str) -> tuple[dict, Path, Path, bytes]:
+    """A serving benchmark's start: --threads applied, the machine described (the header
+    printed), the checkpoint, a folder of 16 JPEGs for the clients and its first JPEG."""
+    apply_threads(args)
+    info = machine_info()
+    header(title, info)
+    ckpt = resolve_checkpoint(args.checkpoint)
+    images = jpeg_folder(16)
+    return info, ckpt, images, sorted(images.glob("*.jpg"))[0].read_bytes()
+
+
+def pyplot():
+    """matplotlib.pyplot drawing into files (the Agg backend, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -101,6 +101,17 @@ class Server:
                 self.proc.wait()
 
 
+def start_service(ckpt: Path, *args: str, env: dict | None = None, name: str = "service") -> Server:
+    """``captioner serve`` of ``ckpt`` on a port it picks, warnings only; ``args`` add flags."""
+    cmd = [PY, "-m", "captioner", "serve", "--checkpoint", str(ckpt), "--port", "0", "--log-level", "warning"]
+    return Server(name, [*cmd, *args], env=env)
+
+
+def start_naive(ckpt: Path) -> Server:
+    """The naive server (``bench/naive_server.py``) of ``ckpt``."""
+    return Server("naive", [PY, "-m", "bench.naive_server", "--checkpoint", str(ckpt)])
+
+
 def load(url: str, images: Path, clients: int, seconds: float, warmup: float, max_wait: float) -> dict:
     """One load-generator run in its own process; returns its JSON result."""
     cmd = [
@@ -175,6 +186,13 @@ def drain(url: str, jpeg: bytes, timeout: float = 600.0) -> float:
     return time.monotonic() - t
 
 
+def level(url: str, images: Path, jpeg: bytes, clients: int, args, max_wait: float) -> dict:
+    """One load level (``args.seconds`` after ``args.warmup``), then its drain; the load's result."""
+    r = load(url, images, clients, args.seconds, args.warmup, max_wait)
+    drain(url, jpeg)
+    return r
+
+
 def in_process(
     ckpt: Path, jpeg: bytes, beams: list[int], seconds: float, precision: str | None = None
 ) -> tuple[dict, dict]:
@@ -235,24 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     try:
         if "service" in args.servers:
-            servers["service"] = Server(
-                "service",
-                [
-                    PY,
-                    "-m",
-                    "captioner",
-                    "serve",
-                    "--checkpoint",
-                    str(ckpt),
-                    "--port",
-                    "0",
-                    "--log-level",
-                    "warning",
-                    *args.service_arg,
-                ],
-            )
+            servers["service"] = start_service(ckpt, *args.service_arg)
         if "naive" in args.servers:
-            servers["naive"] = Server("naive", [PY, "-m", "bench.naive_server", "--checkpoint", str(ckpt)])
+            servers["naive"] = start_naive(ckpt)
         print("servers ready: " + ", ".join(f"{k} {s.url}" for k, s in servers.items()), file=sys.stderr)
         one_image, limit_start = in_process(ckpt, jpeg, args.beams, 3.0)
         print(

@@ -21,9 +21,7 @@ with the raw figures to ``bench/results/targets.json``; ``--plot`` draws a bar c
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from . import common, folder, serve
@@ -33,29 +31,12 @@ PRECISIONS = ("fp32", "int8")
 
 def _serve_rows(ckpt: Path, images: Path, jpeg: bytes, precision: str, args: argparse.Namespace) -> dict:
     """images/s and p50 of the service at this precision: (beam, clients) -> result."""
-    server = serve.Server(
-        f"service {precision}",
-        [
-            serve.PY,
-            "-m",
-            "captioner",
-            "serve",
-            "--checkpoint",
-            str(ckpt),
-            "--port",
-            "0",
-            "--log-level",
-            "warning",
-            "--precision",
-            precision,
-        ],
-    )
+    server = serve.start_service(ckpt, "--precision", precision, name=f"service {precision}")
     out = {}
     try:
         for beam, clients in ((1, 1), (1, 32), (3, 32)):
             url = f"{server.url}/v1/captions?beam_size={beam}"
-            r = serve.load(url, images, clients, args.seconds, args.warmup, 60.0)
-            serve.drain(url, jpeg)
+            r = serve.level(url, images, jpeg, clients, args, 60.0)
             r.pop("latencies_ms", None)
             out[(beam, clients)] = r
             print(
@@ -70,19 +51,13 @@ def _serve_rows(ckpt: Path, images: Path, jpeg: bytes, precision: str, args: arg
 
 def _naive_rate(ckpt: Path, images: Path, jpeg: bytes, args: argparse.Namespace) -> float:
     """images/s of the naive server (one eager forward per request) at 32 clients, greedy."""
-    server = serve.Server("naive", [serve.PY, "-m", "bench.naive_server", "--checkpoint", str(ckpt)])
+    server = serve.start_naive(ckpt)
     try:
-        url = f"{server.url}/v1/captions"
-        r = serve.load(url, images, 32, args.seconds, args.warmup, 120.0)
-        serve.drain(url, jpeg)
+        r = serve.level(f"{server.url}/v1/captions", images, jpeg, 32, args, 120.0)
     finally:
         server.stop()
     print(f"  naive clients 32: {r['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)
     return float(r["images_per_s"])
-
-
-def _caption_one(model, jpeg: bytes) -> Callable[[], object]:
-    return lambda: model.caption(jpeg)
 
 
 def _row(what: str, precision: str, value: float, base: float, base_name: str, target: str, ok: bool) -> dict:
@@ -125,11 +100,7 @@ def _table(limit: dict, one: dict, svc: dict, fold: dict, naive: float) -> list[
 
 
 def _plot(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = common.pyplot()
     bars = [r for r in rows if r["figure"].endswith("images/s") and "beam" not in r["figure"]]
     labels = [f"{r['figure'].split(',')[0]}\n{r['precision']}" for r in bars]
     fig, ax = plt.subplots(figsize=(7, 3.2), dpi=100)
@@ -152,20 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=128, help="JPEGs in the folder run (default 128)")
     p.add_argument("--plot", metavar="PNG", help="also draw the images/s figures as a bar chart")
     args = p.parse_args(argv)
-    common.apply_threads(args)
+    info, ckpt, images, jpeg = common.serving_start(args, "targets: fp32 vs int8")
     from captioner import Captioner
 
-    info = common.machine_info()
-    common.header("targets: fp32 vs int8", info)
-    ckpt = common.resolve_checkpoint(args.checkpoint)
-    images = common.jpeg_folder(16)
-    jpeg = sorted(images.glob("*.jpg"))[0].read_bytes()
     folder_dir = common.jpeg_folder(args.images)
     models = {pr: Captioner.load(ckpt, precision=pr) for pr in PRECISIONS}
     for pr, m in models.items():
         print(f"{pr}: {m.precision}, {m.describe()['runtime']}", file=sys.stderr, flush=True)
     limits: dict[str, list[float]] = {pr: [common.encoder_limit(m)["images_per_s"]] for pr, m in models.items()}
-    one = {pr: statistics.median(common.timed(_caption_one(m, jpeg), 2.0, warmup=2)) for pr, m in models.items()}
+    one = {pr: common.one_image_s(m, jpeg) for pr, m in models.items()}
     svc = {pr: _serve_rows(ckpt, images, jpeg, pr, args) for pr in PRECISIONS}
     naive = _naive_rate(ckpt, images, jpeg, args)
     fold_args = argparse.Namespace(batch_size=16, workers=2, beam=1)
