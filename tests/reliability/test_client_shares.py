@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
-from relkit import API_KEY, MAX_BODY_BYTES, Server, launch_server, wait_ready
+from relkit import API_KEY, MAX_BODY_BYTES, WAIT_S, Server, connect, json_reply, read_head, read_reply, server_with
 
 HEADER_TIMEOUT_S = 2.0  # also the grace of a slow body
 WRITE_TIMEOUT_S = 2.0
@@ -43,61 +42,24 @@ MAX_REQUEST_PIXELS = 20_000_000  # relkit's max_pixels is 16 Mpx: one full-size 
 MAX_CLIENT_PIXELS = 40_000_000
 WEBP_SIDE = 4000  # 16 Mpx of one colour: a 38-byte lossless WebP, ~0.4 s to decode here
 BUNDLE = "/docs-assets/swagger-ui-bundle.js"  # 1.5 MB
-WAIT_S = 30.0
 OTHER = "127.0.0.2"  # another client address
 
 
+SETTINGS = {  # the server's, on top of relkit's
+    "header_timeout_s": HEADER_TIMEOUT_S,
+    "write_timeout_s": WRITE_TIMEOUT_S,
+    "max_connections": MAX_CONNECTIONS,
+    "max_buffered_bytes": MAX_BUFFERED_BYTES,
+    "max_client_buffered_bytes": MAX_CLIENT_BUFFERED_BYTES,
+    "max_request_pixels": MAX_REQUEST_PIXELS,
+    "max_client_pixels": MAX_CLIENT_PIXELS,
+}
+
+
 @pytest.fixture(scope="module")
-def shares(rel_checkpoint, tmp_path_factory) -> Server:
-    workdir: Path = tmp_path_factory.mktemp("shares-server")
-    log = workdir / "server.log"
-    env = {
-        "CAPTIONER_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-        "CAPTIONER_WRITE_TIMEOUT_S": str(WRITE_TIMEOUT_S),
-        "CAPTIONER_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
-        "CAPTIONER_MAX_BUFFERED_BYTES": str(MAX_BUFFERED_BYTES),
-        "CAPTIONER_MAX_CLIENT_BUFFERED_BYTES": str(MAX_CLIENT_BUFFERED_BYTES),
-        "CAPTIONER_MAX_REQUEST_PIXELS": str(MAX_REQUEST_PIXELS),
-        "CAPTIONER_MAX_CLIENT_PIXELS": str(MAX_CLIENT_PIXELS),
-    }
-    server = wait_ready(launch_server(rel_checkpoint, log, env=env), log)
-    try:
+def shares(rel_checkpoint, tmp_path_factory) -> Iterator[Server]:
+    with server_with(rel_checkpoint, tmp_path_factory.mktemp("shares-server"), **SETTINGS) as server:
         yield server
-    finally:
-        server.stop()
-
-
-def connect(server: Server, source: str = "127.0.0.1") -> socket.socket:
-    s = socket.create_connection(server.host_port, timeout=WAIT_S, source_address=(source, 0))
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
-
-
-def read_head(s: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def read_all(s: socket.socket) -> bytes:
-    data = b""
-    with contextlib.suppress(TimeoutError, ConnectionResetError):
-        while chunk := s.recv(65536):
-            data += chunk
-    return data
-
-
-def answer(reply: bytes) -> tuple[int, dict[str, str], dict]:
-    """(status, lower-cased headers, JSON body) of one complete response."""
-    head, _, body = reply.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-    length = int(headers.get("content-length", len(body)))
-    return int(lines[0].split()[1]), headers, json.loads(body[:length])
 
 
 def webp(side: int = WEBP_SIDE) -> bytes:
@@ -176,7 +138,7 @@ def test_connections_that_never_read_are_dropped_and_probes_still_answered(share
         for path in ("/healthz", "/readyz", "/v1/model"):
             with connect(shares, OTHER) as s:
                 s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n".encode())
-                probes.append(answer(read_all(s)))
+                probes.append(json_reply(read_reply(s)))
         peak_kb = shares.rss_kb()
         # The server drops them: each socket ends in a reset or end of file, not in WAIT_S.
         ended = 0
@@ -228,10 +190,10 @@ def test_declared_bodies_hold_one_share_and_are_cut_when_they_do_not_come(shares
             s.sendall(upload_head(MAX_BODY_BYTES))
             firsts.append(read_head(s))
         admitted = [s for s, first in zip(silent, firsts) if first.startswith(b"HTTP/1.1 100")]
-        refused = [answer(first + read_all(s)) for s, first in zip(silent, firsts) if s not in admitted]
+        refused = [json_reply(first + read_reply(s)) for s, first in zip(silent, firsts) if s not in admitted]
         with client(shares) as c:
             r = c.post("/v1/captions", files=[("file", ("photo.jpg", photo(), "image/jpeg"))])
-        cut = [answer(read_all(s).removeprefix(b"\r\n")) for s in admitted]
+        cut = [json_reply(read_reply(s).removeprefix(b"\r\n")) for s in admitted]
     finally:
         for s in silent:
             s.close()
@@ -257,7 +219,7 @@ def test_a_trickled_chunked_body_is_cut_below_the_minimum_rate(shares: Server) -
         t = threading.Thread(target=trickle, daemon=True)
         t.start()
         try:
-            status, headers, body = answer(read_all(s))
+            status, headers, body = json_reply(read_reply(s))
         finally:
             stop.set()
             t.join(5)

@@ -10,63 +10,43 @@ for certain (it never acts at all).
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import threading
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
-from relkit import API_KEY, MAX_BODY_BYTES, QUEUE_SIZE, Server, launch_server, wait_ready
+from relkit import (
+    API_KEY,
+    MAX_BODY_BYTES,
+    QUEUE_SIZE,
+    WAIT_S,
+    Server,
+    connect,
+    json_reply,
+    read_head,
+    read_reply,
+    server_with,
+)
 
 HEADER_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 60
 MAX_BUFFERED_BYTES = 4 * MAX_BODY_BYTES  # room for four full-size bodies
 FLOOD_LIMIT_BYTES = 200 * 1024 * 1024  # the most any flood below sends
-WAIT_S = 30.0
+
+
+SETTINGS = {
+    "header_timeout_s": HEADER_TIMEOUT_S,
+    "max_connections": MAX_CONNECTIONS,
+    "max_buffered_bytes": MAX_BUFFERED_BYTES,
+}
 
 
 @pytest.fixture(scope="module")
-def guarded(rel_checkpoint, tmp_path_factory) -> Server:
+def guarded(rel_checkpoint, tmp_path_factory) -> Iterator[Server]:
     """A server with small connection limits (the others are relkit's)."""
-    workdir: Path = tmp_path_factory.mktemp("guarded-server")
-    log = workdir / "server.log"
-    env = {
-        "CAPTIONER_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-        "CAPTIONER_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
-        "CAPTIONER_MAX_BUFFERED_BYTES": str(MAX_BUFFERED_BYTES),
-    }
-    server = wait_ready(launch_server(rel_checkpoint, log, env=env), log)
-    try:
+    with server_with(rel_checkpoint, tmp_path_factory.mktemp("guarded-server"), **SETTINGS) as server:
         yield server
-    finally:
-        server.stop()
-
-
-def connect(server: Server) -> socket.socket:
-    s = socket.create_connection(server.host_port, timeout=WAIT_S)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return s
-
-
-def read_reply(s: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (or WAIT_S passes)."""
-    data = b""
-    with contextlib.suppress(TimeoutError, ConnectionResetError):
-        while chunk := s.recv(65536):
-            data += chunk
-    return data
-
-
-def read_head(s: socket.socket) -> bytes:
-    """The next response's status line and headers."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def read_response(s: socket.socket) -> bytes:
@@ -84,16 +64,6 @@ def read_response(s: socket.socket) -> bytes:
             break
         body += chunk
     return head + b"\r\n\r\n" + body
-
-
-def json_error(reply: bytes) -> tuple[int, dict[str, str], dict]:
-    """(status, lower-cased headers, JSON body) of a complete ``Connection: close`` reply."""
-    head, _, body = reply.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-    assert headers.get("content-type", "").startswith("application/json"), reply[:300]
-    return status, headers, json.loads(body)
 
 
 def flood(server: Server, start: bytes, chunk: bytes) -> tuple[int, int]:
@@ -139,7 +109,7 @@ def test_an_endless_request_head_does_not_grow_the_server(rel_server: Server, sh
 def test_a_request_head_over_the_limit_gets_431_json(rel_server: Server) -> None:
     with connect(rel_server) as s:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
-        status, headers, body = json_error(read_reply(s))
+        status, headers, body = json_reply(read_reply(s))
     assert status == 431 and body["error"] == "headers_too_large", body
     assert "65536 bytes" in body["detail"] and headers["connection"] == "close"
     assert "refused 1 request(s) whose request line and headers exceed 65536 bytes" in rel_server.log_text()
@@ -148,7 +118,7 @@ def test_a_request_head_over_the_limit_gets_431_json(rel_server: Server) -> None
 @pytest.mark.parametrize(
     "value", ["abc", "-1", "1_0", "\u0663", "5, 5", "99999999999999999999999"], ids=lambda v: ascii(v)
 )
-def test_invalid_content_length_gets_a_4xx_json_error(rel_server: Server, value: str) -> None:
+def test_invalid_content_length_gets_a_4xx_json_reply(rel_server: Server, value: str) -> None:
     head = (
         f"POST /v1/captions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
         f"Content-Type: image/jpeg\r\nContent-Length: {value}\r\n\r\n"
@@ -156,7 +126,7 @@ def test_invalid_content_length_gets_a_4xx_json_error(rel_server: Server, value:
     with connect(rel_server) as s:
         s.sendall(head.encode("utf-8") + b"\xff\xd8")
         reply = read_response(s)
-    status, _, body = json_error(reply)
+    status, _, body = json_reply(reply)
     assert status in (400, 413), reply[:300]
     assert body["error"] in ("bad_request", "body_too_large") and body["detail"], body
     with rel_server.client() as client:
@@ -220,7 +190,7 @@ def test_slowloris_connections_are_cut_and_extra_ones_refused(guarded: Server) -
         for _ in range(5):
             with connect(guarded) as s:
                 s.sendall(b"GET /v1/model HTTP/1.1\r\nHost: x\r\n\r\n")
-                extra.append(json_error(read_reply(s)))
+                extra.append(json_reply(read_reply(s)))
         for status, headers, body in extra:
             assert status == 503 and body["error"] == "too_many_connections", body
             assert headers["retry-after"] == "1" and str(MAX_CONNECTIONS) in body["detail"]
@@ -239,7 +209,7 @@ def test_slowloris_connections_are_cut_and_extra_ones_refused(guarded: Server) -
             s.close()
     print(f"\nslowloris: {len(slow)} trickling connections cut after {cut_after:.1f} s; 5 extra refused with 503")
     for reply in replies:
-        status, _, body = json_error(reply)
+        status, _, body = json_reply(reply)
         assert status == 408 and body["error"] == "header_timeout", body
     assert cut_after < WAIT_S
     with guarded.client() as client:
@@ -270,12 +240,12 @@ def test_uploads_beyond_the_buffer_budget_are_refused_before_their_body(guarded:
                 s.sendall(body[:-1])  # all but the last byte: the server holds it, waiting
                 admitted.append(s)
             else:
-                refused.append(json_error(first + read_reply(s)))  # closed after the 503
+                refused.append(json_reply(first + read_reply(s)))  # closed after the 503
         time.sleep(0.5)  # let the server read what was sent (nothing asserted on time)
         growth_mb = (guarded.rss_kb() - base_kb) / 1024
         for s in admitted:
             s.sendall(body[-1:])
-        answers = [json_error(read_response(s))[0] for s in admitted]
+        answers = [json_reply(read_response(s))[0] for s in admitted]
     finally:
         for s in conns:
             s.close()
@@ -312,7 +282,7 @@ def test_slowloris_after_a_good_request_is_cut_too(guarded: Server) -> None:
         finally:
             stop.set()
             t.join(5)
-    status, _, body = json_error(reply)
+    status, _, body = json_reply(reply)
     assert status == 408 and body["error"] == "header_timeout", body
 
 
