@@ -57,7 +57,7 @@ def seconds(duration: str) -> float:
 
 
 def library_vars() -> set[str]:
-    """CAPTIONER_* variables the captioner package itself reads (weights folder, fast path, cache)."""
+    """CAPTIONER_* variables the captioner package itself reads (weights folder, precision, threads, cache)."""
     source = "\n".join(p.read_text() for p in (ROOT / "captioner").rglob("*.py"))
     return set(re.findall(r'"(CAPTIONER_[A-Z_]+)"', source))
 
