@@ -5,8 +5,8 @@
 
 For each checkpoint, one batch of in-domain scenes (freshly rendered, seed 11) and one of
 real photos (tests/data and scikit-image's, repeated to fill the batch), preprocessed once.
-Every figure is the median in ms per image; each row's figures are measured back to back,
-so their ratios hold on a shared machine.
+Every figure is the median in ms per image; a row's figures are measured interleaved (each
+function once per round, round after round), so their ratios hold on a shared machine.
 
 What moved where: the encoder graphs now also compute the decoder's start (memory and
 initial state; for the attention default the 49 x 1280 -> 512 annotation projection), in
@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,20 @@ def photo_jpegs(n: int) -> list[bytes]:
     return [found[i % len(found)] for i in range(n)]
 
 
-def _median_ms(fn, seconds: float, per: int) -> float:
-    return 1000 * statistics.median(common.timed(fn, seconds, warmup=1)) / per
+def _interleaved_ms(fns: dict, seconds: float, per: int) -> dict[str, float]:
+    """Median ms per image of each of ``fns``, run in turn round after round (each once to
+    warm up) for about ``seconds`` per function, so a load that comes and goes on a shared
+    machine falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    end = time.perf_counter() + seconds * len(fns)
+    while min(len(v) for v in times.values()) < 3 or time.perf_counter() < end:
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1000 * statistics.median(v) / per for name, v in times.items()}
 
 
 def cnn_only(model):
@@ -89,21 +102,20 @@ def measure(model, jpegs: list[bytes], seconds: float) -> dict:
     started = model.encode_started(batch)
     cnn = cnn_only(model)
     feed = {"images": batch}
-    row = {
-        "encoder_ms": _median_ms(functools.partial(model.encode_started, batch), seconds, n),
-        "cnn_ms": _median_ms(functools.partial(cnn.run, None, feed), seconds, n),
-        "start_onnx_ms": _median_ms(functools.partial(model.step.start, started.features), seconds, n),
-        "unfused_greedy_ms": _median_ms(
-            functools.partial(model.generate, started.features, CaptionOptions(beam_size=1)), seconds, n
-        ),
+    fns = {
+        "encoder_ms": functools.partial(model.encode_started, batch),
+        "cnn_ms": functools.partial(cnn.run, None, feed),
+        "start_onnx_ms": functools.partial(model.step.start, started.features),
+        "unfused_greedy_ms": functools.partial(model.generate, started.features, CaptionOptions(beam_size=1)),
     }
-    row["start_in_encoder_ms"] = row["encoder_ms"] - row["cnn_ms"]
     for name, options in (
         ("greedy", CaptionOptions(beam_size=1)),
         ("beam3", CaptionOptions(beam_size=3)),
         ("nbest3", CaptionOptions(beam_size=3, num_captions=3)),
     ):
-        row[f"{name}_ms"] = _median_ms(functools.partial(model.generate, started, options), seconds, n)
+        fns[f"{name}_ms"] = functools.partial(model.generate, started, options)
+    row: dict = _interleaved_ms(fns, seconds, n)
+    row["start_in_encoder_ms"] = row["encoder_ms"] - row["cnn_ms"]
     results = model.generate(started, CaptionOptions(beam_size=1))
     row["in_domain"] = sum(bool(r.in_domain) for r in results) / n
     row["words"] = statistics.mean(len(r.tokens) for r in results)

@@ -121,7 +121,7 @@ def _caption_files(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             failures += 1
             continue
-        result = model.generate(model.encode(image[None]), options)[0]
+        result = model.generate(model.encode_started(image[None]), options)[0]  # one encoder call
         in_domain.append(result.in_domain)
         if args.json:
             record = {"file": name, "caption": result.caption, "score": round(result.score, 4)}

@@ -100,10 +100,10 @@ def explain(model: Captioner, images: Sequence[ImageSource], beam_size: int = 1)
 
     require_attention(model)
     inputs = [model.preprocess(im) for im in images]
-    features = pipeline.encode_batch(model, inputs)  # (B, N, C)
-    results = model.generate(features, CaptionOptions(beam_size=beam_size), attention=True)
+    started = pipeline.start_batch(model, inputs)  # maps (B, N, C) and the decoder's start
+    results = model.generate(started, CaptionOptions(beam_size=beam_size), attention=True)
     v = model.vocab
-    h, w = grid_shape(features.shape[1])
+    h, w = grid_shape(started.features.shape[1])
     out = []
     for r, x in zip(results, inputs):
         words = [v.itos[i] for i in r.tokens] + [v.END]

@@ -45,7 +45,9 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 
 class ReferenceCaptioner(CaptionerBase):
-    """Encoder + decoder modules + vocabulary, in eval mode on one device."""
+    """Encoder + decoder modules + vocabulary, in eval mode on one device. It takes the
+    runtime's calls, ``encode_started`` included: the encoder, then the decoder's start in
+    PyTorch (its memory stays on the device), which ``generate`` then does not repeat."""
 
     backend = "pytorch"
 

@@ -80,8 +80,10 @@ def test_the_graphs_give_the_reference_features_and_captions(pair):
     for beam in (1, 3):
         a = fast.generate(fast.encode(x), CaptionOptions(beam_size=beam))
         b = plain.generate(reference, CaptionOptions(beam_size=beam))
-        assert [r.tokens for r in a] == [r.tokens for r in b]
+        fused = fast.generate(fast.encode_started(x), CaptionOptions(beam_size=beam))  # start from the encoder graph
+        assert [r.tokens for r in a] == [r.tokens for r in b] == [r.tokens for r in fused]
         assert np.allclose([r.score for r in a], [r.score for r in b], atol=1e-4)
+        assert np.allclose([r.score for r in a], [r.score for r in fused], atol=1e-5)
         assert len({r.caption for r in b}) > 1  # different images, different captions
 
 
@@ -165,6 +167,9 @@ def test_the_manifest_records_digests_tools_and_checks(lite0_dir):
     assert set(manifest["files"]) >= {graphs_mod.ENCODER, graphs_mod.START, graphs_mod.STEP, graphs_mod.LABELS}
     assert manifest["sources"] == graphs_mod.source_digests(lite0_dir)
     assert manifest["decoder"]["check"]["step_max_abs"] <= export_mod.STEP_TOLERANCE
+    start = manifest["encoder"]["start"]  # the encoder graph's fused start, checked at export
+    assert start["outputs"] == ["features", "memory", "h", "c"][: 2 + manifest["decoder"]["state"]]
+    assert start[graphs_mod.ENCODER]["start_max_abs"] <= export_mod.STEP_TOLERANCE
     # no calibration images: no int8 graph, and the manifest says why
     assert graphs_mod.ENCODER_INT8 not in manifest["files"] and "calibration" in manifest["int8"]["reason"]
 
