@@ -10,13 +10,19 @@ decode workers with ``py-spy record --subprocesses --format raw`` (samples of th
 are running, not waiting). Each sample is put in the first stage whose function it
 contains, searched from the innermost frame out, so the shares add up to 100 %:
 
-* ``encoder``: ONNX Runtime's or PyTorch's encoder call (``Captioner.encode``);
-* ``decoder``: generation, the unsure-word cut and trust (``Captioner.generate``);
-* ``image decode``: the decode workers' ``load_image`` (in their processes);
+* ``image decode``: ``load_image`` (the decode workers', in their processes, or a thread's);
 * ``decode hand-off``: the pipe to and from the decode workers (both sides);
-* ``resize + normalise``: ``Preprocess`` in the decode threads;
+* ``preprocess``: resize, crop and normalise (``Preprocess``, the workers' crop);
+* ``encoder``: the CNN's session call (``Captioner.encode``, ``OnnxEncoder``);
+* ``generation (search)``: the search and the decoder step's session calls
+  (``captioner/runtime/search.py``, ``OnnxStep``), and ``CaptionerBase.generate`` itself;
+* ``trust, labels, finish``: the unsure-word cut, confidence and domain distance
+  (``captioner/runtime/results.py``, ``captioner/trust.py``) and the ImageNet labels;
 * ``HTTP + multipart``: uvicorn, FastAPI, the upload parsing and JSON responses;
-* ``other``: the rest (thread hand-offs, the batcher, logging).
+* ``other``: the rest (stacking batches, thread hand-offs, the batcher, logging).
+
+Samples of a waiting thread (innermost frame a ``Condition.wait`` and the like) are left
+out of the shares and shown apart as a share of the rest.
 
 The raw profile is kept (``--raw``) for a flame graph (``flamegraph.pl``, speedscope).
 """
@@ -36,16 +42,25 @@ from . import common
 from .serve import PY, Server, load
 
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("encoder", ("Captioner.encode ",)),
-    ("decoder", ("Captioner.generate ",)),
     ("image decode", ("load_image (captioner/images.py",)),
     ("decode hand-off", ("_Worker.call ", "_Worker._recv ", "serve (captioner/decode_budget.py")),
-    ("resize + normalise", ("Preprocess.",)),
+    ("preprocess", ("Preprocess.", "_crop (captioner/decode_budget.py", "preprocess (captioner/pipeline.py")),
+    ("encoder", ("Captioner.encode ", "OnnxEncoder.")),
+    ("generation (search)", ("captioner/runtime/search.py", "OnnxStep.", "CaptionerBase.generate ")),
+    ("trust, labels, finish", ("captioner/runtime/results.py", "captioner/trust.py", "CaptionerBase.labels ")),
     ("HTTP + multipart", ("uvicorn/", "fastapi/", "starlette/", "multipart", "service/routers/", "service/app.py")),
 )
 
 
+#: Innermost frames of a thread that waits (py-spy's ``--nonblocking`` cannot always tell an
+#: idle thread from a running one): such samples are counted apart, not in the shares.
+IDLE = ("Condition.wait (", "Event.wait (", "Semaphore.acquire (", "select (selectors.py", "BaseSelector.select (")
+
+
 def stage_of(frames: list[str]) -> str:
+    """The stage of one sample (frames outermost first); ``idle`` for a waiting thread."""
+    if frames and any(frames[-1].startswith(n) for n in IDLE):
+        return "idle"
     for frame in reversed(frames):
         for stage, needles in STAGES:
             if any(n in frame for n in needles):
@@ -54,14 +69,17 @@ def stage_of(frames: list[str]) -> str:
 
 
 def shares(raw: Path) -> dict[str, float]:
-    """Share of the samples in each stage, from a py-spy ``--format raw`` file."""
+    """Share of the samples in each stage, from a py-spy ``--format raw`` file (lines of
+    ``frame;frame;... count``, outermost frame first, each ``function (file:line)``)."""
     counts: collections.Counter[str] = collections.Counter()
     for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
         m = re.match(r"(.*) (\d+)$", line)
         if m:
             counts[stage_of(m.group(1).split(";"))] += int(m.group(2))
-    total = sum(counts.values()) or 1
-    return {stage: counts[stage] / total for stage, _ in (*STAGES, ("other", ()))}
+    total = (sum(counts.values()) - counts["idle"]) or 1
+    return {stage: counts[stage] / total for stage, _ in (*STAGES, ("other", ()))} | {
+        "idle (left out)": counts["idle"] / total
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
