@@ -11,7 +11,12 @@ pre-decoded batches). ``--plain`` adds a run on the PyTorch reference path
 (:class:`captioner.ReferenceCaptioner`: eager encoder, the search over the PyTorch step),
 for reference.
 
-Target (issue "Performance"): folder captioning >= 70% of the encoder-only limit.
+``--serial`` adds a run of the same folder through :func:`captioner.pipeline.caption_stream`
+(encoder and decoder one after the other on the main thread, what the folder tool did
+before its decoder got a thread of its own), side by side.
+
+Target (issue "Performance: serve the shipped default at the speed of its CNN"): folder
+captioning >= 85 % of the encoder-only limit.
 """
 
 from __future__ import annotations
@@ -41,6 +46,24 @@ def run_folder(model, folder: Path, args) -> dict:
     return {"images": summary.done, "seconds": summary.seconds, "images_per_s": summary.images_per_second}
 
 
+def run_serial(model, folder: Path, args) -> dict:
+    """The folder's images through the one-thread stream (decoder on the main thread)."""
+    import time
+
+    from captioner.options import CaptionOptions
+    from captioner.pipeline import caption_stream
+    from captioner.walk import find_images
+
+    items, _ = find_images([folder])
+    start = time.perf_counter()
+    rows = caption_stream(
+        model, items, batch_size=args.batch_size, workers=args.workers, options=CaptionOptions(beam_size=args.beam)
+    )
+    done = sum(1 for _, result, _ in rows if result is not None)
+    seconds = time.perf_counter() - start
+    return {"images": done, "seconds": seconds, "images_per_s": done / seconds}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = common.base_parser("folder", __doc__)
     p.add_argument("--images", type=int, default=256, help="JPEGs in the folder (default 256)")
@@ -48,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="decode threads (default 2, the CLI's)")
     p.add_argument("--beam", type=int, default=1, help="beam size (default 1: greedy)")
     p.add_argument("--plain", action="store_true", help="also run on the PyTorch reference path (ReferenceCaptioner)")
+    p.add_argument("--serial", action="store_true", help="also run the one-thread stream (decoder on the main thread)")
     p.add_argument(
         "--precision", choices=["fp32", "int8"], default=None, help="encoder precision (default: the checkpoint's)"
     )
@@ -66,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     limit_start = common.encoder_limit(model)
     run_folder(model, common.jpeg_folder(16), args)  # warm-up: threads, first batches
     fast = run_folder(model, folder, args)
+    serial = run_serial(model, folder, args) if args.serial else None
     limit_end = common.encoder_limit(model)
     limit = (limit_start["images_per_s"] + limit_end["images_per_s"]) / 2
     rows = [
@@ -75,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
             "pct_encoder_limit": 100 * fast["images_per_s"] / limit,
         }
     ]
+    if serial is not None:
+        rows.append(
+            {"run": "one-thread stream (before)", **serial, "pct_encoder_limit": 100 * serial["images_per_s"] / limit}
+        )
     if args.plain:
         plain_model = ReferenceCaptioner.load(ckpt, device="cpu")
         plain = run_folder(plain_model, folder, args)
@@ -109,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nencoder-only limit {limit_start['images_per_s']:.1f} (start) / {limit_end['images_per_s']:.1f} (end) "
         f"images/s; {limit_start['by_backend_and_batch']}"
     )
-    print(f"target folder >= 70% of the encoder-only limit: {rows[0]['pct_encoder_limit']:.0f}%")
+    print(f"target folder >= 85% of the encoder-only limit: {rows[0]['pct_encoder_limit']:.0f}%")
     out = common.write_json(
         "folder",
         {

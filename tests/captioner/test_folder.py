@@ -22,8 +22,10 @@ from captioner.cli import main as cli_main
 from captioner.errors import CaptionerError
 from captioner.folder import (
     caption_folder,
+    caption_stream,
     default_errors_path,
     find_images,
+    overlapped_stream,
     read_records,
 )
 
@@ -255,3 +257,24 @@ def test_killed_run_resumes_without_duplicate_or_partial_lines(model, model_dir,
     # what the killed process wrote is what the model says, each caption of its own file
     assert [r["caption"] for r in before] == model.caption([folder / r["file"] for r in before])
     assert [r["caption"] for r in after] == [caption_of(100 + i) for i in range(8)]
+
+
+def test_the_overlapped_stream_gives_the_rows_of_the_plain_one(model, tmp_path):
+    """Captions generated on their own thread while the next batch is encoded: the same
+    rows as the one-thread stream, the captions and the failures each in input order (a
+    failure comes as soon as it is reached), over several batches and a short last one."""
+    for seed in (1, 3, 9, 20, 21, 22, 100, 101, 102):
+        save_image(tmp_path / f"{seed}.jpg", seed)
+    (tmp_path / "bad.jpg").write_bytes(b"not a picture")
+    items, _ = find_images([tmp_path])
+    got = list(overlapped_stream(model, items, batch_size=4, workers=2))
+    want = list(caption_stream(model, items, batch_size=4, workers=2))
+    assert len(got) == len(want) == len(items)
+    for keep in (lambda r: r is not None, lambda r: r is None):
+        assert [(it.key, why) for it, r, why in got if keep(r)] == [(it.key, why) for it, r, why in want if keep(r)]
+    assert [r.caption for _, r, _ in got if r is not None] == [r.caption for _, r, _ in want if r is not None]
+    for it, r, why in got:
+        if it.key == "bad.jpg":
+            assert r is None and why
+        else:
+            assert r is not None and r.caption == caption_of(int(it.key.split(".")[0]))
