@@ -10,7 +10,7 @@ One run, so the ratios hold on a shared machine: the encoder-only limits
 in-process time to caption one JPEG (greedy); ``captioner serve`` at each ``--clients``
 level greedy, and at 32 clients with beam 3; the naive server (``bench/naive_server.py``)
 at each level; then each ``--variant NAME=ARG[,ARG...]`` (extra ``captioner serve``
-arguments; ``env:NAME=VALUE`` sets the server's environment) at 32 clients greedy, for
+arguments; ``env:NAME=VALUE`` sets the server's environment) at ``--variant-clients`` (32) greedy, for
 A/B comparisons. Prints one table, writes
 ``bench/results/clients.json``; ``--plot`` draws images/s against clients.
 """
@@ -47,10 +47,11 @@ def _levels(server: serve.Server, name: str, images: Path, jpeg: bytes, runs: li
 
 def _plot(rows: list[dict], limits: dict[str, float], labels: dict[str, str], path: str) -> None:
     fig, ax = common.pyplot().subplots(figsize=(7, 4), dpi=100)
-    for name, style in (("service", "o-"), ("naive", "s-")):
+    names = dict.fromkeys(r["server"] for r in rows)  # service, naive, then the variants
+    for name, style in zip(names, ("o-", "s-", "^-", "v-", "d-"), strict=False):
         pts = sorted((r["clients"], r["images_per_s"]) for r in rows if r["server"] == name and r["beam"] == 1)
-        if pts:
-            ax.plot(*zip(*pts, strict=True), style, label=labels[name])
+        if len(pts) > 1:
+            ax.plot(*zip(*pts, strict=True), style, label=labels.get(name, f"captioner serve, {name}"))
     for (key, value), ls in zip(limits.items(), ("--", ":"), strict=False):
         ax.axhline(value, ls=ls, color="grey", label=f"encoder-only limit, {key} ({value:.0f}/s)")
     ax.set_xscale("log", base=2)
@@ -71,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="window per level (default 8)")
     p.add_argument("--warmup", type=float, default=1.5, help="load before each window (default 1.5 s)")
     p.add_argument("--no-naive", action="store_true", help="leave the naive server out")
-    p.add_argument("--variant", action="append", default=[], help="NAME=ARG[,ARG...]: a service at 32 clients")
+    p.add_argument("--variant", action="append", default=[], help="NAME=ARG[,ARG...]: another service, greedy")
+    p.add_argument(
+        "--variant-clients", type=int, nargs="+", default=[32], help="the variants' client levels (default 32)"
+    )
     p.add_argument("--plot", metavar="PNG")
     args = p.parse_args(argv)
     info, ckpt, images, jpeg = common.serving_start(args, "throughput vs clients")
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         name, _, extra = variant.partition("=")
         server = _service(ckpt, [a for a in extra.split(",") if a])
         try:
-            rows += _levels(server, name, images, jpeg, [(1, 32)], args)
+            rows += _levels(server, name, images, jpeg, [(1, c) for c in args.variant_clients], args)
         finally:
             server.stop()
     limits["own"].append(common.encoder_limit(models["own"])["images_per_s"])
