@@ -25,7 +25,10 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /tmp \
 
 # The package, the shipped weights (with their graphs) and the runtime's dependencies, installed
 # under /install; the sources stay in this stage. The runtime must not pull in PyTorch: a
-# dependency that would makes pip fail here, at once.
+# dependency that would makes pip fail here, at once. In the same step, what the service never
+# reads goes: the dependencies' own test suites (numpy's are 17 MB), and the second copy of
+# the ImageNet label graph, which both shipped models share byte for byte (a link instead;
+# loading still checks its digest).
 FROM base AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -35,7 +38,13 @@ COPY training ./training
 COPY weights ./weights
 RUN printf 'torch<0\ntorchvision<0\n' > /tmp/no-torch.txt \
     && pip install --prefix=/install --constraint /tmp/no-torch.txt . \
-    && rm -rf /tmp/no-torch.txt build
+    && rm -rf /tmp/no-torch.txt build \
+    && site=/install/lib/python3.11/site-packages \
+    && find "$site" -mindepth 2 -type d -name tests -not -path "$site/captioner/*" -prune \
+        -exec rm -rf {} + \
+    && graphs="$site/captioner/weights" \
+    && if cmp -s "$graphs/default/graphs/labels.onnx" "$graphs/pooled/graphs/labels.onnx"; then \
+        ln -sf ../../default/graphs/labels.onnx "$graphs/pooled/graphs/labels.onnx"; fi
 
 
 # Optional: training, fine-tuning and `captioner export`. TORCH_INDEX_URL, e.g. PyTorch's

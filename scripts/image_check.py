@@ -268,6 +268,26 @@ def check_image(report: Report, image: str) -> None:
     health = podman("image", "inspect", "--format", "{{json .Config.Healthcheck}}", image).stdout
     stop = podman("image", "inspect", "--format", "{{.Config.StopSignal}}", image).stdout.strip()
     report.line("/readyz" in health and stop == "SIGTERM", "image config", f"HEALTHCHECK on /readyz, STOPSIGNAL {stop}")
+    # weights/pooled reads the label graph it shares with the default through a link (Dockerfile)
+    pooled = "import captioner.weights as w, pathlib; print(pathlib.Path(w.__file__).parent / 'pooled')"
+    where = podman("run", "--rm", "--network", "none", image, "python", "-c", pooled).stdout.strip()
+    mount = f"{PHOTO}:/tmp/{PHOTO.name}:ro"
+    done = podman(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        mount,
+        image,
+        "captioner",
+        "caption",
+        "--checkpoint",
+        where,
+        f"/tmp/{PHOTO.name}",
+    )
+    said = first_line(done.stdout or done.stderr).strip()
+    report.line(done.returncode == 0 and bool(said), "weights/pooled", f"exit {done.returncode}: {said}")
 
 
 def check_serving(report: Report, image: str, svc: dict[str, Any]) -> None:

@@ -114,6 +114,17 @@ def test_dockerfile_builds_a_lean_non_root_service_that_refuses_missing_weights(
     assert instruction(svc, "EXPOSE") == [env["CAPTIONER_PORT"]]
 
 
+def test_the_image_links_the_label_graph_both_shipped_models_share():
+    """The Dockerfile links weights/pooled's labels.onnx to weights/default's when their bytes
+    agree (cmp): a re-export that made them differ would quietly put 5 MB back in the image."""
+    build = stages()["build"]
+    graphs = re.search(r'graphs="\$site/(\S+)"', build)
+    assert graphs and graphs.group(1) == "captioner/weights", "the installed weights' path changed"
+    assert "ln -sf ../../default/graphs/labels.onnx" in build
+    default, pooled = (ROOT / "weights" / name / "graphs" / "labels.onnx" for name in ("default", "pooled"))
+    assert default.read_bytes() == pooled.read_bytes(), "the shipped label graphs differ: the image copies both"
+
+
 def test_compose_names_the_dockerfiles_stage_port_and_healthcheck():
     svc, text = service(), dockerfile()
     assert svc["build"] == {"context": ".", "target": "service"} and svc["build"]["target"] in stages()
