@@ -47,7 +47,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         type=_range_type("actors"),
         default=None,
         metavar="N",
-        help="captioning actors, each holding one model (default: one per GPU, else from the CPUs)",
+        help="captioning actors, each holding one model (default: one per GPU, else one per core decoding does not need: round(0.8 x CPUs))",
     )
     g.add_argument(
         "--ray-actor-cpus",

@@ -62,6 +62,10 @@ FORMATS = ("jsonl", "csv", "parquet")
 
 ACTORS = Range("Ray actors", 1, 10_000)
 ACTOR_CPUS = Range("CPUs per Ray actor", 0.0, 1024.0, integer=False, low_open=True)
+#: The share of an image's CPU time spent reading and decoding it (measured: 2.5-3.3 ms of
+#: 17-19 ms with the shipped weights, docs/scale.md); the default pool runs an actor (one
+#: encoder thread) on every other core.
+DECODE_SHARE = 0.2
 #: Memory a decode task declares beyond its tensors: the worker with torch imported, and one
 #: large image being decoded (Ray measured about 380 MiB in all for batches of 16).
 DECODE_MEMORY = 512 << 20
@@ -110,7 +114,8 @@ def plan_pool(
 
     GPUs (when there are some and ``use_gpus``): one actor per GPU. CPUs only: the CPUs
     left after :func:`decode_reserve` are shared among ``actors`` actors (default: one per
-    whole CPU of that share). Raises :class:`CaptionerError` when the given ``actors`` and
+    core that decoding does not need, ``DECODE_SHARE``; the reserve is Ray's accounting,
+    which keeps decode tasks schedulable, not a count of busy cores). Raises :class:`CaptionerError` when the given ``actors`` and
     ``actor_cpus`` would leave the decode tasks nothing to run on."""
     if cluster_cpus <= 0:
         raise CaptionerError("the Ray cluster has no CPUs; decoding needs some")
@@ -119,7 +124,7 @@ def plan_pool(
     budget = cluster_cpus - reserve
     gpus = int(cluster_gpus) if use_gpus else 0
     if actors is None:
-        actors = gpus if gpus >= 1 else max(1, math.floor(budget))
+        actors = gpus if gpus >= 1 else max(1, round(cluster_cpus * (1 - DECODE_SHARE)))
     ACTORS.check(actors)
     if actor_cpus is None:
         actor_cpus = min(1.0, budget / actors) if gpus >= 1 else budget / actors

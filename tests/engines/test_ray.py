@@ -151,7 +151,11 @@ def test_a_killed_actor_loses_and_repeats_nothing(ray_cluster, folder, local_run
     assert killed and after_kill > 0, "the actor must die while work is left"
     from ray._private import state
 
-    assert state.actors(actor_id=killed[0])["NumRestarts"] >= 1  # Ray brought it back for the rest
+    # Ray brought it back for the rest; its count can trail the run's end by a moment
+    deadline = time.monotonic() + 10
+    while (info := state.actors(actor_id=killed[0]))["NumRestarts"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert info["NumRestarts"] >= 1, info
     assert summary.extra["actors"] == 2 and summary.extra["actor_cpus"] == 0.5
     assert (summary.done, summary.failed) == (GOOD, len(BAD))
     records = read_parquet_records(out)
@@ -162,12 +166,14 @@ def test_a_killed_actor_loses_and_repeats_nothing(ray_cluster, folder, local_run
 
 # ---------------------------------------------------------------------------- without Ray work
 def test_pool_plan_leaves_cpus_for_decoding():
-    two = plan_pool(2)
-    assert (two.actors, two.actor_cpus, two.decode_cpus) == (1, 1.0, 1.0)
-    shared = plan_pool(2, actors=2)
-    assert (shared.actors, shared.actor_cpus, shared.threads) == (2, 0.5, 1)
+    two = plan_pool(2)  # an actor per core: decoding needs a fifth of the CPU, not a whole core
+    assert (two.actors, two.actor_cpus, two.decode_cpus, two.threads) == (2, 0.5, 1.0, 1)
+    one = plan_pool(2, actors=1)
+    assert (one.actors, one.actor_cpus) == (1, 1.0)
+    assert (plan_pool(1).actors, plan_pool(1).actor_cpus) == (1, 0.5)
+    assert (plan_pool(4).actors, plan_pool(4).actor_cpus) == (3, 1.0)
     big = plan_pool(32)
-    assert big.actors == 24 and big.actors * big.actor_cpus + big.decode_cpus <= 32
+    assert big.actors == 26 and big.actors * big.actor_cpus + big.decode_cpus <= 32
     gpu = plan_pool(16, 4)
     assert (gpu.actors, gpu.actor_gpus, gpu.actor_cpus) == (4, 1.0, 1.0)
     assert plan_pool(16, 4, use_gpus=False).actor_gpus == 0.0
