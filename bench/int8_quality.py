@@ -111,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
 
     names, jpegs, truth = scenes(args.scenes, args.seed)
     held = np.stack([fp32.preprocess(b) for b in jpegs])  # (N, 3, S, S)
-    a, b = encode_all(fp32, held), encode_all(int8, held)  # (N, F)
-    cos = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))  # (N,)
+    a, b = encode_all(fp32, held), encode_all(int8, held)  # (N, F) or (N, L, C)
+    fa, fb = a.reshape(len(a), -1), b.reshape(len(b), -1)  # (N, F) or maps (N, L * C), as the int8 gate compares
+    cos = (fa * fb).sum(axis=1) / (np.linalg.norm(fa, axis=1) * np.linalg.norm(fb, axis=1))  # (N,)
     caps32, caps8 = [r.caption for r in fp32.generate(a)], [r.caption for r in int8.generate(b)]
     same = float(np.mean([x == y for x, y in zip(caps32, caps8)]))
     acc32 = scene_accuracy(dict(zip(names, caps32)), truth).accuracy
