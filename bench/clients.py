@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average {info['load_average']} -> {end}")
     if args.plot:
         labels = {"service": f"captioner serve ({ckpt.name}, {names['own'].split()[0]})", "naive": "naive server"}
+        for variant in args.variant:  # NAME=ARG[,ARG...]: labelled with its arguments
+            name, _, extra = variant.partition("=")
+            labels[name] = " ".join(
+                ["captioner serve", *(a for a in extra.split(",") if a and not a.startswith("env:"))]
+            )
         _plot(rows, mean, labels, args.plot)
     payload = {"machine": info, "load_average_end": end, "checkpoint": str(ckpt), "encoder_limits": limits}
     payload.update(encoder_limit_mean=mean, in_process_one_image_s=one_s, rows=rows)

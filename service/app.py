@@ -30,7 +30,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from captioner import __version__
 from captioner.runtime.captioner import CaptionerBase, load_captioner
-from captioner.runtime.graphs import encoder_threads
 
 from .admission import AdmissionMiddleware
 from .captioning import CaptionService
@@ -203,6 +202,4 @@ def load_model(settings: Settings) -> CaptionerBase:
     threads = settings.threads or settings.torch_threads
     if settings.torch_threads and not settings.threads:
         log.warning("CAPTIONER_TORCH_THREADS / --torch-threads is deprecated: use CAPTIONER_THREADS / --threads")
-    if settings.lanes > 1:  # the lanes share the cores: each encoder run gets its part
-        threads = max(1, (threads or encoder_threads()) // settings.lanes)
     return load_captioner(settings.checkpoint, settings.device, settings.precision, threads)

@@ -24,8 +24,9 @@ Images whose future was cancelled (their request timed out or went away) are dro
 when their batch is formed. Stopping drains: everything already queued still runs.
 
 ``lanes`` worker threads may take batches from the one queue, so one batch's search (one
-core) overlaps the next batch's encoder instead of leaving a core idle; each lane's encoder
-then gets its share of the cores (``captioner serve --lanes``).
+core) overlaps the next batch's encoder instead of leaving a core idle (``captioner serve
+--lanes``); ``busy`` says how many batches run, so a batch can take every encoder thread
+when it runs alone and its share beside another (service.captioning).
 """
 
 from __future__ import annotations
@@ -138,6 +139,11 @@ class Batcher:
             self._queue.extend(items)
             self._cond.notify()
         return [it.future for it in items]
+
+    @property
+    def busy(self) -> int:
+        """Batches being run now (at most ``lanes``)."""
+        return self._busy
 
     @property
     def depth(self) -> int:

@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -85,6 +85,16 @@ def _stamp_time(item: ItemResult, start: float, _future: object) -> None:
     item.time_ms = (time.monotonic() - start) * 1000.0
 
 
+def _lane_model(model: CaptionerBase, lanes: int) -> CaptionerBase | None:
+    """The model a lane runs while another lane's batch runs too: its own encoder session on
+    threads / lanes threads (None with one lane, on CUDA, or when that is every thread)."""
+    threads = getattr(getattr(model, "encoder", None), "threads", None)
+    twin = getattr(model, "with_encoder_threads", None)
+    if lanes < 2 or not isinstance(threads, int) or twin is None or threads // lanes in (0, threads):
+        return None
+    return cast(CaptionerBase, twin(max(1, threads // lanes)))
+
+
 class CaptionService:
     """Owns the model, the decode pool and the batcher of one app."""
 
@@ -110,6 +120,7 @@ class CaptionService:
             lanes=settings.lanes,
         )
         metrics.track_queue(lambda: self.batcher.depth)
+        self._beside = _lane_model(model, settings.lanes)
         self._admitted = 0  # images accepted and not yet finished
         self._buffered = 0  # request-body bytes reserved by requests being read or served
         self._lock = threading.Lock()
@@ -232,7 +243,10 @@ class CaptionService:
 
     def _run_batch(self, x: np.ndarray, opts: GenerationOptions) -> list:
         """Runs in the batcher thread: (B, 3, H, W) -> B CaptionResults."""
-        started = self.model.encode_started(x)  # (B, F) and the decoder's start, from one encoder call
+        # Alone, a batch has every encoder thread (one lane's latency); beside another lane's
+        # batch, its share of them (the lanes' throughput).
+        model = self._beside if self._beside is not None and self.batcher.busy > 1 else self.model
+        started = model.encode_started(x)  # (B, F) and the decoder's start, from one encoder call
         options = CaptionOptions(
             beam_size=opts.beam_size,
             max_length=opts.max_length,
@@ -241,12 +255,12 @@ class CaptionService:
             labels=int(LABELS.high),
             num_captions=opts.num_captions,
         )
-        results = self.model.generate(started, options, attention=opts.explain)
+        results = model.generate(started, options, attention=opts.explain)
         if not opts.explain:
             return results
         from captioner.explain import word_maps
 
-        return list(zip(results, word_maps(self.model, results)))
+        return list(zip(results, word_maps(model, results)))
 
     async def _decode_one(self, index: int, upload: Upload, deadline: float) -> tuple[ItemResult, np.ndarray | None]:
         """Decode one upload off the event loop; a bad image becomes an error result."""

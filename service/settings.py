@@ -58,11 +58,11 @@ class Settings(BaseSettings):
         "images while the model is busy (an idle model starts at once)",
     )
     lanes: int = Field(
-        1,
+        2,
         ge=1,
         le=16,
-        description="batches run at once, each on threads/lanes encoder threads: 2 lets one batch's "
-        "search overlap the next batch's encoder",
+        description="batches run at once: 2 lets one batch's search overlap the next batch's encoder; "
+        "a batch beside another runs on threads/lanes encoder threads, alone on all of them",
     )
     queue_size: int = Field(128, ge=1, description="most images accepted and not yet captioned; beyond it 503")
     decode_workers: int = Field(2, ge=1, le=64, description="threads decoding and preprocessing uploads")

@@ -18,6 +18,7 @@ callers who keep features: generate then computes the decoder's start itself.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import logging
@@ -294,6 +295,13 @@ class Captioner(CaptionerBase):
         self.encoder = OnnxEncoder(graphs, precision, threads)
         self.step = OnnxStep.of(graphs)
         self._labels = OnnxLabels(graphs) if graphs.has(LABELS) else None
+
+    def with_encoder_threads(self, threads: int) -> Captioner:
+        """This captioner with its own encoder session on ``threads`` threads, sharing the rest
+        (decoder step, labels, trust): for a service lane that runs beside another one."""
+        twin = copy.copy(self)
+        twin.encoder = OnnxEncoder(self.graphs, self.encoder.precision, threads)
+        return twin
 
     @classmethod
     def load(

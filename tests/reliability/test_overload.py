@@ -19,12 +19,17 @@ from relkit import AUTH, Server
 def test_overload_answers_only_200_or_503_with_retry_after(rel_server: Server) -> None:
     ok, _ = serves_normally(rel_server.url, AUTH, n=4)
     assert ok == 4
-    # The first burst of full batches raises the allocator's high-water mark once (about
-    # 200 MiB here, measured in docs/reliability.md); the baseline is taken after it, so the
-    # check below is that overload does not keep memory growing.
-    run_load(rel_server.url, AUTH, clients=64, seconds=2)
-    time.sleep(0.5)
+    # The first bursts of full batches raise the allocators' high-water marks once (about
+    # 200 MiB here, measured in docs/reliability.md; each lane's encoder session has its own);
+    # the baseline is taken once a burst no longer raises it, so the check below is that
+    # overload does not keep memory growing.
     baseline_kb = rel_server.rss_kb()
+    for _ in range(4):
+        run_load(rel_server.url, AUTH, clients=64, seconds=2)
+        time.sleep(0.5)
+        before_kb, baseline_kb = baseline_kb, rel_server.rss_kb()
+        if baseline_kb - before_kb < 16 * 1024:
+            break
     res = run_load(rel_server.url, AUTH, clients=64, seconds=5, pid=rel_server.proc.pid)
     s = res.summary()
     assert set(res.statuses) <= {200, 503}, s

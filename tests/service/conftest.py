@@ -4,8 +4,8 @@ The servers run ``captioner serve`` in subprocesses on loopback ports picked by 
 server itself (``--port 0``; the tests read the URL it prints), each waited for on
 ``/readyz``; they are all started at once so they load in parallel:
 
-* ``server``  - defaults (no key, CORS off) but two lanes of one encoder thread each, used
-  by most tests;
+* ``server``  - defaults (no key, CORS off; two lanes) on two encoder threads, used by most
+  tests;
 * ``limited`` - API key, tiny queue and body limits, one image per batch, CORS on, its
   own generation limits (default beam 2, at most 3; max_length at most 6), and decoding
   in threads (``--decode-in threads``) rather than worker processes;

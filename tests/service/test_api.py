@@ -145,8 +145,8 @@ def test_health_ready_model_and_docs(server):
         assert info["decoder"]["max_length"] == 8 and info["metadata"]["training_data"]
         assert info["service"]["max_files"] == 16 and info["service"]["auth_required"] is False
         assert info["service"]["decode_in"] == "processes"
-        # Two lanes share the two threads: each encoder run gets one (the other lane's search beside it).
-        assert (info["service"]["lanes"], info["service"]["threads"]) == (2, 1)
+        # Two lanes: the encoder has both threads when its batch runs alone (one per batch beside another).
+        assert (info["service"]["lanes"], info["service"]["threads"]) == (2, 2)
         schema = c.get("/openapi.json").json()
         assert (
             "/v1/captions" in schema["paths"]
