@@ -193,7 +193,9 @@ class ServiceLimits(BaseModel):
     default_beam_size: int
     default_max_length: int
     threads: int | None
-    lanes: int = Field(description="batches run at once; beside another, a batch's encoder runs on threads/lanes threads")
+    lanes: int = Field(
+        description="batches run at once; beside another, a batch's encoder runs on threads/lanes threads"
+    )
     decode_in: str = Field(description="processes (each decode killed past its request's time) or threads")
     auth_required: bool
 
