@@ -25,6 +25,12 @@ from . import common, serve
 LEVELS = (1, 4, 16, 32, 64)
 
 
+def _variant(text: str) -> tuple[str, list[str]]:
+    """``NAME=ARG[,ARG...]`` -> (NAME, [ARG, ...])."""
+    name, _, extra = text.partition("=")
+    return name, [a for a in extra.split(",") if a]
+
+
 def _service(ckpt: Path, extra: list[str]) -> serve.Server:
     """``captioner serve`` with ``extra`` arguments; an ``env:NAME=VALUE`` one sets its environment."""
     env = dict(a[4:].split("=", 1) for a in extra if a.startswith("env:"))
@@ -99,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             rows += _levels(naive, "naive", images, jpeg, [(1, c) for c in args.clients], args)
         finally:
             naive.stop()
-    for variant in args.variant:
-        name, _, extra = variant.partition("=")
-        server = _service(ckpt, [a for a in extra.split(",") if a])
+    variants = [_variant(v) for v in args.variant]
+    for name, extra in variants:
+        server = _service(ckpt, extra)
         try:
             rows += _levels(server, name, images, jpeg, [(1, c) for c in args.variant_clients], args)
         finally:
@@ -118,11 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average {info['load_average']} -> {end}")
     if args.plot:
         labels = {"service": f"captioner serve ({ckpt.name}, {names['own'].split()[0]})", "naive": "naive server"}
-        for variant in args.variant:  # NAME=ARG[,ARG...]: labelled with its arguments
-            name, _, extra = variant.partition("=")
-            labels[name] = " ".join(
-                ["captioner serve", *(a for a in extra.split(",") if a and not a.startswith("env:"))]
-            )
+        for name, extra in variants:  # labelled with its arguments
+            labels[name] = " ".join(["captioner serve", *(a for a in extra if not a.startswith("env:"))])
         _plot(rows, mean, labels, args.plot)
     payload = {"machine": info, "load_average_end": end, "checkpoint": str(ckpt), "encoder_limits": limits}
     payload.update(encoder_limit_mean=mean, in_process_one_image_s=one_s, rows=rows)

@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from captioner.errors import ImageLoadError
 from captioner.fair_executor import FairExecutor
 from captioner.images import load_image
 from captioner.options import LABELS, CaptionOptions
-from captioner.runtime.captioner import CaptionerBase
+from captioner.runtime.captioner import Captioner, CaptionerBase
 
 from .batcher import Batcher, BatcherStopped
 from .errors import APIError, image_error
@@ -87,12 +87,10 @@ def _stamp_time(item: ItemResult, start: float, _future: object) -> None:
 
 def _lane_model(model: CaptionerBase, lanes: int) -> CaptionerBase | None:
     """The model a lane runs while another lane's batch runs too: its own encoder session on
-    threads / lanes threads (None with one lane, on CUDA, or when that is every thread)."""
-    threads = getattr(getattr(model, "encoder", None), "threads", None)
-    twin = getattr(model, "with_encoder_threads", None)
-    if lanes < 2 or not isinstance(threads, int) or twin is None or threads // lanes in (0, threads):
+    threads / lanes threads (None with one lane, on CUDA, or with fewer threads than lanes)."""
+    if lanes < 2 or not isinstance(model, Captioner) or model.encoder.threads < lanes:
         return None
-    return cast(CaptionerBase, twin(max(1, threads // lanes)))
+    return model.with_encoder_threads(model.encoder.threads // lanes)
 
 
 class CaptionService:

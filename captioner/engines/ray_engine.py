@@ -64,7 +64,7 @@ ACTORS = Range("Ray actors", 1, 10_000)
 ACTOR_CPUS = Range("CPUs per Ray actor", 0.0, 1024.0, integer=False, low_open=True)
 #: The share of an image's CPU time spent reading and decoding it (measured: 2.5-3.3 ms of
 #: 17-19 ms with the shipped weights, docs/scale.md); the default pool runs an actor (one
-#: encoder thread) on every other core.
+#: encoder thread) on each of the remaining cores.
 DECODE_SHARE = 0.2
 #: Memory a decode task declares beyond its tensors: the worker with torch imported, and one
 #: large image being decoded (Ray measured about 380 MiB in all for batches of 16).
@@ -115,8 +115,9 @@ def plan_pool(
     GPUs (when there are some and ``use_gpus``): one actor per GPU. CPUs only: the CPUs
     left after :func:`decode_reserve` are shared among ``actors`` actors (default: one per
     core that decoding does not need, ``DECODE_SHARE``; the reserve is Ray's accounting,
-    which keeps decode tasks schedulable, not a count of busy cores). Raises :class:`CaptionerError` when the given ``actors`` and
-    ``actor_cpus`` would leave the decode tasks nothing to run on."""
+    which keeps decode tasks schedulable, not a count of busy cores). Raises
+    :class:`CaptionerError` when the given ``actors`` and ``actor_cpus`` would leave the
+    decode tasks nothing to run on."""
     if cluster_cpus <= 0:
         raise CaptionerError("the Ray cluster has no CPUs; decoding needs some")
     reserve = decode_reserve(cluster_cpus)
