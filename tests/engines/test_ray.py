@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -121,8 +122,23 @@ def test_same_rows_as_local_then_resume_captions_nothing(ray_cluster, folder, lo
     assert set(errors_of(out.with_name("captions.errors.jsonl"))) == set(BAD)  # failures are retried each run
 
 
-def test_a_killed_actor_loses_and_repeats_nothing(ray_cluster, folder, local_run, tmp_path):
-    """SIGKILL one of two actors after the first result: Ray restarts it and reruns its batch."""
+COPIES = 8  # the killed-actor run needs work left when its first record reaches the driver
+
+
+@pytest.fixture(scope="module")
+def copied_folder(folder, tmp_path_factory) -> Path:
+    """``COPIES`` copies of ``folder`` side by side: 288 good images, 32 bad, captions known from ``local_run``."""
+    root = tmp_path_factory.mktemp("copies")
+    for k in range(COPIES):
+        shutil.copytree(folder, root / f"copy{k}")
+    return root
+
+
+def test_a_killed_actor_loses_and_repeats_nothing(ray_cluster, copied_folder, local_run, tmp_path):
+    """SIGKILL one of two actors after the first result: Ray restarts it and reruns its batch.
+
+    With 36 images Ray Data could finish every batch and retire the pool before the driver handled its
+    first record (1 run in 7); 8 copies leave ~150 batches, seconds of work, when the kill comes."""
     out = tmp_path / "captions.parquet"
     killed: list[str] = []
     after_kill = 0
@@ -140,7 +156,7 @@ def test_a_killed_actor_loses_and_repeats_nothing(ray_cluster, folder, local_run
         killed.append(actors[0]["ActorID"])
 
     summary = caption_on_ray(
-        [str(folder)],
+        [str(copied_folder)],
         out,
         recursive=True,
         batch_size=2,
@@ -157,11 +173,15 @@ def test_a_killed_actor_loses_and_repeats_nothing(ray_cluster, folder, local_run
         time.sleep(0.2)
     assert info["NumRestarts"] >= 1, info
     assert summary.extra["actors"] == 2 and summary.extra["actor_cpus"] == 0.5
-    assert (summary.done, summary.failed) == (GOOD, len(BAD))
+    assert (summary.done, summary.failed) == (COPIES * GOOD, COPIES * len(BAD))
     records = read_parquet_records(out)
-    assert len(records) == GOOD
-    check_same_as_local(records, local_run)
-    assert set(errors_of(tmp_path / "captions.parquet.errors.jsonl")) == set(BAD)
+    assert len(records) == COPIES * GOOD
+    for k in range(COPIES):  # each copy captioned once, as the local folder tool captioned the original
+        prefix = f"copy{k}/"  # keys are relative to the folder given
+        copy = [r | {"file": r["file"].removeprefix(prefix)} for r in records if r["file"].startswith(prefix)]
+        check_same_as_local(copy, local_run)
+    errors = errors_of(tmp_path / "captions.parquet.errors.jsonl")
+    assert set(errors) == {f"copy{k}/{name}" for k in range(COPIES) for name in BAD}
 
 
 # ---------------------------------------------------------------------------- without Ray work
