@@ -281,3 +281,44 @@ EFFICIENTNET_LITE0 = register(
         ),
     )
 )
+
+
+# The first block of the stride-32 stages (11: stem to the 112-channel stride-16 stage).
+STRIDE32_FROM = sum(st.repeats for st in LITE0_STAGES[:5])
+
+
+def dilated_lite0(with_classifier: bool) -> EfficientNetLite:
+    """Lite0 with output stride 16: the stride-32 stage runs at stride 1 and the convolutions
+    after it dilate by 2 (as DeepLab does), so the head's 1280-channel map is 14 x 14 at 224 px
+    with the same weights and receptive fields."""
+    net = EfficientNetLite(num_classes=1000 if with_classifier else None)
+    for block in list(net.blocks)[STRIDE32_FROM:]:
+        dw = cast(MBConv, block).depthwise
+        if dw.stride > 1:  # the first block of the stride-32 stage: keep its kernel, drop the stride
+            dw.stride = 1
+            dw.conv.stride = (1, 1)
+            dw.conv.padding = (dw.conv.kernel_size[0] // 2,) * 2
+        else:
+            k = dw.conv.kernel_size[0]
+            dw.conv.dilation = (2, 2)
+            dw.conv.padding = ((k // 2) * 2,) * 2
+    return net
+
+
+EFFICIENTNET_LITE0_D16 = register(
+    EncoderSpec(
+        name="efficientnet_lite0_d16",
+        feature_dim=HEAD_CHANNELS,
+        preprocess=LITE0_PREPROCESS,
+        description="EfficientNet-Lite0 at output stride 16 (dilated last stages): a 14 x 14 x 1280 map at 224 px",
+        weights_source=EFFICIENTNET_LITE0.weights_source,
+        weights_license=EFFICIENTNET_LITE0.weights_license,
+        build=dilated_lite0,
+        pretrained_file=pretrained_file,
+        adapt_state=adapt_state,
+        num_params=EFFICIENTNET_LITE0.num_params,
+        classifier_head="classifier",
+        feature_map=lambda trunk, x: cast(EfficientNetLite, trunk).feature_map(x),  # (B, 1280, 14, 14) at 224 px
+        stride=16,
+    )
+)
