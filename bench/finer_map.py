@@ -4,7 +4,7 @@
     python -m bench.finer_map --batch 8 --rounds 11
 
 Both encoders run as the runtime runs them (the exported fp32 graph on ONNX Runtime, one
-session each, the same thread count), on the same random (B, 3, 224, 224) input, in
+session each through OnnxEncoder, the same thread count), on the same random (B, 3, 224, 224) input, in
 alternating rounds so that a noisy neighbour slows both alike; the ratio of the medians is the
 figure (docs/explain.md, "A finer map").
 """
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import statistics
 import time
-
-import numpy as np
 
 from . import common
 
@@ -27,26 +25,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=7, help="alternating rounds (default 7)")
     args = p.parse_args(argv)
     common.apply_threads(args)
-    import onnxruntime as ort
+    import torch
 
     from captioner.encoders import build_encoder
-    from captioner.model.onnx_encoder import encoder_threads, export_onnx
+    from captioner.model.onnx_encoder import OnnxEncoder
 
     info = common.machine_info()
     common.header("finer map: encoder cost", info)
-    sessions = {}
-    for name in ENCODERS:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = encoder_threads()
-        graph = export_onnx(build_encoder(name, spatial=True), 224)
-        sessions[name] = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((args.batch, 3, 224, 224)).astype(np.float32)
+    encoders = {name: OnnxEncoder(build_encoder(name, spatial=True), 224, cache_dir=False) for name in ENCODERS}
+    x = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     times: dict[str, list[float]] = {name: [] for name in ENCODERS}
-    shapes = {name: s.run(None, {"images": x})[0].shape for name, s in sessions.items()}  # warm-up
+    shapes = {name: tuple(encoder(x).shape) for name, encoder in encoders.items()}  # warm-up
     for _ in range(args.rounds):
-        for name, session in sessions.items():
+        for name, encoder in encoders.items():
             start = time.perf_counter()
-            session.run(None, {"images": x})
+            encoder(x)
             times[name].append(time.perf_counter() - start)
     rows = [
         {"encoder": n, "map": f"{shapes[n][1]} x {shapes[n][2]}", "images/s": args.batch / statistics.median(times[n])}

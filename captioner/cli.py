@@ -266,14 +266,16 @@ def info_summary(facts: dict, path: object = None) -> list[str]:
 def cmd_encoders(args: argparse.Namespace) -> int:
     from .encoders import EncoderWeightsError, get_spec, list_encoders
 
-    for name in list_encoders():
+    names = list_encoders()
+    width = max(map(len, names))
+    for name in names:
         spec = get_spec(name)
         try:
             spec.pretrained_file()
             state = "installed"
         except EncoderWeightsError:
             state = "not installed"
-        print(f"{name:20s} {spec.feature_dim:5d}-d  {state:13s}  {getattr(spec, 'description', '')}")
+        print(f"{name:{width}s} {spec.feature_dim:5d}-d  {state:13s}  {getattr(spec, 'description', '')}")
     print(
         "\nweights are never downloaded: 'not installed' ones need their file in the torch hub cache "
         "or --encoder-weights PATH (captioner train --help)"

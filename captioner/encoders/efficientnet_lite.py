@@ -20,7 +20,7 @@ trained that way.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import cast
 
@@ -306,19 +306,13 @@ def dilated_lite0(with_classifier: bool) -> EfficientNetLite:
 
 
 EFFICIENTNET_LITE0_D16 = register(
-    EncoderSpec(
+    replace(  # the default's weights, preprocessing, labels and map; only the stride differs
+        EFFICIENTNET_LITE0,
         name="efficientnet_lite0_d16",
-        feature_dim=HEAD_CHANNELS,
-        preprocess=LITE0_PREPROCESS,
         description="EfficientNet-Lite0 at output stride 16 (dilated last stages): a 14 x 14 x 1280 map at 224 px",
-        weights_source=EFFICIENTNET_LITE0.weights_source,
-        weights_license=EFFICIENTNET_LITE0.weights_license,
         build=dilated_lite0,
-        pretrained_file=pretrained_file,
-        adapt_state=adapt_state,
-        num_params=EFFICIENTNET_LITE0.num_params,
-        classifier_head="classifier",
-        feature_map=lambda trunk, x: cast(EfficientNetLite, trunk).feature_map(x),  # (B, 1280, 14, 14) at 224 px
-        stride=16,
+        imagenet_top1=None,  # published for stride 32 only
+        notes="",
+        stride=16,  # (B, 1280, 14, 14) at 224 px
     )
 )

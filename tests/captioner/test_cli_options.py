@@ -40,6 +40,16 @@ def test_top_level_help_lists_every_verb():
         assert re.search(rf"^    {verb}(\s|$)", proc.stdout, re.MULTILINE), verb
 
 
+def test_encoders_lists_every_encoder_in_aligned_columns(capsys):
+    from captioner.cli import main
+    from captioner.encoders import list_encoders
+
+    assert main(["encoders"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "-d  " in line]
+    assert [row.split()[0] for row in rows] == list_encoders()
+    assert len({row.index("-d  ") for row in rows}) == 1, rows  # the dimension column lines up, long names too
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
